@@ -1,0 +1,215 @@
+"""Typed configuration of the engine: the cascade, the scheduler, decoding limits, active learning.
+
+Everything is checked when it is loaded: bounds on fields, cross-field errors naming both values.
+Nothing here imports torch, so the miner process can validate a config before it loads any model.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cascade.experts.options import options_model_for
+
+Backend = Literal["hf_classifier", "zero_shot", "detector", "vlm_transformers", "vlm_vllm", "vlm_remote"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Calibration(Strict):
+    """Per-expert calibration in log-odds space: z = logit(p) / temperature + bias."""
+
+    temperature: float = Field(1.0, gt=0.0, le=100.0, description="Divides the expert's log-odds (>1 softens).")
+    bias: float = Field(0.0, ge=-20.0, le=20.0, description="Added to the expert's log-odds after scaling.")
+
+
+class ExpertConfig(Strict):
+    """One model of the cascade, run on its own micro-batcher per device."""
+
+    name: str = Field(..., min_length=1, max_length=64, description="Unique name, used in logs and metrics.")
+    backend: Backend = Field(..., description="Which expert implementation loads and runs the model.")
+    model: str = Field(..., min_length=1, description="Hub id, local folder, or weights file (detector).")
+    device: str = Field("auto", description="'auto' (placed by memory), 'cpu', or 'cuda:N'.")
+    replicas: int = Field(1, ge=1, le=16, description="Copies of the model; 'auto' places them on distinct GPUs.")
+    dtype: DType = Field("auto", description="'auto' is bfloat16 on CUDA and float32 on the CPU.")
+    input_size: int | None = Field(None, ge=16, le=4096, description="Square input side; None: the model's own.")
+    max_batch: int = Field(32, ge=1, le=1024, description="Largest micro-batch.")
+    max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="Longest wait for a batch to fill.")
+    memory_gb: float = Field(1.0, ge=0.0, le=1024.0, description="Estimated device memory of one replica.")
+    weight: float = Field(1.0, ge=0.0, le=100.0, description="Weight of this expert's log-odds in pooling.")
+    calibration: Calibration = Field(default_factory=Calibration)
+    warmup_batches: int = Field(2, ge=0, le=100, description="Dummy batches run at load (per batch size tried).")
+    expected_latency_ms: float | None = Field(
+        None, ge=0.0, le=600_000.0, description="Latency assumed before any batch was measured (None: warm-up's)."
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific options, checked at load.")
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, value: str) -> str:
+        if not _DEVICE_RE.match(value):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda:N', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_options(self) -> ExpertConfig:
+        options_cls = options_model_for(self.backend)
+        try:
+            self.__dict__["options"] = options_cls.model_validate(self.options).model_dump()
+        except ValidationError as exc:
+            raise ValueError(f"options of expert {self.name!r} ({self.backend}): {exc}") from exc
+        if self.replicas > 1 and self.device != "auto":
+            raise ValueError(
+                f"expert {self.name!r}: replicas={self.replicas} needs device='auto', got device={self.device!r}"
+            )
+        return self
+
+    def typed_options(self) -> Any:
+        """The options as the backend's own pydantic model."""
+        return options_model_for(self.backend).model_validate(self.options)
+
+
+class LevelConfig(Strict):
+    """A step of the cascade: its experts run together, then the pooled answer may exit."""
+
+    name: str = Field(..., min_length=1, max_length=64)
+    experts: list[ExpertConfig] = Field(..., min_length=1)
+    exit_margin: float = Field(
+        0.3, ge=0.0, le=0.5, description="Exit when |pooled - 0.5| >= this (0.5: never exit early)."
+    )
+
+
+class CascadeConfig(Strict):
+    """The ordered levels, cheapest first, and the answer given when no level could answer in time."""
+
+    version: str = Field("0", min_length=1, max_length=64, description="Recorded with every kept sample.")
+    prior: float = Field(
+        0.5, ge=0.0, le=1.0, description="Answer when nothing finished in time (validators round 0.5 down)."
+    )
+    levels: list[LevelConfig] = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> CascadeConfig:
+        seen: set[str] = set()
+        for level in self.levels:
+            for expert in level.experts:
+                if expert.name in seen:
+                    raise ValueError(f"expert name {expert.name!r} is used twice; names must be unique")
+                seen.add(expert.name)
+        return self
+
+    def experts(self) -> list[ExpertConfig]:
+        return [expert for level in self.levels for expert in level.experts]
+
+
+class SchedulerConfig(Strict):
+    """Admission, deadline routing and the result cache."""
+
+    max_in_flight: int = Field(256, ge=1, le=100_000, description="Requests inside the cascade at once.")
+    max_in_flight_per_hotkey: int = Field(
+        64, ge=1, le=100_000, description="A caller beyond this waits behind other callers."
+    )
+    max_waiting: int = Field(4096, ge=0, le=1_000_000, description="Admission queue bound; beyond it: rejected.")
+    latency_quantile: float = Field(0.95, gt=0.0, lt=1.0, description="Quantile of a level's latency to plan with.")
+    latency_window: int = Field(256, ge=8, le=100_000, description="Recent batches each latency estimate uses.")
+    answer_guard_ms: float = Field(15.0, ge=0.0, le=5000.0, description="Time kept back to hand the answer over.")
+    cache_size: int = Field(4096, ge=0, le=10_000_000, description="Results kept by image hash (0: off).")
+    cache_ttl_s: float = Field(900.0, ge=0.0, le=86_400.0, description="How long a cached result stays valid.")
+    decode_workers: int = Field(2, ge=1, le=64, description="Threads that decode images.")
+
+
+class DecodeConfig(Strict):
+    """Limits on what an incoming image may be."""
+
+    max_payload_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, le=1 << 31, description="Largest base64 string accepted."
+    )
+    max_pixels: int = Field(16_000_000, ge=1024, le=1 << 31, description="Largest image handed to the experts.")
+    max_decode_pixels: int = Field(
+        120_000_000, ge=1024, le=1 << 32, description="Larger images are refused whatever the policy (bombs)."
+    )
+    oversize: Literal["downscale", "reject"] = Field("downscale", description="What happens above max_pixels.")
+    formats: list[Literal["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "WEBP"], min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _bounds_order(self) -> DecodeConfig:
+        if self.max_decode_pixels < self.max_pixels:
+            raise ValueError(
+                f"max_decode_pixels ({self.max_decode_pixels}) must be >= max_pixels ({self.max_pixels})"
+            )
+        return self
+
+
+class ActiveLearningConfig(Strict):
+    """Which finished requests are kept for retraining, and how much disk they may take."""
+
+    enabled: bool = False
+    directory: Path = Field(Path("al-store"), description="Store folder (images + SQLite index).")
+    uncertain_band: float = Field(0.15, ge=0.0, le=0.5, description="Keep when |pooled - 0.5| < this.")
+    disagreement: float = Field(0.5, ge=0.0, le=1.0, description="Keep when two experts differ by more.")
+    keep_deadline_cut: bool = Field(True, description="Keep requests whose cascade the deadline cut short.")
+    keep_labelled: bool = Field(True, description="Keep requests that carry a testnet label.")
+    sample_rate: float = Field(0.02, ge=0.0, le=1.0, description="Random share of the rest kept for calibration.")
+    max_items: int = Field(50_000, ge=1, le=100_000_000)
+    max_bytes: int = Field(20 * 1024**3, ge=1024, le=1 << 50)
+    queue_size: int = Field(256, ge=1, le=1_000_000, description="Samples waiting for the writer; beyond: dropped.")
+
+
+class EngineConfig(Strict):
+    """Everything the engine needs; the miner adds wallet, chain and axon settings around it."""
+
+    cascade: CascadeConfig
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    active_learning: ActiveLearningConfig = Field(default_factory=ActiveLearningConfig)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from a file, with an error that names the file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read config {path}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path} must hold a mapping at the top, got {type(data).__name__}")
+    return data
+
+
+def load_cascade(path: Path) -> CascadeConfig:
+    """A cascade YAML file; relative model paths are resolved against the file's folder."""
+    data = read_yaml(path)
+    config = CascadeConfig.model_validate(data)
+    return resolve_model_paths(config, path.parent)
+
+
+def resolve_model_paths(config: CascadeConfig, base: Path) -> CascadeConfig:
+    """Make `./x` and `../x` model paths absolute, so the miner can run from any folder."""
+    for expert in config.experts():
+        if expert.model.startswith(("./", "../")):
+            expert.model = str((base / expert.model).resolve())
+    return config
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: the dotted field, what is wrong, and the value given."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top)"
+        given = error.get("input")
+        given_text = "" if isinstance(given, dict) else f" (given: {given!r})"
+        lines.append(f"{where}: {error['msg']}{given_text}")
+    return "\n".join(lines)

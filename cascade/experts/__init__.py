@@ -1,0 +1,1 @@
+"""Expert backends, one per file, behind the small interface in `base.py`."""

@@ -1,0 +1,71 @@
+"""transformers image classifier: any `AutoModelForImageClassification`, hub id or local folder.
+
+P(roadwork) is the softmax mass of the labels that mean roadwork (by name or index); a model with a
+single output is read through a sigmoid. The subnet's baseline (`natix-network-org/roadwork`, a
+ViT-B/16 with labels None/Roadwork) loads here unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from cascade.experts.base import Expert, ExpertError, parameter_bytes, torch_dtype
+from cascade.experts.preprocess import batch_tensor, processor_geometry
+
+
+def roadwork_indices(id2label: dict[int, str], names: Sequence[str], indices: Sequence[int]) -> list[int]:
+    """Class indices that mean roadwork: explicit indices win, else labels matched by name."""
+    if indices:
+        bad = [i for i in indices if i not in id2label]
+        if bad:
+            raise ExpertError(f"positive_indices {bad} not among the model's classes {sorted(id2label)}")
+        return list(indices)
+    wanted = {name.strip().lower() for name in names}
+    found = [int(i) for i, label in id2label.items() if str(label).strip().lower() in wanted]
+    if not found:
+        raise ExpertError(
+            f"none of the labels {sorted(wanted)} is a class of the model (classes: {dict(id2label)}); "
+            "set options.positive_labels or options.positive_indices"
+        )
+    return found
+
+
+class ClassifierExpert(Expert):
+    def load(self) -> None:
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        self.dtype = torch_dtype(self.config.dtype, self.device)
+        try:
+            processor = AutoImageProcessor.from_pretrained(self.config.model)
+            model = AutoModelForImageClassification.from_pretrained(self.config.model, dtype=self.dtype)
+        except OSError as exc:
+            raise ExpertError(f"expert {self.name}: cannot load {self.config.model!r}: {exc}") from exc
+        self.model = model.to(self.device).eval()
+        self.channels_last = bool(self.options.channels_last and self.device.startswith("cuda"))
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.size_hw, self.mean, self.std, self.rescale = processor_geometry(processor, self.config.input_size)
+        id2label = {int(k): v for k, v in self.model.config.id2label.items()}
+        self.num_labels = len(id2label)
+        self.positive = roadwork_indices(id2label, self.options.positive_labels, self.options.positive_indices)
+
+    @torch.inference_mode()
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[float]:
+        pixels = batch_tensor(
+            images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale, self.channels_last
+        )
+        logits = self.model(pixel_values=pixels).logits.float()
+        if logits.shape[-1] == 1:
+            probs = torch.sigmoid(logits[:, 0])
+        else:
+            probs = torch.softmax(logits, dim=-1)[:, self.positive].sum(dim=-1)
+        return probs.clamp(0.0, 1.0).cpu().tolist()
+
+    def memory_bytes(self) -> int:
+        return parameter_bytes(self.model)
+
+    def close(self) -> None:
+        self.model = None

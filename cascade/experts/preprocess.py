@@ -1,0 +1,67 @@
+"""Image batches as normalised tensors, resized on the expert's own device.
+
+Resizing full dashcam frames on the CPU with PIL dominates small-model latency; here each image is
+copied to the device as uint8 (a quarter of the float bytes) and resized there with antialiasing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def batch_tensor(
+    images: Sequence[np.ndarray],
+    size_hw: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: str,
+    dtype: torch.dtype,
+    rescale: float = 1.0 / 255.0,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """N x 3 x H x W tensor: each image squashed to `size_hw` (no crop), rescaled and normalised."""
+    resized = []
+    for image in images:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected HxWx3 uint8 images, got shape {image.shape} dtype {image.dtype}")
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=True)
+        tensor = tensor.permute(2, 0, 1).unsqueeze(0).float()
+        if tuple(tensor.shape[-2:]) != tuple(size_hw):
+            tensor = F.interpolate(tensor, size=size_hw, mode="bilinear", antialias=True, align_corners=False)
+        resized.append(tensor)
+    batch = torch.cat(resized, dim=0)
+    mean_t = torch.tensor(mean, device=device, dtype=torch.float32).view(1, 3, 1, 1) / rescale
+    std_t = torch.tensor(std, device=device, dtype=torch.float32).view(1, 3, 1, 1) / rescale
+    batch = ((batch - mean_t) / std_t).to(dtype)
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
+def processor_geometry(processor: object, override: int | None) -> tuple[tuple[int, int], list[float], list[float], float]:
+    """(size_hw, mean, std, rescale) read from a transformers image processor, with a square override."""
+    size = getattr(processor, "size", None)
+
+    def field(name: str) -> int | None:
+        value = size.get(name) if isinstance(size, dict) else getattr(size, name, None)
+        return int(value) if value else None
+
+    height, width, shortest = field("height"), field("width"), field("shortest_edge")
+    if override is not None:
+        size_hw = (override, override)
+    elif height and width:
+        size_hw = (height, width)
+    elif shortest:
+        size_hw = (shortest, shortest)
+    else:
+        size_hw = (224, 224)
+    mean = list(getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5])
+    std = list(getattr(processor, "image_std", None) or [0.5, 0.5, 0.5])
+    rescale = float(getattr(processor, "rescale_factor", None) or 1.0 / 255.0)
+    if not getattr(processor, "do_normalize", True):
+        mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    return size_hw, mean, std, rescale
