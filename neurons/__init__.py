@@ -1,0 +1,1 @@
+"""The miner process: axon, protocol, metagraph, guards. Imports no torch."""

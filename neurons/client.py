@@ -1,0 +1,119 @@
+"""Talking to a miner the way validators do: a real bittensor dendrite, `ImageSynapse`, a timeout.
+
+Shared by scripts/query.py, scripts/bench.py and the end-to-end tests. Also the scoring
+arithmetic validators apply (np.round binarisation, MCC, accuracy) and latency percentiles.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from neurons.protocol import ImageSynapse
+
+
+def make_dendrite(wallet: Any, external_ip: str | None = "127.0.0.1") -> Any:
+    """A dendrite that does not look its ip up on the internet when `external_ip` is given (SN72.md)."""
+    import bittensor as bt
+    from bittensor.utils import networking
+
+    if external_ip is None:
+        return bt.Dendrite(wallet=wallet)
+    original = networking.get_external_ip
+    networking.get_external_ip = lambda: external_ip  # consulted once, by the constructor
+    try:
+        return bt.Dendrite(wallet=wallet)
+    finally:
+        networking.get_external_ip = original
+
+
+def axon_info(ip: str, port: int, hotkey: str) -> Any:
+    import bittensor as bt
+
+    return bt.AxonInfo(version=0, ip=ip, port=port, ip_type=4, hotkey=hotkey, coldkey="")
+
+
+def encode_jpeg(image: Image.Image | np.ndarray, quality: int = 75) -> str:
+    """base64 JPEG, as validators send (PIL's default quality)."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def synthetic_image(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A smooth random picture (compresses like a photo, unlike white noise)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    prediction: float
+    status_code: int
+    message: str
+    latency_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code == 200 and 0.0 <= self.prediction <= 1.0
+
+
+async def query(
+    dendrite: Any,
+    axon: Any,
+    image_b64: str,
+    timeout_s: float = 9.0,
+    synapse_cls: type[ImageSynapse] = ImageSynapse,
+    testnet_label: int = -1,
+) -> Outcome:
+    """One validator-style request; never raises for a miner-side failure."""
+    started = time.monotonic()
+    responses = await dendrite.forward(
+        axons=[axon],
+        synapse=synapse_cls(image=image_b64, testnet_label=testnet_label),
+        deserialize=False,
+        timeout=timeout_s,
+    )
+    elapsed = time.monotonic() - started
+    response = responses[0]
+    status = int(response.dendrite.status_code or 0) if response.dendrite is not None else 0
+    message = str(response.dendrite.status_message or "") if response.dendrite is not None else ""
+    prediction = float(response.prediction) if response.prediction is not None else -1.0
+    return Outcome(prediction, status, message, elapsed)
+
+
+def percentiles(values: Sequence[float], points: Sequence[float] = (50, 90, 95, 99)) -> dict[str, float]:
+    if not values:
+        return {f"p{int(p)}": float("nan") for p in points}
+    array = np.asarray(values, dtype=float)
+    return {f"p{int(p)}": float(np.percentile(array, p)) for p in points}
+
+
+def mcc(labels: Sequence[int], predictions: Sequence[float]) -> float:
+    """Matthews correlation after validators' np.round binarisation (0.5 rounds to 0); 0 if undefined."""
+    y = np.asarray(labels, dtype=int)
+    p = np.round(np.asarray(predictions, dtype=float)).astype(int)
+    tp = int(((p == 1) & (y == 1)).sum())
+    tn = int(((p == 0) & (y == 0)).sum())
+    fp = int(((p == 1) & (y == 0)).sum())
+    fn = int(((p == 0) & (y == 1)).sum())
+    denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return (tp * tn - fp * fn) / denominator if denominator else 0.0
+
+
+def accuracy(labels: Sequence[int], predictions: Sequence[float]) -> float:
+    if not labels:
+        return float("nan")
+    y = np.asarray(labels, dtype=int)
+    return float((np.round(np.asarray(predictions, dtype=float)).astype(int) == y).mean())

@@ -1,0 +1,198 @@
+"""The miner's whole configuration: one YAML file, then environment, then command-line overrides.
+
+Precedence (last wins): YAML file < `MINER_<SECTION>__<FIELD>` environment variables < named flags
+(`--wallet.name`, `--axon.port`, ...) < `--set section.field=value`. Everything is validated once,
+with errors that name the field and the allowed range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from cascade.config import (
+    ActiveLearningConfig,
+    CascadeConfig,
+    DecodeConfig,
+    EngineConfig,
+    SchedulerConfig,
+    Strict,
+    format_validation_error,
+    load_cascade,
+    read_yaml,
+)
+
+ENV_PREFIX = "MINER_"
+
+
+class WalletConfig(Strict):
+    name: str = Field("default", min_length=1)
+    hotkey: str = Field("default", min_length=1)
+    path: str = Field("~/.bittensor/wallets", min_length=1)
+
+
+class ChainConfig(Strict):
+    netuid: int = Field(72, ge=0, le=65535, description="72 on finney; 323 on testnet.")
+    network: str = Field("finney", min_length=1, description="finney, test, local, or a ws:// endpoint.")
+    offline: bool = Field(False, description="No chain at all: the metagraph comes from metagraph_file.")
+    metagraph_file: Path | None = Field(None, description="Offline metagraph JSON (re-read when it changes).")
+    resync_interval_s: float = Field(600.0, ge=5.0, le=86_400.0)
+
+    @model_validator(mode="after")
+    def _offline_needs_file(self) -> ChainConfig:
+        if self.offline and self.metagraph_file is None:
+            raise ValueError("chain.offline=true needs chain.metagraph_file (a JSON metagraph)")
+        return self
+
+
+class AxonConfig(Strict):
+    host: str = Field("0.0.0.0", description="Bind address.")
+    port: int = Field(8091, ge=1, le=65535)
+    external_ip: str | None = Field(None, description="Published ip; required offline (no lookup is made).")
+    external_port: int | None = Field(None, ge=1, le=65535)
+    max_workers: int = Field(16, ge=1, le=1024, description="Threads of the axon's priority pool.")
+    cache_header_schema: bool = Field(True, description="Cache the synapse schema used for response headers.")
+
+
+class DeadlineConfig(Strict):
+    timeout_cap_s: float = Field(12.0, gt=0.0, le=600.0, description="The caller's timeout is trusted up to this.")
+    margin_s: float = Field(0.6, ge=0.0, le=60.0, description="Kept back to serialise and send the answer.")
+
+    @model_validator(mode="after")
+    def _margin_below_cap(self) -> DeadlineConfig:
+        if self.margin_s >= self.timeout_cap_s:
+            raise ValueError(f"margin_s ({self.margin_s}) must be below timeout_cap_s ({self.timeout_cap_s})")
+        return self
+
+
+class GuardConfig(Strict):
+    allow_non_validators: bool = Field(False, description="Answer registered hotkeys without a validator permit.")
+    min_stake: float = Field(0.0, ge=0.0, description="Refuse callers with less stake.")
+    allowed_hotkeys: list[str] = Field(default_factory=list, description="Always answered.")
+    denied_hotkeys: list[str] = Field(default_factory=list, description="Never answered.")
+    rate_per_s: float = Field(5.0, ge=0.0, le=100_000.0, description="Sustained requests per hotkey (0: off).")
+    burst: float = Field(40.0, ge=1.0, le=1_000_000.0, description="Requests a hotkey may send at once.")
+
+
+class MetricsConfig(Strict):
+    port: int = Field(0, ge=0, le=65535, description="Prometheus port (0: no metrics server).")
+    host: str = "127.0.0.1"
+
+
+class MinerConfig(Strict):
+    wallet: WalletConfig = Field(default_factory=WalletConfig)
+    chain: ChainConfig = Field(default_factory=ChainConfig)
+    axon: AxonConfig = Field(default_factory=AxonConfig)
+    deadline: DeadlineConfig = Field(default_factory=DeadlineConfig)
+    guards: GuardConfig = Field(default_factory=GuardConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    cascade_file: Path = Field(..., description="Cascade YAML (relative paths: against the miner YAML's folder).")
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    active_learning: ActiveLearningConfig = Field(default_factory=ActiveLearningConfig)
+    drain_timeout_s: float = Field(15.0, ge=0.0, le=600.0, description="Wait for in-flight answers on SIGTERM.")
+    log_level: str = Field("INFO", pattern="^(TRACE|DEBUG|INFO|SUCCESS|WARNING|ERROR)$")
+
+    @model_validator(mode="after")
+    def _offline_needs_external_ip(self) -> MinerConfig:
+        if self.chain.offline and not self.axon.external_ip:
+            raise ValueError("chain.offline=true needs axon.external_ip (offline, no ip lookup is made)")
+        return self
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names every bad field."""
+
+
+# Named flags -> dotted config keys (the common ones; anything else through --set).
+_FLAGS = {
+    "--wallet.name": "wallet.name",
+    "--wallet.hotkey": "wallet.hotkey",
+    "--wallet.path": "wallet.path",
+    "--netuid": "chain.netuid",
+    "--network": "chain.network",
+    "--metagraph-file": "chain.metagraph_file",
+    "--axon.port": "axon.port",
+    "--axon.external_ip": "axon.external_ip",
+    "--cascade": "cascade_file",
+    "--metrics.port": "metrics.port",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m neurons.miner", description=__doc__)
+    parser.add_argument("--config", type=Path, required=True, help="Miner YAML (see config/miner.*.yaml).")
+    for flag, key in _FLAGS.items():
+        parser.add_argument(flag, dest=key, default=None, help=f"overrides {key}")
+    parser.add_argument("--offline", dest="chain.offline", action="store_const", const="true", default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any dotted key")
+    parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    return parser
+
+
+def _assign(tree: dict[str, Any], dotted: str, raw: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {part} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+
+
+def _env_overrides(environ: dict[str, str]) -> list[tuple[str, str]]:
+    out = []
+    for key, value in environ.items():
+        if key.startswith(ENV_PREFIX) and "__" in key:
+            out.append((key[len(ENV_PREFIX) :].lower().replace("__", "."), value))
+    return out
+
+
+def load_config(
+    argv: list[str] | None = None, environ: dict[str, str] | None = None
+) -> tuple[MinerConfig, EngineConfig, bool]:
+    """(miner config, engine config, check_only) from the command line, environment and YAML."""
+    args = build_parser().parse_args(argv)
+    environ = dict(os.environ) if environ is None else environ
+    tree = read_yaml(args.config)
+    overrides = _env_overrides(environ)
+    overrides += [(key, value) for key, value in vars(args).items() if "." in key or key == "cascade_file"]
+    overrides += [tuple(item.split("=", 1)) for item in args.set if "=" in item]  # type: ignore[misc]
+    bad = [item for item in args.set if "=" not in item]
+    if bad:
+        raise ConfigError(f"--set needs KEY=VALUE, got {bad}")
+    for key, value in overrides:
+        if value is not None:
+            _assign(tree, key, str(value))
+    try:
+        miner = MinerConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration in {args.config}:\n{format_validation_error(exc)}") from exc
+    base = args.config.resolve().parent
+    miner = _resolve_paths(miner, base)
+    try:
+        cascade: CascadeConfig = load_cascade(miner.cascade_file)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid cascade in {miner.cascade_file}:\n{format_validation_error(exc)}") from exc
+    engine = EngineConfig(
+        cascade=cascade, scheduler=miner.scheduler, decode=miner.decode, active_learning=miner.active_learning
+    )
+    return miner, engine, bool(args.check)
+
+
+def _resolve_paths(miner: MinerConfig, base: Path) -> MinerConfig:
+    def resolve(path: Path) -> Path:
+        path = path.expanduser()
+        return path if path.is_absolute() else (base / path).resolve()
+
+    miner.cascade_file = resolve(miner.cascade_file)
+    if miner.chain.metagraph_file is not None:
+        miner.chain.metagraph_file = resolve(miner.chain.metagraph_file)
+    miner.active_learning.directory = resolve(miner.active_learning.directory)
+    return miner
