@@ -224,7 +224,9 @@ def run(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     print(f"{READY_LINE} {config.axon.host}:{config.axon.port} hotkey={hotkey_address}", flush=True)
     logger.info("serving on {}:{}", config.axon.host, config.axon.port)
-    stop.wait()
+    # A timed wait: a signal delivered to another thread does not interrupt an untimed lock wait.
+    while not stop.wait(0.5):
+        pass
     logger.info("stop requested: draining")
     miner.drain()
     axon.stop()

@@ -28,7 +28,7 @@ def batch_tensor(
     for image in images:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected HxWx3 uint8 images, got shape {image.shape} dtype {image.dtype}")
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=True)
+        tensor = torch.from_numpy(np.array(image, copy=not image.flags.writeable)).to(device, non_blocking=True)
         tensor = tensor.permute(2, 0, 1).unsqueeze(0).float()
         if tuple(tensor.shape[-2:]) != tuple(size_hw):
             tensor = F.interpolate(tensor, size=size_hw, mode="bilinear", antialias=True, align_corners=False)

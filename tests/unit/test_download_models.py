@@ -140,9 +140,7 @@ def test_dry_run_of_a_clean_config_exits_zero(tmp_path: Path, capsys: pytest.Cap
     (tmp_path / "vit").mkdir()
     (tmp_path / "vit" / "config.json").write_text("{}")
     cascade = tmp_path / "c.yaml"
-    cascade.write_text(
-        "levels: [{name: a, experts: [{name: v, backend: hf_classifier, model: ./vit, device: cpu}]}]\n"
-    )
+    cascade.write_text("levels: [{name: a, experts: [{name: v, backend: hf_classifier, model: ./vit, device: cpu}]}]\n")
     assert dm.main(["--cascade", str(cascade), "--dry-run"]) == 0
     assert "summary: 1 model(s), 0 with errors" in capsys.readouterr().out
 
@@ -195,7 +193,12 @@ def test_the_same_model_is_fetched_once(
         "{name: one, backend: hf_classifier, model: org/m}, {name: two, backend: hf_classifier, model: org/m}]}]\n"
     )
     calls: list[str] = []
-    monkeypatch.setattr(dm, "fetch_hub", lambda ref, cache_dir, token: calls.append(ref.model) or "downloaded")
+
+    def fake_hub(ref: object, cache_dir: Path | None, token: str | None) -> str:
+        calls.append(ref.model)  # type: ignore[attr-defined]
+        return "downloaded"
+
+    monkeypatch.setattr(dm, "fetch_hub", fake_hub)
     assert dm.main(["--cascade", str(cascade)]) == 0
     assert calls == ["org/m"]
     out = capsys.readouterr().out
@@ -219,3 +222,49 @@ def test_the_shipped_configs_classify_cleanly() -> None:
     assert all(ref.problem is None for ref in refs)
     demo = dm.plan_downloads(load_cascade(root / "cascade.demo.yaml"))
     assert {ref.source for ref in demo} == {Source.LOCAL}
+
+
+def test_fetch_hub_fetches_one_weight_format_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    seen: dict[str, object] = {}
+
+    class FakeApi:
+        def list_repo_files(self, repo_id: str, token: str | None = None) -> list[str]:
+            return ["config.json", "model.safetensors", "pytorch_model.bin", "onnx/model.onnx"]
+
+    def fake_snapshot(repo_id: str, **kwargs: object) -> str:
+        seen.update(kwargs, repo_id=repo_id)
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    ref = dm.ModelRef("vit", "hf_classifier", "org/vit", Source.HUB)
+    assert dm.fetch_hub(ref, tmp_path / "hub", "tok") == f"downloaded to {tmp_path / 'snapshot'}"
+    assert seen["repo_id"] == "org/vit"
+    assert seen["cache_dir"] == tmp_path / "hub"
+    assert seen["token"] == "tok"
+    patterns = seen["allow_patterns"]
+    assert isinstance(patterns, list) and "*.safetensors" in patterns and "*.bin" not in patterns
+    assert "onnx/*" in seen["ignore_patterns"]  # type: ignore[operator]
+
+
+def test_fetch_ultralytics_uses_its_release_assets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # attempt_download_asset is real; only its HTTP step is replaced, so the test checks how it is called.
+    downloads = pytest.importorskip("ultralytics.utils.downloads")
+    urls: list[str] = []
+
+    def fake_download(url: str, file: Path, **_: object) -> Path:
+        urls.append(url)
+        Path(file).parent.mkdir(parents=True, exist_ok=True)
+        Path(file).write_bytes(b"weights")
+        return Path(file)
+
+    monkeypatch.setattr(downloads, "safe_download", fake_download)
+    ref = dm.ModelRef("yolo", "detector", "yolo11m.pt", Source.ULTRALYTICS)
+    weights = tmp_path / "weights"
+    assert dm.fetch_ultralytics(ref, weights) == f"downloaded to {weights / 'yolo11m.pt'}"
+    assert len(urls) == 1 and urls[0].startswith("https://github.com/ultralytics/assets/releases/download/")
+    assert urls[0].endswith("/yolo11m.pt")
+    assert dm.fetch_ultralytics(ref, weights) == f"present at {weights / 'yolo11m.pt'}"
+    assert len(urls) == 1  # present files are not fetched again
