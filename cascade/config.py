@@ -165,6 +165,12 @@ class ActiveLearningConfig(Strict):
     max_items: int = Field(50_000, ge=1, le=100_000_000)
     max_bytes: int = Field(20 * 1024**3, ge=1024, le=1 << 50)
     queue_size: int = Field(256, ge=1, le=1_000_000, description="Samples waiting for the writer; beyond: dropped.")
+    warn_interval_s: float = Field(
+        60.0, ge=0.0, le=86_400.0, description="At most one warning per kind of drop in this interval."
+    )
+    reopen_interval_s: float = Field(
+        30.0, ge=0.0, le=86_400.0, description="Wait between attempts to open a store that failed to open."
+    )
 
 
 class EngineConfig(Strict):

@@ -91,7 +91,7 @@ class Engine:
         devices = visible_devices()
         experts = self.config.cascade.experts()
         slots = plan_placement(experts, devices)
-        logger.info("placement plan:\n{}", describe_plan(slots, experts, devices))
+        logger.info("{}", describe_plan(slots, experts, devices))
         by_name = {e.name: e for e in experts}
         load_s: dict[str, float] = {}
         warmup_s: dict[str, float] = {}

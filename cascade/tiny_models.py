@@ -50,8 +50,6 @@ def build_vit_b16(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-
-
 # --- image-text, detector and VLM builders --------------------------------------------------------------------------
 
 _ZERO_SHOT_FAMILIES = ("clip", "siglip", "siglip2")
@@ -61,7 +59,7 @@ def _tokenizer_corpus() -> list[str]:
     """Sentences the tiny tokenizers are trained on: the default prompts and question, so they tokenize sensibly."""
     from cascade.experts.options import VLMOptions, ZeroShotOptions
 
-    zero_shot, vlm = ZeroShotOptions(), VLMOptions()
+    zero_shot, vlm = ZeroShotOptions.model_validate({}), VLMOptions.model_validate({})
     words = [*zero_shot.positive_prompts, *zero_shot.negative_prompts, vlm.question, *vlm.yes_tokens, *vlm.no_tokens]
     extra = ["user", "assistant", "system", "a photo of a cat", "cones and barriers beside the road", "Yes No yes no"]
     return (words + extra) * 8
@@ -134,6 +132,7 @@ def build_tiny_clip(folder: Path, seed: int = 0, family: str = "clip") -> Path:
     text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, **ids}
     vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
     model: Any
+    config: Any
     if family == "clip":
         config = CLIPConfig(
             text_config={**text, "max_position_embeddings": 32},
@@ -141,9 +140,7 @@ def build_tiny_clip(folder: Path, seed: int = 0, family: str = "clip") -> Path:
             projection_dim=16,
         )
         model = CLIPModel(config)
-        image_processor: Any = CLIPImageProcessor(
-            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-        )
+        image_processor: Any = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     elif family == "siglip":
         config = SiglipConfig(
             text_config={**text, "max_position_embeddings": 16},
@@ -202,7 +199,8 @@ def build_tiny_yolo(folder: Path, seed: int = 0) -> Path:
     yaml_path = folder / "roadwork-yolo11n.yaml"
     yaml_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     model = YOLO(str(yaml_path))
-    model.model.names = dict(enumerate(TINY_YOLO_NAMES))
+    network: Any = model.model
+    network.names = dict(enumerate(TINY_YOLO_NAMES))
     weights = folder / "tiny-yolo.pt"
     model.save(str(weights))
     return weights

@@ -146,6 +146,21 @@ class Miner:
             logger.info("drained: no request in flight")
 
 
+def wait_listening(host: str, port: int, timeout_s: float = 30.0) -> None:
+    """uvicorn binds on its own thread: READY is printed only once a connection is accepted."""
+    import socket
+
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    until = time.monotonic() + timeout_s
+    while time.monotonic() < until:
+        try:
+            with socket.create_connection((target, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the axon is not accepting connections on {host}:{port} after {timeout_s:.0f}s")
+
+
 def build_observers(engine_config: EngineConfig) -> list[Any]:
     observers: list[Any] = []
     if engine_config.active_learning.enabled:
@@ -212,6 +227,7 @@ def run(argv: list[str] | None = None) -> int:
         forward, blacklist_fn, priority_fn = miner.handlers(cls)
         axon.attach(forward_fn=forward, blacklist_fn=blacklist_fn, priority_fn=priority_fn)
     axon.start()
+    wait_listening(config.axon.host, config.axon.port)
     if subtensor is not None:
         response = subtensor.serve_axon(netuid=config.chain.netuid, axon=axon)
         if response.success:

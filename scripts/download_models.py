@@ -194,8 +194,7 @@ def describe_target(ref: ModelRef, cache_dir: Path | None, weights_dir: Path | N
         folder = (cache_dir or default_hub_cache()) / f"models--{ref.model.replace('/', '--')}"
         return f"into {folder} ({', '.join(allow_patterns(ref.backend, None))})"
     if ref.source is Source.ULTRALYTICS:
-        where = weights_dir if weights_dir is not None else Path("<ultralytics weights_dir>")
-        return f"into {ultralytics_target(ref.model, where)}"
+        return f"into {ultralytics_target(ref.model, weights_dir or default_weights_dir())}"
     if ref.source is Source.REMOTE:
         return "served by the remote server, nothing to fetch"
     try:

@@ -52,6 +52,7 @@ class DetectorOptions(_Options):
     conf: float = Field(0.05, ge=0.0, le=1.0, description="Detections below this confidence are ignored.")
     iou: float = Field(0.6, ge=0.0, le=1.0, description="NMS IoU threshold.")
     floor: float = Field(0.02, ge=0.0, le=0.5, description="Probability when no roadwork object is found.")
+    max_det: int = Field(100, ge=1, le=1000, description="Most detections kept per image after NMS.")
 
 
 class VLMOptions(_Options):
@@ -75,6 +76,7 @@ class VLMOptions(_Options):
     api_key_env: str | None = Field(None, description="Environment variable holding the server's API key.")
     served_model: str | None = Field(None, description="Model name the server knows (default: `model`).")
     top_logprobs: int = Field(20, ge=1, le=20)
+    jpeg_quality: int = Field(90, ge=50, le=100, description="JPEG quality of images sent to a server (vlm_remote).")
 
     @model_validator(mode="after")
     def _token_sets_disjoint(self) -> VLMOptions:

@@ -28,8 +28,7 @@ import json
 import os
 import sqlite3
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,20 +131,17 @@ class Sample:
     cascade_version: str = ""
 
 
+_MAGIC = (
+    (0, b"\xff\xd8\xff", "jpg"), (0, b"\x89PNG\r\n\x1a\n", "png"), (8, b"WEBP", "webp"), (0, b"GIF8", "gif"),
+    (0, b"BM", "bmp"), (0, b"II*\x00", "tif"), (0, b"MM\x00*", "tif"),
+)
+
+
 def image_extension(data: bytes) -> str:
     """File extension from the magic bytes (the encoding is kept as received, never re-encoded)."""
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if data[:2] == b"BM":
-        return "bmp"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tif"
+    for offset, magic, ext in _MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            return ext
     return "bin"
 
 
@@ -175,6 +171,7 @@ class ALStore:
         self._lock_fd: int | None = None
         self._shards: set[str] = set()
         self._db: sqlite3.Connection | None = None
+        self.last_recovery: dict[str, int] = {}  # what the last recover() found (for logs and tests)
         if writer:
             for folder in (self.directory, self.images_dir, self.tmp_dir):
                 if not folder.is_dir():
@@ -253,6 +250,7 @@ class ALStore:
                 report["images_without_record"] += 1
         if any(report.values()):
             logger.warning("active-learning store {} recovered: {}", self.directory, report)
+        self.last_recovery = report
         return report
 
     def integrity_check(self) -> list[str]:
@@ -344,8 +342,8 @@ class ALStore:
         if need_items <= 0 and need_bytes <= 0:
             return victims
         # Closed on every way out: an unfinished SELECT must not linger into the COMMIT.
-        with contextlib.closing(self.db.execute(_EVICTION_ORDER)) as cursor:
-            for row in cursor:
+        with contextlib.closing(self.eviction_order()) as rows:
+            for row in rows:
                 if (bool(row["labelled"]), row["reason_rank"]) > (labelled, rank):
                     return None
                 victims.append(row)
@@ -374,38 +372,25 @@ class ALStore:
             raise
         _fsync_dir(shard)
 
-    def prune(
-        self, *, older_than_s: float | None = None, now_s: float | None = None, max_items: int | None = None,
-        max_bytes: int | None = None, dry_run: bool = False,
-    ) -> list[int]:
-        """Drop unlabelled records not seen for `older_than_s`, then evict (same policy as when full,
-        labelled ones included, last) down to `max_items`/`max_bytes`. Returns the ids dropped."""
+    def delete(self, record_ids: Sequence[int]) -> int:
+        """Drop records and their images (operator pruning); returns how many existed."""
         self._require_writer()
-        victims: dict[int, sqlite3.Row] = {}
-        if older_than_s is not None:
-            cutoff = (now_s if now_s is not None else time.time()) - older_than_s
-            for row in self.db.execute(
-                "SELECT id, image_hash, ext, nbytes FROM samples WHERE label IS NULL AND last_seen_at < ?", (cutoff,)
-            ):
-                victims[row["id"]] = row
-        items = self.items - len(victims)
-        size = self.total_bytes - sum(v["nbytes"] for v in victims.values())
-        if max_items is not None or max_bytes is not None:
-            with contextlib.closing(self.db.execute(_EVICTION_ORDER)) as cursor:
-                for row in cursor:
-                    if (max_items is None or items <= max_items) and (max_bytes is None or size <= max_bytes):
-                        break
-                    if row["id"] not in victims:
-                        victims[row["id"]] = row
-                        items -= 1
-                        size -= row["nbytes"]
-        if dry_run or not victims:
-            return sorted(victims)
-        with self.transaction():
-            self.db.executemany("DELETE FROM samples WHERE id = ?", [(i,) for i in victims])
-        self._unlink_images(list(victims.values()))
-        self.items, self.total_bytes = items, size
-        return sorted(victims)
+        rows = [
+            row for record_id in record_ids
+            for row in self.db.execute("SELECT id, image_hash, ext, nbytes FROM samples WHERE id = ?", (record_id,))
+        ]
+        if rows:
+            with self.transaction():
+                self.db.executemany("DELETE FROM samples WHERE id = ?", [(row["id"],) for row in rows])
+            self._unlink_images(rows)
+            self.items -= len(rows)
+            self.total_bytes -= sum(row["nbytes"] for row in rows)
+        return len(rows)
+
+    def eviction_order(self) -> Generator[sqlite3.Row, None, None]:
+        """(id, image_hash, ext, nbytes, labelled, reason_rank) rows, first to go first."""
+        with contextlib.closing(self.db.execute(_EVICTION_ORDER)) as cursor:
+            yield from cursor
 
     @property
     def db(self) -> sqlite3.Connection:

@@ -1,0 +1,400 @@
+"""Active learning: keep the finished requests worth retraining on, without touching the request path.
+
+`on_finished` (the engine's loop thread) only runs `select()` and a `put_nowait` onto a bounded queue.
+A daemon writer thread drains the queue into the store (al_store.ALStore: content-addressed images,
+SQLite index, bounded by items and bytes). A full queue, a full disk or an unwritable folder only ever
+drop samples: they are counted in `stats()` and warned about, rate-limited, never felt by a request.
+
+Operator commands: `python -m cascade.observers.active_learning --help` (or `scripts/al.py`), see
+docs/active_learning.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sqlite3
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+from loguru import logger
+
+from cascade.config import ActiveLearningConfig
+from cascade.observers import al_export
+from cascade.observers.al_store import AddOutcome, AddResult, ALStore, Reason, Sample, StoreError
+from cascade.observers.base import Finished, Observer
+from cascade.request import Status
+
+_CUT_SHORT = (Status.DEADLINE, Status.PRIOR)
+
+
+def select(finished: Finished, config: ActiveLearningConfig, rng: random.Random) -> Reason | None:
+    """Why this request is worth keeping, the most informative reason first; None: not kept.
+
+    The random draw happens only when no other reason applies, so it samples "the rest".
+    """
+    if finished.image_bytes is None:
+        return None
+    result = finished.result
+    if config.keep_labelled and finished.job.testnet_label in (0, 1):
+        return Reason.LABELLED
+    if config.keep_deadline_cut and result.status in _CUT_SHORT:
+        return Reason.DEADLINE
+    if len(result.answers) >= 2:
+        probabilities = [answer.probability for answer in result.answers]
+        if max(probabilities) - min(probabilities) > config.disagreement:
+            return Reason.DISAGREEMENT
+    if abs(result.probability - 0.5) < config.uncertain_band:
+        return Reason.UNCERTAIN
+    if config.sample_rate > 0.0 and rng.random() < config.sample_rate:
+        return Reason.SAMPLE
+    return None
+
+
+def to_sample(finished: Finished, reason: Reason, created_at: float) -> Sample:
+    """The record the store keeps (built on the writer thread: the request path never pays for it)."""
+    assert finished.image_bytes is not None
+    result, label = finished.result, finished.job.testnet_label
+    width, height = finished.image_size if finished.image_size is not None else (None, None)
+    experts = tuple(
+        {"expert": a.expert, "level": a.level, "probability": a.probability, "logit": a.logit, "weight": a.weight}
+        for a in result.answers
+    )
+    return Sample(
+        image=finished.image_bytes, reason=reason, created_at=created_at, hotkey=finished.job.hotkey,
+        width=width, height=height, probability=result.probability, experts=experts,
+        levels_run=result.levels_run, status=result.status.value, label=label if label in (0, 1) else None,
+        cascade_version=finished.cascade_version,
+    )
+
+
+class SampleSink(Protocol):
+    """What the writer thread writes into (ALStore; tests pass gated fakes)."""
+
+    def add(self, sample: Sample) -> AddResult: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class ALStats:
+    """Counters since start; a plain snapshot, for logs and the metrics exporter."""
+
+    kept_by_reason: dict[str, int] = field(default_factory=lambda: {reason.value: 0 for reason in Reason})
+    skipped_no_image: int = 0  # selected nothing because the payload never decoded
+    dropped_queue_full: int = 0  # the writer was behind: dropped on the request path, never waited for
+    dropped_write_error: int = 0  # the store could not be opened or written (disk full, unwritable folder)
+    rejected_full: int = 0  # the store was full of more informative records
+    evicted: int = 0
+    duplicates: int = 0  # the image was already stored: its `seen` count went up instead
+    written: int = 0  # new records committed (image and record durable)
+    queue_depth: int = 0
+    store_open: bool = False
+
+
+class _RateLimitedWarnings:
+    """One warning per key and interval, with the count of those held back since."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float]) -> None:
+        self.interval_s, self._clock = interval_s, clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warn(self, key: str, message: str, *args: object) -> None:
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval_s:
+                self._held[key] = self._held.get(key, 0) + 1
+                return
+            self._last[key] = now
+            held = self._held.pop(key, 0)
+        logger.warning(message + " ({} more held back since the last such warning)", *args, held)
+
+
+_Item = tuple[Finished, Reason, float]
+
+
+class ActiveLearningObserver(Observer):
+    """Selects on the request path, writes on its own daemon thread, drops rather than waits."""
+
+    name = "active_learning"
+
+    def __init__(
+        self,
+        config: ActiveLearningConfig,
+        *,
+        store_factory: Callable[[], SampleSink] | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self._factory = store_factory or (
+            lambda: ALStore(config.directory, max_items=config.max_items, max_bytes=config.max_bytes)
+        )
+        self._rng = rng if rng is not None else random.Random()
+        self._clock, self._wall_clock = clock, wall_clock
+        self._queue: deque[_Item] = deque()  # bounded by config.queue_size under _cond: put never blocks
+        self._cond = threading.Condition()
+        self._busy = False  # the writer holds an item it has taken off the queue
+        self._closing = False
+        self._stats = ALStats()
+        self._warnings = _RateLimitedWarnings(config.warn_interval_s, clock)
+        self._store: SampleSink | None = None
+        self._next_open_s = 0.0
+        self._thread = threading.Thread(target=self._run, name="al-writer", daemon=True)
+        self._thread.start()
+
+    # ----- request path -----------------------------------------------------------------------------
+
+    def on_finished(self, finished: Finished) -> None:
+        reason = select(finished, self.config, self._rng)
+        if reason is None:
+            if finished.image_bytes is None:
+                with self._cond:
+                    self._stats.skipped_no_image += 1
+            return
+        item = (finished, reason, self._wall_clock())
+        with self._cond:
+            if self._closing:
+                return
+            full = len(self._queue) >= self.config.queue_size
+            if full:
+                self._stats.dropped_queue_full += 1
+            else:
+                self._queue.append(item)
+                self._stats.kept_by_reason[reason.value] += 1
+                self._cond.notify_all()
+        if full:
+            self._warnings.warn("queue", "active learning: writer is behind ({} samples waiting), sample dropped",
+                                self.config.queue_size)
+
+    def stats(self) -> ALStats:
+        with self._cond:
+            return replace(self._stats, kept_by_reason=dict(self._stats.kept_by_reason),
+                           queue_depth=len(self._queue), store_open=self._store is not None)
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every queued sample has been handled (written or counted as dropped)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write what is queued (bounded by `timeout_s`), then close the store."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            logger.warning("active learning: writer did not finish within {:.1f} s; {} samples not written",
+                           timeout_s, len(self._queue))
+
+    # ----- writer thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._open_store()  # at start: recovery runs now, not on the first kept sample
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closing)
+                if not self._queue:  # closing and drained
+                    break
+                item = self._queue.popleft()
+                self._busy = True
+            try:
+                self._write(*item)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+        store, self._store = self._store, None
+        if store is not None:
+            try:
+                store.close()
+            except Exception as exc:  # closing must not raise into engine shutdown (house rule 6)
+                logger.warning("active learning: closing the store failed: {!r}", exc)
+
+    def _open_store(self) -> SampleSink | None:
+        if self._store is not None:
+            return self._store
+        now = self._clock()
+        if now < self._next_open_s:
+            return None
+        try:
+            store = self._factory()
+        except Exception as exc:  # unwritable folder, disk full, busy or corrupt store: retried later
+            self._next_open_s = now + self.config.reopen_interval_s
+            self._warnings.warn("open", "active learning: cannot open store {} ({!r}); samples are dropped until it"
+                                " opens", self.config.directory, exc)
+            return None
+        with self._cond:
+            self._store = store
+        return store
+
+    def _write(self, finished: Finished, reason: Reason, created_at: float) -> None:
+        store = self._open_store()
+        if store is None:
+            with self._cond:
+                self._stats.dropped_write_error += 1
+            return
+        try:
+            result = store.add(to_sample(finished, reason, created_at))
+        except Exception as exc:  # disk full, I/O error: the sample is lost, the store stays usable
+            with self._cond:
+                self._stats.dropped_write_error += 1
+            self._warnings.warn("write", "active learning: sample dropped, store write failed: {!r}", exc)
+            return
+        with self._cond:
+            if result.outcome is AddOutcome.ADDED:
+                self._stats.written += 1
+                self._stats.evicted += len(result.evicted)
+            elif result.outcome is AddOutcome.DUPLICATE:
+                self._stats.duplicates += 1
+            else:
+                self._stats.rejected_full += 1
+
+
+# ----- operator CLI -------------------------------------------------------------------------------
+
+def _reader(args: argparse.Namespace) -> ALStore:
+    return ALStore(args.store, writer=False)
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    with _reader(args) as store:
+        info = al_export.summary(store)
+        problems = store.integrity_check()
+    print("\n".join(al_export.format_summary(args.store, info, problems)))
+    return 0 if problems == ["ok"] else 1
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    labelled = False if args.unlabelled else (True if args.labelled else None)
+    with _reader(args) as store:
+        print(al_export.LIST_HEADER)
+        for record in al_export.iter_records(store, reason=args.reason, labelled=labelled, limit=args.limit):
+            print(al_export.format_row(record))
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    with _reader(args) as store:
+        record_id = al_export.resolve(store, args.ref)
+        record = None if record_id is None else al_export.get_record(store, record_id)
+    if record is None:
+        print(f"error: no record with id or sha256 {args.ref!r}", file=sys.stderr)
+        return 2
+    print("\n".join(al_export.format_record(record)))
+    return 0
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    if (args.csv is None) == (args.ref is None) or (args.ref is not None and args.value is None):
+        print("error: give either `label REF 0|1` or `label --csv FILE`", file=sys.stderr)
+        return 2
+    with _reader(args) as store:
+        if args.csv is not None:
+            labels, errors = al_export.parse_label_csv(store, args.csv)
+        else:
+            record_id = al_export.resolve(store, args.ref)
+            labels = [] if record_id is None else [(record_id, args.value)]
+            errors = [] if record_id is not None else [f"no record with id or sha256 {args.ref!r}"]
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+        if errors and not args.skip_bad:
+            print(f"no label applied ({len(errors)} bad rows; fix them or pass --skip-bad)", file=sys.stderr)
+            return 2
+        changed = al_export.apply_labels(store, labels)
+    print(f"labelled {len(labels)} records ({changed} changed){f', skipped {len(errors)} bad rows' if errors else ''}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    export = al_export.export_parquet if args.format == "parquet" else al_export.export_folder
+    with _reader(args) as store:
+        try:
+            report = export(store, args.out, include_unlabelled=args.include_unlabelled, reason=args.reason,
+                            progress=al_export.progress_printer(f"export {args.format}"))
+        except al_export.ExportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    labels = ", ".join(f"{label}={n}" for label, n in sorted(report.by_label.items())) or "nothing to export"
+    print(f"exported {report.written} images to {args.out} ({labels})")
+    if report.missing:
+        print(f"skipped {len(report.missing)} records whose image was evicted meanwhile", file=sys.stderr)
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    if args.older_than_days is None and args.max_items is None and args.max_bytes is None:
+        print("error: give --older-than-days, --max-items and/or --max-bytes", file=sys.stderr)
+        return 2
+    with ALStore(args.store) as store:  # the writer: fails with StoreBusy while a miner holds the store
+        dropped = al_export.prune(
+            store,
+            older_than_s=None if args.older_than_days is None else args.older_than_days * 86_400.0,
+            max_items=args.max_items, max_bytes=args.max_bytes, dry_run=args.dry_run,
+        )
+        left = f"{store.items - (len(dropped) if args.dry_run else 0)} records left"
+    print(f"{'would drop' if args.dry_run else 'dropped'} {len(dropped)} records; {left}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", type=Path, default=Path("al-store"), help="store folder (default: al-store)")
+    parser = argparse.ArgumentParser(prog="al", description="Inspect, label, export and prune the AL store.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("stats", parents=[common], help="counts, sizes, integrity").set_defaults(func=_cmd_stats)
+    listing = commands.add_parser("list", parents=[common], help="records, oldest first")
+    listing.add_argument("--reason", choices=[r.value for r in Reason])
+    group = listing.add_mutually_exclusive_group()
+    group.add_argument("--unlabelled", action="store_true")
+    group.add_argument("--labelled", action="store_true")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.set_defaults(func=_cmd_list)
+    show = commands.add_parser("show", parents=[common], help="one record, by id or sha256")
+    show.add_argument("ref")
+    show.set_defaults(func=_cmd_show)
+    label = commands.add_parser("label", parents=[common], help="`label REF 0|1` or `label --csv FILE`")
+    label.add_argument("ref", nargs="?")
+    label.add_argument("value", nargs="?", type=int, choices=[0, 1])
+    label.add_argument("--csv", type=Path, help="rows `image_hash_or_id,label`")
+    label.add_argument("--skip-bad", action="store_true", help="apply the good rows even if some are bad")
+    label.set_defaults(func=_cmd_label)
+    export = commands.add_parser("export", parents=[common], help="image folder or parquet for training")
+    export.add_argument("format", choices=["folder", "parquet"])
+    export.add_argument("out", type=Path, help="new folder (folder) or new .parquet file (parquet)")
+    export.add_argument("--include-unlabelled", action="store_true")
+    export.add_argument("--reason", choices=[r.value for r in Reason])
+    export.set_defaults(func=_cmd_export)
+    prune = commands.add_parser("prune", parents=[common], help="drop old unlabelled records or shrink the store")
+    prune.add_argument("--older-than-days", type=float, help="drop unlabelled records not seen for this long")
+    prune.add_argument("--max-items", type=int, help="evict (policy order) down to this many records")
+    prune.add_argument("--max-bytes", type=al_export.parse_size, help="evict (policy order) down to this size, e.g. 5G")
+    prune.add_argument("--dry-run", action="store_true")
+    prune.set_defaults(func=_cmd_prune)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.Error) as exc:
+        print(f"error: {exc!r}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

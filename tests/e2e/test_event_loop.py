@@ -1,0 +1,87 @@
+"""While one request is being computed, the axon accepts and answers another.
+
+A real bittensor axon on loopback with the miner's handlers and a real engine, queried by a real
+dendrite; the expert is a fake gated on an event, so the first request is held as long as the test
+wants, deterministically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from cascade.config import ExpertConfig
+from neurons.chain import MetagraphSnapshot, Neuron
+from neurons.client import axon_info, make_dendrite, query
+from neurons.config import MinerConfig
+from neurons.miner import Miner, wait_listening
+from neurons.protocol import ImageSynapse
+from tests.e2e.miner_process import free_port
+from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, marked_payload
+
+
+class _StaticMetagraph:
+    def __init__(self, snapshot: MetagraphSnapshot) -> None:
+        self.snapshot = snapshot
+
+
+def test_a_second_request_is_answered_while_the_first_is_computing(tmp_path):
+    import bittensor as bt
+
+    from neurons.offline import ensure_wallet
+
+    release = threading.Event()
+    held = threading.Event()
+
+    def held_or_quick(image) -> float:
+        if image[0, 0, 0] == 1:  # the first request: hold it until the test releases it
+            held.set()
+            assert release.wait(30)
+        return 0.9
+
+    config = expert_config("a", device="auto", replicas=2, max_batch=1, max_wait_ms=0.0)
+
+    def factory(cfg: ExpertConfig, device: str) -> FakeExpert:
+        return FakeExpert(cfg, device, answer=held_or_quick)
+
+    engine = make_engine({"a": factory}, cascade_config([[config]]))
+    miner_wallet = ensure_wallet(tmp_path, "miner")
+    validator = ensure_wallet(tmp_path, "validator")
+    snapshot = MetagraphSnapshot.of(72, [Neuron(0, miner_wallet.hotkey.ss58_address, False, 0.0),
+                                         Neuron(1, validator.hotkey.ss58_address, True, 100.0)])
+    port = free_port()
+    miner_config = MinerConfig.model_validate({
+        "cascade_file": "unused.yaml", "axon": {"host": "127.0.0.1", "port": port, "external_ip": "127.0.0.1"},
+    })
+    miner = Miner(miner_config, engine, _StaticMetagraph(snapshot))
+    axon = bt.Axon(wallet=miner_wallet, port=port, ip="127.0.0.1", external_ip="127.0.0.1")
+    axon.fast_config.host = "127.0.0.1"
+    forward, blacklist_fn, priority_fn = miner.handlers(ImageSynapse)
+    axon.attach(forward_fn=forward, blacklist_fn=blacklist_fn, priority_fn=priority_fn)
+    axon.start()
+    wait_listening("127.0.0.1", port)
+
+    async def scenario():
+        dendrite = make_dendrite(validator)
+        target = axon_info("127.0.0.1", port, miner_wallet.hotkey.ss58_address)
+        try:
+            first = asyncio.create_task(query(dendrite, target, marked_payload(1), timeout_s=20))
+            assert await asyncio.to_thread(held.wait, 20)
+            second = await query(dendrite, target, marked_payload(2, seed=2), timeout_s=20)
+            assert not first.done(), "the first request should still be computing"
+            release.set()
+            return await first, second
+        finally:
+            release.set()
+            await dendrite.aclose_session()
+
+    try:
+        first, second = asyncio.run(scenario())
+        assert second.status_code == 200 and second.prediction == pytest.approx(0.9)
+        assert first.status_code == 200 and first.prediction == pytest.approx(0.9)
+    finally:
+        release.set()
+        axon.stop()
+        engine.close()

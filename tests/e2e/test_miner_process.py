@@ -1,0 +1,124 @@
+"""The real miner process on loopback, queried by real bittensor dendrites with throwaway wallets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import signal
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cascade.tiny_models import build_tiny_vit
+from neurons.client import axon_info, encode_jpeg, make_dendrite, query, synthetic_image
+from neurons.protocol import ExtendedImageSynapse
+from tests.e2e.miner_process import make_wallets, run_miner
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_cascade(model: Path) -> dict:
+    return {
+        "version": "e2e",
+        "prior": 0.5,
+        "levels": [{
+            "name": "fast",
+            "exit_margin": 0.3,
+            "experts": [{"name": "vit", "backend": "hf_classifier", "model": str(model), "device": "cpu",
+                         "max_batch": 8, "max_wait_ms": 2.0, "options": {"positive_labels": ["Roadwork"]}}],
+        }],
+    }
+
+
+@pytest.fixture(scope="module")
+def miner(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("miner")
+    wallets = make_wallets(folder)
+    model = build_tiny_vit(folder / "models" / "tiny-vit")
+    limits = {"decode": {"max_pixels": 1_000_000, "max_decode_pixels": 4_000_000, "oversize": "downscale"}}
+    with run_miner(folder, wallets, tiny_cascade(model), extra=limits) as process:
+        yield process, wallets
+
+
+def ask(miner_and_wallets, who: str, payloads: list[str], synapse_cls=None):
+    process, wallets = miner_and_wallets
+    wallet = getattr(wallets, who)
+
+    async def go():
+        dendrite = make_dendrite(wallet)
+        axon = axon_info("127.0.0.1", process.port, process.hotkey)
+        kwargs = {"synapse_cls": synapse_cls} if synapse_cls else {}
+        try:
+            return await asyncio.gather(*(query(dendrite, axon, p, timeout_s=9.0, **kwargs) for p in payloads))
+        finally:
+            await dendrite.aclose_session()
+
+    return asyncio.run(go())
+
+
+def png_b64(width: int, height: int) -> str:
+    image = Image.fromarray(np.zeros((height, width, 3), np.uint8) + 90)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_a_validator_gets_probabilities(miner):
+    outcomes = ask(miner, "validator", [encode_jpeg(synthetic_image(i, (320 + i * 50, 240))) for i in range(6)])
+    assert all(o.status_code == 200 for o in outcomes), outcomes
+    assert all(0.0 <= o.prediction <= 1.0 for o in outcomes)
+    extended = ask(miner, "validator", [encode_jpeg(synthetic_image(99))], synapse_cls=ExtendedImageSynapse)
+    assert extended[0].status_code == 200 and 0.0 <= extended[0].prediction <= 1.0
+
+
+def test_strangers_and_non_validators_are_refused_without_harm(miner):
+    stranger = ask(miner, "stranger", [encode_jpeg(synthetic_image(1))])[0]
+    peer = ask(miner, "non_validator", [encode_jpeg(synthetic_image(2))])[0]
+    assert stranger.status_code == 403 and "not registered" in stranger.message
+    assert peer.status_code == 403 and "validator permit" in peer.message
+    assert stranger.prediction == -1.0 and peer.prediction == -1.0
+    assert miner[0].alive()
+    assert ask(miner, "validator", [encode_jpeg(synthetic_image(3))])[0].status_code == 200
+
+
+def test_bad_payloads_get_a_clear_error(miner):
+    bad_base64, not_image = ask(miner, "validator", ["%%% definitely not base64 %%%",
+                                                     base64.b64encode(b"just some text").decode()])
+    assert bad_base64.status_code == 400 and "invalid base64" in bad_base64.message
+    assert not_image.status_code == 400 and "not a readable image" in not_image.message
+    assert miner[0].alive()
+
+
+def test_huge_images_are_downscaled_or_refused_never_crashing(miner):
+    downscaled, refused = ask(miner, "validator", [png_b64(2000, 1000), png_b64(3000, 2000)])
+    assert downscaled.status_code == 200 and 0.0 <= downscaled.prediction <= 1.0
+    assert refused.status_code == 400 and "hard limit" in refused.message
+    assert miner[0].alive()
+    assert ask(miner, "validator", [encode_jpeg(synthetic_image(4))])[0].status_code == 200
+
+
+def test_metrics_are_exposed_in_prometheus_format(miner):
+    process, _ = miner
+    ask(miner, "validator", [encode_jpeg(synthetic_image(5))])
+    text = urllib.request.urlopen(f"http://127.0.0.1:{process.metrics_port}/metrics", timeout=5).read().decode()
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    answered = sum(s.value for s in families["sn72_miner_requests"].samples if s.name.endswith("_total"))
+    assert answered >= 1
+    refusals = {s.labels["outcome"]: s.value for s in families["sn72_miner_axon"].samples}
+    assert refusals.get("refused_bad_image", 0) >= 0
+
+
+def test_sigterm_drains_and_exits_cleanly(tmp_path):
+    wallets = make_wallets(tmp_path)
+    model = build_tiny_vit(tmp_path / "models" / "tiny-vit")
+    with run_miner(tmp_path, wallets, tiny_cascade(model)) as process:
+        assert ask((process, wallets), "validator", [encode_jpeg(synthetic_image(6))])[0].status_code == 200
+        process.process.send_signal(signal.SIGTERM)
+        assert process.process.wait(30) == 0
+    assert any("drained" in line for line in process.lines)
