@@ -17,6 +17,8 @@ from cascade.experts.options import options_model_for
 
 Backend = Literal["hf_classifier", "zero_shot", "detector", "vlm_transformers", "vlm_vllm", "vlm_remote"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+ImageFormat = Literal["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]
+DEFAULT_FORMATS: tuple[ImageFormat, ...] = ("JPEG", "PNG", "WEBP")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -139,9 +141,7 @@ class DecodeConfig(Strict):
         120_000_000, ge=1024, le=1 << 32, description="Larger images are refused whatever the policy (bombs)."
     )
     oversize: Literal["downscale", "reject"] = Field("downscale", description="What happens above max_pixels.")
-    formats: list[Literal["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]] = Field(
-        default_factory=lambda: ["JPEG", "PNG", "WEBP"], min_length=1
-    )
+    formats: list[ImageFormat] = Field(default_factory=lambda: list(DEFAULT_FORMATS), min_length=1)
 
     @model_validator(mode="after")
     def _bounds_order(self) -> DecodeConfig:

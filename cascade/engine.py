@@ -20,7 +20,7 @@ from cascade import consensus
 from cascade.admission import Admission
 from cascade.cache import ResultCache
 from cascade.config import EngineConfig, ExpertConfig, LevelConfig
-from cascade.decode import Decoded, decode_image, decode_payload, hash_bytes
+from cascade.decode import Decoded, DecodeError, decode_image, decode_payload, hash_bytes
 from cascade.experts.base import Expert
 from cascade.experts.registry import build_expert
 from cascade.observers.base import Finished, Observer, ObserverRunner
@@ -139,7 +139,9 @@ class Engine:
             for expert_config in level_config.experts:
                 batchers = []
                 for expert in placed[expert_config.name]:
-                    batcher = MicroBatcher(expert, sched.latency_window, sched.latency_quantile, self.stats.record_batch)
+                    batcher = MicroBatcher(
+                        expert, sched.latency_window, sched.latency_quantile, self.stats.record_batch
+                    )
                     seeded = getattr(expert, "_warmup_batch_s", 0.0)
                     if expert_config.expected_latency_ms is None and seeded:
                         batcher.compute.seed(seeded)
@@ -216,10 +218,14 @@ class Engine:
         shared = self._pending_by_hash.get(image_hash)
         if shared is not None:  # the same image is being answered for someone else right now
             try:
-                first = await asyncio.wait_for(asyncio.shield(shared), timeout=max(0.0, job.deadline_s - time.monotonic()))
-                return self._finish(job, self._as_cached(job, first), image_hash, data, None)
-            except (TimeoutError, Exception):  # noqa: BLE001 - fall back to our own answer path below
-                return self._finish(job, self._prior(job, 0, ()), image_hash, data, None)
+                time_left_s = max(0.0, job.deadline_s - time.monotonic())
+                first = await asyncio.wait_for(asyncio.shield(shared), timeout=time_left_s)
+            except DecodeError:
+                self.stats.decode_errors += 1
+                raise
+            except Exception:  # the first asker timed out or failed: answer this one from the prior
+                return self._finish(job, self._prior(job, 0, ("coalesced",)), image_hash, data, None)
+            return self._finish(job, self._as_cached(job, first), image_hash, data, None)
         own: asyncio.Future[Result] = loop.create_future()
         self._pending_by_hash[image_hash] = own
         try:
@@ -339,7 +345,5 @@ class Engine:
         self.stats.latency.observe(now - job.arrival_s)
         if job.deadline_s and now > job.deadline_s:
             self.stats.late_answers += 1
-        self.observers.notify(
-            Finished(job, result, image_hash, data, size, self.config.cascade.version)
-        )
+        self.observers.notify(Finished(job, result, image_hash, data, size, self.config.cascade.version))
         return result

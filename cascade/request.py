@@ -15,7 +15,7 @@ import numpy as np
 _ids = itertools.count(1)
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """How an answer was reached."""
 
     CONFIDENT = "confident"  # a level's pooled answer was confident enough to exit

@@ -28,7 +28,7 @@ class ImageSynapse(bt.Synapse):
         frozen=False,
     )
 
-    def deserialize(self) -> float:
+    def deserialize(self) -> float:  # type: ignore[override]  # validators read a float
         return self.prediction
 
     def get_required_fields(self) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cascade.tiny_models import BUILDERS, build_vit_b16  # noqa: E402
+from cascade.tiny_models import BUILDERS, build_vit_b16
 
 EXTRA = {"vit-b16": build_vit_b16}
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from neurons.client import (  # noqa: E402
+from neurons.client import (
     Outcome,
     accuracy,
     axon_info,

@@ -48,7 +48,7 @@ class Expert(abc.ABC):
         """Device memory this replica holds (parameters and buffers; 0 where not measurable)."""
         return 0
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Release the model (the process may keep running with other experts)."""
 
     def warmup_batches(self) -> list[list[np.ndarray]]:

@@ -40,11 +40,14 @@ class ZeroShotOptions(_Options):
     )
 
 
+_ROADWORK_CLASSES: tuple[str | int, ...] = ("cone", "traffic cone", "barrier", "construction sign", "excavator")
+
+
 class DetectorOptions(_Options):
     """ultralytics detector: roadwork objects become an image probability (noisy-OR of the top-k)."""
 
     classes: list[str | int] = Field(
-        default_factory=lambda: ["cone", "traffic cone", "barrier", "construction sign", "excavator"],
+        default_factory=lambda: list(_ROADWORK_CLASSES),
         min_length=1,
         description="Roadwork class names (case-insensitive) or indices.",
     )

@@ -42,7 +42,9 @@ def batch_tensor(
     return batch
 
 
-def processor_geometry(processor: object, override: int | None) -> tuple[tuple[int, int], list[float], list[float], float]:
+def processor_geometry(
+    processor: object, override: int | None
+) -> tuple[tuple[int, int], list[float], list[float], float]:
     """(size_hw, mean, std, rescale) read from a transformers image processor, with a square override."""
     size = getattr(processor, "size", None)
 

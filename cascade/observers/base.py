@@ -32,7 +32,7 @@ class Observer(abc.ABC):
     def on_finished(self, finished: Finished) -> None:
         """Record one finished request (hand slow work to a thread of your own)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Flush and release resources; called once when the engine stops."""
 
 
@@ -51,7 +51,7 @@ class ObserverRunner:
         for observer in self.observers:
             try:
                 observer.on_finished(finished)
-            except Exception as exc:  # noqa: BLE001 - the contract: observers never fail a request
+            except Exception as exc:
                 with self._lock:
                     self.errors[observer.name] = self.errors.get(observer.name, 0) + 1
                 logger.warning("observer {} failed: {!r}", observer.name, exc)
@@ -60,5 +60,5 @@ class ObserverRunner:
         for observer in self.observers:
             try:
                 observer.close()
-            except Exception as exc:  # noqa: BLE001 - closing one must not stop closing the others
+            except Exception as exc:
                 logger.warning("observer {} failed to close: {!r}", observer.name, exc)

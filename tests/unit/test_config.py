@@ -40,7 +40,7 @@ def test_a_bad_cascade_value_names_the_nested_field(tmp_path):
 
 
 def test_unknown_keys_and_bad_backends_are_errors(tmp_path):
-    with pytest.raises(ConfigError, match="axon.prot"):
+    with pytest.raises(ConfigError, match=r"axon\.prot"):
         load_config(["--config", str(write(tmp_path, {"axon": {"prot": 1}}))], environ={})
     cascade = {"levels": [{"name": "l1", "experts": [{"name": "v", "backend": "magic", "model": "m"}]}]}
     with pytest.raises(ConfigError, match="backend"):
