@@ -1,13 +1,25 @@
 """Offline set-up shared by the demo, the benchmarks and the end-to-end tests.
 
-Throwaway wallets (no password) and a local metagraph file in which chosen hotkeys are validators.
-Never use these helpers for wallets that hold funds.
+Throwaway wallets (no password), a local metagraph file in which chosen hotkeys are validators, and
+the miner process started as operators start it. Never use these helpers for wallets that hold funds.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from neurons.chain import Neuron, write_metagraph_json
 
@@ -22,7 +34,7 @@ def ensure_wallet(path: Path, name: str, hotkey: str = "default") -> Any:
 
 
 def write_offline_metagraph(
-    path: Path, netuid: int, miner_hotkey: str, validators: dict[str, float], others: list[str] = ()  # type: ignore[assignment]
+    path: Path, netuid: int, miner_hotkey: str, validators: dict[str, float], others: Sequence[str] = ()
 ) -> None:
     """uid 0 is the miner; then one validator (permit, stake) per entry; then registered non-validators."""
     neurons = [Neuron(0, miner_hotkey, False, 0.0)]
@@ -32,3 +44,101 @@ def write_offline_metagraph(
         neurons.append(Neuron(len(neurons), hotkey, False, 0.0))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_metagraph_json(path, netuid, neurons)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class MinerProcess:
+    process: subprocess.Popen[str]
+    port: int
+    metrics_port: int
+    hotkey: str
+    wallets: Path
+    lines: list[str] = field(default_factory=list)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@dataclass
+class Wallets:
+    path: Path
+    miner: Any
+    validator: Any
+    non_validator: Any
+    stranger: Any
+
+
+def make_wallets(folder: Path) -> Wallets:
+    path = folder / "wallets"
+    wallets = Wallets(path, *(ensure_wallet(path, name) for name in ("miner", "validator", "peer", "stranger")))
+    write_offline_metagraph(
+        folder / "metagraph.json",
+        72,
+        wallets.miner.hotkey.ss58_address,
+        {wallets.validator.hotkey.ss58_address: 5000.0},
+        others=[wallets.non_validator.hotkey.ss58_address],
+    )
+    return wallets
+
+
+@contextmanager
+def run_miner(folder: Path, wallets: Wallets, cascade: dict[str, Any], extra: dict[str, Any] | None = None,
+              ready_timeout_s: float = 240.0) -> Iterator[MinerProcess]:
+    """The miner as operators run it: `python -m neurons.miner --config miner.yaml`."""
+    port, metrics_port = free_port(), free_port()
+    (folder / "cascade.yaml").write_text(yaml.safe_dump(cascade))
+    config: dict[str, Any] = {
+        "wallet": {"name": "miner", "hotkey": "default", "path": str(wallets.path)},
+        "chain": {"offline": True, "metagraph_file": str(folder / "metagraph.json")},
+        "axon": {"host": "127.0.0.1", "port": port, "external_ip": "127.0.0.1"},
+        "metrics": {"port": metrics_port},
+        "cascade_file": "cascade.yaml",
+        "drain_timeout_s": 10.0,
+        "log_level": "INFO",
+    }
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict):
+            config.setdefault(key, {}).update(value)
+        else:
+            config[key] = value
+    (folder / "miner.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(folder)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "neurons.miner", "--config", str(folder / "miner.yaml")],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    miner = MinerProcess(process, port, metrics_port, wallets.miner.hotkey.ss58_address, wallets.path)
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            miner.lines.append(line.rstrip())
+            if line.startswith("MINER READY"):
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    until = time.monotonic() + ready_timeout_s
+    while not ready.wait(0.2):
+        if process.poll() is not None or time.monotonic() > until:
+            process.kill()
+            raise RuntimeError("miner did not start:\n" + "\n".join(miner.lines[-40:]))
+    try:
+        yield miner
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)

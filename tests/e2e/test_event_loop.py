@@ -17,8 +17,8 @@ from neurons.chain import MetagraphSnapshot, Neuron
 from neurons.client import axon_info, make_dendrite, query
 from neurons.config import MinerConfig
 from neurons.miner import Miner, wait_listening
+from neurons.offline import free_port
 from neurons.protocol import ImageSynapse
-from tests.e2e.miner_process import free_port
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, marked_payload
 
 

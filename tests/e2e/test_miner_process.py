@@ -15,8 +15,8 @@ from PIL import Image
 
 from cascade.tiny_models import build_tiny_vit
 from neurons.client import axon_info, encode_jpeg, make_dendrite, query, synthetic_image
+from neurons.offline import make_wallets, run_miner
 from neurons.protocol import ExtendedImageSynapse
-from tests.e2e.miner_process import make_wallets, run_miner
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,253 @@
+#!/usr/bin/env python
+"""Load generator and benchmarks; JSON out (--json FILE) and a short table on stdout.
+
+    bench.py engine --cascade config/cascade.demo.yaml --requests 500 --concurrency 64
+    bench.py engine --cascade C --requests 200 --burst --slow-last-level-s 1.5     # deadline stress
+    bench.py axon --cascade C --requests 200 --concurrency 16 --wallets 4           # through a real axon
+    bench.py roundtrip --cascade C --requests 200                                   # header cache on vs off
+    bench.py find-batch --cascade C --expert vit --budget-ms 100                    # best max_batch per expert
+    bench.py backends --cascade C --device cuda:0                                   # batch 1 / 32 per expert
+    bench.py baseline --model PATH --device cuda:0                                  # natix-style pipeline
+
+`engine` drives the in-process engine (decode included, axon excluded); `axon` starts the miner in
+offline mode and drives it with real dendrites from several throwaway wallets, concurrently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_models  # noqa: E402
+
+from cascade.config import EngineConfig, ExpertConfig, SchedulerConfig, load_cascade  # noqa: E402
+from neurons.client import encode_jpeg, percentiles, synthetic_image  # noqa: E402
+
+
+def payloads(count: int, size: tuple[int, int], distinct: int | None = None) -> list[str]:
+    """`count` base64 JPEGs; `distinct` of them different (the rest repeat, exercising the cache)."""
+    distinct = distinct or count
+    unique = [encode_jpeg(synthetic_image(seed, size)) for seed in range(distinct)]
+    return [unique[i % distinct] for i in range(count)]
+
+
+def slowed_factory(delay_s: float, level_experts: set[str]) -> Any:
+    """Wrap the real experts of the last level so each batch takes `delay_s` longer (a stand-in VLM)."""
+    from cascade.experts.registry import build_expert
+
+    def factory(config: ExpertConfig, device: str) -> Any:
+        expert = build_expert(config, device)
+        if config.name in level_experts:
+            inner = expert.predict_batch
+
+            def slow(images: Sequence[Any]) -> list[float]:
+                time.sleep(delay_s)
+                return inner(images)
+
+            expert.predict_batch = slow  # type: ignore[method-assign]
+        return expert
+
+    return factory
+
+
+def run_engine(args: argparse.Namespace) -> dict[str, Any]:
+    from cascade.engine import Engine
+    from cascade.experts.registry import build_expert
+    from cascade.request import Job
+
+    cascade = load_cascade(args.cascade)
+    factory: Any = build_expert
+    if args.slow_last_level_s:
+        last = cascade.levels[-1]
+        for expert in last.experts:
+            expert.expected_latency_ms = args.slow_last_level_s * 1000.0
+        factory = slowed_factory(args.slow_last_level_s, {e.name for e in last.experts})
+        last.exit_margin = 0.5  # never confident: every request that reaches it waits for it
+    if args.device:
+        for expert in cascade.experts():
+            expert.device = args.device
+    scheduler = SchedulerConfig(cache_size=0 if not args.cache else 4096, max_in_flight=args.max_in_flight)
+    engine = Engine(EngineConfig(cascade=cascade, scheduler=scheduler), expert_factory=factory)
+    startup = engine.start()
+    data = payloads(args.requests, args.image_size, args.distinct)
+    arrival: list[float] = [0.0] * len(data)
+    done_at: list[float] = [0.0] * len(data)
+    deadlines: list[float] = [0.0] * len(data)
+
+    def submit(i: int) -> concurrent.futures.Future[Any]:
+        now = time.monotonic()
+        arrival[i], deadlines[i] = now, now + args.budget_s
+        job = Job(payload=data[i], hotkey=f"hk{i % 8}", arrival_s=now, deadline_s=deadlines[i])
+        future = engine.submit(job)
+        future.add_done_callback(lambda _f: done_at.__setitem__(i, time.monotonic()))
+        return future
+
+    began = time.monotonic()
+    try:
+        if args.burst:  # everything at once: the deadline stress case
+            futures = [submit(i) for i in range(len(data))]
+            for future in futures:
+                future.result(args.budget_s + 60)
+        else:  # closed loop: `concurrency` clients, each sends its next request when answered
+            with concurrent.futures.ThreadPoolExecutor(args.concurrency) as clients:
+                list(clients.map(lambda i: submit(i).result(args.budget_s + 60), range(len(data))))
+        elapsed = max(done_at) - began
+    finally:
+        engine.close()
+    latencies = [done_at[i] - arrival[i] for i in range(len(data))]
+    late = sum(1 for i in range(len(data)) if done_at[i] > deadlines[i])
+    snapshot = engine.stats.snapshot()
+    report = {
+        "mode": "engine-burst" if args.burst else "engine",
+        "cascade": str(args.cascade),
+        "requests": len(data),
+        "concurrency": "all-at-once" if args.burst else args.concurrency,
+        "throughput_rps": len(data) / elapsed,
+        "latency_ms": {k: v * 1000 for k, v in percentiles(latencies, (50, 95, 99, 100)).items()},
+        "late_answers": late,
+        "statuses": snapshot["requests"],
+        "exits_by_levels_run": snapshot["exits_by_levels_run"],
+        "skipped_levels": snapshot["skipped_levels"],
+        "batch_size_histogram": snapshot["batch_size_histogram"],
+        "mean_batch_size": snapshot["mean_batch_size"],
+        "cold_start_s": startup.total_s,
+        "decode_ms_per_image": bench_models.decode_cost_ms(data[: min(50, len(data))]),
+    }
+    return report
+
+
+async def _drive_axon(process: Any, wallets: Sequence[Any], data: list[str], concurrency: int,
+                      timeout_s: float, sequential: bool) -> tuple[list[float], dict[str, int], float]:
+    from neurons.client import axon_info, make_dendrite, query
+
+    dendrites = [make_dendrite(w) for w in wallets]
+    axon = axon_info("127.0.0.1", process.port, process.hotkey)
+    latencies: list[float] = []
+    codes: dict[str, int] = {}
+    semaphore = asyncio.Semaphore(1 if sequential else concurrency)
+
+    async def one(i: int) -> None:
+        async with semaphore:
+            outcome = await query(dendrites[i % len(dendrites)], axon, data[i], timeout_s)
+        latencies.append(outcome.latency_s)
+        codes[str(outcome.status_code)] = codes.get(str(outcome.status_code), 0) + 1
+
+    began = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(len(data))))
+    elapsed = time.monotonic() - began
+    for dendrite in dendrites:
+        await dendrite.aclose_session()
+    return latencies, codes, elapsed
+
+
+def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bool = False) -> dict[str, Any]:
+    import yaml
+
+    from neurons.offline import ensure_wallet, run_miner, write_offline_metagraph
+
+    folder = Path(tempfile.mkdtemp(prefix="sn72-bench-"))
+    miner = ensure_wallet(folder / "wallets", "miner")
+    wallets = [ensure_wallet(folder / "wallets", f"validator{i}") for i in range(args.wallets)]
+    write_offline_metagraph(folder / "metagraph.json", 72, miner.hotkey.ss58_address,
+                            {w.hotkey.ss58_address: 1000.0 * (i + 1) for i, w in enumerate(wallets)})
+    from neurons.offline import Wallets
+
+    holder = Wallets(folder / "wallets", miner, wallets[0], wallets[0], wallets[0])
+    cascade = yaml.safe_load(args.cascade.read_text())
+    base = args.cascade.resolve().parent
+    for level in cascade["levels"]:
+        for expert in level["experts"]:
+            if str(expert["model"]).startswith(("./", "../")):
+                expert["model"] = str((base / expert["model"]).resolve())
+            if args.device:
+                expert["device"] = args.device
+    extra = {"axon": {"cache_header_schema": header_cache}, "guards": {"rate_per_s": 0.0},
+             "scheduler": {"cache_size": 0}, "log_level": "WARNING"}
+    data = payloads(args.requests, args.image_size, args.distinct)
+    with run_miner(folder, holder, cascade, extra=extra) as process:
+        # one warm-up round trip per wallet (dendrite sessions, first-request paths)
+        asyncio.run(_drive_axon(process, wallets, data[: len(wallets)], len(wallets), args.timeout_s, False))
+        latencies, codes, elapsed = asyncio.run(
+            _drive_axon(process, wallets, data, args.concurrency, args.timeout_s, sequential))
+    return {
+        "mode": "axon-sequential" if sequential else "axon",
+        "header_cache": header_cache,
+        "requests": len(data),
+        "wallets": len(wallets),
+        "concurrency": 1 if sequential else args.concurrency,
+        "throughput_rps": len(data) / elapsed,
+        "latency_ms": {k: v * 1000 for k, v in percentiles(latencies, (50, 95, 99, 100)).items()},
+        "status_codes": codes,
+    }
+
+
+def run_roundtrip(args: argparse.Namespace) -> dict[str, Any]:
+    """Sequential round trips with the stock per-response schema rebuild, then with the cache."""
+    args.wallets = 1
+    without = run_axon(args, header_cache=False, sequential=True)
+    with_cache = run_axon(args, header_cache=True, sequential=True)
+    return {"mode": "roundtrip", "without_header_cache": without, "with_header_cache": with_cache}
+
+
+def print_table(report: dict[str, Any], indent: str = "") -> None:
+    for key, value in report.items():
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            print(f"{indent}{key}:")
+            print_table(value, indent + "  ")
+        elif isinstance(value, dict):
+            inner = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+            print(f"{indent}{key:<24} {inner}")
+        else:
+            print(f"{indent}{key:<24} {value:.2f}" if isinstance(value, float) else f"{indent}{key:<24} {value}")
+
+
+def size(text: str) -> tuple[int, int]:
+    width, height = text.lower().split("x")
+    return int(width), int(height)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    for name in ("engine", "axon", "roundtrip"):
+        p = sub.add_parser(name)
+        p.add_argument("--cascade", type=Path, required=True)
+        p.add_argument("--requests", type=int, default=200)
+        p.add_argument("--concurrency", type=int, default=16)
+        p.add_argument("--image-size", type=size, default=(640, 480), help="WxH of generated images")
+        p.add_argument("--distinct", type=int, default=None, help="distinct images (default: all)")
+        p.add_argument("--device", default=None, help="override every expert's device")
+        p.add_argument("--json", type=Path)
+        if name == "engine":
+            p.add_argument("--burst", action="store_true", help="submit everything at once")
+            p.add_argument("--budget-s", type=float, default=8.4, help="deadline per request (9 s - margin)")
+            p.add_argument("--slow-last-level-s", type=float, default=0.0)
+            p.add_argument("--max-in-flight", type=int, default=256)
+            p.add_argument("--cache", action="store_true", help="keep the result cache on")
+        else:
+            p.add_argument("--wallets", type=int, default=4)
+            p.add_argument("--timeout-s", type=float, default=9.0)
+    bench_models.add_parsers(sub)
+    args = parser.parse_args(argv)
+    runners = {"engine": run_engine, "axon": run_axon, "roundtrip": run_roundtrip}
+    report = runners[args.mode](args) if args.mode in runners else bench_models.run(args)
+    print_table(report)
+    if getattr(args, "json", None):
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
