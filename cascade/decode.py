@@ -55,7 +55,7 @@ def decode_image(data: bytes, limits: DecodeConfig) -> Decoded:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image: Image.Image = Image.open(io.BytesIO(data))
-        except Exception as exc:  # noqa: BLE001 - untrusted bytes: any failure of any registered opener
+        except Exception as exc:  # untrusted bytes: any failure of any registered opener
             raise DecodeError(f"image: not a readable image ({type(exc).__name__}: {exc})") from exc
     if image.format not in limits.formats:
         raise DecodeError(f"image: format {image.format} is not accepted (accepted: {', '.join(limits.formats)})")
@@ -77,7 +77,7 @@ def decode_image(data: bytes, limits: DecodeConfig) -> Decoded:
         if downscale and image.size[0] * image.size[1] > limits.max_pixels:
             image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
         array = np.asarray(image, dtype=np.uint8)
-    except Exception as exc:  # noqa: BLE001 - truncated or corrupt data surfaces as many exception types
+    except Exception as exc:  # truncated or corrupt data surfaces as many exception types
         raise DecodeError(f"image: corrupt image data ({type(exc).__name__}: {exc})") from exc
     return Decoded(
         image=array, encoded=data, sha256=hash_bytes(data), original_size=(width, height), downscaled=downscale

@@ -223,7 +223,7 @@ class Engine:
             except DecodeError:
                 self.stats.decode_errors += 1
                 raise
-            except Exception:  # the first asker timed out or failed: answer this one from the prior
+            except Exception:  # noqa: BLE001 - the first asker timed out or failed: answer this one from the prior
                 return self._finish(job, self._prior(job, 0, ("coalesced",)), image_hash, data, None)
             return self._finish(job, self._as_cached(job, first), image_hash, data, None)
         own: asyncio.Future[Result] = loop.create_future()

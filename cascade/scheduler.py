@@ -181,7 +181,7 @@ class MicroBatcher:
                 loop = asyncio.get_running_loop()
                 raw = await loop.run_in_executor(self._executor, self.expert.predict_batch, images)
             probabilities = check_probabilities(self.name, raw, len(batch))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed batch fails each of its futures, nothing else
             outcome = "error"
             logger.warning("expert {} on {} failed a batch of {}: {!r}", self.name, self.device, len(batch), exc)
             for item in batch:

@@ -20,7 +20,7 @@ def build_tiny_vit(folder: Path, seed: int = 0) -> Path:
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     torch.manual_seed(seed)
-    config = ViTConfig(
+    config = ViTConfig(  # type: ignore[call-arg]  # num_labels etc. go through PretrainedConfig's kwargs
         image_size=32,
         patch_size=8,
         hidden_size=32,
@@ -44,7 +44,12 @@ def build_vit_b16(folder: Path, seed: int = 0) -> Path:
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     torch.manual_seed(seed)
-    config = ViTConfig(num_labels=2, id2label=ROADWORK_LABELS, label2id={v: k for k, v in ROADWORK_LABELS.items()})
+    labels: dict[str, Any] = {
+        "num_labels": 2,
+        "id2label": ROADWORK_LABELS,
+        "label2id": {v: k for k, v in ROADWORK_LABELS.items()},
+    }
+    config = ViTConfig(**labels)
     ViTForImageClassification(config).eval().save_pretrained(folder)
     ViTImageProcessor(size={"height": 224, "width": 224}).save_pretrained(folder)
     return folder
@@ -202,6 +207,22 @@ def build_tiny_yolo(folder: Path, seed: int = 0) -> Path:
     network: Any = model.model
     network.names = dict(enumerate(TINY_YOLO_NAMES))
     weights = folder / "tiny-yolo.pt"
+    model.save(str(weights))
+    return weights
+
+
+def build_yolo11n(folder: Path, seed: int = 0) -> Path:
+    """A real-size YOLO11n (COCO's 80 classes) with random weights, from the packaged yaml, for benchmarks."""
+    import os
+
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    import torch
+    from ultralytics import YOLO
+
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = YOLO("yolo11n.yaml")
+    weights = folder / "yolo11n.pt"
     model.save(str(weights))
     return weights
 

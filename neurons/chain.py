@@ -91,7 +91,7 @@ class MetagraphSource:
         while not self._stop.wait(self._interval_s):
             try:
                 fresh = self._load()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - keep serving with the last good snapshot
                 logger.warning("{}: refresh failed, keeping the last snapshot: {!r}", self._name, exc)
                 continue
             if fresh is not None:

@@ -189,7 +189,7 @@ def run(argv: list[str] | None = None) -> int:
     wallet = bt.Wallet(name=config.wallet.name, hotkey=config.wallet.hotkey, path=config.wallet.path)
     try:
         hotkey_address = wallet.hotkey.ss58_address
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - bittensor-wallet raises several types for a missing key
         print(f"error: cannot open hotkey {config.wallet.name}/{config.wallet.hotkey} in {config.wallet.path}: {exc}",
               file=sys.stderr)
         return 2

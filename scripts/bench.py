@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -78,7 +79,8 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
     if args.device:
         for expert in cascade.experts():
             expert.device = args.device
-    scheduler = SchedulerConfig(cache_size=0 if not args.cache else 4096, max_in_flight=args.max_in_flight)
+    scheduler = SchedulerConfig(cache_size=0 if not args.cache else 4096, max_in_flight=args.max_in_flight,
+                                max_in_flight_per_hotkey=args.max_in_flight, decode_workers=args.decode_workers)
     engine = Engine(EngineConfig(cascade=cascade, scheduler=scheduler), expert_factory=factory)
     startup = engine.start()
     data = payloads(args.requests, args.image_size, args.distinct)
@@ -174,7 +176,7 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
             if args.device:
                 expert["device"] = args.device
     extra = {"axon": {"cache_header_schema": header_cache}, "guards": {"rate_per_s": 0.0},
-             "scheduler": {"cache_size": 0}, "log_level": "WARNING"}
+             "scheduler": {"cache_size": 0, "decode_workers": args.decode_workers}, "log_level": "WARNING"}
     data = payloads(args.requests, args.image_size, args.distinct)
     with run_miner(folder, holder, cascade, extra=extra) as process:
         # one warm-up round trip per wallet (dendrite sessions, first-request paths)
@@ -194,11 +196,22 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
 
 
 def run_roundtrip(args: argparse.Namespace) -> dict[str, Any]:
-    """Sequential round trips with the stock per-response schema rebuild, then with the cache."""
+    """Sequential round trips, stock per-response schema rebuild vs cached, alternated to cancel drift."""
     args.wallets = 1
-    without = run_axon(args, header_cache=False, sequential=True)
-    with_cache = run_axon(args, header_cache=True, sequential=True)
-    return {"mode": "roundtrip", "without_header_cache": without, "with_header_cache": with_cache}
+    runs: dict[str, list[dict[str, Any]]] = {"without_header_cache": [], "with_header_cache": []}
+    for _ in range(args.rounds):
+        runs["without_header_cache"].append(run_axon(args, header_cache=False, sequential=True))
+        runs["with_header_cache"].append(run_axon(args, header_cache=True, sequential=True))
+    report: dict[str, Any] = {"mode": "roundtrip", "requests_per_run": args.requests, "rounds": args.rounds}
+    for name, results in runs.items():
+        report[name] = {
+            f"{point}_ms_round{i + 1}": r["latency_ms"][point]
+            for i, r in enumerate(results)
+            for point in ("p50", "p99")
+        }
+        report[name]["p50_ms_median"] = statistics.median(r["latency_ms"]["p50"] for r in results)
+        report[name]["p99_ms_median"] = statistics.median(r["latency_ms"]["p99"] for r in results)
+    return report
 
 
 def print_table(report: dict[str, Any], indent: str = "") -> None:
@@ -230,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--distinct", type=int, default=None, help="distinct images (default: all)")
         p.add_argument("--device", default=None, help="override every expert's device")
         p.add_argument("--json", type=Path)
+        p.add_argument("--decode-workers", type=int, default=2)
         if name == "engine":
             p.add_argument("--burst", action="store_true", help="submit everything at once")
             p.add_argument("--budget-s", type=float, default=8.4, help="deadline per request (9 s - margin)")
@@ -238,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--cache", action="store_true", help="keep the result cache on")
         else:
             p.add_argument("--wallets", type=int, default=4)
+            p.add_argument("--rounds", type=int, default=2, help="roundtrip: alternating runs per setting")
             p.add_argument("--timeout-s", type=float, default=9.0)
     bench_models.add_parsers(sub)
     args = parser.parse_args(argv)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cascade.tiny_models import BUILDERS, build_vit_b16
+from cascade.tiny_models import BUILDERS, build_vit_b16, build_yolo11n
 
-EXTRA = {"vit-b16": build_vit_b16}
+EXTRA = {"vit-b16": build_vit_b16, "yolo11n": build_yolo11n}  # real-size, random weights (benchmarks)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,6 +62,15 @@ def noisy_or(confidences: Sequence[float], top_k: int, floor: float) -> float:
     return min(1.0, max(floor, 1.0 - miss))
 
 
+def precision_kwargs(half: bool) -> dict[str, Any]:
+    """The predict argument for fp16: `quantize=16` in recent ultralytics (which deprecates `half`), else `half`."""
+    if not half:
+        return {}
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    return {"quantize": 16} if "quantize" in DEFAULT_CFG_DICT else {"half": True}
+
+
 class DetectorExpert(Expert):
     """An ultralytics YOLO / RT-DETR checkpoint read through `noisy_or` (see the module docstring)."""
 
@@ -86,6 +95,7 @@ class DetectorExpert(Expert):
         self.cuda = self.device.startswith("cuda")
         # ultralytics runs fp16 or fp32 only: any half-width dtype (and 'auto' on CUDA) means half
         self.half = self.cuda and self.config.dtype != "float32"
+        self.precision = precision_kwargs(self.half)
         self.yolo.to(self.device)
         logger.info(
             "expert {}: detector {} classes {} at {}px on {}{}",
@@ -112,7 +122,7 @@ class DetectorExpert(Expert):
                 classes=self.class_ids,
                 max_det=self.options.max_det,
                 device=self.device,
-                half=self.half,
+                **self.precision,
                 verbose=False,
             )
         )

@@ -73,6 +73,11 @@ class ZeroShotExpert(Expert):
             self.patch_size = int(getattr(image_processor, "patch_size", 16))
             self.max_num_patches = int(getattr(image_processor, "max_num_patches", 256))
         self.size_hw, self.mean, self.std, self.rescale = processor_geometry(image_processor, self.config.input_size)
+        # Fixed-grid towers (CLIP, SigLIP) learned position embeddings for one size; another input size needs them
+        # interpolated, which transformers does on request.
+        vision_config = getattr(self.model.config, "vision_config", None)
+        trained = getattr(vision_config, "image_size", None)
+        self.interpolate = not self.naflex and trained is not None and self.size_hw != (trained, trained)
         prompts = [*self.options.positive_prompts, *self.options.negative_prompts]
         self.num_positive = len(self.options.positive_prompts)
         self.text_embeds = self._encode_text(tokenizer, prompts)
@@ -142,10 +147,12 @@ class ZeroShotExpert(Expert):
     @torch.inference_mode()
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[float]:
         if self.naflex:
-            inputs = self._naflex_inputs(images)
+            inputs: dict[str, Any] = self._naflex_inputs(images)
         else:
             pixels = batch_tensor(images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale)
             inputs = {"pixel_values": pixels}
+            if self.interpolate:
+                inputs["interpolate_pos_encoding"] = True
         image_embeds = _embeddings(self.model.get_image_features(**inputs)).float()
         image_embeds = image_embeds / image_embeds.norm(p=2, dim=-1, keepdim=True)
         logits = self.logit_scale * image_embeds @ self.text_embeds.t()

@@ -218,7 +218,7 @@ class ActiveLearningObserver(Observer):
         if store is not None:
             try:
                 store.close()
-            except Exception as exc:  # closing must not raise into engine shutdown (house rule 6)
+            except Exception as exc:  # noqa: BLE001 - closing must not raise into engine shutdown (house rule 6)
                 logger.warning("active learning: closing the store failed: {!r}", exc)
 
     def _open_store(self) -> SampleSink | None:
@@ -229,7 +229,7 @@ class ActiveLearningObserver(Observer):
             return None
         try:
             store = self._factory()
-        except Exception as exc:  # unwritable folder, disk full, busy or corrupt store: retried later
+        except Exception as exc:  # noqa: BLE001 - unwritable folder, disk full, busy or corrupt store: retried later
             self._next_open_s = now + self.config.reopen_interval_s
             self._warnings.warn("open", "active learning: cannot open store {} ({!r}); samples are dropped until it"
                                 " opens", self.config.directory, exc)
@@ -246,7 +246,7 @@ class ActiveLearningObserver(Observer):
             return
         try:
             result = store.add(to_sample(finished, reason, created_at))
-        except Exception as exc:  # disk full, I/O error: the sample is lost, the store stays usable
+        except Exception as exc:  # noqa: BLE001 - disk full, I/O error: the sample is lost, the store stays usable
             with self._cond:
                 self._stats.dropped_write_error += 1
             self._warnings.warn("write", "active learning: sample dropped, store write failed: {!r}", exc)
