@@ -75,6 +75,7 @@ class Engine:
         self._levels: list[_Level] = []
         self._experts: list[Expert] = []
         self._pending_by_hash: dict[str, asyncio.Future[Result]] = {}
+        self._warm_batch_s: dict[int, float] = {}  # id(expert) -> slowest warm-up batch
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine-loop", daemon=True)
         self._decoder = concurrent.futures.ThreadPoolExecutor(config.scheduler.decode_workers, "decode")
@@ -102,7 +103,7 @@ class Engine:
             expert = self._expert_factory(by_name[slot.expert], slot.device)
             expert.load()
             load_s[key] = time.monotonic() - t0
-            warmup_s[key] = self._warm_up(expert)
+            warmup_s[key], self._warm_batch_s[id(expert)] = self._warm_up(expert)
             self._experts.append(expert)
             placed.setdefault(slot.expert, []).append(expert)
             logger.info("loaded {} in {:.2f}s, warm-up {:.2f}s", key, load_s[key], warmup_s[key])
@@ -118,19 +119,22 @@ class Engine:
         logger.info("engine ready: cold start {:.2f}s", self.startup.total_s)
         return self.startup
 
-    def _warm_up(self, expert: Expert) -> float:
-        """Run dummy batches so the first real request is as fast as the hundredth; seed latency."""
+    def _warm_up(self, expert: Expert) -> tuple[float, float]:
+        """Dummy batches, so the first real request is as fast as the hundredth.
+
+        Returns (total warm-up seconds, slowest full batch seconds); the latter seeds the batcher's
+        latency estimate until real batches have been measured.
+        """
         if expert.config.warmup_batches == 0 or expert.is_async:
-            return 0.0
+            return 0.0, 0.0
         t0 = time.monotonic()
         slowest = 0.0
         for _ in range(expert.config.warmup_batches):
             for batch in expert.warmup_batches():
                 b0 = time.monotonic()
                 expert.predict_batch(batch)
-                slowest = max(slowest, time.monotonic() - b0) if len(batch) > 1 else slowest
-        expert._warmup_batch_s = slowest  # type: ignore[attr-defined]  # read when the batcher is built
-        return time.monotonic() - t0
+                slowest = max(slowest, time.monotonic() - b0)
+        return time.monotonic() - t0, slowest
 
     async def _build_levels(self, placed: dict[str, list[Expert]]) -> None:
         sched = self.config.scheduler
@@ -142,7 +146,7 @@ class Engine:
                     batcher = MicroBatcher(
                         expert, sched.latency_window, sched.latency_quantile, self.stats.record_batch
                     )
-                    seeded = getattr(expert, "_warmup_batch_s", 0.0)
+                    seeded = self._warm_batch_s.get(id(expert), 0.0)
                     if expert_config.expected_latency_ms is None and seeded:
                         batcher.compute.seed(seeded)
                     batcher.start()

@@ -192,6 +192,7 @@ def _resolve_paths(miner: MinerConfig, base: Path) -> MinerConfig:
         return path if path.is_absolute() else (base / path).resolve()
 
     miner.cascade_file = resolve(miner.cascade_file)
+    miner.wallet.path = str(resolve(Path(miner.wallet.path)))
     if miner.chain.metagraph_file is not None:
         miner.chain.metagraph_file = resolve(miner.chain.metagraph_file)
     miner.active_learning.directory = resolve(miner.active_learning.directory)
