@@ -7,7 +7,7 @@ ViT-B/16 with labels None/Roadwork) loads here unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,13 +51,22 @@ class ClassifierExpert(Expert):
         id2label = {int(k): v for k, v in self.model.config.id2label.items()}
         self.num_labels = len(id2label)
         self.positive = roadwork_indices(id2label, self.options.positive_labels, self.options.positive_indices)
+        self.logits_of: Callable[[torch.Tensor], torch.Tensor] = self._eager_logits
+        if self.options.cuda_graphs and self.device.startswith("cuda"):
+            from cascade.experts.cuda_graphs import try_graph
+
+            self.logits_of = try_graph(self._eager_logits, (3, *self.size_hw), self.config.max_batch, self.device,
+                                       self.dtype, self.channels_last)
+
+    def _eager_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixels).logits
 
     @torch.inference_mode()
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[float]:
         pixels = batch_tensor(
             images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale, self.channels_last
         )
-        logits = self.model(pixel_values=pixels).logits.float()
+        logits = self.logits_of(pixels).float()
         if logits.shape[-1] == 1:
             probs = torch.sigmoid(logits[:, 0])
         else:

@@ -22,6 +22,7 @@ class ClassifierOptions(_Options):
         default_factory=list, description="Class indices that mean roadwork; used instead of names when given."
     )
     channels_last: bool = Field(True, description="NHWC memory layout on CUDA (faster convolutions and patches).")
+    cuda_graphs: bool = Field(True, description="Capture CUDA graphs per batch bucket at load (CUDA only).")
 
 
 class ZeroShotOptions(_Options):

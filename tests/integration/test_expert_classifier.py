@@ -1,0 +1,76 @@
+"""The transformers image-classifier backend, loaded from a local folder like a hub id."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cascade.config import ExpertConfig
+from cascade.experts.base import ExpertError
+from cascade.experts.hf_classifier import roadwork_indices
+from cascade.experts.registry import build_expert
+from cascade.tiny_models import build_tiny_vit
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    return build_tiny_vit(tmp_path_factory.mktemp("models") / "tiny-vit")
+
+
+def mixed_images(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(n)
+    shapes = [(224, 224), (480, 640), (50, 900), (1080, 1920)]
+    return [rng.integers(0, 256, (*shapes[i % 4], 3), dtype=np.uint8) for i in range(n)]
+
+
+def load(model, device="cpu", **options) -> object:
+    expert = build_expert(ExpertConfig(name="vit", backend="hf_classifier", model=str(model), max_batch=8,
+                                       device=device, options={"positive_labels": ["Roadwork"], **options}), device)
+    expert.load()
+    return expert
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_one_probability_per_image_of_any_size(tiny_vit, n):
+    expert = load(tiny_vit)
+    out = expert.predict_batch(mixed_images(n))
+    assert len(out) == n and all(0.0 <= p <= 1.0 for p in out)
+    assert expert.memory_bytes() > 0
+
+
+def test_a_batch_answers_as_its_images_do_alone(tiny_vit):
+    expert = load(tiny_vit)
+    images = mixed_images(4)
+    together = expert.predict_batch(images)
+    alone = [expert.predict_batch([image])[0] for image in images]
+    assert together == pytest.approx(alone, abs=1e-5)
+
+
+def test_label_mapping_by_name_or_index():
+    labels = {0: "None", 1: "Roadwork"}
+    assert roadwork_indices(labels, ["roadwork"], []) == [1]
+    assert roadwork_indices(labels, ["ignored"], [0]) == [0]
+    with pytest.raises(ExpertError, match="none of the labels"):
+        roadwork_indices(labels, ["cone"], [])
+    with pytest.raises(ExpertError, match="positive_indices"):
+        roadwork_indices(labels, [], [5])
+
+
+def test_probability_is_the_softmax_mass_of_the_roadwork_label(tiny_vit):
+    expert = load(tiny_vit)
+    images = mixed_images(2)
+    roadwork = expert.predict_batch(images)
+    other = load(tiny_vit, positive_labels=["None"]).predict_batch(images)
+    assert [a + b for a, b in zip(roadwork, other, strict=True)] == pytest.approx([1.0, 1.0], abs=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_answer_as_the_eager_model_does(tiny_vit):
+    graphed = load(tiny_vit, device="cuda:0", cuda_graphs=True)
+    eager = load(tiny_vit, device="cuda:0", cuda_graphs=False)
+    assert type(graphed.logits_of).__name__ == "GraphedForward"
+    for n in (1, 3, 8, 11):  # 11 > max_batch: the eager fallback
+        images = mixed_images(n)
+        assert graphed.predict_batch(images) == pytest.approx(eager.predict_batch(images), abs=2e-2)
+    assert torch.cuda.is_available()
