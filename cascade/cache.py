@@ -32,6 +32,10 @@ class ResultCache:
         self.hits += 1
         return entry[1]
 
+    def contains(self, key: str) -> bool:
+        """Membership without touching the LRU order (safe to call from another thread)."""
+        return key in self._items
+
     def put(self, key: str, result: Result, now_s: float | None = None) -> None:
         if self._size == 0:
             return

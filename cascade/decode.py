@@ -76,7 +76,7 @@ def decode_image(data: bytes, limits: DecodeConfig) -> Decoded:
         image = image.convert("RGB")
         if downscale and image.size[0] * image.size[1] > limits.max_pixels:
             image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        array = np.asarray(image, dtype=np.uint8)
+        array = np.array(image, dtype=np.uint8)  # writable: experts hand it to torch without a copy
     except Exception as exc:  # truncated or corrupt data surfaces as many exception types
         raise DecodeError(f"image: corrupt image data ({type(exc).__name__}: {exc})") from exc
     return Decoded(

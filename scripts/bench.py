@@ -63,6 +63,17 @@ def slowed_factory(delay_s: float, level_experts: set[str]) -> Any:
     return factory
 
 
+async def _closed_loop(submit: Any, total: int, concurrency: int) -> None:
+    """Clients as coroutines on one thread: client threads would compete with the engine for the GIL."""
+    indices = iter(range(total))
+
+    async def client() -> None:
+        for i in indices:
+            await asyncio.wrap_future(submit(i))
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+
+
 def run_engine(args: argparse.Namespace) -> dict[str, Any]:
     from cascade.engine import Engine
     from cascade.experts.registry import build_expert
@@ -103,8 +114,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
             for future in futures:
                 future.result(args.budget_s + 60)
         else:  # closed loop: `concurrency` clients, each sends its next request when answered
-            with concurrent.futures.ThreadPoolExecutor(args.concurrency) as clients:
-                list(clients.map(lambda i: submit(i).result(args.budget_s + 60), range(len(data))))
+            asyncio.run(_closed_loop(submit, len(data), args.concurrency))
         elapsed = max(done_at) - began
     finally:
         engine.close()
