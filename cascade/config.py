@@ -141,6 +141,9 @@ class DecodeConfig(Strict):
         120_000_000, ge=1024, le=1 << 32, description="Larger images are refused whatever the policy (bombs)."
     )
     oversize: Literal["downscale", "reject"] = Field("downscale", description="What happens above max_pixels.")
+    reduce_jpeg: bool = Field(
+        True, description="Decode JPEGs at the smallest DCT scale that still covers every expert's input size."
+    )
     formats: list[ImageFormat] = Field(default_factory=lambda: list(DEFAULT_FORMATS), min_length=1)
 
     @model_validator(mode="after")

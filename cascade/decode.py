@@ -49,8 +49,13 @@ def hash_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode_image(data: bytes, limits: DecodeConfig) -> Decoded:
-    """Image bytes -> RGB array, within the configured format and pixel limits."""
+def decode_image(data: bytes, limits: DecodeConfig, min_side: int | None = None) -> Decoded:
+    """Image bytes -> RGB array, within the configured format and pixel limits.
+
+    With `min_side`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both
+    sides at least `min_side`: the experts resize to their inputs anyway, and a 640x480 frame for a
+    224 model decodes ~3x faster and moves a quarter of the bytes to the GPU.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -73,6 +78,8 @@ def decode_image(data: bytes, limits: DecodeConfig) -> Decoded:
     try:
         if downscale and image.format == "JPEG":
             image.draft("RGB", target)  # the codec decodes at 1/2, 1/4 or 1/8 scale: far less memory
+        elif min_side and limits.reduce_jpeg and image.format == "JPEG":
+            image.draft("RGB", (min_side, min_side))
         image = image.convert("RGB")
         if downscale and image.size[0] * image.size[1] > limits.max_pixels:
             image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)

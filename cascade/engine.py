@@ -76,6 +76,7 @@ class Engine:
         self._experts: list[Expert] = []
         self._pending_by_hash: dict[str, asyncio.Future[Result]] = {}
         self._warm_batch_s: dict[int, float] = {}  # id(expert) -> slowest warm-up batch
+        self._decode_min_side: int | None = None  # set once the experts are loaded
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine-loop", daemon=True)
         self._decoder = concurrent.futures.ThreadPoolExecutor(config.scheduler.decode_workers, "decode")
@@ -107,6 +108,9 @@ class Engine:
             self._experts.append(expert)
             placed.setdefault(slot.expert, []).append(expert)
             logger.info("loaded {} in {:.2f}s, warm-up {:.2f}s", key, load_s[key], warmup_s[key])
+        sides = [expert.input_side() for expert in self._experts]
+        self._decode_min_side = None if None in sides else max(s for s in sides if s is not None)
+        logger.info("JPEGs decoded with both sides >= {} (the largest expert input)", self._decode_min_side or "full")
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._build_levels(placed), self._loop).result()
         self.started = True
@@ -234,7 +238,9 @@ class Engine:
         try:
             if decoded is None:  # skipped as a likely repeat, but not answered after all
                 try:
-                    decoded = await loop.run_in_executor(self._decoder, decode_image, data, limits)
+                    decoded = await loop.run_in_executor(
+                        self._decoder, decode_image, data, limits, self._decode_min_side
+                    )
                 except Exception:
                     self.stats.decode_errors += 1
                     raise
@@ -262,7 +268,7 @@ class Engine:
         image_hash = hash_bytes(data)
         if self.cache.contains(image_hash) or image_hash in self._pending_by_hash:
             return data, image_hash, None
-        return data, image_hash, decode_image(data, self.config.decode)
+        return data, image_hash, decode_image(data, self.config.decode, self._decode_min_side)
 
     async def _admit_and_run(self, request: Request) -> Result:
         job = request.job

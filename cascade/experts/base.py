@@ -44,6 +44,13 @@ class Expert(abc.ABC):
         """One P(roadwork) per image (async backends); work still running at `deadline_s` is aborted."""
         raise NotImplementedError(f"{type(self).__name__} has no asynchronous predict")
 
+    def input_side(self) -> int | None:
+        """The largest image side this expert looks at after its own resize (None: full resolution).
+
+        The engine decodes JPEGs no larger than every expert needs (`DecodeConfig.reduce_jpeg`).
+        """
+        return None
+
     def memory_bytes(self) -> int:
         """Device memory this replica holds (parameters and buffers; 0 where not measurable)."""
         return 0

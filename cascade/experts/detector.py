@@ -140,6 +140,9 @@ class DetectorExpert(Expert):
         keep = np.isin(classes, self.class_ids)
         return noisy_or(confidences[keep].tolist(), self.options.top_k, self.options.floor)
 
+    def input_side(self) -> int | None:
+        return int(self.imgsz)
+
     def memory_bytes(self) -> int:
         model = getattr(self.yolo, "model", None)
         return parameter_bytes(model) if model is not None and hasattr(model, "parameters") else 0

@@ -73,6 +73,9 @@ class ClassifierExpert(Expert):
             probs = torch.softmax(logits, dim=-1)[:, self.positive].sum(dim=-1)
         return probs.clamp(0.0, 1.0).cpu().tolist()
 
+    def input_side(self) -> int | None:
+        return max(self.size_hw)
+
     def memory_bytes(self) -> int:
         return parameter_bytes(self.model)
 

@@ -192,6 +192,11 @@ def build_prompt(processor: Any, question: str) -> str:
     return prompt
 
 
+def vlm_input_side(max_pixels: int) -> int:
+    """Shorter side the VLM needs: an image whose both sides reach it holds at least `max_pixels`."""
+    return math.isqrt(max_pixels) + 1
+
+
 def fit_pixels(height: int, width: int, max_pixels: int) -> tuple[int, int]:
     """(height, width) scaled down, aspect kept, to at most `max_pixels`; never scaled up."""
     if height * width <= max_pixels:

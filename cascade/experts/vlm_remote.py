@@ -27,7 +27,14 @@ import numpy as np
 from loguru import logger
 
 from cascade.experts.base import Expert, ExpertError
-from cascade.experts.vlm_common import TokenLogprob, YesNoReader, YesNoVocabulary, to_pil_within, user_messages
+from cascade.experts.vlm_common import (
+    TokenLogprob,
+    YesNoReader,
+    YesNoVocabulary,
+    to_pil_within,
+    user_messages,
+    vlm_input_side,
+)
 
 _BODY_EXCERPT = 300
 
@@ -70,6 +77,9 @@ class RemoteVLMExpert(Expert):
     """A VLM behind an OpenAI-compatible HTTP server; see the module docstring."""
 
     is_async = True
+
+    def input_side(self) -> int | None:
+        return vlm_input_side(self.options.max_pixels)
 
     def __init__(self, config: Any, device: str) -> None:
         super().__init__(config, device)

@@ -28,12 +28,16 @@ from cascade.experts.vlm_common import (
     YesNoVocabulary,
     build_prompt,
     to_pil_within,
+    vlm_input_side,
     yes_no_token_ids,
 )
 
 
 class TransformersVLMExpert(Expert):
     """A transformers VLM asked `options.question`; see the module docstring."""
+
+    def input_side(self) -> int | None:
+        return vlm_input_side(self.options.max_pixels)
 
     def load(self) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor

@@ -38,6 +38,7 @@ from cascade.experts.vlm_common import (
     YesNoVocabulary,
     build_prompt,
     to_pil_within,
+    vlm_input_side,
     yes_no_token_ids,
 )
 
@@ -134,6 +135,9 @@ class VLLMExpert(Expert):
     """A VLM on an in-process vLLM `AsyncLLM`; see the module docstring."""
 
     is_async = True
+
+    def input_side(self) -> int | None:
+        return vlm_input_side(self.options.max_pixels)
 
     def __init__(self, config: Any, device: str) -> None:
         super().__init__(config, device)

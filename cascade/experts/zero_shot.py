@@ -160,6 +160,9 @@ class ZeroShotExpert(Expert):
             logits = logits + self.logit_bias
         return prompt_probabilities(logits, self.num_positive).cpu().tolist()
 
+    def input_side(self) -> int | None:
+        return None if self.naflex else max(self.size_hw)  # NaFlex keeps the native aspect and detail
+
     def memory_bytes(self) -> int:
         return parameter_bytes(self.model) + self.text_embeds.numel() * self.text_embeds.element_size()
 

@@ -65,3 +65,16 @@ def test_truncated_image_data_is_refused():
     raw = base64.b64decode(encoded(200, 200, "PNG"))
     with pytest.raises(DecodeError):
         decode(base64.b64encode(raw[: len(raw) // 2]), DecodeConfig())
+
+
+def test_jpegs_decode_at_the_smallest_scale_that_covers_the_experts():
+    from cascade.decode import decode_image, decode_payload
+
+    limits = DecodeConfig()
+    jpeg = decode_payload(encoded(1280, 720), limits)
+    reduced = decode_image(jpeg, limits, min_side=224)
+    assert reduced.image.shape == (360, 640, 3) and reduced.original_size == (1280, 720)
+    assert decode_image(jpeg, limits, min_side=400).image.shape == (720, 1280, 3)  # 1/2 would give 360 < 400
+    assert decode_image(jpeg, DecodeConfig(reduce_jpeg=False), min_side=224).image.shape == (720, 1280, 3)
+    png = decode_payload(encoded(1280, 720, "PNG"), limits)
+    assert decode_image(png, limits, min_side=224).image.shape == (720, 1280, 3)
