@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -90,6 +91,10 @@ class Engine:
         from cascade.placement import describe_plan, plan_placement, visible_devices
 
         began = time.monotonic()
+        # NOTE: process-wide. Expert threads drop the GIL inside every torch call and must win it
+        # back from the loop and decode threads; at Python's 5 ms default a batch of small calls
+        # waits longer for the GIL than for the GPU.
+        sys.setswitchinterval(self.config.scheduler.gil_switch_interval_ms / 1000.0)
         devices = visible_devices()
         experts = self.config.cascade.experts()
         slots = plan_placement(experts, devices)

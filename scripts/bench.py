@@ -91,7 +91,8 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         for expert in cascade.experts():
             expert.device = args.device
     scheduler = SchedulerConfig(cache_size=0 if not args.cache else 4096, max_in_flight=args.max_in_flight,
-                                max_in_flight_per_hotkey=args.max_in_flight, decode_workers=args.decode_workers)
+                                max_in_flight_per_hotkey=args.max_in_flight, decode_workers=args.decode_workers,
+                                gil_switch_interval_ms=args.gil_switch_ms)
     engine = Engine(EngineConfig(cascade=cascade, scheduler=scheduler), expert_factory=factory)
     startup = engine.start()
     data = payloads(args.requests, args.image_size, args.distinct)
@@ -135,6 +136,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size_histogram": snapshot["batch_size_histogram"],
         "mean_batch_size": snapshot["mean_batch_size"],
         "cold_start_s": startup.total_s,
+        "gil_switch_interval_ms": args.gil_switch_ms,
         "decode_ms_per_image": bench_models.decode_cost_ms(data[: min(50, len(data))]),
     }
     return report
@@ -260,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--slow-last-level-s", type=float, default=0.0)
             p.add_argument("--max-in-flight", type=int, default=256)
             p.add_argument("--cache", action="store_true", help="keep the result cache on")
+            p.add_argument("--gil-switch-ms", type=float, default=0.5, help="sys.setswitchinterval in ms")
         else:
             p.add_argument("--wallets", type=int, default=4)
             p.add_argument("--rounds", type=int, default=2, help="roundtrip: alternating runs per setting")

@@ -44,9 +44,9 @@ def batch_tensor(
 def _resize_on_device(images: Sequence[np.ndarray], size_hw: tuple[int, int], device: str) -> torch.Tensor:
     """Images of one shape are copied into one uint8 device tensor and resized together.
 
-    The per-image work is a single copy; the conversion and the antialiased resize run once per
-    distinct shape. This keeps the expert's thread off the GIL (a per-image chain of small torch
-    calls stalls behind decode threads under load).
+    A handful of torch calls per distinct shape, whatever the batch size: under load each call that
+    drops the GIL may wait a whole switch interval to get it back, so per-image calls (hundreds
+    per batch) made the expert thread crawl behind the decode and event-loop threads.
     """
     groups: dict[tuple[int, int], list[int]] = {}
     for index, image in enumerate(images):
@@ -54,10 +54,8 @@ def _resize_on_device(images: Sequence[np.ndarray], size_hw: tuple[int, int], de
     parts: list[torch.Tensor] = []
     order: list[int] = []
     for (height, width), indices in groups.items():
-        staged = torch.empty((len(indices), height, width, 3), dtype=torch.uint8, device=device)
-        for row, index in enumerate(indices):
-            staged[row].copy_(torch.from_numpy(_writable(images[index])), non_blocking=True)
-        part = staged.permute(0, 3, 1, 2).float()
+        host = np.stack([images[index] for index in indices])  # one host copy, then one transfer
+        part = torch.from_numpy(host).to(device).permute(0, 3, 1, 2).float()
         if (height, width) != tuple(size_hw):
             part = F.interpolate(part, size=size_hw, mode="bilinear", antialias=True, align_corners=False)
         parts.append(part)
