@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from cascade.config import ExpertConfig
 from cascade.experts.base import ExpertError
 from cascade.experts.detector import DetectorExpert, noisy_or, resolve_classes
-from cascade.experts.registry import build_expert
 from cascade.tiny_models import BUILDERS, TINY_YOLO_NAMES
+from tests.factories.experts import load_expert, make_images
 
 SIZES = [(224, 224), (480, 640), (50, 900)]
 
@@ -24,18 +23,8 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return BUILDERS["tiny-yolo"](tmp_path_factory.mktemp("yolo"))
 
 
-def make_images(sizes: list[tuple[int, int]], seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
-
-
 def make_expert(weights: Path, device: str = "cpu", **overrides: Any) -> DetectorExpert:
-    fields: dict[str, Any] = {"name": "det", "backend": "detector", "model": str(weights), "device": device}
-    fields.update(overrides)
-    expert = build_expert(ExpertConfig(**fields), device)
-    assert isinstance(expert, DetectorExpert)
-    expert.load()
-    return expert
+    return load_expert(DetectorExpert, "detector", weights, device, **{"name": "det", **overrides})
 
 
 def test_noisy_or_of_the_top_k() -> None:

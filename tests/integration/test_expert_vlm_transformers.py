@@ -6,16 +6,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
-from cascade.config import ExpertConfig
 from cascade.experts.base import ExpertError
-from cascade.experts.registry import build_expert
 from cascade.experts.vlm_common import to_pil_within
 from cascade.experts.vlm_transformers import TransformersVLMExpert
 from cascade.tiny_models import BUILDERS
+from tests.factories.experts import load_expert, make_images
 
 SIZES = [(224, 224), (480, 640), (50, 900)]
 
@@ -25,18 +23,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return BUILDERS["tiny-vlm"](tmp_path_factory.mktemp("vlm"))
 
 
-def make_images(sizes: list[tuple[int, int]], seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
-
-
 def make_expert(model: Path, device: str = "cpu", **overrides: Any) -> TransformersVLMExpert:
-    fields: dict[str, Any] = {"name": "vlm", "backend": "vlm_transformers", "model": str(model), "device": device}
-    fields.update(overrides)
-    expert = build_expert(ExpertConfig(**fields), device)
-    assert isinstance(expert, TransformersVLMExpert)
-    expert.load()
-    return expert
+    return load_expert(TransformersVLMExpert, "vlm_transformers", model, device, **{"name": "vlm", **overrides})
 
 
 def test_one_probability_per_image_for_batches_of_mixed_sizes(model_dir: Path) -> None:

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from cascade.config import ExpertConfig
-from cascade.experts.registry import build_expert
 from cascade.experts.zero_shot import ZeroShotExpert, prompt_probabilities
 from cascade.tiny_models import BUILDERS
+from tests.factories.experts import load_expert, make_images
 
 FAMILIES = ["tiny-clip", "tiny-siglip", "tiny-siglip2"]
 SIZES = [(224, 224), (480, 640), (50, 900)]
@@ -24,18 +23,8 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: BUILDERS[name](root / name) for name in FAMILIES}
 
 
-def make_images(sizes: list[tuple[int, int]], seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
-
-
 def make_expert(model: Path, device: str = "cpu", **overrides: Any) -> ZeroShotExpert:
-    fields: dict[str, Any] = {"name": "zs", "backend": "zero_shot", "model": str(model), "device": device}
-    fields.update(overrides)
-    expert = build_expert(ExpertConfig(**fields), device)
-    assert isinstance(expert, ZeroShotExpert)
-    expert.load()
-    return expert
+    return load_expert(ZeroShotExpert, "zero_shot", model, device, **{"name": "zs", **overrides})
 
 
 @pytest.mark.parametrize("family", FAMILIES)
