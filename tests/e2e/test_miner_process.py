@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
+import os
+import subprocess
+import sys
 import signal
 import urllib.request
 from pathlib import Path
@@ -122,3 +126,24 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path):
         process.process.send_signal(signal.SIGTERM)
         assert process.process.wait(30) == 0
     assert any("drained" in line for line in process.lines)
+
+
+def test_query_script_reports_latency_and_scores_for_labelled_folders(miner, tmp_path):
+    process, wallets = miner
+    for label in ("0", "1"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(3):
+            synthetic_image(int(label) * 10 + i).save(tmp_path / "images" / label / f"{i}.jpg")
+    report_path = tmp_path / "report.json"
+    completed = subprocess.run(
+        [sys.executable, "scripts/query.py", str(tmp_path / "images"), "--wallet.name", "validator",
+         "--wallet.path", str(wallets.path), "--miner", f"127.0.0.1:{process.port}",
+         "--miner-hotkey", process.hotkey, "--concurrency", "3", "--json", str(report_path)],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    report = json.loads(report_path.read_text())
+    assert report["requests"] == report["answered"] == 6 and report["labelled"] == 6
+    assert -1.0 <= report["mcc"] <= 1.0 and 0.0 <= report["accuracy"] <= 1.0
+    assert report["latency_ms"]["p50"] > 0
