@@ -112,7 +112,8 @@ class Engine:
             warmup_s[key], self._warm_batch_s[id(expert)] = self._warm_up(expert)
             self._experts.append(expert)
             placed.setdefault(slot.expert, []).append(expert)
-            logger.info("loaded {} in {:.2f}s, warm-up {:.2f}s", key, load_s[key], warmup_s[key])
+            logger.info("loaded {} in {:.2f}s, warm-up {:.2f}s, {:.2f} GB held", key, load_s[key], warmup_s[key],
+                        expert.memory_bytes() / 2**30)
         sides = [expert.input_side() for expert in self._experts]
         self._decode_min_side = None if None in sides else max(s for s in sides if s is not None)
         logger.info("JPEGs decoded with both sides >= {} (the largest expert input)", self._decode_min_side or "full")

@@ -7,9 +7,9 @@ import base64
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
-import signal
 import urllib.request
 from pathlib import Path
 
