@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import sys
 import threading
 import time
@@ -30,6 +31,15 @@ from cascade.scheduler import Expired, MicroBatcher
 from cascade.stats import EngineStats
 
 ExpertFactory = Callable[[ExpertConfig, str], Expert]
+
+FATAL_EXIT_CODE = 70  # EX_SOFTWARE: pm2 (autorestart) starts a fresh process with a fresh CUDA context
+
+
+def _exit_for_restart(replica: str, exc: BaseException) -> None:
+    """A dead device context fails every later batch: exit now and let the supervisor restart us."""
+    logger.critical("device context of {} is lost ({!r}); exiting with code {} for a restart", replica, exc,
+                    FATAL_EXIT_CODE)
+    os._exit(FATAL_EXIT_CODE)
 
 
 @dataclass
@@ -64,8 +74,10 @@ class Engine:
         config: EngineConfig,
         observers: Sequence[Observer] = (),
         expert_factory: ExpertFactory = build_expert,
+        on_fatal: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         self.config = config
+        self._on_fatal = on_fatal or _exit_for_restart
         self.observers = ObserverRunner(list(observers))
         self._expert_factory = expert_factory
         self.stats = EngineStats()
@@ -154,7 +166,7 @@ class Engine:
                 batchers = []
                 for expert in placed[expert_config.name]:
                     batcher = MicroBatcher(
-                        expert, sched.latency_window, sched.latency_quantile, self.stats.record_batch
+                        expert, sched.latency_window, sched.latency_quantile, self.stats.record_batch, self._on_fatal
                     )
                     seeded = self._warm_batch_s.get(id(expert), 0.0)
                     if expert_config.expected_latency_ms is None and seeded:

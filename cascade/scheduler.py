@@ -60,6 +60,24 @@ class _Item:
 
 
 BatchListener = Callable[[str, str, int, float, str], None]  # expert, device, size, seconds, outcome
+FatalHandler = Callable[[str, BaseException], None]
+
+# Messages of errors after which the device's context is unusable: every later batch would fail too.
+_FATAL_DEVICE_ERRORS = (
+    "illegal memory access",
+    "device-side assert",
+    "unspecified launch failure",
+    "cuda driver",
+    "context is destroyed",
+    "an illegal instruction",
+    "uncorrectable ecc",
+)
+
+
+def is_fatal_device_error(exc: BaseException) -> bool:
+    """A lost CUDA context (not an out-of-memory, which a smaller batch may survive)."""
+    text = str(exc).lower()
+    return "out of memory" not in text and any(marker in text for marker in _FATAL_DEVICE_ERRORS)
 
 
 class MicroBatcher:
@@ -71,6 +89,7 @@ class MicroBatcher:
         window: int = 256,
         quantile: float = 0.95,
         listener: BatchListener | None = None,
+        on_fatal: FatalHandler | None = None,
     ) -> None:
         self.expert = expert
         self.name = expert.name
@@ -80,6 +99,7 @@ class MicroBatcher:
         initial = (expert.config.expected_latency_ms or 50.0) / 1000.0
         self.compute = LatencyTracker(window, quantile, initial)
         self._listener = listener
+        self._on_fatal = on_fatal
         self._heap: list[_Item] = []
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
@@ -187,6 +207,8 @@ class MicroBatcher:
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
+            if self._on_fatal is not None and is_fatal_device_error(exc):
+                self._on_fatal(f"{self.name}@{self.device}", exc)
         else:
             for item, probability in zip(batch, probabilities, strict=True):
                 if not item.future.done():

@@ -87,8 +87,8 @@ class Miner:
         )
         self.in_flight += 1
         try:
-            future = asyncio.wrap_future(self.engine.submit(job))
             try:
+                future = asyncio.wrap_future(self.engine.submit(job))
                 result = await asyncio.wait_for(future, timeout=max(0.0, deadline_s - time.monotonic()))
             except TimeoutError:
                 # The engine answers before the deadline by construction; this is the last guard.
@@ -98,6 +98,11 @@ class Miner:
             except DecodeError as exc:
                 self.counters["refused_bad_image"] += 1
                 return self._reject(synapse, 400, str(exc))
+            except Exception as exc:  # noqa: BLE001 - a per-request engine failure becomes an answer (prior)
+                self.counters["answered_engine_error"] += 1
+                logger.exception("engine failed request {}: {!r}; answering from the prior", job.request_id, exc)
+                synapse.prediction = self.engine.config.cascade.prior
+                return synapse
             synapse.prediction = float(result.probability)
             self.counters[f"answered_{result.status.value}"] += 1
             if result.status is Status.PRIOR:

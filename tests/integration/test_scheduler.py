@@ -145,3 +145,31 @@ def test_the_same_image_is_answered_from_the_cache_consistently():
         assert len(fake.batches) == 1
     finally:
         engine.close()
+
+
+def test_a_lost_device_context_is_reported_for_a_restart_but_oom_is_not():
+    from cascade.config import EngineConfig, SchedulerConfig
+    from cascade.engine import Engine
+    from cascade.scheduler import is_fatal_device_error
+
+    assert is_fatal_device_error(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert not is_fatal_device_error(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_fatal_device_error(ValueError("bad input"))
+
+    fatal: list[tuple[str, str]] = []
+    config = expert_config("a")
+
+    class DeadDevice(FakeExpert):
+        def predict_batch(self, images):
+            raise RuntimeError("CUDA error: device-side assert triggered")
+
+    engine = Engine(EngineConfig(cascade=cascade_config([[config]], prior=0.3), scheduler=SchedulerConfig()),
+                    expert_factory=lambda cfg, device: DeadDevice(cfg, device, answer=lambda image: 0.9),
+                    on_fatal=lambda replica, exc: fatal.append((replica, str(exc))))
+    engine.start()
+    try:
+        result = engine.submit(make_job(mark=1)).result(10)
+        assert result.status is Status.PRIOR and result.probability == 0.3
+        assert fatal == [("a@cpu", "CUDA error: device-side assert triggered")]
+    finally:
+        engine.close()
