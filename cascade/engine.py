@@ -210,9 +210,6 @@ class Engine:
         """Jobs submitted and not yet answered (for draining)."""
         return self._active
 
-    def level_latency_s(self) -> list[float]:
-        return [level.expected_latency_s() for level in self._levels]
-
     def queue_depths(self) -> dict[str, int]:
         return {
             f"{b.name}@{b.device}": b.queued()
