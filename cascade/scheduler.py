@@ -22,6 +22,8 @@ from loguru import logger
 from cascade.experts.base import Expert, check_probabilities
 from cascade.request import Request
 
+ASYNC_BATCHES_IN_FLIGHT = 8
+
 
 class Expired(Exception):
     """The item left the queue after its deadline (or could not finish before it): not computed."""
@@ -103,7 +105,11 @@ class MicroBatcher:
         self._heap: list[_Item] = []
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
-        self._busy = False
+        self._running = 0  # batches being computed (async backends may run several at once)
+        # Async backends (vLLM, a remote server) batch continuously on their side: keep several of our
+        # batches in flight instead of waiting for each to finish.
+        self._slots = asyncio.Semaphore(ASYNC_BATCHES_IN_FLIGHT) if expert.is_async else None
+        self._inflight: set[asyncio.Task[None]] = set()
         self._closed = False
         self._task: asyncio.Task[None] | None = None
         self._executor = (
@@ -133,13 +139,15 @@ class MicroBatcher:
         """Time a request queued now should take to come back: batches ahead, the running one, its own."""
         compute_s = self.compute.estimate_s()
         batches_ahead = len(self._heap) // self.max_batch
-        return (batches_ahead + (1 if self._busy else 0) + 1) * compute_s + self.max_wait_s
+        return (batches_ahead + (1 if self._running else 0) + 1) * compute_s + self.max_wait_s
 
     async def close(self) -> None:
         self._closed = True
         self._wakeup.set()
+        if self._slots is not None and self._task is not None:
+            self._task.cancel()  # it may be waiting for a free slot, which only a finished batch gives
         if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.gather(self._task, *self._inflight, return_exceptions=True)
         for item in self._heap:
             if not item.future.done():
                 item.future.set_exception(Expired(f"{self.name} is shut down"))
@@ -155,9 +163,26 @@ class MicroBatcher:
                 await self._wakeup.wait()
                 continue
             await self._fill()
+            if self._slots is None:
+                batch = self._take_batch()
+                if batch:
+                    await self._run(batch)
+                continue
+            await self._slots.acquire()
             batch = self._take_batch()
-            if batch:
-                await self._run(batch)
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._run_then_release(batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _run_then_release(self, batch: list[_Item]) -> None:
+        assert self._slots is not None
+        try:
+            await self._run(batch)
+        finally:
+            self._slots.release()
 
     async def _fill(self) -> None:
         """Wait until the batch is full or its oldest item has waited `max_wait_ms`."""
@@ -191,7 +216,7 @@ class MicroBatcher:
     async def _run(self, batch: list[_Item]) -> None:
         images = [item.request.image for item in batch]
         started = time.monotonic()
-        self._busy = True
+        self._running += 1
         outcome = "ok"
         try:
             if self.expert.is_async:
@@ -214,7 +239,7 @@ class MicroBatcher:
                 if not item.future.done():
                     item.future.set_result(probability)
         finally:
-            self._busy = False
+            self._running -= 1
         elapsed = time.monotonic() - started
         if outcome == "ok":
             self.compute.record(elapsed)

@@ -173,3 +173,36 @@ def test_a_lost_device_context_is_reported_for_a_restart_but_oom_is_not():
         assert fatal == [("a@cpu", "CUDA error: device-side assert triggered")]
     finally:
         engine.close()
+
+
+def test_async_backends_get_several_batches_in_flight():
+    import asyncio
+
+    from cascade.config import EngineConfig, SchedulerConfig
+    from cascade.engine import Engine
+
+    config = expert_config("vlm", backend="vlm_remote", max_batch=1, max_wait_ms=0.0,
+                           options={"base_url": "http://127.0.0.1:9/v1"})
+    release = threading.Event()
+    started: list[int] = []
+
+    class ContinuousBatchingServer(FakeExpert):
+        is_async = True
+
+        async def predict_async(self, images, deadline_s):
+            started.append(int(images[0][0, 0, 0]))
+            assert await asyncio.to_thread(release.wait, 10)  # held until the test has seen all start
+            return [0.9 for _ in images]
+
+    engine = Engine(EngineConfig(cascade=cascade_config([[config]]), scheduler=SchedulerConfig()),
+                    expert_factory=lambda cfg, device: ContinuousBatchingServer(cfg, device, answer=lambda i: 0.9))
+    engine.start()
+    try:
+        futures = [engine.submit(make_job(mark=mark)) for mark in (1, 2, 3)]
+        wait_for(lambda: len(started) == 3)  # three batches of one, all running at once
+        release.set()
+        assert all(f.result(10).status is Status.CONFIDENT for f in futures)
+        assert sorted(started) == [1, 2, 3]
+    finally:
+        release.set()
+        engine.close()
