@@ -223,17 +223,16 @@ class Engine:
         self._active += 1
         try:
             return await self._answer(job)
+        except DecodeError:
+            self.stats.decode_errors += 1
+            raise
         finally:
             self._active -= 1
 
     async def _answer(self, job: Job) -> Result:
         loop = asyncio.get_running_loop()
         limits = self.config.decode
-        try:
-            data, image_hash, decoded = await loop.run_in_executor(self._decoder, self._prepare, job.payload)
-        except Exception:
-            self.stats.decode_errors += 1
-            raise
+        data, image_hash, decoded = await loop.run_in_executor(self._decoder, self._prepare, job.payload)
         cached = self.cache.get(image_hash)
         if cached is not None:
             return self._finish(job, self._as_cached(job, cached), image_hash, data, None)
@@ -243,8 +242,7 @@ class Engine:
                 time_left_s = max(0.0, job.deadline_s - time.monotonic())
                 first = await asyncio.wait_for(asyncio.shield(shared), timeout=time_left_s)
             except DecodeError:
-                self.stats.decode_errors += 1
-                raise
+                raise  # the same bytes: the same refusal, counted in _handle
             except Exception:  # noqa: BLE001 - the first asker timed out or failed: answer this one from the prior
                 return self._finish(job, self._prior(job, 0, ("coalesced",)), image_hash, data, None)
             return self._finish(job, self._as_cached(job, first), image_hash, data, None)
@@ -252,14 +250,8 @@ class Engine:
         self._pending_by_hash[image_hash] = own
         try:
             if decoded is None:  # skipped as a likely repeat, but not answered after all
-                try:
-                    decoded = await loop.run_in_executor(
-                        self._decoder, decode_image, data, limits, self._decode_min_side
-                    )
-                except Exception:
-                    self.stats.decode_errors += 1
-                    raise
-            request = Request(job, decoded.image, image_hash, data, time.monotonic())
+                decoded = await loop.run_in_executor(self._decoder, decode_image, data, limits, self._decode_min_side)
+            request = Request(job, decoded.image, image_hash, data)
             result = await self._admit_and_run(request)
             if result.status in (Status.CONFIDENT, Status.EXHAUSTED):
                 self.cache.put(image_hash, result)

@@ -46,7 +46,6 @@ class Request:
     image: np.ndarray  # HxWx3 uint8 RGB
     image_hash: str
     image_bytes: bytes  # the encoded image as received (kept for active learning)
-    decoded_s: float = 0.0
 
     @property
     def request_id(self) -> int:

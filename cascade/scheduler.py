@@ -115,8 +115,6 @@ class MicroBatcher:
         self._executor = (
             None if expert.is_async else ThreadPoolExecutor(1, thread_name_prefix=f"expert-{self.name}-{self.device}")
         )
-        self.batches_run = 0
-        self.items_expired = 0
 
     # -- queue side -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -207,7 +205,6 @@ class MicroBatcher:
             if item.future.done():  # answered elsewhere or cancelled by the engine
                 continue
             if item.deadline_s <= now + compute_s:
-                self.items_expired += 1
                 item.future.set_exception(Expired(f"{self.name}: deadline passed before compute"))
                 continue
             batch.append(item)
@@ -243,6 +240,5 @@ class MicroBatcher:
         elapsed = time.monotonic() - started
         if outcome == "ok":
             self.compute.record(elapsed)
-        self.batches_run += 1
         if self._listener is not None:
             self._listener(self.name, self.device, len(batch), elapsed, outcome)

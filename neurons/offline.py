@@ -91,13 +91,13 @@ def make_wallets(folder: Path) -> Wallets:
 
 
 @contextmanager
-def run_miner(folder: Path, wallets: Wallets, cascade: dict[str, Any], extra: dict[str, Any] | None = None,
-              ready_timeout_s: float = 240.0) -> Iterator[MinerProcess]:
+def run_miner(folder: Path, wallet_path: Path, miner_wallet: Any, cascade: dict[str, Any],
+              extra: dict[str, Any] | None = None, ready_timeout_s: float = 240.0) -> Iterator[MinerProcess]:
     """The miner as operators run it: `python -m neurons.miner --config miner.yaml`."""
     port, metrics_port = free_port(), free_port()
     (folder / "cascade.yaml").write_text(yaml.safe_dump(cascade))
     config: dict[str, Any] = {
-        "wallet": {"name": "miner", "hotkey": "default", "path": str(wallets.path)},
+        "wallet": {"name": miner_wallet.name, "hotkey": "default", "path": str(wallet_path)},
         "chain": {"offline": True, "metagraph_file": str(folder / "metagraph.json")},
         "axon": {"host": "127.0.0.1", "port": port, "external_ip": "127.0.0.1"},
         "metrics": {"port": metrics_port},
@@ -116,7 +116,7 @@ def run_miner(folder: Path, wallets: Wallets, cascade: dict[str, Any], extra: di
         [sys.executable, "-m", "neurons.miner", "--config", str(folder / "miner.yaml")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    miner = MinerProcess(process, port, metrics_port, wallets.miner.hotkey.ss58_address, wallets.path)
+    miner = MinerProcess(process, port, metrics_port, miner_wallet.hotkey.ss58_address, wallet_path)
     ready = threading.Event()
 
     def pump() -> None:

@@ -74,12 +74,21 @@ async def _closed_loop(submit: Any, total: int, concurrency: int) -> None:
     await asyncio.gather(*(client() for _ in range(concurrency)))
 
 
+def bench_cascade(args: argparse.Namespace) -> Any:
+    """The cascade file, model paths resolved, every expert moved to `--device` when given."""
+    cascade = load_cascade(args.cascade)
+    if args.device:
+        for expert in cascade.experts():
+            expert.device = args.device
+    return cascade
+
+
 def run_engine(args: argparse.Namespace) -> dict[str, Any]:
     from cascade.engine import Engine
     from cascade.experts.registry import build_expert
     from cascade.request import Job
 
-    cascade = load_cascade(args.cascade)
+    cascade = bench_cascade(args)
     factory: Any = build_expert
     if args.slow_last_level_s:
         last = cascade.levels[-1]
@@ -87,9 +96,6 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
             expert.expected_latency_ms = args.slow_last_level_s * 1000.0
         factory = slowed_factory(args.slow_last_level_s, {e.name for e in last.experts})
         last.exit_margin = 0.5  # never confident: every request that reaches it waits for it
-    if args.device:
-        for expert in cascade.experts():
-            expert.device = args.device
     scheduler = SchedulerConfig(cache_size=0 if not args.cache else 4096, max_in_flight=args.max_in_flight,
                                 max_in_flight_per_hotkey=args.max_in_flight, decode_workers=args.decode_workers,
                                 gil_switch_interval_ms=args.gil_switch_ms)
@@ -167,8 +173,6 @@ async def _drive_axon(process: Any, wallets: Sequence[Any], data: list[str], con
 
 
 def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bool = False) -> dict[str, Any]:
-    import yaml
-
     from neurons.offline import ensure_wallet, run_miner, write_offline_metagraph
 
     folder = Path(tempfile.mkdtemp(prefix="sn72-bench-"))
@@ -176,21 +180,11 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
     wallets = [ensure_wallet(folder / "wallets", f"validator{i}") for i in range(args.wallets)]
     write_offline_metagraph(folder / "metagraph.json", 72, miner.hotkey.ss58_address,
                             {w.hotkey.ss58_address: 1000.0 * (i + 1) for i, w in enumerate(wallets)})
-    from neurons.offline import Wallets
-
-    holder = Wallets(folder / "wallets", miner, wallets[0], wallets[0], wallets[0])
-    cascade = yaml.safe_load(args.cascade.read_text())
-    base = args.cascade.resolve().parent
-    for level in cascade["levels"]:
-        for expert in level["experts"]:
-            if str(expert["model"]).startswith(("./", "../")):
-                expert["model"] = str((base / expert["model"]).resolve())
-            if args.device:
-                expert["device"] = args.device
+    cascade = bench_cascade(args).model_dump(mode="json")
     extra = {"axon": {"cache_header_schema": header_cache}, "guards": {"rate_per_s": 0.0},
              "scheduler": {"cache_size": 0, "decode_workers": args.decode_workers}, "log_level": "WARNING"}
     data = payloads(args.requests, args.image_size, args.distinct)
-    with run_miner(folder, holder, cascade, extra=extra) as process:
+    with run_miner(folder, folder / "wallets", miner, cascade, extra=extra) as process:
         # one warm-up round trip per wallet (dendrite sessions, first-request paths)
         asyncio.run(_drive_axon(process, wallets, data[: len(wallets)], len(wallets), args.timeout_s, False))
         latencies, codes, elapsed = asyncio.run(

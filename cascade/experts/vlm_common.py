@@ -26,7 +26,7 @@ import numpy as np
 from loguru import logger
 from PIL import Image
 
-from cascade.experts.base import ExpertError
+from cascade.experts.base import Expert, ExpertError
 
 # Raw BPE / SentencePiece spellings of a leading space, as some servers return undecoded tokens.
 _SPACE_MARKERS = ("Ġ", "▁")
@@ -195,6 +195,13 @@ def build_prompt(processor: Any, question: str) -> str:
 def vlm_input_side(max_pixels: int) -> int:
     """Shorter side the VLM needs: an image whose both sides reach it holds at least `max_pixels`."""
     return math.isqrt(max_pixels) + 1
+
+
+class VLMExpert(Expert):
+    """What the three VLM backends share: images are looked at up to `options.max_pixels`."""
+
+    def input_side(self) -> int | None:
+        return vlm_input_side(self.options.max_pixels)
 
 
 def fit_pixels(height: int, width: int, max_pixels: int) -> tuple[int, int]:

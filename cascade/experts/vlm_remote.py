@@ -26,14 +26,14 @@ import aiohttp
 import numpy as np
 from loguru import logger
 
-from cascade.experts.base import Expert, ExpertError
+from cascade.experts.base import ExpertError
 from cascade.experts.vlm_common import (
     TokenLogprob,
+    VLMExpert,
     YesNoReader,
     YesNoVocabulary,
     to_pil_within,
     user_messages,
-    vlm_input_side,
 )
 
 _BODY_EXCERPT = 300
@@ -73,13 +73,10 @@ def response_entries(body: dict[str, Any]) -> list[TokenLogprob]:
     return entries
 
 
-class RemoteVLMExpert(Expert):
+class RemoteVLMExpert(VLMExpert):
     """A VLM behind an OpenAI-compatible HTTP server; see the module docstring."""
 
     is_async = True
-
-    def input_side(self) -> int | None:
-        return vlm_input_side(self.options.max_pixels)
 
     def __init__(self, config: Any, device: str) -> None:
         super().__init__(config, device)

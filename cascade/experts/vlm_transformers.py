@@ -21,23 +21,20 @@ import numpy as np
 import torch
 from loguru import logger
 
-from cascade.experts.base import Expert, ExpertError, parameter_bytes, torch_dtype
+from cascade.experts.base import ExpertError, parameter_bytes, torch_dtype
 from cascade.experts.vlm_common import (
     TokenLogprob,
+    VLMExpert,
     YesNoReader,
     YesNoVocabulary,
     build_prompt,
     to_pil_within,
-    vlm_input_side,
     yes_no_token_ids,
 )
 
 
-class TransformersVLMExpert(Expert):
+class TransformersVLMExpert(VLMExpert):
     """A transformers VLM asked `options.question`; see the module docstring."""
-
-    def input_side(self) -> int | None:
-        return vlm_input_side(self.options.max_pixels)
 
     def load(self) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor

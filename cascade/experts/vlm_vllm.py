@@ -31,14 +31,14 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
-from cascade.experts.base import Expert, ExpertError
+from cascade.experts.base import ExpertError
 from cascade.experts.vlm_common import (
     TokenLogprob,
+    VLMExpert,
     YesNoReader,
     YesNoVocabulary,
     build_prompt,
     to_pil_within,
-    vlm_input_side,
     yes_no_token_ids,
 )
 
@@ -131,13 +131,10 @@ def visible_device(device: str) -> Iterator[None]:
             os.environ["CUDA_VISIBLE_DEVICES"] = previous
 
 
-class VLLMExpert(Expert):
+class VLLMExpert(VLMExpert):
     """A VLM on an in-process vLLM `AsyncLLM`; see the module docstring."""
 
     is_async = True
-
-    def input_side(self) -> int | None:
-        return vlm_input_side(self.options.max_pixels)
 
     def __init__(self, config: Any, device: str) -> None:
         super().__init__(config, device)

@@ -44,7 +44,7 @@ def miner(tmp_path_factory):
     wallets = make_wallets(folder)
     model = build_tiny_vit(folder / "models" / "tiny-vit")
     limits = {"decode": {"max_pixels": 1_000_000, "max_decode_pixels": 4_000_000, "oversize": "downscale"}}
-    with run_miner(folder, wallets, tiny_cascade(model), extra=limits) as process:
+    with run_miner(folder, wallets.path, wallets.miner, tiny_cascade(model), extra=limits) as process:
         yield process, wallets
 
 
@@ -121,7 +121,7 @@ def test_metrics_are_exposed_in_prometheus_format(miner):
 def test_sigterm_drains_and_exits_cleanly(tmp_path):
     wallets = make_wallets(tmp_path)
     model = build_tiny_vit(tmp_path / "models" / "tiny-vit")
-    with run_miner(tmp_path, wallets, tiny_cascade(model)) as process:
+    with run_miner(tmp_path, wallets.path, wallets.miner, tiny_cascade(model)) as process:
         assert ask((process, wallets), "validator", [encode_jpeg(synthetic_image(6))])[0].status_code == 200
         process.process.send_signal(signal.SIGTERM)
         assert process.process.wait(30) == 0

@@ -13,7 +13,7 @@ from cascade.config import CascadeConfig, EngineConfig, ExpertConfig, LevelConfi
 from cascade.engine import Engine
 from cascade.experts.base import Expert
 from cascade.request import Job
-from neurons.client import encode_jpeg, synthetic_image
+from neurons.client import synthetic_image
 
 
 def expert_config(name: str, **overrides: Any) -> ExpertConfig:
@@ -99,6 +99,3 @@ def make_job(payload: str | None = None, budget_s: float = 5.0, hotkey: str = "h
         payload = marked_payload(mark, seed if seed is not None else mark)
     return Job(payload=payload, hotkey=hotkey, stake=stake, arrival_s=now, deadline_s=now + budget_s)
 
-
-def jpeg_payload(seed: int = 0) -> str:
-    return encode_jpeg(synthetic_image(seed))

@@ -19,16 +19,12 @@ def write(folder: Path, miner: dict, cascade: dict | None = None) -> Path:
     return path
 
 
-def path_with(folder: Path, miner: dict) -> Path:
-    return write(folder, miner)
-
-
 def test_a_valid_config_loads_with_paths_resolved(tmp_path):
     miner, engine, check = load_config(["--config", str(write(tmp_path, {"axon": {"port": 9000}}))], environ={})
     assert miner.axon.port == 9000 and not check
     assert engine.cascade.levels[0].experts[0].model == str((tmp_path / "m").resolve())
     assert miner.wallet.path.endswith(".bittensor/wallets") and Path(miner.wallet.path).is_absolute()
-    relative, _, _ = load_config(["--config", str(path_with(tmp_path, {"wallet": {"path": "../w"}}))], environ={})
+    relative, _, _ = load_config(["--config", str(write(tmp_path, {"wallet": {"path": "../w"}}))], environ={})
     assert relative.wallet.path == str((tmp_path.parent / "w").resolve())
 
 
