@@ -29,6 +29,15 @@ from neurons.offline import ensure_wallet, write_offline_metagraph  # noqa: E402
 DEMO = ROOT / ".demo"
 
 
+def demo_model_names() -> list[str]:
+    """The tiny models the demo cascade names (folders under .demo/models), read from its config."""
+    from cascade.config import load_cascade
+
+    models = DEMO / "models"
+    cascade = load_cascade(ROOT / "config/cascade.demo.yaml")
+    return sorted({Path(e.model).relative_to(models).parts[0] for e in cascade.experts()})
+
+
 def wait_ready(process: subprocess.Popen[str], timeout_s: float) -> None:
     until = time.monotonic() + timeout_s
     assert process.stdout is not None
@@ -53,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     python = sys.executable
 
     print("1. tiny models")
-    missing = [n for n in ("tiny-vit", "tiny-clip", "tiny-yolo") if not (DEMO / "models" / n).exists()]
+    missing = [name for name in demo_model_names() if not (DEMO / "models" / name).exists()]
     if missing:
         subprocess.run([python, str(ROOT / "scripts/make_tiny_models.py"), "--out", str(DEMO / "models"), *missing],
                        check=True)
