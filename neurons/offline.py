@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from neurons.chain import Neuron, write_metagraph_json
+from neurons.miner import READY_LINE
 
 
 def ensure_wallet(path: Path, name: str, hotkey: str = "default") -> Any:
@@ -123,7 +124,7 @@ def run_miner(folder: Path, wallet_path: Path, miner_wallet: Any, cascade: dict[
         assert process.stdout is not None
         for line in process.stdout:
             miner.lines.append(line.rstrip())
-            if line.startswith("MINER READY"):
+            if line.startswith(READY_LINE):
                 ready.set()
 
     threading.Thread(target=pump, daemon=True).start()

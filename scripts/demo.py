@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from neurons.miner import READY_LINE  # noqa: E402
 from neurons.offline import ensure_wallet, write_offline_metagraph  # noqa: E402
 
 DEMO = ROOT / ".demo"
@@ -48,7 +49,7 @@ def wait_ready(process: subprocess.Popen[str], timeout_s: float) -> None:
                 raise SystemExit(f"miner exited early with code {process.returncode}")
             continue
         print(f"  miner | {line.rstrip()}")
-        if line.startswith("MINER READY"):
+        if line.startswith(READY_LINE):
             return
     raise SystemExit("miner did not become ready in time")
 
