@@ -148,6 +148,14 @@ class DecodeConfig(Strict):
         True, description="Decode JPEGs at the smallest DCT scale that still covers every expert's input size."
     )
     formats: list[ImageFormat] = Field(default_factory=lambda: list(DEFAULT_FORMATS), min_length=1)
+    budget_pixels: int = Field(
+        64_000_000, ge=1024, le=1 << 34,
+        description="Pixels concurrent decodes may hold at once (bounds their memory); a larger image decodes alone.",
+    )
+    mmap_threshold_bytes: int = Field(
+        1 << 20, ge=0, le=1 << 30,
+        description="glibc mmap threshold fixed at start, so freed image buffers go back to the OS (0: glibc default).",
+    )
 
     @model_validator(mode="after")
     def _bounds_order(self) -> DecodeConfig:

@@ -1,8 +1,14 @@
 """Safe decoding of base64 JPEG/PNG/WebP into RGB arrays.
 
 Everything is checked before the expensive step: payload length before base64 decoding, the
-container format and the declared pixel count before pixels are decoded (decompression bombs),
-and JPEGs above the pixel cap are decoded at reduced scale by the codec itself (`draft`).
+container format and the declared pixel count (from the header) before any pixel is decoded, and
+the memory that concurrent decodes may hold is bounded by a pixel budget. JPEGs are decoded at
+reduced scale by the codec itself (`draft`); other formats are reduced in their own mode before
+any colour conversion, so a large PNG is held once, not three times.
+
+Images are opened through the accepted formats' own plugin classes, never through
+`PIL.Image.open`: ultralytics replaces that function process-wide with one that tries to
+pip-install a HEIF plugin (and resolves public DNS names) whenever a payload is unreadable.
 """
 
 from __future__ import annotations
@@ -11,26 +17,83 @@ import base64
 import binascii
 import hashlib
 import io
-import warnings
+import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import (
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
 
 from cascade.config import DecodeConfig
+
+# The plugin modules above register their (factory, accept) pair in Image.OPEN on import.
+_PLUGINS = (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, WebPImagePlugin)
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSE = {  # EXIF orientation -> what makes the picture upright
+    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
+    3: (Image.Transpose.ROTATE_180,),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
+    5: (Image.Transpose.TRANSPOSE,),
+    6: (Image.Transpose.ROTATE_270,),
+    7: (Image.Transpose.TRANSVERSE,),
+    8: (Image.Transpose.ROTATE_90,),
+}
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 class DecodeError(ValueError):
     """The payload is not an acceptable image; the message says why, for the caller."""
 
 
+class DecodeBusy(RuntimeError):
+    """The pixel budget stayed taken until the request's deadline (not the caller's fault)."""
+
+
 @dataclass(frozen=True)
 class Decoded:
-    image: np.ndarray  # HxWx3 uint8 RGB
+    image: np.ndarray  # HxWx3 uint8 RGB, upright (EXIF orientation applied)
     encoded: bytes
     sha256: str
-    original_size: tuple[int, int]  # (width, height) as sent
+    original_size: tuple[int, int]  # (width, height) as sent, before orientation
     downscaled: bool
+
+
+class PixelBudget:
+    """A weighted semaphore over decoded pixels: bounds the memory concurrent decodes hold at once.
+
+    An image larger than the whole budget takes all of it (it decodes alone) rather than never.
+    """
+
+    def __init__(self, total_pixels: int) -> None:
+        self.total = total_pixels
+        self.free = total_pixels
+        self._cond = threading.Condition()
+
+    def acquire(self, pixels: int, until_s: float) -> int:
+        """Take `pixels` (capped at the total) before the monotonic time `until_s`; returns what was taken."""
+        want = min(pixels, self.total)
+        with self._cond:
+            while self.free < want:
+                left = until_s - time.monotonic()
+                if left <= 0:
+                    raise DecodeBusy(f"no decode memory free for {pixels} pixels before the deadline")
+                self._cond.wait(left)
+            self.free -= want
+        return want
+
+    def release(self, taken: int) -> None:
+        with self._cond:
+            self.free += taken
+            self._cond.notify_all()
 
 
 def decode_payload(payload: str | bytes, limits: DecodeConfig) -> bytes:
@@ -49,22 +112,36 @@ def hash_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode_image(data: bytes, limits: DecodeConfig, min_side: int | None = None) -> Decoded:
-    """Image bytes -> RGB array, within the configured format and pixel limits.
+def open_header(data: bytes, formats: Sequence[str]) -> Image.Image:
+    """Parse only the header, with only the accepted formats' plugins (no probing, no patched opener)."""
+    prefix = data[:16]
+    for name in formats:
+        factory, accept = Image.OPEN[name]
+        verdict = True if accept is None else accept(prefix)
+        if not verdict or isinstance(verdict, str):  # a string is Pillow's "almost, but no" warning
+            continue
+        try:
+            return factory(io.BytesIO(data), "")  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise DecodeError(f"image: unreadable {name} header ({type(exc).__name__}: {exc})") from exc
+    raise DecodeError(f"image: not a readable image of an accepted format ({', '.join(formats)})")
+
+
+def decode_image(
+    data: bytes,
+    limits: DecodeConfig,
+    min_side: int | None = None,
+    budget: PixelBudget | None = None,
+    until_s: float | None = None,
+) -> Decoded:
+    """Image bytes -> upright RGB array, within the configured format, pixel and memory limits.
 
     With `min_side`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both
     sides at least `min_side`: the experts resize to their inputs anyway, and a 640x480 frame for a
-    224 model decodes ~3x faster and moves a quarter of the bytes to the GPU.
+    224 model decodes ~3x faster and moves a quarter of the bytes to the GPU. With `budget`, the
+    decode waits (until `until_s`) for its pixels to fit in the budget; DecodeBusy if they never do.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            # Only the accepted decoders ever see the bytes (less attack surface, no probing of
-            # every registered plugin: a measurable share of the GIL time per request).
-            image: Image.Image = Image.open(io.BytesIO(data), formats=list(limits.formats))
-        except Exception as exc:  # untrusted bytes: any failure of any registered opener
-            accepted = ", ".join(limits.formats)
-            raise DecodeError(f"image: not a readable image of an accepted format ({accepted}): {exc}") from exc
+    image = open_header(data, limits.formats)
     width, height = image.size
     pixels = width * height
     if width < 1 or height < 1:
@@ -76,20 +153,78 @@ def decode_image(data: bytes, limits: DecodeConfig, min_side: int | None = None)
         raise DecodeError(f"image: {width}x{height} exceeds the limit of {limits.max_pixels} pixels")
     scale = (limits.max_pixels / pixels) ** 0.5 if downscale else 1.0
     target = (max(1, int(width * scale)), max(1, int(height * scale)))
-    try:
-        if downscale and image.format == "JPEG":
+    orientation = _orientation(image)
+    if image.format == "JPEG":
+        if downscale:
             image.draft("RGB", target)  # the codec decodes at 1/2, 1/4 or 1/8 scale: far less memory
-        elif min_side and limits.reduce_jpeg and image.format == "JPEG":
+        elif min_side and limits.reduce_jpeg:
             image.draft("RGB", (min_side, min_side))
-        image = image.convert("RGB")
-        if downscale and image.size[0] * image.size[1] > limits.max_pixels:
-            image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        array = np.array(image, dtype=np.uint8)  # writable: experts hand it to torch without a copy
-    except Exception as exc:  # truncated or corrupt data surfaces as many exception types
+    held_w, held_h = image.size  # after draft: what the decoder will actually allocate
+    until_s = until_s if until_s is not None else time.monotonic() + 60.0
+    taken = budget.acquire(held_w * held_h, until_s) if budget is not None else 0
+    try:
+        array = _pixels(image, target if downscale else None, orientation)
+    except DecodeError:
+        raise
+    except Exception as exc:
         raise DecodeError(f"image: corrupt image data ({type(exc).__name__}: {exc})") from exc
+    finally:
+        image.close()
+        if budget is not None:
+            budget.release(taken)
     return Decoded(
         image=array, encoded=data, sha256=hash_bytes(data), original_size=(width, height), downscaled=downscale
     )
+
+
+def _orientation(image: Image.Image) -> int:
+    """EXIF orientation from the header's EXIF block (1 when absent).
+
+    Read from `info`, not `getexif()`: for a PNG that would decode every pixel, before the budget.
+    """
+    raw = image.info.get("exif")
+    if not raw:
+        return 1
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        value = exif.get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block is not worth refusing the image for
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _pixels(image: Image.Image, target: tuple[int, int] | None, orientation: int) -> np.ndarray:
+    """Load, shrink in the image's own mode, turn upright, then convert to RGB (smallest copies first)."""
+    image.load()
+    if image.mode in _SIXTEEN_BIT_MODES:
+        image = _eight_bit(image)
+    elif image.mode not in ("RGB", "RGBA", "L", "LA"):
+        image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
+    if target is not None and image.size[0] * image.size[1] > target[0] * target[1]:
+        factor = min(image.size[0] // target[0], image.size[1] // target[1])
+        if factor >= 2:
+            image = image.reduce(factor)  # box reduction by an integer factor: fast and light on memory
+        if image.size != target:
+            image = image.resize(target, Image.Resampling.BILINEAR)
+    for step in _TRANSPOSE.get(orientation, ()):
+        image = image.transpose(step)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    array = np.asarray(image)
+    # Experts hand the array to torch without a copy, which needs it writable.
+    return array if array.flags.writeable else array.copy()
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit grey -> 8-bit grey by its high byte (Pillow's own conversion clips at 255 instead).
+
+    Mode "I" (32-bit) also holds 8-bit data after some conversions: it is shifted only when it uses
+    more than 8 bits.
+    """
+    wide = np.asarray(image).astype(np.int64)
+    shift = 8 if image.mode != "I" or int(wide.max(initial=0)) > 255 else 0
+    return Image.fromarray(np.clip(wide >> shift, 0, 255).astype(np.uint8), mode="L")
 
 
 def decode(payload: str | bytes, limits: DecodeConfig) -> Decoded:

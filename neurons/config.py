@@ -55,13 +55,28 @@ class AxonConfig(Strict):
     port: int = Field(8091, ge=1, le=65535)
     external_ip: str | None = Field(None, description="Published ip; required offline (no lookup is made).")
     external_port: int | None = Field(None, ge=1, le=65535)
-    max_workers: int = Field(16, ge=1, le=1024, description="Threads of the axon's priority pool.")
+    max_workers: int = Field(16, ge=1, le=1024, description="Threads of the axon's priority pool (idle here).")
     cache_header_schema: bool = Field(True, description="Cache the synapse schema used for response headers.")
+    max_request_bytes: int = Field(
+        48 * 1024 * 1024, ge=4096, le=1 << 32, description="Largest request body; larger ones get 413 unread."
+    )
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1 << 20, description="Largest request header block (400).")
+    header_timeout_s: float = Field(10.0, gt=0.0, le=600.0, description="A request's headers must arrive in this.")
+    body_timeout_s: float = Field(15.0, gt=0.0, le=600.0, description="A request's body must arrive in this (408).")
+    keep_alive_s: float = Field(5.0, gt=0.0, le=600.0, description="Idle keep-alive connections close after this.")
+    max_connections: int = Field(
+        2048, ge=16, le=1_000_000, description="Open connections; beyond it the longest-idle one is closed."
+    )
+    max_connections_per_ip: int = Field(64, ge=1, le=1_000_000, description="Open connections from one address.")
 
 
 class DeadlineConfig(Strict):
     timeout_cap_s: float = Field(12.0, gt=0.0, le=600.0, description="The caller's timeout is trusted up to this.")
     margin_s: float = Field(0.6, ge=0.0, le=60.0, description="Kept back to serialise and send the answer.")
+    nonce_trust_s: float = Field(
+        2.0, ge=0.0, le=30.0,
+        description="The caller's clock started when it signed (its nonce): count up to this much of that age.",
+    )
 
     @model_validator(mode="after")
     def _margin_below_cap(self) -> DeadlineConfig:
@@ -96,12 +111,24 @@ class MinerConfig(Strict):
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     active_learning: ActiveLearningConfig = Field(default_factory=ActiveLearningConfig)
     drain_timeout_s: float = Field(15.0, ge=0.0, le=600.0, description="Wait for in-flight answers on SIGTERM.")
+    summary_interval_s: float = Field(
+        60.0, ge=1.0, le=86_400.0, description="At most one line of refusal counts per interval."
+    )
     log_level: str = Field("INFO", pattern="^(TRACE|DEBUG|INFO|SUCCESS|WARNING|ERROR)$")
 
     @model_validator(mode="after")
     def _offline_needs_external_ip(self) -> MinerConfig:
         if self.chain.offline and not self.axon.external_ip:
             raise ValueError("chain.offline=true needs axon.external_ip (offline, no ip lookup is made)")
+        return self
+
+    @model_validator(mode="after")
+    def _body_holds_a_payload(self) -> MinerConfig:
+        if self.axon.max_request_bytes < self.decode.max_payload_bytes:
+            raise ValueError(
+                f"axon.max_request_bytes ({self.axon.max_request_bytes}) must be >= decode.max_payload_bytes "
+                f"({self.decode.max_payload_bytes}): the body carries the payload"
+            )
         return self
 
 

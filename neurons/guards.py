@@ -1,13 +1,16 @@
 """Blacklist, priority and rate limiting as plain functions of (hotkey, metagraph snapshot).
 
-They run in the axon's blacklist step, before the body is read: they must never raise for any
-caller (the official miner does, for unknown hotkeys) and never block.
+The blacklist runs in the axon's blacklist step, before the signature is checked and before the
+body is read: it must never raise for any caller (the official miner does, for unknown hotkeys),
+never block, and never change state keyed by the hotkey it is shown (anyone can claim any hotkey
+there). The rate limit is charged only after the signature and nonce are verified.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from neurons.chain import MetagraphSnapshot
 
@@ -20,22 +23,28 @@ class GuardPolicy:
     denied_hotkeys: frozenset[str] = frozenset()
 
 
-def blacklist(hotkey: str | None, snapshot: MetagraphSnapshot, policy: GuardPolicy) -> tuple[bool, str]:
-    """(True, reason) to refuse the caller; (False, reason) to let it through."""
+class Verdict(NamedTuple):
+    refused: bool
+    reason: str  # for the caller
+    code: str  # for counters: one word per kind of refusal
+
+
+def blacklist(hotkey: str | None, snapshot: MetagraphSnapshot, policy: GuardPolicy) -> Verdict:
+    """Whether to refuse the caller, why, and the counter code of the reason."""
     if not hotkey:
-        return True, "no caller hotkey"
+        return Verdict(True, "no caller hotkey", "no_hotkey")
     if hotkey in policy.denied_hotkeys:
-        return True, "hotkey denied by configuration"
+        return Verdict(True, "hotkey denied by configuration", "denied")
     if hotkey in policy.allowed_hotkeys:
-        return False, "hotkey allowed by configuration"
+        return Verdict(False, "hotkey allowed by configuration", "allowed")
     neuron = snapshot.get(hotkey)
     if neuron is None:
-        return True, "hotkey not registered on the subnet"
+        return Verdict(True, "hotkey not registered on the subnet", "unregistered")
     if not neuron.validator_permit and not policy.allow_non_validators:
-        return True, "caller has no validator permit"
+        return Verdict(True, "caller has no validator permit", "no_permit")
     if neuron.stake < policy.min_stake:
-        return True, f"stake {neuron.stake:.1f} below the minimum {policy.min_stake:.1f}"
-    return False, "registered caller"
+        return Verdict(True, f"stake {neuron.stake:.1f} below the minimum {policy.min_stake:.1f}", "low_stake")
+    return Verdict(False, "registered caller", "registered")
 
 
 def priority(hotkey: str | None, snapshot: MetagraphSnapshot) -> float:

@@ -1,20 +1,32 @@
 """Entry point: `python -m neurons.miner --config config/miner.yaml [overrides]`.
 
 Starts the engine (models placed, loaded and warmed), then a bittensor 10.5 axon serving
-`ImageSynapse` and `ExtendedImageSynapse`. Forward never blocks uvicorn's loop: the engine works on
-its own threads and the handler only awaits the answer, bounded by the request's deadline. SIGTERM
-or SIGINT stops taking requests, waits for the ones in flight (drain), then exits.
+`ImageSynapse` and `ExtendedImageSynapse` behind the HTTP guard (neurons/http_guard.py). Forward
+never blocks uvicorn's loop: the engine works on its own threads and answers every job before its
+deadline by itself; the handler only waits for that answer. SIGTERM or SIGINT closes the listener,
+lets every accepted request finish (drain), then exits.
 
 No `from __future__ import annotations` here: `Axon.attach` inspects real annotation classes.
 """
+# ruff: noqa: E402 - the offline switches below must be set before anything imports ultralytics,
+# transformers or huggingface_hub.
+
+import os
+
+# The miner never installs or downloads anything at run time (models are fetched beforehand with
+# scripts/download_models.py). Without these, ultralytics answers an unreadable image by trying to
+# pip-install a HEIF plugin and resolving public DNS names, in the middle of a request.
+for _name, _value in (("YOLO_OFFLINE", "1"), ("YOLO_AUTOINSTALL", "false"), ("HF_HUB_OFFLINE", "1"),
+                      ("TRANSFORMERS_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1")):
+    os.environ[_name] = _value
 
 import asyncio
+import math
 import signal
 import sys
 import threading
 import time
 import typing
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -22,19 +34,23 @@ from loguru import logger
 
 from cascade.config import EngineConfig
 from cascade.decode import DecodeError
-from cascade.request import Job, Status, deadline_from_timeout
+from cascade.request import Job, Result
 from neurons.chain import MetagraphSource, chain_source, offline_source
 from neurons.config import ConfigError, MinerConfig, load_config
 from neurons.guards import GuardPolicy, TokenBucketLimiter, blacklist, priority
+from neurons.http_guard import CURRENT, HttpLimits, RequestState, raise_fd_limit
+from neurons.outcomes import AxonOutcomes, quiet_bittensor_request_logs
 from neurons.protocol import ExtendedImageSynapse, ImageSynapse
 
 READY_LINE = "MINER READY"  # printed once the axon serves; scripts and tests wait for it
+_ANSWER_GRACE_S = 0.05  # the engine answers by its deadline; this is only the last guard's slack
 
 
 class Miner:
-    """The axon side: guards, forward, drain. The engine and metagraph source are handed in."""
+    """The axon side: guards, verification with rate limits, forward. Engine and metagraph are handed in."""
 
-    def __init__(self, config: MinerConfig, engine: Any, metagraph: MetagraphSource) -> None:
+    def __init__(self, config: MinerConfig, engine: Any, metagraph: MetagraphSource,
+                 outcomes: AxonOutcomes | None = None) -> None:
         self.config = config
         self.engine = engine
         self.metagraph = metagraph
@@ -45,84 +61,143 @@ class Miner:
             denied_hotkeys=frozenset(config.guards.denied_hotkeys),
         )
         self.limiter = TokenBucketLimiter(config.guards.rate_per_s, config.guards.burst)
-        self.counters: Counter[str] = Counter()  # exported by the metrics collector
-        self.draining = False
+        self.outcomes = outcomes or AxonOutcomes(summary_interval_s=config.summary_interval_s)
         self.in_flight = 0
+        self._axon: Any = None
         ImageSynapse.cache_required_fields = config.axon.cache_header_schema
 
-    # -- guards (event loop: pure and fast) ------------------------------------------------------
-    def _blacklist(self, synapse: ImageSynapse) -> tuple[bool, str]:
+    # -- blacklist (before the signature is checked: changes no per-hotkey state) ------------------
+    def _blacklist(self, synapse: Any) -> tuple[bool, str]:
         hotkey = synapse.dendrite.hotkey if synapse.dendrite is not None else None
-        if self.draining:
-            self.counters["refused_draining"] += 1
-            return True, "miner is shutting down"
-        refused, reason = blacklist(hotkey, self.metagraph.snapshot, self.policy)
-        if refused:
-            self.counters["refused_blacklist"] += 1
-            logger.debug("refused {}: {}", hotkey, reason)
-            return True, reason
-        if not self.limiter.allow(str(hotkey)):
-            self.counters["refused_rate_limit"] += 1
-            return True, "rate limit exceeded"
-        return False, reason
+        verdict = blacklist(hotkey, self.metagraph.snapshot, self.policy)
+        if verdict.refused:
+            self.outcomes.add(f"refused_{verdict.code}")
+        return verdict.refused, verdict.reason
 
-    def _priority(self, synapse: ImageSynapse) -> float:
-        hotkey = synapse.dendrite.hotkey if synapse.dendrite is not None else None
-        return priority(hotkey, self.metagraph.snapshot)
+    # -- verification, then the per-hotkey rate limit ---------------------------------------------
+    async def _verify(self, synapse: Any) -> None:
+        """The stock signature and nonce check, with the unsigned timeout capped first; then charge the bucket."""
+        synapse.timeout = self._sane_timeout(synapse.timeout)
+        try:
+            await self._axon.default_verify(synapse)
+        except Exception:
+            self.outcomes.add("refused_unverified")
+            raise  # the axon answers 401
+        state = CURRENT.get()
+        hotkey = synapse.dendrite.hotkey
+        if state is not None:
+            state.hotkey = hotkey
+            state.client_deadline_s = self._client_deadline(state.arrival_s, synapse)
+            state.rate_limited = not self.limiter.allow(hotkey)
+
+    def _sane_timeout(self, timeout: Any) -> float:
+        """The caller's timeout header is unsigned: anything but a finite positive number is the cap."""
+        cap = self.config.deadline.timeout_cap_s
+        try:
+            value = float(timeout)
+        except (TypeError, ValueError):
+            return cap
+        return min(value, cap) if math.isfinite(value) and value > 0 else cap
+
+    def _client_deadline(self, arrival_s: float, synapse: Any) -> float:
+        """When the caller stops waiting: its timeout from when it signed (nonce), if recent, else from arrival."""
+        trust_s = self.config.deadline.nonce_trust_s
+        start_s = arrival_s
+        nonce = synapse.dendrite.nonce
+        if trust_s > 0 and isinstance(nonce, int):
+            age_s = (time.time_ns() - nonce) / 1e9  # nonces of bittensor >= 7.2 are the signing time in ns
+            if 0.0 < age_s < 3600.0:
+                start_s = max(time.monotonic() - age_s, arrival_s - trust_s)
+                start_s = min(start_s, arrival_s)
+        return start_s + float(synapse.timeout)
 
     # -- forward --------------------------------------------------------------------------------
     async def _forward(self, synapse: ImageSynapse) -> ImageSynapse:
-        arrival_s = time.monotonic()
-        deadline_s = deadline_from_timeout(
-            arrival_s, synapse.timeout, self.config.deadline.timeout_cap_s, self.config.deadline.margin_s
-        )
-        hotkey = synapse.dendrite.hotkey if synapse.dendrite is not None else ""
-        job = Job(
-            payload=synapse.image or "",
-            hotkey=hotkey or "",
-            stake=self._priority(synapse),
-            arrival_s=arrival_s,
-            deadline_s=deadline_s,
-            testnet_label=synapse.testnet_label,
-        )
-        self.in_flight += 1
+        state = CURRENT.get() or RequestState(arrival_s=time.monotonic(), path="")
         try:
+            if state.rate_limited:
+                self.outcomes.add("refused_rate_limit")
+                return self._reject(synapse, 429, "rate limit exceeded")
+            client_deadline_s = state.client_deadline_s or state.arrival_s + self.config.deadline.timeout_cap_s
+            job = Job(
+                payload=synapse.image or "",
+                hotkey=state.hotkey or "",
+                stake=priority(state.hotkey, self.metagraph.snapshot),
+                arrival_s=state.arrival_s,
+                deadline_s=client_deadline_s - self.config.deadline.margin_s,
+                testnet_label=synapse.testnet_label if synapse.testnet_label in (0, 1) else -1,
+            )
+            self.in_flight += 1
             try:
-                future = asyncio.wrap_future(self.engine.submit(job))
-                result = await asyncio.wait_for(future, timeout=max(0.0, deadline_s - time.monotonic()))
-            except TimeoutError:
-                # The engine answers before the deadline by construction; this is the last guard.
-                self.counters["answered_by_miner_timeout"] += 1
-                synapse.prediction = self.engine.config.cascade.prior
-                return synapse
-            except DecodeError as exc:
-                self.counters["refused_bad_image"] += 1
-                return self._reject(synapse, 400, str(exc))
-            except Exception as exc:  # noqa: BLE001 - a per-request engine failure becomes an answer (prior)
-                self.counters["answered_engine_error"] += 1
-                logger.exception("engine failed request {}: {!r}; answering from the prior", job.request_id, exc)
-                synapse.prediction = self.engine.config.cascade.prior
-                return synapse
-            synapse.prediction = float(result.probability)
-            self.counters[f"answered_{result.status.value}"] += 1
-            if result.status is Status.PRIOR:
-                logger.warning("answered {} from the prior", hotkey)
-            return synapse
+                return await self._answer(synapse, job)
+            finally:
+                self.in_flight -= 1
         finally:
-            self.in_flight -= 1
+            synapse.image = ""  # never carry the image back to the caller
+
+    async def _answer(self, synapse: ImageSynapse, job: Job) -> ImageSynapse:
+        # The engine owns the job's lifetime and answers by its deadline on its own: never cancel it.
+        answer = asyncio.wrap_future(self.engine.submit(job))
+        done, _ = await asyncio.wait({answer}, timeout=max(0.0, job.deadline_s - time.monotonic()) + _ANSWER_GRACE_S)
+        if not done:
+            self.outcomes.add("answered_miner_timeout")
+            logger.error("engine did not answer request {} by its deadline; answering from the prior", job.request_id)
+            synapse.prediction = self.engine.config.cascade.prior
+            return synapse
+        try:
+            result: Result = answer.result()
+        except DecodeError as exc:
+            self.outcomes.add("refused_bad_image")
+            return self._reject(synapse, 400, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a per-request engine failure becomes an answer (prior)
+            self.outcomes.add("answered_engine_error")
+            logger.opt(exception=exc).error("engine failed request {}: {!r}; answering from the prior",
+                                            job.request_id, exc)
+            synapse.prediction = self.engine.config.cascade.prior
+            return synapse
+        synapse.prediction = float(result.probability)
+        self.outcomes.add(f"answered_{result.status.value}")
+        return synapse
 
     @staticmethod
     def _reject(synapse: ImageSynapse, status: int, message: str) -> ImageSynapse:
         """A clear error for the caller: the axon sends the status code and message as given."""
         import bittensor as bt
 
+        synapse.prediction = -1.0  # whatever the caller preset (NaN would not even serialise)
         if synapse.axon is None:
             synapse.axon = bt.TerminalInfo()
         synapse.axon.status_code = status
         synapse.axon.status_message = message
         return synapse
 
-    # -- axon handlers with the exact signatures `Axon.attach` checks ---------------------------
+    # -- HTTP-layer events ----------------------------------------------------------------------
+    def on_connection_closed(self, reason: str) -> None:
+        self.outcomes.add(f"closed_{reason}")
+
+    def on_response(self, state: RequestState) -> None:
+        """Every response as it leaves: late ones (past the caller's deadline) are counted here."""
+        if state.violation is not None:
+            self.outcomes.add({413: "refused_body_too_large", 408: "refused_body_timeout"}.get(
+                state.violation[0], "refused_http"))
+        elif state.status >= 500:
+            self.outcomes.add(f"error_{state.status}")
+        deadline_s = state.client_deadline_s or state.arrival_s + self.config.deadline.timeout_cap_s
+        if state.finished_s > deadline_s:
+            self.outcomes.add("late_answer" if state.status == 200 else "late_refusal")
+
+    # -- wiring ---------------------------------------------------------------------------------
+    def attach(self, axon: Any) -> None:
+        """Serve both routes with the exact handler signatures `Axon.attach` checks; guard the ping route too."""
+        self._axon = axon
+        for cls in (ImageSynapse, ExtendedImageSynapse):
+            forward, blacklist_fn, verify_fn = self.handlers(cls)
+            axon.attach(forward_fn=forward, blacklist_fn=blacklist_fn, verify_fn=verify_fn)
+        # bittensor attaches a `/Synapse` ping route with no blacklist: strangers got 200 from it.
+        forward, blacklist_fn, verify_fn = self.handlers(ImageSynapse)
+        axon.blacklist_fns["Synapse"] = blacklist_fn
+        axon.verify_fns["Synapse"] = verify_fn
+
     def handlers(self, cls: type) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
         async def forward(synapse):  # type: ignore[no-untyped-def]
             return await self._forward(synapse)
@@ -130,40 +205,13 @@ class Miner:
         async def blacklist_fn(synapse):  # type: ignore[no-untyped-def]
             return self._blacklist(synapse)
 
-        async def priority_fn(synapse):  # type: ignore[no-untyped-def]
-            return self._priority(synapse)
+        async def verify_fn(synapse):  # type: ignore[no-untyped-def]
+            await self._verify(synapse)
 
         forward.__annotations__ = {"synapse": cls, "return": cls}
         blacklist_fn.__annotations__ = {"synapse": cls, "return": typing.Tuple[bool, str]}  # noqa: UP006
-        priority_fn.__annotations__ = {"synapse": cls, "return": float}
-        return forward, blacklist_fn, priority_fn
-
-    def drain(self) -> None:
-        """Refuse new requests and wait (bounded) for those in flight."""
-        self.draining = True
-        until = time.monotonic() + self.config.drain_timeout_s
-        while (self.in_flight > 0 or self.engine.active() > 0) and time.monotonic() < until:
-            time.sleep(0.05)
-        left = self.in_flight + self.engine.active()
-        if left:
-            logger.warning("drain timed out with {} requests in flight", left)
-        else:
-            logger.info("drained: no request in flight")
-
-
-def wait_listening(host: str, port: int, timeout_s: float = 30.0) -> None:
-    """uvicorn binds on its own thread: READY is printed only once a connection is accepted."""
-    import socket
-
-    target = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    until = time.monotonic() + timeout_s
-    while time.monotonic() < until:
-        try:
-            with socket.create_connection((target, port), timeout=1.0):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"the axon is not accepting connections on {host}:{port} after {timeout_s:.0f}s")
+        verify_fn.__annotations__ = {"synapse": cls, "return": None}
+        return forward, blacklist_fn, verify_fn
 
 
 def build_observers(engine_config: EngineConfig) -> list[Any]:
@@ -173,6 +221,34 @@ def build_observers(engine_config: EngineConfig) -> list[Any]:
 
         observers.append(ActiveLearningObserver(engine_config.active_learning))
     return observers
+
+
+def http_limits(config: MinerConfig) -> HttpLimits:
+    axon = config.axon
+    return HttpLimits(axon.max_request_bytes, axon.header_timeout_s, axon.body_timeout_s, axon.max_connections,
+                      axon.max_connections_per_ip)
+
+
+def serve(config: MinerConfig, wallet: Any, miner: Miner) -> Any:
+    """The axon with the miner's handlers behind the HTTP guard, listening; returns its AxonServer."""
+    import bittensor as bt
+
+    from neurons.server import AxonServer
+
+    axon = bt.Axon(
+        wallet=wallet,
+        port=config.axon.port,
+        ip=config.axon.host,
+        external_ip=config.axon.external_ip,
+        external_port=config.axon.external_port,
+        max_workers=config.axon.max_workers,
+    )
+    axon.fast_config.host = config.axon.host
+    miner.attach(axon)
+    server = AxonServer(axon, http_limits(config), config.axon.keep_alive_s, config.axon.max_header_bytes,
+                        config.drain_timeout_s, miner.on_connection_closed, miner.on_response)
+    server.start()
+    return server
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -191,6 +267,9 @@ def run(argv: list[str] | None = None) -> int:
 
     from cascade.engine import Engine
 
+    quiet_bittensor_request_logs()
+    fd_limit = raise_fd_limit()
+    logger.info("open-files limit {}", fd_limit)
     wallet = bt.Wallet(name=config.wallet.name, hotkey=config.wallet.hotkey, path=config.wallet.path)
     try:
         hotkey_address = wallet.hotkey.ss58_address
@@ -217,22 +296,10 @@ def run(argv: list[str] | None = None) -> int:
     if config.metrics.port:
         from cascade.observers.metrics import start_metrics_server
 
-        start_metrics_server(config.metrics.host, config.metrics.port, engine, miner.counters)
+        start_metrics_server(config.metrics.host, config.metrics.port, engine, miner.outcomes.registry)
 
-    axon = bt.Axon(
-        wallet=wallet,
-        port=config.axon.port,
-        ip=config.axon.host,
-        external_ip=config.axon.external_ip,
-        external_port=config.axon.external_port,
-        max_workers=config.axon.max_workers,
-    )
-    axon.fast_config.host = config.axon.host
-    for cls in (ImageSynapse, ExtendedImageSynapse):
-        forward, blacklist_fn, priority_fn = miner.handlers(cls)
-        axon.attach(forward_fn=forward, blacklist_fn=blacklist_fn, priority_fn=priority_fn)
-    axon.start()
-    wait_listening(config.axon.host, config.axon.port)
+    server = serve(config, wallet, miner)
+    axon = server.axon
     if subtensor is not None:
         response = subtensor.serve_axon(netuid=config.chain.netuid, axon=axon)
         if response.success:
@@ -247,10 +314,16 @@ def run(argv: list[str] | None = None) -> int:
     logger.info("serving on {}:{}", config.axon.host, config.axon.port)
     # A timed wait: a signal delivered to another thread does not interrupt an untimed lock wait.
     while not stop.wait(0.5):
-        pass
-    logger.info("stop requested: draining")
-    miner.drain()
-    axon.stop()
+        miner.outcomes.summarise()
+    logger.info("stop requested: closing the listener and answering every accepted request")
+    before = miner.outcomes.snapshot()
+    drained = server.stop(config.drain_timeout_s)
+    answered = sum(v - before.get(k, 0) for k, v in miner.outcomes.snapshot().items() if k.startswith("answered_"))
+    if drained and engine.active() == 0:
+        logger.info("drained: {} requests answered after the stop signal, none left", answered)
+    else:
+        logger.warning("drain incomplete: {} answered, {} still in the engine", answered, engine.active())
+    miner.outcomes.summarise(force=True)
     metagraph.stop()
     engine.close()
     logger.info("stopped")

@@ -1,7 +1,8 @@
 """Prometheus exposition of the engine's own counters, read at scrape time.
 
-A custom collector publishes `EngineStats` (and the miner's guard counters) when Prometheus
-scrapes: nothing is written twice, and the request path pays nothing for metrics.
+A custom collector publishes `EngineStats` when Prometheus scrapes (the axon's own outcomes are
+prometheus_client Counters in the same registry, see neurons/outcomes.py): nothing is written
+twice, and the request path pays nothing for metrics.
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ def _histogram(name: str, doc: str, labels: list[str], series: Mapping[tuple[str
 
 
 class EngineCollector(Collector):
-    """Reads an engine (and optional miner counters) whenever the registry is collected."""
+    """Reads an engine whenever the registry is collected."""
 
-    def __init__(self, engine: Any, miner_counters: Mapping[str, int] | None = None) -> None:
+    def __init__(self, engine: Any) -> None:
         self.engine = engine
-        self.miner_counters = miner_counters if miner_counters is not None else {}
 
     def collect(self) -> Iterator[Any]:
         stats = self.engine.stats
@@ -81,10 +81,6 @@ class EngineCollector(Collector):
                 for kind, count in _flatten(stats_fn()).items():
                     family.add_metric([kind], count)
                 yield family
-        miner = CounterMetricFamily(f"{PREFIX}_axon", "Axon-side outcomes (refusals, answers)", labels=["outcome"])
-        for outcome, count in dict(self.miner_counters).items():
-            miner.add_metric([outcome], count)
-        yield miner
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, float]:
@@ -101,14 +97,17 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, float]:
     return {}
 
 
-def build_registry(engine: Any, miner_counters: Mapping[str, int] | None = None) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    registry.register(EngineCollector(engine, miner_counters))
+def build_registry(engine: Any, registry: CollectorRegistry | None = None) -> CollectorRegistry:
+    """The engine's collector in `registry` (the miner's own, holding its axon counters), or a new one."""
+    registry = registry or CollectorRegistry()
+    registry.register(EngineCollector(engine))
     return registry
 
 
-def start_metrics_server(host: str, port: int, engine: Any, miner_counters: Mapping[str, int]) -> CollectorRegistry:
+def start_metrics_server(
+    host: str, port: int, engine: Any, registry: CollectorRegistry | None = None
+) -> CollectorRegistry:
     """Serve /metrics on host:port from a daemon thread."""
-    registry = build_registry(engine, miner_counters)
+    registry = build_registry(engine, registry)
     start_http_server(port, addr=host, registry=registry)
     return registry

@@ -16,9 +16,8 @@ from cascade.config import ExpertConfig
 from neurons.chain import MetagraphSnapshot, Neuron
 from neurons.client import axon_info, make_dendrite, query
 from neurons.config import MinerConfig
-from neurons.miner import Miner, wait_listening
+from neurons.miner import Miner, serve
 from neurons.offline import free_port
-from neurons.protocol import ImageSynapse
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, marked_payload
 
 
@@ -28,8 +27,6 @@ class _StaticMetagraph:
 
 
 def test_a_second_request_is_answered_while_the_first_is_computing(tmp_path):
-    import bittensor as bt
-
     from neurons.offline import ensure_wallet
 
     release = threading.Event()
@@ -56,12 +53,7 @@ def test_a_second_request_is_answered_while_the_first_is_computing(tmp_path):
         "cascade_file": "unused.yaml", "axon": {"host": "127.0.0.1", "port": port, "external_ip": "127.0.0.1"},
     })
     miner = Miner(miner_config, engine, _StaticMetagraph(snapshot))
-    axon = bt.Axon(wallet=miner_wallet, port=port, ip="127.0.0.1", external_ip="127.0.0.1")
-    axon.fast_config.host = "127.0.0.1"
-    forward, blacklist_fn, priority_fn = miner.handlers(ImageSynapse)
-    axon.attach(forward_fn=forward, blacklist_fn=blacklist_fn, priority_fn=priority_fn)
-    axon.start()
-    wait_listening("127.0.0.1", port)
+    server = serve(miner_config, miner_wallet, miner)
 
     async def scenario():
         dendrite = make_dendrite(validator)
@@ -83,5 +75,5 @@ def test_a_second_request_is_answered_while_the_first_is_computing(tmp_path):
         assert first.status_code == 200 and first.prediction == pytest.approx(0.9)
     finally:
         release.set()
-        axon.stop()
+        server.stop(5.0)
         engine.close()

@@ -14,9 +14,9 @@ SNAPSHOT = MetagraphSnapshot.of(72, [Neuron(0, "miner", False, 0.0), Neuron(1, "
 
 def test_membership_permit_and_stake_rules():
     policy = GuardPolicy(min_stake=100.0)
-    assert blacklist("val", SNAPSHOT, policy) == (False, "registered caller")
+    assert blacklist("val", SNAPSHOT, policy)[:2] == (False, "registered caller")
     assert blacklist("stranger", SNAPSHOT, policy)[0]
-    assert blacklist("peer", SNAPSHOT, policy) == (True, "caller has no validator permit")
+    assert blacklist("peer", SNAPSHOT, policy)[:2] == (True, "caller has no validator permit")
     assert "below the minimum" in blacklist("small-val", SNAPSHOT, policy)[1]
     assert not blacklist("peer", SNAPSHOT, GuardPolicy(allow_non_validators=True))[0]
     assert not blacklist("stranger", SNAPSHOT, GuardPolicy(allowed_hotkeys=frozenset({"stranger"})))[0]
@@ -26,8 +26,8 @@ def test_membership_permit_and_stake_rules():
 
 @given(st.one_of(st.none(), st.text(max_size=80)))
 def test_any_caller_is_judged_without_raising(hotkey):
-    refused, reason = blacklist(hotkey, SNAPSHOT, GuardPolicy())
-    assert isinstance(refused, bool) and reason
+    refused, reason, code = blacklist(hotkey, SNAPSHOT, GuardPolicy())
+    assert isinstance(refused, bool) and reason and code.isidentifier()
     assert priority(hotkey, SNAPSHOT) >= 0.0
 
 
