@@ -9,7 +9,10 @@ pushing their requests past their deadlines. The axon's own priority value order
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 
@@ -22,7 +25,10 @@ class _Waiter:
 
 
 class Admission:
-    """Loop-thread only. `acquire` waits for a slot until the deadline; `release` hands it on."""
+    """Loop-thread only. `acquire` waits for a slot until the deadline; `release` hands it on.
+
+    Every acquire that returns True is matched by exactly one release (the engine's `slot` context).
+    """
 
     def __init__(self, max_in_flight: int, max_per_hotkey: int, max_waiting: int) -> None:
         self.max_in_flight = max_in_flight
@@ -35,6 +41,16 @@ class Admission:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    @contextlib.asynccontextmanager
+    async def slot(self, hotkey: str, stake: float, deadline_s: float) -> AsyncIterator[bool]:
+        """`async with admission.slot(...) as admitted`: the slot, if granted, is released on any exit."""
+        admitted = await self.acquire(hotkey, stake, deadline_s, time.monotonic())
+        try:
+            yield admitted
+        finally:
+            if admitted:
+                self.release(hotkey)
+
     def _eligible(self, hotkey: str) -> bool:
         return self.in_flight < self.max_in_flight and self.per_hotkey[hotkey] < self.max_per_hotkey
 
@@ -43,7 +59,11 @@ class Admission:
         self.per_hotkey[hotkey] += 1
 
     async def acquire(self, hotkey: str, stake: float, deadline_s: float, now_s: float) -> bool:
-        """True once admitted; False when the waiting room is full or the deadline came first."""
+        """True once admitted; False when the waiting room is full or the deadline came first.
+
+        Cancellation (the request's own deadline, enforced by the engine) leaves nothing behind: the
+        waiter leaves the room, and a slot granted at the same instant is handed on.
+        """
         if self._eligible(hotkey) and not self._waiting:
             self._take(hotkey)
             return True
@@ -52,14 +72,24 @@ class Admission:
         waiter = _Waiter(hotkey, stake, deadline_s, asyncio.get_running_loop().create_future())
         self._waiting.append(waiter)
         self._hand_on()
+        admitted = False
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout=max(0.0, deadline_s - now_s))
+            admitted = await asyncio.wait_for(asyncio.shield(waiter.future), timeout=max(0.0, deadline_s - now_s))
+            return admitted
         except TimeoutError:
-            if waiter in self._waiting:
-                self._waiting.remove(waiter)
-            if waiter.future.done() and waiter.future.result():
-                self.release(hotkey)  # admitted at the same instant the time ran out: give it back
             return False
+        finally:
+            if not admitted:
+                self._forget(waiter)
+
+    def _forget(self, waiter: _Waiter) -> None:
+        """A waiter that will not use its slot: out of the room, and any slot it was given handed back."""
+        if waiter in self._waiting:
+            self._waiting.remove(waiter)
+        if not waiter.future.done():
+            waiter.future.cancel()
+        elif not waiter.future.cancelled() and waiter.future.result():
+            self.release(waiter.hotkey)
 
     def release(self, hotkey: str) -> None:
         self.in_flight -= 1

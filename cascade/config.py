@@ -125,6 +125,22 @@ class SchedulerConfig(Strict):
     latency_quantile: float = Field(0.95, gt=0.0, lt=1.0, description="Quantile of a level's latency to plan with.")
     latency_window: int = Field(256, ge=8, le=100_000, description="Recent batches each latency estimate uses.")
     answer_guard_ms: float = Field(15.0, ge=0.0, le=5000.0, description="Time kept back to hand the answer over.")
+    latency_horizon_s: float = Field(
+        120.0, gt=0.0, le=86_400.0, description="Batch durations older than this no longer count in estimates."
+    )
+    latency_stale_s: float = Field(
+        10.0, gt=0.0, le=86_400.0, description="A level skipped for time gets a probe batch once unmeasured this long."
+    )
+    unhealthy_after_failures: int = Field(
+        3, ge=1, le=1000, description="Consecutive failed batches that take a replica out of service."
+    )
+    unhealthy_cooldown_s: float = Field(
+        30.0, ge=0.0, le=86_400.0, description="How long an unhealthy replica is skipped before it is retried."
+    )
+    hang_factor: float = Field(
+        10.0, ge=1.0, le=1000.0, description="A batch running this many times its usual latency is hung."
+    )
+    hang_min_ms: float = Field(1000.0, ge=1.0, le=600_000.0, description="...and running at least this long.")
     cache_size: int = Field(4096, ge=0, le=10_000_000, description="Results kept by image hash (0: off).")
     cache_ttl_s: float = Field(900.0, ge=0.0, le=86_400.0, description="How long a cached result stays valid.")
     decode_workers: int = Field(2, ge=1, le=64, description="Threads that decode images.")

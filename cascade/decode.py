@@ -95,6 +95,12 @@ class PixelBudget:
             self.free += taken
             self._cond.notify_all()
 
+    def close(self) -> None:
+        """Let every waiter through now: the engine is stopping and waits for its decode threads."""
+        with self._cond:
+            self.total = self.free = 1 << 62
+            self._cond.notify_all()
+
 
 def decode_payload(payload: str | bytes, limits: DecodeConfig) -> bytes:
     """base64 text -> image bytes, refusing oversize or malformed payloads."""

@@ -23,6 +23,7 @@ class Status(enum.StrEnum):
     DEADLINE = "deadline"  # time ran out (or the next level would not fit) after at least one answer
     PRIOR = "prior"  # nothing answered in time: the configured prior
     CACHED = "cached"  # the same image was answered recently
+    COALESCED = "coalesced"  # the same image was being answered for another caller: its answer, shared
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
-"""Micro-batching per expert replica: earliest deadline first, expiry, online latency estimates.
+"""Micro-batching per expert replica: earliest deadline first, expiry, latency and health.
 
 One `MicroBatcher` per (expert, device) lives on the engine's event loop. It never touches tensors:
 it forms batches and hands them to the expert (on the replica's own thread for synchronous
 backends). Items whose deadline has passed, whose request was already answered, or which cannot
-finish before their deadline are dropped when they leave the queue, never computed.
+finish before their deadline are dropped when they leave the queue, never computed. Each replica
+keeps a latency estimate that ages (cascade/latency.py) and a circuit breaker: repeated failures,
+out-of-memory errors or a hung batch take it out of service for a cool-down.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 from loguru import logger
 
+from cascade.config import SchedulerConfig
 from cascade.experts.base import Expert, check_probabilities
+from cascade.latency import Health, LatencyTracker
 from cascade.request import Request
 
 ASYNC_BATCHES_IN_FLIGHT = 8
@@ -29,34 +33,12 @@ class Expired(Exception):
     """The item left the queue after its deadline (or could not finish before it): not computed."""
 
 
-class LatencyTracker:
-    """A high quantile of recent durations, with a starting value until there are enough samples."""
-
-    def __init__(self, window: int, quantile: float, initial_s: float) -> None:
-        self._samples: deque[float] = deque(maxlen=window)
-        self._quantile = quantile
-        self._initial_s = initial_s
-
-    def record(self, seconds: float) -> None:
-        self._samples.append(seconds)
-
-    def estimate_s(self) -> float:
-        if len(self._samples) < 3:
-            return max([self._initial_s, *self._samples])
-        ordered = sorted(self._samples)
-        index = min(len(ordered) - 1, int(self._quantile * len(ordered)))
-        return ordered[index]
-
-    def seed(self, seconds: float) -> None:
-        """Set the starting value (from warm-up) without counting it as a sample."""
-        self._initial_s = seconds
-
-
 @dataclass(order=True)
 class _Item:
     deadline_s: float
     seq: int
-    request: Request = field(compare=False)
+    request: Request | None = field(compare=False)  # None: a probe batch on a synthetic image
+    image: np.ndarray = field(compare=False)
     future: asyncio.Future[float] = field(compare=False)
     enqueued_s: float = field(compare=False)
 
@@ -76,10 +58,14 @@ _FATAL_DEVICE_ERRORS = (
 )
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    return "out of memory" in str(exc).lower()
+
+
 def is_fatal_device_error(exc: BaseException) -> bool:
     """A lost CUDA context (not an out-of-memory, which a smaller batch may survive)."""
     text = str(exc).lower()
-    return "out of memory" not in text and any(marker in text for marker in _FATAL_DEVICE_ERRORS)
+    return not is_out_of_memory(exc) and any(marker in text for marker in _FATAL_DEVICE_ERRORS)
 
 
 class MicroBatcher:
@@ -88,24 +74,31 @@ class MicroBatcher:
     def __init__(
         self,
         expert: Expert,
-        window: int = 256,
-        quantile: float = 0.95,
+        sched: SchedulerConfig | None = None,
         listener: BatchListener | None = None,
         on_fatal: FatalHandler | None = None,
     ) -> None:
+        sched = sched or SchedulerConfig()
         self.expert = expert
         self.name = expert.name
         self.device = expert.device
+        self.replica = f"{self.name}@{self.device}"
         self.max_batch = expert.config.max_batch
+        self.batch_cap = self.max_batch  # lowered after an out-of-memory error, raised back by successes
         self.max_wait_s = expert.config.max_wait_ms / 1000.0
         initial = (expert.config.expected_latency_ms or 50.0) / 1000.0
-        self.compute = LatencyTracker(window, quantile, initial)
+        self.compute = LatencyTracker(sched.latency_window, sched.latency_quantile, initial, sched.latency_horizon_s)
+        self.health = Health(self.replica, sched.unhealthy_after_failures, sched.unhealthy_cooldown_s)
+        self._hang_factor = sched.hang_factor
+        self._hang_min_s = sched.hang_min_ms / 1000.0
         self._listener = listener
         self._on_fatal = on_fatal
         self._heap: list[_Item] = []
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
-        self._running = 0  # batches being computed (async backends may run several at once)
+        self._running_since: list[float] = []  # start times of the batches being computed
+        self._successes_since_oom = 0
+        self.probing = False
         # Async backends (vLLM, a remote server) batch continuously on their side: keep several of our
         # batches in flight instead of waiting for each to finish.
         self._slots = asyncio.Semaphore(ASYNC_BATCHES_IN_FLIGHT) if expert.is_async else None
@@ -118,26 +111,56 @@ class MicroBatcher:
 
     # -- queue side -----------------------------------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}-{self.device}")
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.replica}")
 
     def submit(self, request: Request) -> asyncio.Future[float]:
-        """Queue one request; the future resolves to its probability, or raises (Expired, expert errors)."""
+        """Queue one request; the future resolves to its probability, or raises (Expired, expert errors).
+
+        The caller may cancel the future (its request was answered or ran out of time): the item is
+        then dropped unrun, or its result discarded if its batch is already running.
+        """
+        return self._push(request.deadline_s, request, request.image)
+
+    def probe(self, image: np.ndarray, timeout_s: float = 60.0) -> None:
+        """One batch on `image` outside any request, to re-measure a replica nobody has run for a while."""
+        if self.probing or self._closed:
+            return
+        self.probing = True
+        future = self._push(time.monotonic() + timeout_s, None, image)
+        future.add_done_callback(self._probe_done)
+
+    def _probe_done(self, future: asyncio.Future[float]) -> None:
+        self.probing = False
+        if not future.cancelled():
+            future.exception()  # retrieved: a failed probe is counted by the batch, nothing to raise
+
+    def _push(self, deadline_s: float, request: Request | None, image: np.ndarray) -> asyncio.Future[float]:
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         if self._closed:
             future.set_exception(Expired(f"{self.name} is shut down"))
             return future
-        heapq.heappush(self._heap, _Item(request.deadline_s, next(self._seq), request, future, time.monotonic()))
+        heapq.heappush(self._heap, _Item(deadline_s, next(self._seq), request, image, future, time.monotonic()))
         self._wakeup.set()
         return future
 
     def queued(self) -> int:
         return len(self._heap)
 
-    def expected_latency_s(self) -> float:
+    def available(self, now_s: float | None = None) -> bool:
+        """Healthy (or due a retry) and not stuck in a batch far longer than batches take."""
+        now_s = time.monotonic() if now_s is None else now_s
+        if self._running_since:
+            hang_s = max(self._hang_min_s, self._hang_factor * self.compute.estimate_s(now_s))
+            running_s = now_s - min(self._running_since)
+            if running_s > hang_s:
+                self.health.trip(f"a batch has been running for {running_s:.1f}s", now_s)
+        return self.health.available(now_s)
+
+    def expected_latency_s(self, now_s: float | None = None) -> float:
         """Time a request queued now should take to come back: batches ahead, the running one, its own."""
-        compute_s = self.compute.estimate_s()
-        batches_ahead = len(self._heap) // self.max_batch
-        return (batches_ahead + (1 if self._running else 0) + 1) * compute_s + self.max_wait_s
+        compute_s = self.compute.estimate_s(now_s)
+        batches_ahead = len(self._heap) // self.batch_cap
+        return (batches_ahead + (1 if self._running_since else 0) + 1) * compute_s + self.max_wait_s
 
     async def close(self) -> None:
         self._closed = True
@@ -184,7 +207,7 @@ class MicroBatcher:
 
     async def _fill(self) -> None:
         """Wait until the batch is full or its oldest item has waited `max_wait_ms`."""
-        while len(self._heap) < self.max_batch and not self._closed:
+        while len(self._heap) < self.batch_cap and not self._closed:
             oldest_s = min(item.enqueued_s for item in self._heap)
             wait_s = oldest_s + self.max_wait_s - time.monotonic()
             if wait_s <= 0:
@@ -196,24 +219,24 @@ class MicroBatcher:
                 return
 
     def _take_batch(self) -> list[_Item]:
-        """Up to `max_batch` live items in deadline order; dead ones are settled, not computed."""
+        """Up to `batch_cap` live items in deadline order; dead ones are settled, not computed."""
         now = time.monotonic()
-        compute_s = self.compute.estimate_s()
+        compute_s = self.compute.estimate_s(now)
         batch: list[_Item] = []
-        while self._heap and len(batch) < self.max_batch:
+        while self._heap and len(batch) < self.batch_cap:
             item = heapq.heappop(self._heap)
             if item.future.done():  # answered elsewhere or cancelled by the engine
                 continue
-            if item.deadline_s <= now + compute_s:
+            if item.request is not None and item.deadline_s <= now + compute_s:
                 item.future.set_exception(Expired(f"{self.name}: deadline passed before compute"))
                 continue
             batch.append(item)
         return batch
 
     async def _run(self, batch: list[_Item]) -> None:
-        images = [item.request.image for item in batch]
+        images = [item.image for item in batch]
         started = time.monotonic()
-        self._running += 1
+        self._running_since.append(started)
         outcome = "ok"
         try:
             if self.expert.is_async:
@@ -224,21 +247,40 @@ class MicroBatcher:
                 raw = await loop.run_in_executor(self._executor, self.expert.predict_batch, images)
             probabilities = check_probabilities(self.name, raw, len(batch))
         except Exception as exc:  # noqa: BLE001 - a failed batch fails each of its futures, nothing else
-            outcome = "error"
-            logger.warning("expert {} on {} failed a batch of {}: {!r}", self.name, self.device, len(batch), exc)
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            if self._on_fatal is not None and is_fatal_device_error(exc):
-                self._on_fatal(f"{self.name}@{self.device}", exc)
+            outcome = self._failed(batch, exc)
         else:
+            self._succeeded()
             for item, probability in zip(batch, probabilities, strict=True):
                 if not item.future.done():
                     item.future.set_result(probability)
         finally:
-            self._running -= 1
+            self._running_since.remove(started)
         elapsed = time.monotonic() - started
         if outcome == "ok":
             self.compute.record(elapsed)
         if self._listener is not None:
             self._listener(self.name, self.device, len(batch), elapsed, outcome)
+
+    def _failed(self, batch: list[_Item], exc: Exception) -> str:
+        outcome = "oom" if is_out_of_memory(exc) else "error"
+        logger.warning("expert {} failed a batch of {} ({}): {!r}", self.replica, len(batch), outcome, exc)
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(exc)
+        if outcome == "oom" and self.batch_cap > 1:
+            self.batch_cap = max(1, len(batch) // 2)
+            self._successes_since_oom = 0
+            logger.warning("expert {}: batches capped at {} after running out of memory", self.replica,
+                           self.batch_cap)
+        self.health.failed(outcome)
+        if self._on_fatal is not None and is_fatal_device_error(exc):
+            self._on_fatal(self.replica, exc)
+        return outcome
+
+    def _succeeded(self) -> None:
+        self.health.succeeded()
+        if self.batch_cap < self.max_batch:
+            self._successes_since_oom += 1
+            if self._successes_since_oom >= 16:  # memory pressure passes: grow back slowly
+                self.batch_cap = min(self.max_batch, self.batch_cap * 2)
+                self._successes_since_oom = 0

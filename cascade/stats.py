@@ -44,7 +44,8 @@ class Histogram:
 class EngineStats:
     requests: Counter[str] = field(default_factory=Counter)  # by Status value
     exits_by_level: Counter[int] = field(default_factory=Counter)  # levels run when the answer left
-    skipped_levels: Counter[int] = field(default_factory=Counter)  # level index skipped for lack of time
+    skipped_levels: Counter[tuple[int, str]] = field(default_factory=Counter)  # (level index, too_slow/unavailable)
+    deadline_cuts: int = 0  # requests answered by the lifetime timer with what they had (or the prior)
     decode_errors: int = 0
     rejected_admission: int = 0
     late_answers: int = 0  # answers handed back after their deadline (should stay 0)
@@ -64,7 +65,8 @@ class EngineStats:
         return {
             "requests": dict(self.requests),
             "exits_by_levels_run": {str(k): v for k, v in sorted(self.exits_by_level.items())},
-            "skipped_levels": {str(k): v for k, v in sorted(self.skipped_levels.items())},
+            "skipped_levels": {f"{level}:{why}": v for (level, why), v in sorted(self.skipped_levels.items())},
+            "deadline_cuts": self.deadline_cuts,
             "decode_errors": self.decode_errors,
             "rejected_admission": self.rejected_admission,
             "late_answers": self.late_answers,

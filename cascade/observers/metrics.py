@@ -43,10 +43,18 @@ class EngineCollector(Collector):
         for levels, count in stats.exits_by_level.items():
             exits.add_metric([str(levels)], count)
         yield exits
-        skipped = CounterMetricFamily(f"{PREFIX}_levels_skipped", "Levels skipped for lack of time", labels=["level"])
-        for level, count in stats.skipped_levels.items():
-            skipped.add_metric([str(level)], count)
+        skipped = CounterMetricFamily(f"{PREFIX}_levels_skipped", "Levels skipped: too slow for the time left, or "
+                                      "every expert out of service", labels=["level", "reason"])
+        for (level, reason), count in stats.skipped_levels.items():
+            skipped.add_metric([str(level), reason], count)
         yield skipped
+        yield CounterMetricFamily(f"{PREFIX}_deadline_cuts", "Requests answered at their deadline with what they had",
+                                  value=stats.deadline_cuts)
+        healthy = GaugeMetricFamily(f"{PREFIX}_replica_healthy", "1 if the replica takes requests (healthy or "
+                                    "retrying after its cool-down), 0 while unhealthy", labels=["replica", "state"])
+        for replica, state in self.engine.replica_states().items():
+            healthy.add_metric([replica, state], 0.0 if state == "unhealthy" else 1.0)
+        yield healthy
         yield CounterMetricFamily(f"{PREFIX}_decode_errors", "Payloads refused as images", value=stats.decode_errors)
         yield CounterMetricFamily(f"{PREFIX}_late_answers", "Answers after their deadline", value=stats.late_answers)
         yield CounterMetricFamily(f"{PREFIX}_admission_rejected", "Requests answered from the prior: not admitted",

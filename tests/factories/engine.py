@@ -40,12 +40,14 @@ class FakeExpert(Expert):
     """Answers `answer(image)` per image; optionally waits for `gate` before each batch; records batches."""
 
     def __init__(self, config: ExpertConfig, device: str, answer: Callable[[np.ndarray], float],
-                 gate: threading.Event | None = None, delay_s: float = 0.0, fail: Callable[[int], bool] | None = None):
+                 gate: threading.Event | None = None, delay_s: float = 0.0, fail: Callable[[int], bool] | None = None,
+                 error: str = "simulated CUDA error"):
         super().__init__(config, device)
         self.answer = answer
         self.gate = gate
         self.delay_s = delay_s
         self.fail = fail
+        self.error = error
         self.batches: list[list[int]] = []  # the marker value (pixel [0,0,0]) of each image per batch
         self.started = threading.Event()
 
@@ -61,8 +63,26 @@ class FakeExpert(Expert):
         marks = [int(image[0, 0, 0]) for image in images]
         self.batches.append(marks)
         if self.fail is not None and self.fail(len(self.batches)):
-            raise RuntimeError(f"{self.name}: simulated CUDA error")
+            raise RuntimeError(f"{self.name}: {self.error}")
         return [self.answer(image) for image in images]
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Bounded wait for an observable state of the engine (not a sleep standing in for one)."""
+    until = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < until, "condition not reached in time"
+        time.sleep(0.002)
+
+
+def on_loop(engine: Engine, fn: Callable[[], Any]) -> Any:
+    """Run `fn` on the engine's loop thread (loop-owned state is read there) and return its value."""
+    import asyncio
+
+    async def call() -> Any:
+        return fn()
+
+    return asyncio.run_coroutine_threadsafe(call(), engine._loop).result(10)
 
 
 def make_engine(experts: dict[str, FakeExpert | Callable[[ExpertConfig, str], Expert]], cascade: CascadeConfig,

@@ -39,7 +39,7 @@ def test_a_level_known_to_be_too_slow_is_skipped_and_the_previous_level_answers(
         assert result.status is Status.DEADLINE and result.levels_run == 1
         assert abs(result.probability - 0.6) < 1e-6
         assert slow_fake.batches == []
-        assert engine.stats.skipped_levels[1] == 1
+        assert engine.stats.skipped_levels[(1, "too_slow")] == 1
     finally:
         engine.close()
 

@@ -9,15 +9,7 @@ import pytest
 
 from cascade.decode import DecodeError
 from cascade.request import Status
-from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, make_job
-
-
-def wait_for(condition, timeout_s: float = 10.0) -> None:
-    """Bounded wait for an observable state of the engine (not a sleep standing in for one)."""
-    until = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < until, "condition not reached in time"
-        time.sleep(0.002)
+from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, make_job, wait_for
 
 
 def test_batches_fill_up_to_max_batch_while_the_expert_is_busy():

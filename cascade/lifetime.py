@@ -1,0 +1,221 @@
+"""A request's whole life in the engine, owned in one place, in small steps.
+
+`RequestPath.run(job)` is the only owner of a request. It starts the work as a task of its own
+and waits for it until the deadline (less a guard); if time runs out it cancels that task and
+answers with the best it already knows (the pooled answers so far, else the prior). Callers never
+cancel anything: they wait for the answer, which always comes by the deadline.
+
+The work, step by step, each a method tested on its own:
+  admit      a slot (bounded in flight; stake and deadline order the waiters), released on any exit
+  decode     base64, hash, pixels (bounded pool, pixel budget, until the deadline)
+  cache      the same image answered recently: that answer
+  coalesce   the same image in flight for someone else: wait for it (or compute, if its owner was cut)
+  compute    the levels, cheapest first, until confident, exhausted, or out of time
+Every exit path, cancellation included, goes through the `finally` of the step that took a
+resource: the admission slot, the coalescing registration, the queued batcher items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from cascade import consensus
+from cascade.admission import Admission
+from cascade.cache import ResultCache
+from cascade.coalesce import Coalescer, Shared
+from cascade.config import EngineConfig
+from cascade.decode import DecodeBusy, Decoded, PixelBudget, decode_image, decode_payload, hash_bytes
+from cascade.levels import Level, Plan
+from cascade.observers.base import Finished, ObserverRunner
+from cascade.request import ExpertAnswer, Job, Request, Result, Status
+from cascade.stats import EngineStats
+
+
+@dataclass
+class Progress:
+    """What a request has learnt so far: enough to answer at any moment."""
+
+    job: Job
+    answers: list[ExpertAnswer] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    levels_run: int = 0
+    image_hash: str | None = None
+    image_bytes: bytes | None = None
+    image_size: tuple[int, int] | None = None
+
+    def result(self, status: Status, prior: float) -> Result:
+        """The pooled answers so far with `status`, or the prior when nothing has answered."""
+        latency_ms = (time.monotonic() - self.job.arrival_s) * 1000.0
+        if not self.answers:
+            return Result(self.job.request_id, prior, Status.PRIOR, self.levels_run, (), latency_ms,
+                          tuple(self.failures))
+        return Result(self.job.request_id, consensus.pooled_probability(self.answers), status, self.levels_run,
+                      tuple(self.answers), latency_ms, tuple(self.failures))
+
+
+def shared_result(job: Job, result: Result, status: Status) -> Result:
+    """Another request's answer, handed to `job` (from the cache or a coalesced computation)."""
+    return Result(job.request_id, result.probability, status, 0, result.answers,
+                  (time.monotonic() - job.arrival_s) * 1000.0)
+
+
+class RequestPath:
+    def __init__(self, config: EngineConfig, stats: EngineStats, observers: ObserverRunner, decoder:
+                 concurrent.futures.Executor) -> None:
+        self.config = config
+        self.stats = stats
+        self.observers = observers
+        self.decoder = decoder
+        sched = config.scheduler
+        self.admission = Admission(sched.max_in_flight, sched.max_in_flight_per_hotkey, sched.max_waiting)
+        self.cache = ResultCache(sched.cache_size, sched.cache_ttl_s)
+        self.coalescer = Coalescer()
+        self.budget = PixelBudget(config.decode.budget_pixels)
+        self.levels: list[Level] = []
+        self.decode_min_side: int | None = None  # set once the experts are loaded
+        self.guard_s = sched.answer_guard_ms / 1000.0
+
+    @property
+    def prior(self) -> float:
+        return self.config.cascade.prior
+
+    # -- the lifetime ---------------------------------------------------------------------------
+    async def run(self, job: Job) -> Result:
+        """The answer by the deadline, always (DecodeError for a payload that is not an acceptable image)."""
+        progress = Progress(job)
+        work = asyncio.get_running_loop().create_task(self.answer(job, progress))
+        done, _ = await asyncio.wait({work}, timeout=max(0.0, job.deadline_s - self.guard_s - time.monotonic()))
+        if done:
+            result = work.result()
+        else:
+            work.cancel()  # its finally blocks release the slot, the coalescing entry and queued work
+            work.add_done_callback(_retrieve)
+            # Cancellation unwinds within a loop step or two (no finally block waits on anything):
+            # let it, so the answer also lists what timed out, within the guard kept for this.
+            await asyncio.wait({work}, timeout=self.guard_s / 2)
+            self.stats.deadline_cuts += 1
+            result = progress.result(Status.DEADLINE, self.prior)
+        return self.finish(job, result, progress)
+
+    async def answer(self, job: Job, progress: Progress) -> Result:
+        async with self.admission.slot(job.hotkey, job.stake, job.deadline_s) as admitted:
+            if not admitted:
+                self.stats.rejected_admission += 1
+                progress.failures.append("admission")
+                return progress.result(Status.PRIOR, self.prior)
+            try:
+                data, image_hash, decoded = await self.decode(job.payload, job.deadline_s)
+            except DecodeBusy:
+                progress.failures.append("decode_busy")
+                return progress.result(Status.PRIOR, self.prior)
+            progress.image_hash, progress.image_bytes = image_hash, data
+            cached = self.cache.get(image_hash)
+            if cached is not None:
+                return shared_result(job, cached, Status.CACHED)
+            return await self.coalesce_or_compute(job, progress, data, decoded)
+
+    # -- steps ----------------------------------------------------------------------------------
+    async def decode(self, payload: str, deadline_s: float) -> tuple[bytes, str, Decoded | None]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.decoder, self._prepare, payload, deadline_s)
+
+    def _prepare(self, payload: str, deadline_s: float) -> tuple[bytes, str, Decoded | None]:
+        """Decoder thread: base64, hash and (unless the image is a likely repeat) pixels, in one hop.
+
+        One executor round trip per request instead of three: under load every hop is a wait for the
+        GIL. The repeat check reads loop-owned state without a lock; a wrong guess costs one more hop.
+        """
+        data = decode_payload(payload, self.config.decode)
+        image_hash = hash_bytes(data)
+        if self.cache.contains(image_hash) or image_hash in self.coalescer:
+            return data, image_hash, None
+        return data, image_hash, self._pixels(data, deadline_s)
+
+    def _pixels(self, data: bytes, deadline_s: float) -> Decoded:
+        return decode_image(data, self.config.decode, self.decode_min_side, self.budget, deadline_s)
+
+    async def coalesce_or_compute(self, job: Job, progress: Progress, data: bytes, decoded: Decoded | None) -> Result:
+        assert progress.image_hash is not None
+        shared: Shared | None
+        while (shared := self.coalescer.get(progress.image_hash)) is not None:
+            first = await shared.wait()
+            if shared.serves(first, job.deadline_s):
+                return shared_result(job, first, Status.COALESCED)
+            # Its owner had less time than we have and was cut short: compute the image ourselves.
+        with self.coalescer.own(progress.image_hash, job.deadline_s,
+                                lambda: progress.result(Status.DEADLINE, self.prior)) as owner:
+            if decoded is None:  # skipped as a likely repeat, but not answered after all
+                loop = asyncio.get_running_loop()
+                decoded = await loop.run_in_executor(self.decoder, self._pixels, data, job.deadline_s)
+            progress.image_size = decoded.original_size
+            result = await self.compute(Request(job, decoded.image, progress.image_hash, data), progress)
+            if result.status in (Status.CONFIDENT, Status.EXHAUSTED):
+                self.cache.put(progress.image_hash, result)
+            owner.publish(result)
+            return result
+
+    async def compute(self, request: Request, progress: Progress) -> Result:
+        """The levels, cheapest first: exit when confident, stop when the next one cannot finish in time."""
+        status = Status.EXHAUSTED
+        for level in self.levels:
+            now_s = time.monotonic()
+            time_left_s = request.deadline_s - now_s - self.guard_s
+            plan, chosen = level.plan(time_left_s, now_s, request.image)
+            if plan is Plan.UNAVAILABLE:  # every expert of this level is out of service: try the next level
+                self.stats.skipped_levels[(level.index, plan.value)] += 1
+                continue
+            if plan is Plan.TOO_SLOW:  # the later levels are slower still
+                self.stats.skipped_levels[(level.index, plan.value)] += 1
+                status = Status.DEADLINE
+                break
+            cut_short = await level.run(chosen, request, time_left_s, self._answer_sink(progress),
+                                        self._failure_sink(progress))
+            progress.levels_run += 1
+            if cut_short:
+                status = Status.DEADLINE
+                break
+            if progress.answers and consensus.is_confident(consensus.pooled_probability(progress.answers),
+                                                           level.config.exit_margin):
+                status = Status.CONFIDENT
+                break
+        return progress.result(status, self.prior)
+
+    def _answer_sink(self, progress: Progress) -> Callable[[ExpertAnswer], None]:
+        def record(answer: ExpertAnswer) -> None:
+            progress.answers.append(answer)
+            self.stats.expert_outcomes[(answer.expert, "answered")] += 1
+
+        return record
+
+    def _failure_sink(self, progress: Progress) -> Callable[[str, str], None]:
+        def record(expert: str, kind: str) -> None:
+            progress.failures.append(f"{expert}:{kind}")
+            self.stats.expert_outcomes[(expert, kind)] += 1
+
+        return record
+
+    def finish(self, job: Job, result: Result, progress: Progress) -> Result:
+        now_s = time.monotonic()
+        self.stats.requests[result.status.value] += 1
+        self.stats.exits_by_level[result.levels_run] += 1
+        self.stats.latency.observe(now_s - job.arrival_s)
+        if job.deadline_s and now_s > job.deadline_s:
+            self.stats.late_answers += 1
+        if result.status is Status.PRIOR:
+            logger.debug("request {} answered from the prior (failures: {})", job.request_id,
+                         ", ".join(result.failures) or "none")
+        self.observers.notify(Finished(job, result, progress.image_hash, progress.image_bytes, progress.image_size,
+                                       self.config.cascade.version))
+        return result
+
+
+def _retrieve(task: asyncio.Task[Result]) -> None:
+    """A cut request's task ends cancelled or with an error nobody waits for any more: mark it seen."""
+    if not task.cancelled():
+        task.exception()
