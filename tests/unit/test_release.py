@@ -89,6 +89,6 @@ def test_the_shipped_production_cascade_bumps_and_still_loads(tmp_path):
 def test_a_release_that_is_not_x_y_z_is_not_bumped(tmp_path):
     path = tmp_path / "cascade.yaml"
     path.write_text("release: 1.0\nlevels: []\n")
-    with pytest.raises(ValueError, match="X.Y.Z"):
+    with pytest.raises(ValueError, match=r"X\.Y\.Z"):
         bump_release(path)
     assert path.read_text() == "release: 1.0\nlevels: []\n"
