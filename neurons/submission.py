@@ -385,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     except SubmitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
+    except BrokenPipeError:  # the output was piped into `head` or similar: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
