@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cascade.experts.options import options_model_for
+from cascade.release import DEFAULT_RELEASE, parse_release
 
 Backend = Literal["hf_classifier", "zero_shot", "detector", "vlm_transformers", "vlm_vllm", "vlm_remote"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
@@ -95,10 +96,17 @@ class CascadeConfig(Strict):
     """The ordered levels, cheapest first, and the answer given when no level could answer in time."""
 
     version: str = Field("0", min_length=1, max_length=64, description="Recorded with every kept sample.")
+    release: str = Field(DEFAULT_RELEASE, description="X.Y.Z of the submitted model card (cascade/release.py).")
     prior: float = Field(
         0.5, ge=0.0, le=1.0, description="Answer when nothing finished in time (validators round 0.5 down)."
     )
     levels: list[LevelConfig] = Field(..., min_length=1)
+
+    @field_validator("release")
+    @classmethod
+    def _release_form(cls, value: str) -> str:
+        parse_release(value)  # raises with the X.Y.Z rule in the message
+        return value
 
     @model_validator(mode="after")
     def _unique_names(self) -> CascadeConfig:

@@ -86,13 +86,3 @@ class Result:
     def __post_init__(self) -> None:
         if not 0.0 <= self.probability <= 1.0 or self.probability != self.probability:
             raise ValueError(f"probability must lie in [0, 1], got {self.probability}")
-
-
-def deadline_from_timeout(arrival_s: float, timeout_s: float | None, cap_s: float, margin_s: float) -> float:
-    """Absolute deadline for an answer.
-
-    The caller's timeout is not signed (SN72.md), so it is never trusted beyond `cap_s`; the margin
-    leaves time to serialise the answer and carry it back.
-    """
-    budget_s = cap_s if timeout_s is None or not timeout_s > 0 else min(float(timeout_s), cap_s)
-    return arrival_s + max(0.0, budget_s - margin_s)

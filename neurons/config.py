@@ -42,6 +42,7 @@ class ChainConfig(Strict):
     offline: bool = Field(False, description="No chain at all: the metagraph comes from metagraph_file.")
     metagraph_file: Path | None = Field(None, description="Offline metagraph JSON (re-read when it changes).")
     resync_interval_s: float = Field(600.0, ge=5.0, le=86_400.0)
+    timeout_s: float = Field(60.0, gt=0.0, le=3600.0, description="Longest wait for one chain call, then an error.")
 
     @model_validator(mode="after")
     def _offline_needs_file(self) -> ChainConfig:
@@ -99,6 +100,14 @@ class MetricsConfig(Strict):
     host: str = "127.0.0.1"
 
 
+class NatixConfig(Strict):
+    """The subnet owner's side: the submitted model (docs/onboarding.md)."""
+
+    model_url: str = Field("", max_length=512, description="Hugging Face repository of the submitted model; "
+                           "answered in ExtendedImageSynapse.model_url and sent by sn72-register.")
+    base_url: str = Field("https://hydra.natix.network", min_length=1, description="NATIX application server.")
+
+
 class MinerConfig(Strict):
     wallet: WalletConfig = Field(default_factory=WalletConfig)
     chain: ChainConfig = Field(default_factory=ChainConfig)
@@ -106,6 +115,7 @@ class MinerConfig(Strict):
     deadline: DeadlineConfig = Field(default_factory=DeadlineConfig)
     guards: GuardConfig = Field(default_factory=GuardConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    natix: NatixConfig = Field(default_factory=NatixConfig)
     cascade_file: Path = Field(..., description="Cascade YAML (relative paths: against the miner YAML's folder).")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)

@@ -35,7 +35,7 @@ from loguru import logger
 from cascade.config import EngineConfig
 from cascade.decode import DecodeError
 from cascade.request import Job, Result
-from neurons.chain import MetagraphSource, chain_source, offline_source
+from neurons.chain import ChainError, MetagraphSource, connect_chain, offline_source, publish_axon, watch_registration
 from neurons.config import ConfigError, MinerConfig, load_config
 from neurons.guards import GuardPolicy, TokenBucketLimiter, blacklist, priority
 from neurons.http_guard import CURRENT, HttpLimits, RequestState, raise_fd_limit
@@ -114,6 +114,8 @@ class Miner:
     # -- forward --------------------------------------------------------------------------------
     async def _forward(self, synapse: ImageSynapse) -> ImageSynapse:
         state = CURRENT.get() or RequestState(arrival_s=time.monotonic(), path="")
+        if isinstance(synapse, ExtendedImageSynapse):
+            synapse.model_url = self.config.natix.model_url
         try:
             if state.rate_limited:
                 self.outcomes.add("refused_rate_limit")
@@ -284,10 +286,14 @@ def run(argv: list[str] | None = None) -> int:
         metagraph = offline_source(config.chain.metagraph_file).start()
         logger.info("offline mode: metagraph from {}", config.chain.metagraph_file)
     else:
-        subtensor = bt.Subtensor(network=config.chain.network)
-        metagraph = chain_source(subtensor, config.chain.netuid, config.chain.resync_interval_s).start()
-    if metagraph.snapshot.get(hotkey_address) is None:
-        logger.warning("this miner's hotkey {} is not in the metagraph: validators will not query it", hotkey_address)
+        try:
+            subtensor, metagraph = connect_chain(config.chain.network, config.chain.netuid,
+                                                 config.chain.resync_interval_s, config.chain.timeout_s)
+        except ChainError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        metagraph.start()
+    registration = watch_registration(metagraph, hotkey_address)
 
     engine = Engine(engine_config, observers=build_observers(engine_config))
     engine.start()
@@ -296,16 +302,13 @@ def run(argv: list[str] | None = None) -> int:
     if config.metrics.port:
         from cascade.observers.metrics import start_metrics_server
 
+        miner.outcomes.registry.register(registration)
         start_metrics_server(config.metrics.host, config.metrics.port, engine, miner.outcomes.registry)
 
     server = serve(config, wallet, miner)
     axon = server.axon
     if subtensor is not None:
-        response = subtensor.serve_axon(netuid=config.chain.netuid, axon=axon)
-        if response.success:
-            logger.info("axon published on chain: {}:{}", axon.external_ip, axon.external_port)
-        else:
-            logger.error("serve_axon failed: {} (validators will not find this miner)", response.message)
+        publish_axon(subtensor, config.chain.netuid, axon, config.chain.timeout_s)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
