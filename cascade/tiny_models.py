@@ -179,6 +179,54 @@ def build_tiny_siglip2(folder: Path, seed: int = 0) -> Path:
     return build_tiny_clip(folder, seed, family="siglip2")
 
 
+def build_tiny_owlv2(folder: Path, seed: int = 0) -> Path:
+    """A 1-layer OWLv2 detector (64 px input, 16 px patches: a 4x4 grid) with a locally trained tokenizer.
+
+    OWLv2's text tower pools at the largest token id, as CLIP's vocabulary puts end-of-text last: the end token
+    is added after training so it gets the last id, and pad is id 0 (the model reads a leading 0 as an empty
+    query). Saved with an `Owlv2Processor`, so `AutoProcessor` and `Owlv2ForObjectDetection` load the folder
+    as they would a hub snapshot.
+    """
+    import torch
+    from tokenizers import processors
+    from transformers import (
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessor,
+        Owlv2Processor,
+        PreTrainedTokenizerFast,
+    )
+
+    torch.manual_seed(seed)
+    backend = _train_tokenizer(["<pad>", "<bos>", "<unk>"], add_eos=None).backend_tokenizer
+    backend.add_special_tokens(["<eos>"])
+    bos, eos = backend.token_to_id("<bos>"), backend.token_to_id("<eos>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", pair="<bos> $A <eos> $B <eos>", special_tokens=[("<bos>", bos), ("<eos>", eos)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
+    layers = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = Owlv2Config(
+        text_config={
+            **layers,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 16,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+        },
+        vision_config={**layers, "image_size": 64, "patch_size": 16},
+        projection_dim=32,  # the class head compares queries in the text tower's width
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    Owlv2ForObjectDetection(config).eval().save_pretrained(folder)
+    image_processor = Owlv2ImageProcessor(size={"height": 64, "width": 64})
+    Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
 TINY_YOLO_NAMES = ["person", "car", "cone", "barrier", "construction sign"]
 
 
@@ -302,5 +350,6 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "tiny-siglip": build_tiny_siglip,
     "tiny-siglip2": build_tiny_siglip2,
     "tiny-yolo": build_tiny_yolo,
+    "tiny-owlv2": build_tiny_owlv2,
     "tiny-vlm": build_tiny_vlm,
 }
