@@ -58,9 +58,10 @@ def _reset_peak_memory(device: str) -> None:
 
         import torch
 
-        gc.collect()  # the previous expert's tensors, so its memory is not counted against this one
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+        if torch.cuda.is_initialized():  # before the first expert nothing was allocated (and resetting fails)
+            gc.collect()  # the previous expert's tensors, so its memory is not counted against this one
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
 
 
 def _load(config: ExpertConfig, device: str) -> Any:

@@ -5,7 +5,7 @@ and predicts a box per patch. We ask for roadwork objects by name (`options.quer
 construction barrier, road work sign, ...), so no roadwork-trained detector is needed.
 
 Queries are embedded ONCE at load: the text tower runs over the queries, the projected embeddings are kept
-on the device, and the text tower is then released (it is a third of the model and never runs again). A
+on the device, and the text tower is then released (40% of the weights; it never runs again). A
 batch runs only the image side, through the model's own submodules, exactly as its `forward` would after
 the text tower:
 
@@ -93,7 +93,7 @@ class OWLv2Expert(Expert):
         self.interpolate = self.size_hw != (int(vision.image_size), int(vision.image_size))
         self.box_bias = self.model.compute_box_bias(self.size_hw[0] // patch, self.size_hw[1] // patch).to(self.device)
         self.query_embeds = self._embed_queries(tokenizer, list(self.options.queries))
-        # NOTE: the text tower never runs again; releasing it frees a third of the weights.
+        # NOTE: the text tower never runs again; releasing it frees 40% of the weights (63M of 155M in B/16).
         self.model.owlv2.text_model = None
         logger.info(
             "expert {}: OWLv2 {} with {} queries, input {} ({}), on {}",
