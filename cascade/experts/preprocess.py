@@ -4,7 +4,7 @@ On a GPU each image is copied to the device as uint8 (a quarter of the float byt
 with antialiasing: resizing full dashcam frames on the host would dominate small-model latency. On the
 CPU, PIL's reducing resize is the faster path. Both paths share the geometry of `plan_resize`:
 
-- `squash`: the whole image is resized to the input, aspect ratio lost (what most hub processors do);
+- `squash`: the whole image is resized to the input, aspect ratio lost (what ViT and SigLIP processors do);
 - `letterbox`: the whole image is scaled to fit inside the input, aspect kept, centred, and the border is
   filled with the processor's mean (so it normalises to 0);
 - `center_crop`: the largest centred crop with the input's aspect ratio is resized to the input.
