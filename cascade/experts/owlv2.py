@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from loguru import logger
+from torchvision.ops import nms
 
 from cascade.experts.base import Expert, ExpertError, parameter_bytes, torch_dtype
 from cascade.experts.detector import noisy_or
@@ -43,8 +44,6 @@ def image_score(
     scores: np.ndarray, boxes_xyxy: np.ndarray, conf: float, iou: float, top_k: int, floor: float
 ) -> float:
     """Noisy-OR of the top-k detections of one image that score at least `conf` and survive class-agnostic NMS."""
-    from torchvision.ops import nms
-
     keep = scores >= conf
     kept_scores, kept_boxes = scores[keep], boxes_xyxy[keep]
     if kept_scores.size and iou < 1.0:

@@ -151,3 +151,25 @@ def test_bf16_on_cuda_answers_as_fp32_on_the_cpu_does(tiny_owlv2: Path) -> None:
     on_cuda = make_expert(tiny_owlv2, device="cuda:0", options={"conf": 0.0}).predict_batch(images)
     assert on_cuda == pytest.approx(on_cpu, abs=0.05)
     assert len(cuda.predict_batch(images[:1])) == 1
+
+
+def test_the_engine_serves_owlv2_through_the_registry(tiny_owlv2: Path) -> None:
+    """Real engine, real registry, micro-batched PNGs: each answer is what the expert says about the image."""
+    from cascade.config import DecodeConfig, EngineConfig
+    from cascade.decode import decode
+    from cascade.engine import Engine
+    from tests.factories.engine import cascade_config, expert_config, make_job, marked_payload
+
+    config = expert_config("owl", backend="owlv2", model=str(tiny_owlv2), options={"conf": 0.0}, warmup_batches=1)
+    engine = Engine(EngineConfig(cascade=cascade_config([[config]], margins=[0.5])))
+    engine.start()
+    try:
+        payloads = [marked_payload(mark, seed=mark) for mark in range(6)]
+        futures = [engine.submit(make_job(payload, budget_s=30.0)) for payload in payloads]
+        results = [future.result(timeout=60) for future in futures]
+    finally:
+        engine.close()
+    reference = make_expert(tiny_owlv2, options={"conf": 0.0})
+    expected = reference.predict_batch([decode(payload, DecodeConfig()).image for payload in payloads])
+    assert [r.answers[0].probability for r in results] == pytest.approx(expected, abs=1e-5)
+    assert all(0.0 <= r.probability <= 1.0 for r in results)
