@@ -6,11 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from loguru import logger
 
 from cascade.experts.base import ExpertError
 from cascade.experts.hf_classifier import ClassifierExpert
-from cascade.experts.preprocess import write_preprocess_record
+from cascade.experts.preprocess import batch_tensor, write_preprocess_record
 from cascade.experts.zero_shot import ZeroShotExpert
 from cascade.tiny_models import build_tiny_clip, build_tiny_siglip2, build_tiny_vit
 from tests.factories.experts import load_expert, make_images
@@ -36,7 +37,15 @@ def test_the_recorded_mode_is_used_and_changes_what_the_model_sees(models: dict[
     square, wide = make_images([(64, 64), (40, 400)], seed=3)
     # a square image fills a square input whatever the mode; a wide one is squashed or bordered
     assert letterboxed.predict_batch([square]) == pytest.approx(plain.predict_batch([square]), abs=1e-6)
-    assert letterboxed.predict_batch([wide])[0] != pytest.approx(plain.predict_batch([wide])[0], abs=1e-4)
+    squashed, bordered = (batch_tensor([wide], (32, 32), plain.mean, plain.std, "cpu", torch.float32, resize=mode)
+                          for mode in ("squash", "letterbox"))
+    assert torch.equal(bordered[..., :14, :], torch.zeros(1, 3, 14, 32))  # 32x3 content, centred, mean border
+    assert not torch.equal(squashed, bordered)
+    # what each expert answers is the model's answer on its own mode's pixels
+    for expert, pixels in ((plain, squashed), (letterboxed, bordered)):
+        with torch.inference_mode():
+            expected = torch.softmax(expert.model(pixel_values=pixels).logits, dim=-1)[0, 1].item()
+        assert expert.predict_batch([wide])[0] == pytest.approx(expected, abs=1e-6)
     # mixed shapes in one batch: each image answers as it does alone
     alone = [letterboxed.predict_batch([image])[0] for image in (square, wide, square)]
     assert letterboxed.predict_batch([square, wide, square]) == pytest.approx(alone, abs=1e-5)
