@@ -16,7 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cascade.experts.options import options_model_for
 from cascade.release import DEFAULT_RELEASE, parse_release
 
-Backend = Literal["hf_classifier", "zero_shot", "detector", "vlm_transformers", "vlm_vllm", "vlm_remote"]
+Backend = Literal["hf_classifier", "zero_shot", "detector", "owlv2", "vlm_transformers", "vlm_vllm", "vlm_remote"]
+ResizeMode = Literal["squash", "letterbox", "center_crop"]
+# Backends that resize images to a fixed input themselves (cascade/experts/preprocess.py); ultralytics always
+# letterboxes on its own and the VLMs keep each image's aspect, so `resize` means nothing to them.
+RESIZE_BACKENDS = ("hf_classifier", "zero_shot", "owlv2")
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 ImageFormat = Literal["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]
 DEFAULT_FORMATS: tuple[ImageFormat, ...] = ("JPEG", "PNG", "WEBP")
@@ -46,6 +50,11 @@ class ExpertConfig(Strict):
     replicas: int = Field(1, ge=1, le=16, description="Copies of the model; 'auto' places them on distinct GPUs.")
     dtype: DType = Field("auto", description="'auto' is bfloat16 on CUDA and float32 on the CPU.")
     input_size: int | None = Field(None, ge=16, le=4096, description="Square input side; None: the model's own.")
+    resize: ResizeMode | None = Field(
+        None,
+        description="How an image meets the model's input: squash, letterbox (aspect kept, padded with the "
+        "processor's mean) or center_crop; None: the mode recorded in the model folder, else the backend's default.",
+    )
     max_batch: int = Field(32, ge=1, le=1024, description="Largest micro-batch.")
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="Longest wait for a batch to fill.")
     memory_gb: float = Field(1.0, ge=0.0, le=1024.0, description="Estimated device memory of one replica.")
@@ -71,6 +80,11 @@ class ExpertConfig(Strict):
             self.__dict__["options"] = options_cls.model_validate(self.options).model_dump()
         except ValidationError as exc:
             raise ValueError(f"options of expert {self.name!r} ({self.backend}): {exc}") from exc
+        if self.resize is not None and self.backend not in RESIZE_BACKENDS:
+            raise ValueError(
+                f"expert {self.name!r}: resize={self.resize!r} does not apply to backend={self.backend!r} "
+                f"(only {', '.join(RESIZE_BACKENDS)} resize to a fixed input)"
+            )
         if self.replicas > 1 and self.device != "auto":
             raise ValueError(
                 f"expert {self.name!r}: replicas={self.replicas} needs device='auto', got device={self.device!r}"

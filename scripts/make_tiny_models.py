@@ -4,6 +4,7 @@
     python scripts/make_tiny_models.py --out .demo/models            # all of them
     python scripts/make_tiny_models.py --out .demo/models tiny-vit   # just one
     python scripts/make_tiny_models.py --out bench-models vit-b16    # a real-size ViT-B/16 (random weights)
+    python scripts/make_tiny_models.py --out bench-models owlv2-base # a real-size OWLv2 B/16 at 960 px (random)
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cascade.tiny_models import BUILDERS, build_vit_b16, build_yolo11n
+from cascade.tiny_models import BUILDERS, build_owlv2_base, build_vit_b16, build_yolo11n
 
-EXTRA = {"vit-b16": build_vit_b16, "yolo11n": build_yolo11n}  # real-size, random weights (benchmarks)
+# real-size, random weights (benchmarks)
+EXTRA = {"vit-b16": build_vit_b16, "yolo11n": build_yolo11n, "owlv2-base": build_owlv2_base}
 
 
 def main(argv: list[str] | None = None) -> int:

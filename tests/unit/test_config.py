@@ -76,4 +76,4 @@ def test_the_shipped_configs_validate():
     from cascade.config import load_cascade
 
     production = load_cascade(root / "config/cascade.production.yaml")
-    assert {e.backend for e in production.experts()} >= {"hf_classifier", "zero_shot", "detector", "vlm_vllm"}
+    assert {e.backend for e in production.experts()} >= {"hf_classifier", "zero_shot", "owlv2", "vlm_vllm"}
