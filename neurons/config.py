@@ -66,9 +66,11 @@ class AxonConfig(Strict):
     body_timeout_s: float = Field(15.0, gt=0.0, le=600.0, description="A request's body must arrive in this (408).")
     keep_alive_s: float = Field(5.0, gt=0.0, le=600.0, description="Idle keep-alive connections close after this.")
     max_connections: int = Field(
-        2048, ge=16, le=1_000_000, description="Open connections; beyond it the longest-idle one is closed."
+        4096, ge=16, le=1_000_000, description="Open connections; beyond it the longest-idle one is closed."
     )
-    max_connections_per_ip: int = Field(64, ge=1, le=1_000_000, description="Open connections from one address.")
+    max_connections_per_ip: int = Field(
+        256, ge=1, le=1_000_000, description="Open connections from one address (above any caller's concurrency)."
+    )
 
 
 class DeadlineConfig(Strict):
