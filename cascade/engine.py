@@ -75,8 +75,12 @@ class Engine:
         observers: Sequence[Observer] = (),
         expert_factory: ExpertFactory = build_expert,
         on_fatal: Callable[[str, BaseException], None] | None = None,
+        run_every_level: bool = False,
     ) -> None:
         self.config = config
+        self.pooling = consensus.Pooling.from_config(config.cascade)
+        # Eval mode (cascade/evaluation): every level runs on every image, neither exit nor skip.
+        self.run_every_level = run_every_level
         self._on_fatal = on_fatal or _exit_for_restart
         self.observers = ObserverRunner(list(observers))
         self._expert_factory = expert_factory
@@ -293,26 +297,30 @@ class Engine:
         answers: list[ExpertAnswer] = []
         failures: list[str] = []
         levels_run = 0
+        probability = self.config.cascade.prior
         status = Status.EXHAUSTED
+        routing = not self.run_every_level  # the one place eval mode turns exits and latency skips off
         for level in self._levels:
             time_left_s = request.deadline_s - time.monotonic() - guard_s
-            if time_left_s <= 0 or level.expected_latency_s() > time_left_s:
+            if time_left_s <= 0 or (routing and level.expected_latency_s() > time_left_s):
                 self.stats.skipped_levels[level.index] += 1
                 status = Status.DEADLINE
                 break
             cut_short = await self._run_level(level, request, time_left_s, answers, failures)
             levels_run += 1
+            if answers:
+                probability = self.pooling.level_probability(level.index, answers)
             if cut_short:
                 status = Status.DEADLINE
                 break
-            if answers and consensus.is_confident(consensus.pooled_probability(answers), level.config.exit_margin):
+            if answers and routing and self.pooling.should_exit(level.index, probability):
                 status = Status.CONFIDENT
                 break
         if not answers:
             return self._prior(request.job, levels_run, tuple(failures))
         return Result(
             request_id=request.request_id,
-            probability=consensus.pooled_probability(answers),
+            probability=probability,
             status=status,
             levels_run=levels_run,
             answers=tuple(answers),
