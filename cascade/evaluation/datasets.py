@@ -89,11 +89,13 @@ def open_csv(path: Path) -> Source:
     """A CSV with a header holding `path` (relative to the CSV's folder, or absolute) and `label`."""
     try:
         with path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise EvalError(f"{path}: cannot read the CSV ({exc})") from exc
-    if rows and not {"path", "label"} <= set(rows[0]):
-        raise EvalError(f"{path}: the header needs columns path,label; found {list(rows[0])}")
+    if not {"path", "label"} <= set(header):
+        raise EvalError(f"{path}: the header needs columns path,label; found {header}")
     entries = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         label = parse_label(row["label"], f"{path}:{line}")

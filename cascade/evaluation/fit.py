@@ -90,7 +90,7 @@ def best_threshold(labels: np.ndarray, probabilities: np.ndarray, weights: np.nd
     positives, negatives = float((w * y).sum()), float((w * (1 - y)).sum())
     tp = np.concatenate([[0.0], np.cumsum(w * y)])  # top-k answered 1, for k = 0..n
     fp = np.concatenate([[0.0], np.cumsum(w * (1 - y))])
-    fn, tn = positives - tp, negatives - fp
+    fn, tn = np.maximum(positives - tp, 0.0), np.maximum(negatives - fp, 0.0)  # cumsum rounding
     denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
     with np.errstate(invalid="ignore", divide="ignore"):
         mcc = np.where(denominator > 0, (tp * tn - fp * fn) / denominator, 0.0)

@@ -107,6 +107,8 @@ class OutputCache:
                 " model TEXT NOT NULL, probability REAL NOT NULL, PRIMARY KEY (image_sha256, expert, model));"
                 "CREATE TABLE IF NOT EXISTS costs (expert TEXT NOT NULL, model TEXT NOT NULL,"
                 " seconds_per_image REAL NOT NULL, images INTEGER NOT NULL, PRIMARY KEY (expert, model));"
+                "CREATE TABLE IF NOT EXISTS refusals (image_sha256 TEXT NOT NULL, limits TEXT NOT NULL,"
+                " reason TEXT NOT NULL, PRIMARY KEY (image_sha256, limits));"
             )
         except sqlite3.Error as exc:
             raise EvalError(f"output cache {self.path}: {exc}") from exc
@@ -125,6 +127,15 @@ class OutputCache:
     def put(self, image_sha256: str, identities: dict[str, str], outputs: dict[str, float]) -> None:
         self.db.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?)",
                             [(image_sha256, e, identities[e], p) for e, p in outputs.items()])
+
+    def refusal(self, image_sha256: str, limits: str) -> str | None:
+        """Why the engine refused these bytes under these decode limits, if it did before."""
+        row = self.db.execute("SELECT reason FROM refusals WHERE image_sha256 = ? AND limits = ?",
+                              (image_sha256, limits)).fetchone()
+        return None if row is None else str(row[0])
+
+    def put_refusal(self, image_sha256: str, limits: str, reason: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO refusals VALUES (?, ?, ?)", (image_sha256, limits, reason))
 
     def put_cost(self, expert: str, model: str, seconds_per_image: float, images: int) -> None:
         self.db.execute("INSERT OR REPLACE INTO costs VALUES (?, ?, ?, ?)", (expert, model, seconds_per_image, images))
@@ -201,6 +212,7 @@ def record(
     """Every expert's raw output on every readable image of `source` (cache first, engine for the rest)."""
     experts = [e.name for e in cascade.experts()]
     identities = {e.name: model_identity(e) for e in cascade.experts()}
+    limits = hashlib.sha256(engine.config.decode.model_dump_json().encode()).hexdigest()[:16]
     window = min(engine.config.scheduler.max_in_flight, 4 * max(e.max_batch for e in cascade.experts()))
     rng = np.random.default_rng(seed)
     sample_positions = set(rng.choice(source.size, min(sample_size, source.size), replace=False).tolist())
@@ -216,7 +228,8 @@ def record(
         position, name, label, sha, future = pending.popleft()
         try:
             result = future.result()
-        except DecodeError as exc:
+        except DecodeError as exc:  # remembered: a rerun need not load the models to refuse it again
+            cache.put_refusal(sha, limits, str(exc))
             skipped.append(Skipped(name, str(exc)))
             return
         outputs = {answer.expert: answer.probability for answer in result.answers}
@@ -240,6 +253,10 @@ def record(
             if position in sample_positions:
                 sample.append(data)
             sha = hashlib.sha256(data).hexdigest()
+            refused = cache.refusal(sha, limits)
+            if refused is not None:
+                skipped.append(Skipped(item.name, refused))
+                continue
             known = cache.get(sha, identities)
             if known is not None:
                 rows[position] = (item.name, item.label, [known[e] for e in experts])
