@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "after (fitted)": report.evaluate(fitted, held.experts, held.outputs, held.labels, **shared),
         }
     else:
-        evaluated_on = f"all {recording.labels.size} images (nothing fitted)"
+        evaluated_on = f"all {recording.labels.size} images (no fit in this run)"
         evaluations = {"as configured": report.evaluate(cascade, recording.experts, recording.outputs,
                                                         recording.labels, **shared)}
     total = recording.labels.size + len(recording.skipped)

@@ -145,7 +145,7 @@ def test_a_rerun_takes_every_output_from_the_cache_and_loads_no_model(fitted):
     report = json.loads((root / "rerun" / "report.json").read_text())
     assert report["recording"]["inferred"] == 0 and report["recording"]["cached"] == IMAGES
     assert report["recording"]["startup_s"] == 0.0
-    assert report["evaluated_on"] == f"all {IMAGES} images (nothing fitted)"
+    assert report["evaluated_on"] == f"all {IMAGES} images (no fit in this run)"
     assert "no latency sample" in " ".join(report["dataset"]["notes"])
 
 
