@@ -85,8 +85,9 @@ class Pooling:
             raise ValueError(f"calibration {cascade.calibration} is named but not loaded (use load_cascade)")
         if fitted is None:
             return cls([LevelPooling(None, 0.0, 0.5, level.exit_margin) for level in cascade.levels])
-        return cls([LevelPooling(dict(fit.weights), fit.intercept, fit.threshold, fit.exit_margin)
-                    for fit in fitted.levels])
+        # The margins are the levels' own: load_cascade already put the fitted ones there.
+        return cls([LevelPooling(dict(fit.weights), fit.intercept, fit.threshold, level.exit_margin)
+                    for fit, level in zip(fitted.levels, cascade.levels, strict=True)])
 
     def level_logit(self, level_index: int, answers: Iterable[ExpertAnswer]) -> float:
         """Pooled log-odds before the threshold map (clamped like `pooled_logit`)."""

@@ -102,7 +102,8 @@ class OutputCache:
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None)
             self.db.executescript(
-                "PRAGMA journal_mode=WAL;"
+                # NOTE: a cache: a power cut may lose the last outputs written, which the next run recomputes.
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
                 "CREATE TABLE IF NOT EXISTS outputs (image_sha256 TEXT NOT NULL, expert TEXT NOT NULL,"
                 " model TEXT NOT NULL, probability REAL NOT NULL, PRIMARY KEY (image_sha256, expert, model));"
                 "CREATE TABLE IF NOT EXISTS costs (expert TEXT NOT NULL, model TEXT NOT NULL,"
