@@ -189,3 +189,29 @@ def test_help_has_no_side_effects(tmp_path, capsys, monkeypatch):
         cli.main(["--help"])
     assert exit_info.value.code == 0 and "--fit" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_active_learning_store_and_a_saved_dataset_are_evaluated_directly(fitted):
+    import datasets as hf
+
+    from cascade.observers.al_store import ALStore, Reason, Sample
+
+    root, _ = fitted
+    files = sorted((root / "set" / "0").glob("*.jpg"))[:6] + sorted((root / "set" / "1").glob("0*.jpg"))[:6]
+    labels = [int(f.parent.name) for f in files]
+    with ALStore(root / "al") as store:
+        for i, (file, label) in enumerate(zip(files, labels, strict=True)):
+            store.add(Sample(image=file.read_bytes(), reason=Reason.LABELLED if i else Reason.UNCERTAIN,
+                             created_at=1000.0 + i, label=label if i else None))
+    features = hf.Features({"image": hf.Image(), "label": hf.ClassLabel(names=["none", "roadwork"])})
+    hf.Dataset.from_dict({"image": [str(f) for f in files], "label": labels}, features=features).save_to_disk(
+        str(root / "saved"))
+    for data, kind, images in ((root / "al", "al:", 11), (root / "saved", "hf:", 12)):
+        assert run_cli(root, data, "--latency-sample", "0", out=f"out-{data.name}") == 0
+        report = json.loads((root / f"out-{data.name}" / "report.json").read_text())
+        assert report["dataset"]["source"].startswith(kind) and report["dataset"]["images"] == images
+        assert report["recording"]["cached"] == images  # the same images as the folder: no model run
+        deployed = report["evaluations"]["as configured"]["deployed"]
+        assert deployed["n"] == images and deployed["positives"] == 6 and deployed["mcc"] is not None
+    assert "1 unlabelled records left out" in " ".join(
+        json.loads((root / "out-al" / "report.json").read_text())["dataset"]["notes"])
