@@ -26,7 +26,7 @@ from cascade.calibration import CalibrationFile, ExpertFit, FitSource, LevelFit,
 from cascade.config import CascadeConfig, apply_calibration, base_version
 from cascade.evaluation import replay
 from cascade.evaluation.datasets import EvalError
-from cascade.evaluation.scoring import binarise
+from cascade.evaluation.scoring import binarise, mcc_from_confusion, mcc_of_counts
 
 MARGIN_GRID = np.round(np.arange(0.0, 0.5 + 1e-9, 0.025), 3)
 EXHAUSTIVE_LIMIT = 10_000  # margin combinations searched exhaustively; beyond, coordinate descent
@@ -48,12 +48,10 @@ def balanced_weights(labels: np.ndarray) -> np.ndarray:
 
 
 def weighted_mcc(labels: np.ndarray, answers01: np.ndarray, weights: np.ndarray) -> float:
-    tp = float(weights[(answers01 == 1) & (labels == 1)].sum())
-    tn = float(weights[(answers01 == 0) & (labels == 0)].sum())
-    fp = float(weights[(answers01 == 1) & (labels == 0)].sum())
-    fn = float(weights[(answers01 == 0) & (labels == 1)].sum())
-    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return (tp * tn - fp * fn) / denominator if denominator else 0.0
+    def mass(answer: int, label: int) -> float:
+        return float(weights[(answers01 == answer) & (labels == label)].sum())
+
+    return mcc_from_confusion(mass(0, 0), mass(1, 0), mass(0, 1), mass(1, 1))
 
 
 def fit_expert(raw: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> tuple[float, float, bool]:
@@ -91,9 +89,7 @@ def best_threshold(labels: np.ndarray, probabilities: np.ndarray, weights: np.nd
     tp = np.concatenate([[0.0], np.cumsum(w * y)])  # top-k answered 1, for k = 0..n
     fp = np.concatenate([[0.0], np.cumsum(w * (1 - y))])
     fn, tn = np.maximum(positives - tp, 0.0), np.maximum(negatives - fp, 0.0)  # cumsum rounding
-    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mcc = np.where(denominator > 0, (tp * tn - fp * fn) / denominator, 0.0)
+    mcc = mcc_of_counts(tn, fp, fn, tp)
     k = np.arange(p.size + 1)
     cut_ok = np.ones(p.size + 1, dtype=bool)
     cut_ok[1:-1] = p[:-1] > p[1:]  # a cut between equal values is not a threshold

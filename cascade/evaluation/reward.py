@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from cascade.evaluation.scoring import mcc_of_counts
+
 MCC_WINDOW = 100
 ACCURACY_WINDOW = 10
 LATE = -1.0  # what a late answer or an error looks like to a validator
@@ -37,14 +39,11 @@ class RewardEstimate:
 
 def _window_mcc(labels: np.ndarray, answers: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Row-wise max(0, MCC) over the valid entries; 0 where a row's valid labels hold one class."""
-    tp = ((answers == 1) & (labels == 1) & valid).sum(axis=1).astype(float)
-    tn = ((answers == 0) & (labels == 0) & valid).sum(axis=1).astype(float)
-    fp = ((answers == 1) & (labels == 0) & valid).sum(axis=1).astype(float)
-    fn = ((answers == 0) & (labels == 1) & valid).sum(axis=1).astype(float)
-    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        value = np.where(denominator > 0, (tp * tn - fp * fn) / denominator, 0.0)
-    return np.maximum(value, 0.0)
+    tp = ((answers == 1) & (labels == 1) & valid).sum(axis=1)
+    tn = ((answers == 0) & (labels == 0) & valid).sum(axis=1)
+    fp = ((answers == 1) & (labels == 0) & valid).sum(axis=1)
+    fn = ((answers == 0) & (labels == 1) & valid).sum(axis=1)
+    return np.maximum(mcc_of_counts(tn, fp, fn, tp), 0.0)
 
 
 def _window_accuracy(labels: np.ndarray, answers: np.ndarray, valid: np.ndarray) -> np.ndarray:

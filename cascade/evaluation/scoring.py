@@ -31,10 +31,18 @@ def confusion(labels: Labels, predictions: Predictions) -> tuple[int, int, int, 
     return tn, fp, fn, tp
 
 
-def mcc_from_confusion(tn: int, fp: int, fn: int, tp: int) -> float:
-    """Matthews correlation; 0.0 where it is undefined (a class missing from labels or predictions)."""
+def mcc_from_confusion(tn: float, fp: float, fn: float, tp: float) -> float:
+    """Matthews correlation from counts (or weights); 0.0 where it is undefined (a class missing)."""
     denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
     return (tp * tn - fp * fn) / denominator if denominator else 0.0
+
+
+def mcc_of_counts(tn: np.ndarray, fp: np.ndarray, fn: np.ndarray, tp: np.ndarray) -> np.ndarray:
+    """`mcc_from_confusion` element-wise over arrays of counts (many windows or thresholds at once)."""
+    tn, fp, fn, tp = (np.asarray(a, dtype=float) for a in (tn, fp, fn, tp))
+    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (tp * tn - fp * fn) / denominator, 0.0)
 
 
 def mcc(labels: Labels, predictions: Predictions) -> float:
