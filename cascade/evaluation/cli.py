@@ -28,6 +28,7 @@ from cascade.calibration import FitSource
 from cascade.config import CascadeConfig, format_validation_error, load_cascade
 from cascade.evaluation import distort, fit, plots, record, report
 from cascade.evaluation.datasets import KINDS, EvalError, open_source
+from cascade.experts.base import ExpertError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,10 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_args(parser, args)
     logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+    logger.add(sys.stderr, level="INFO")  # model loading is the long part before the first progress bar
     try:
         result = run(args)
-    except EvalError as exc:
+    except (EvalError, ExpertError, OSError) as exc:  # bad input, a model that will not load, a full disk
         print(f"error: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(report.format_report(result))
