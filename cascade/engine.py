@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from cascade import consensus
 from cascade.allocator import return_large_blocks
 from cascade.config import EngineConfig, ExpertConfig
 from cascade.decode import DecodeError
@@ -65,6 +66,7 @@ class Engine:
         observers: Sequence[Observer] = (),
         expert_factory: ExpertFactory = build_expert,
         on_fatal: Callable[[str, BaseException], None] | None = None,
+        run_every_level: bool = False,
     ) -> None:
         self.config = config
         self._on_fatal = on_fatal or _exit_for_restart
@@ -72,7 +74,8 @@ class Engine:
         self._expert_factory = expert_factory
         self.stats = EngineStats()
         self._decoder = concurrent.futures.ThreadPoolExecutor(config.scheduler.decode_workers, "decode")
-        self.path = RequestPath(config, self.stats, self.observers, self._decoder)
+        # Eval mode (cascade/evaluation): every level runs on every image, neither exit nor skip.
+        self.path = RequestPath(config, self.stats, self.observers, self._decoder, run_every_level)
         self._experts: list[Expert] = []
         self._warm_batch_s: dict[int, float] = {}  # id(expert) -> slowest warm-up batch
         self._loop = asyncio.new_event_loop()
@@ -88,6 +91,19 @@ class Engine:
     @property
     def cache(self):  # type: ignore[no-untyped-def]
         return self.path.cache
+
+    @property
+    def run_every_level(self) -> bool:
+        """Eval mode: every level on every image, no early exit, no skipping for time."""
+        return not self.path.routing
+
+    @run_every_level.setter
+    def run_every_level(self, value: bool) -> None:
+        self.path.routing = not value
+
+    @property
+    def pooling(self) -> consensus.Pooling:
+        return self.path.pooling
 
     @property
     def levels(self) -> list[Level]:

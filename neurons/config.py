@@ -219,6 +219,8 @@ def load_config(
         cascade: CascadeConfig = load_cascade(miner.cascade_file)
     except ValidationError as exc:
         raise ConfigError(f"invalid cascade in {miner.cascade_file}:\n{format_validation_error(exc)}") from exc
+    except ValueError as exc:  # an unreadable file, or a calibration that does not fit the cascade
+        raise ConfigError(f"invalid cascade in {miner.cascade_file}: {exc}") from exc
     engine = EngineConfig(
         cascade=cascade, scheduler=miner.scheduler, decode=miner.decode, active_learning=miner.active_learning
     )
