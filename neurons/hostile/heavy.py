@@ -7,7 +7,9 @@ because a slow or idle client is exactly what an HTTP library will not let you b
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import random
 import time
 from collections.abc import Callable
 
@@ -30,13 +32,19 @@ MB = 1024 * 1024
 
 async def storm(context: Context, make: Callable[[int], HostileRequest], count: int, rate_per_s: float | None,
                 concurrency: int = 16) -> Observation:
-    """`count` requests, paced at `rate_per_s` (None: as fast as `concurrency` allows), each on a new connection."""
+    """`count` requests at `rate_per_s` on average (None: as fast as `concurrency` allows), each on a new connection.
+
+    Arrivals are a Poisson process, as many independent senders make: a metronome at 5/s against a validator at
+    exactly 1/s phase-locks with the token bucket's refill, and who wins then depends on the start phase alone.
+    """
     gate = asyncio.Semaphore(concurrency)
     started_s = time.monotonic()
+    arrivals = random.Random()
+    offsets_s = list(itertools.accumulate(arrivals.expovariate(rate_per_s) for _ in range(count))) if rate_per_s else []
 
     async def one(i: int) -> Response:
-        if rate_per_s:
-            await asyncio.sleep(max(0.0, started_s + i / rate_per_s - time.monotonic()))
+        if offsets_s:
+            await asyncio.sleep(max(0.0, started_s + offsets_s[i] - time.monotonic()))
         async with gate:
             return await send(make(i), context.target, timeout_s=15.0)
 

@@ -1,13 +1,16 @@
 """An honest validator beside the attack: signed requests at a fixed rate through a real bittensor dendrite.
 
-It runs open-loop (a request leaves every 1/rate seconds whether or not the previous one was answered) on its
-own thread and event loop, so an attack that stalls the miner shows up as late or missing answers here. Each
+It runs open-loop (a request leaves every 1/rate seconds on average, whether or not the previous one was
+answered) on its own thread and event loop, so an attack that stalls the miner shows up as late or missing
+answers here. Gaps are jittered (0.5 to 1.5 times the mean, as a validator's loop is no metronome): at exact
+intervals the validator phase-locks with a token bucket's refill and the outcome of a flood depends on luck. Each
 request carries a distinct image (no cache hits).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 from collections import Counter
@@ -44,6 +47,7 @@ class ValidatorLoad:
         self.wallet = wallet
         self.target = target
         self.interval_s = 1.0 / rate_per_s
+        self._jitter = random.Random()
         self.timeout_s = timeout_s
         self._seed = first_seed
         self._records: list[tuple[float, asyncio.Future[Outcome]]] = []
@@ -86,7 +90,7 @@ class ValidatorLoad:
                 tasks.append(task)
                 with self._lock:
                     self._records.append((time.monotonic(), task))
-                next_s += self.interval_s
+                next_s += self.interval_s * self._jitter.uniform(0.5, 1.5)
                 await asyncio.sleep(max(0.0, next_s - time.monotonic()))
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:

@@ -119,6 +119,10 @@ def run_attacks(context: Context, validator_wallet: Any, pid: int | None, names:
             rows.append(Row(attack.name, attack.how, attack.expected_text, observation.statuses(),
                             not observation.problems and up, observation.problems, up, growth, logged, stats.sent,
                             stats.answered, stats.p50_ms, stats.p99_ms, elapsed_s))
+            row = rows[-1]
+            progress.console.print(f"{len(rows)}/{len(attacks)} {row.attack}: {row.seen} "
+                                   f"({'ok' if row.passed else 'NOT OK'}), validator "
+                                   f"{row.validator_answered}/{row.validator_sent}", highlight=False)
             progress.advance(task)
     return rows
 

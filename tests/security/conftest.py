@@ -25,7 +25,7 @@ import pytest
 
 from neurons.client import axon_info, encode_jpeg, make_dendrite, query, synthetic_image
 from neurons.hostile.catalogue import by_name
-from neurons.hostile.load import ValidatorLoad
+from neurons.hostile.load import LoadStats, ValidatorLoad
 from neurons.hostile.model import Context, Observation
 from neurons.hostile.target import Cast, cascade, keypair, miner_overrides, write_cast
 from neurons.hostile.wire import Target
@@ -39,11 +39,13 @@ PROBERS = 24  # registered validators that sign the probes, so the per-hotkey ra
 FLOOD_PROBERS = 4  # kept apart for the floods (full buckets)
 
 
-def raise_fd_limit() -> None:
-    """Tests that open many connections need more descriptors than the default soft limit."""
+@pytest.fixture
+def many_descriptors() -> Iterator[None]:
+    """Tests that open many connections need more descriptors than the default soft limit of 1024."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @contextmanager
@@ -89,6 +91,16 @@ class HostileMiner:
     def attack(self, name: str, **overrides: Any) -> Observation:
         return asyncio.run(by_name()[name].observe(self.context(**overrides)))
 
+    def attack_beside_validator(self, name: str, minimum_window_s: float = 3.0,
+                                **overrides: Any) -> tuple[Observation, LoadStats]:
+        """One catalogue attack while the honest validator sends 1 request/s; the miner must survive it."""
+        with self.survives(), self.validator_load(rate_per_s=1.0) as load:
+            started_s = time.monotonic()
+            observation = self.attack(name, **overrides)
+            time.sleep(max(0.0, started_s + minimum_window_s - time.monotonic()))  # a few honest requests
+            stats = load.stats(started_s, time.monotonic())
+        return observation, stats
+
     # -- the process --------------------------------------------------------------------------------------------------
     @property
     def pid(self) -> int:
@@ -103,13 +115,39 @@ class HostileMiner:
     def rss_mb(self) -> float:
         return int(self.status_field("VmRSS").split()[0]) / 1024
 
+    def reset_peak(self) -> None:
+        """Reset VmHWM, the kernel's record of peak resident memory (`5` to clear_refs), to measure one attack."""
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+
+    def peak_mb(self) -> float:
+        return int(self.status_field("VmHWM").split()[0]) / 1024
+
     def log(self, since: int = 0) -> list[str]:
         return list(self.process.lines[since:])
+
+    def settled_log(self, since: int, quiet_s: float = 0.5, limit_s: float = 5.0) -> list[str]:
+        """The lines logged since `since`, once the pipe reader has caught up (no new line for quiet_s)."""
+        count, changed_s, until_s = -1, time.monotonic(), time.monotonic() + limit_s
+        while time.monotonic() < until_s:
+            if len(self.process.lines) != count:
+                count, changed_s = len(self.process.lines), time.monotonic()
+            elif time.monotonic() - changed_s >= quiet_s:
+                break
+            time.sleep(0.05)
+        return self.log(since)
 
     def answers(self, signer: Any | None = None) -> bool:
         """A signed request from a registered validator is answered with a probability (a real dendrite)."""
         image = encode_jpeg(synthetic_image(time.time_ns() % 1_000_000))
         return bool(asyncio.run(ask(self.target, signer or self.prober(), image)).ok)
+
+    def ask(self, signer: Any, images: list[str]) -> list[Any]:
+        """Signed requests at once through a real dendrite: their `neurons.client.Outcome`s."""
+
+        async def all_at_once() -> list[Any]:
+            return list(await asyncio.gather(*(ask(self.target, signer, image) for image in images)))
+
+        return asyncio.run(all_at_once())
 
     def alive(self) -> bool:
         return self.process.alive() and self.answers()
