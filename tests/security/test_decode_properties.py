@@ -145,3 +145,11 @@ def test_a_header_that_lies_about_its_size_is_refused_not_decoded():
     assert struct.unpack(">II", data[16:24]) == (20000, 20000)  # IHDR width, height
     with pytest.raises(DecodeError, match="limit"):
         decode_image(data, LIMITS)
+
+
+@pytest.mark.parametrize("make", [payloads.animated_png, payloads.animated_webp], ids=["apng", "webp"])
+def test_an_animation_decodes_to_its_first_frame(make):
+    decoded = decode_image(make(), DecodeConfig())
+    frames = [np.asarray(payloads.photo(10 + i), dtype=float) for i in range(3)]  # payloads._frames
+    distances = [float(np.abs(decoded.image.astype(float) - frame).mean()) for frame in frames]
+    assert distances[0] < 4.0 and distances[0] < min(distances[1:]) / 4, distances
