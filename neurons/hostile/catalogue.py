@@ -9,7 +9,9 @@ header blocks 400/431. Never 500, never a hang.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -21,7 +23,8 @@ from neurons.hostile.model import Attack, Check, Context, Observation, Reply
 from neurons.hostile.wire import CLOSED, HostileRequest, build, send, send_raw
 
 HOUR_NS = 3600 * 1_000_000_000
-LEAKY_WORDS = ("module", "pip", "pi_heif", "pi-heif", "ultralytics", "install", "traceback")
+# What a refusal must not tell a stranger: module names, the package installer, internals.
+LEAKY = re.compile(r"\bmodule\b|\bpip\b|pi[-_]heif|ultralytics|\binstall|traceback|\.py\b", re.IGNORECASE)
 
 
 def single(make: Callable[[Context], HostileRequest]) -> Callable[[Context], Any]:
@@ -78,11 +81,10 @@ def old_nonce(timeout_header: str, age_ns: int = HOUR_NS) -> Callable[[Context],
 
 
 async def parallel_images(context: Context, data: bytes, count: int) -> Observation:
-    import asyncio
-
     image = payloads.b64(data)
-    responses = await asyncio.gather(*(send(HostileRequest(signer=context.attacker, image=image), context.target,
-                                            timeout_s=30.0) for _ in range(count)))
+    # A fresh dendrite uuid each: requests sent at once may arrive out of nonce order (bittensor refuses that).
+    requests = [HostileRequest(signer=context.attacker, image=image, uuid=str(uuid.uuid4())) for _ in range(count)]
+    responses = await asyncio.gather(*(send(request, context.target, timeout_s=30.0) for request in requests))
     return Observation([Reply.of(r) for r in responses])
 
 
@@ -95,8 +97,8 @@ def says(text: str) -> Check:
 
 
 def leaks_nothing(_: Context, replies: list[Reply]) -> list[str]:
-    return [f"message names {word!r}: {r.message!r}" for r in replies for word in LEAKY_WORDS
-            if word in r.message.lower()]
+    return [f"message names {found.group(0)!r}: {r.message!r}" for r in replies
+            if (found := LEAKY.search(r.message)) is not None]
 
 
 def answered(_: Context, replies: list[Reply]) -> list[str]:

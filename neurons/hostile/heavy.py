@@ -11,6 +11,7 @@ import itertools
 import json
 import random
 import time
+import uuid
 from collections.abc import Callable
 
 from neurons.client import axon_info, encode_jpeg, make_dendrite, query, synthetic_image
@@ -64,22 +65,28 @@ async def refusal_flood(context: Context, count: int = 500) -> Observation:
     """Half unsigned (claiming the validator), half signed by a stranger: refusals of two kinds, fast."""
 
     def make(i: int) -> HostileRequest:
-        if i % 2:
-            return HostileRequest(signer=context.stranger, image="AAAA", source_ip=context.attacker_ip)
+        if i % 2:  # a fresh dendrite uuid each: concurrent requests may arrive out of nonce order
+            return HostileRequest(signer=context.stranger, image="AAAA", source_ip=context.attacker_ip,
+                                  uuid=str(uuid.uuid4()))
         return HostileRequest(claim_hotkey=context.validator_hotkey, image="AAAA", source_ip=context.attacker_ip)
 
     return await storm(context, make, count, None)
 
 
 async def signed_flood(context: Context, extra: int = 20) -> Observation:
-    """burst + extra signed requests at once from one registered validator, through a real dendrite."""
-    dendrite = make_dendrite(context.attacker)
+    """burst + extra signed requests at once from one registered validator's hotkey, through real dendrites.
+
+    One dendrite per request (each has its own uuid, as after a restart): requests sent at once from one dendrite
+    may arrive out of nonce order, and bittensor refuses a nonce lower than the last one seen for that uuid.
+    """
+    dendrites = [make_dendrite(context.attacker) for _ in range(int(context.burst) + extra)]
     axon = axon_info(context.target.host, context.target.port, context.target.miner_hotkey)
     image = encode_jpeg(synthetic_image(7))
     try:
-        outcomes = await asyncio.gather(*(query(dendrite, axon, image) for _ in range(int(context.burst) + extra)))
+        outcomes = await asyncio.gather(*(query(dendrite, axon, image) for dendrite in dendrites))
     finally:
-        await dendrite.aclose_session()
+        for dendrite in dendrites:
+            await dendrite.aclose_session()
     return Observation([Reply(o.status_code, o.message, o.prediction, None, o.latency_s) for o in outcomes])
 
 
@@ -183,7 +190,13 @@ async def huge_body(context: Context, size: int = 100 * MB, chunked: bool = Fals
             if reading.done():
                 break
             writer.write(payload[i:i + MB])
-            await writer.drain()
+            # A server that neither reads nor answers must not hang the sender: wait for whichever comes first.
+            draining = asyncio.ensure_future(writer.drain())
+            await asyncio.wait([draining, reading], return_when=asyncio.FIRST_COMPLETED)
+            if not draining.done():
+                draining.cancel()
+            elif draining.exception() is not None:
+                break  # the server hung up
     except ConnectionError:
         pass
     finally:

@@ -13,11 +13,11 @@ import re
 import pytest
 
 from neurons.hostile import payloads
+from neurons.hostile.catalogue import LEAKY
 
 pytestmark = pytest.mark.security
 
-INSTALL_OR_NETWORK = re.compile(r"requirement|autoupdate|pip |pip$|install|pi[-_]heif|SN72-NETWORK-PROBE", re.I)
-LEAKY = ("module", "pip", "pi_heif", "pi-heif", "ultralytics", "install", "traceback")
+INSTALL_OR_NETWORK = re.compile(r"requirement|autoupdate|pip install|-m pip|pi[-_]heif|SN72-NETWORK-PROBE", re.I)
 
 IMAGES = {
     "bad-base64": (lambda: "%%% not base64 %%%", 400, "invalid base64"),
@@ -48,7 +48,7 @@ def test_images_through_a_real_dendrite(hostile, name):
         assert not math.isnan(outcome.prediction) and 0.0 <= outcome.prediction <= 1.0
     else:
         assert outcome.prediction == -1.0  # a refusal carries no answer
-        assert not [word for word in LEAKY if word in outcome.message.lower()], outcome.message
+        assert not LEAKY.search(outcome.message), outcome.message
 
 
 def test_a_heic_payload_is_refused_without_installing_or_reaching_the_network(hostile):
@@ -58,7 +58,7 @@ def test_a_heic_payload_is_refused_without_installing_or_reaching_the_network(ho
         [text] = hostile.ask(hostile.prober(), [payloads.b64(b"plain text, not an image")])
     assert outcome.status_code == 400 and text.status_code == 400, (outcome.message, text.message)
     for message in (outcome.message, text.message):
-        assert not [word for word in LEAKY if word in message.lower()], message
+        assert not LEAKY.search(message), message
     attempts = [line for line in hostile.settled_log(since) if INSTALL_OR_NETWORK.search(line)]
     assert not attempts, attempts
     # Not at start-up either (ultralytics resolves public names on import unless told it is offline).
