@@ -72,14 +72,22 @@ class AxonOutcomes:
 
 
 class DropAxonErrorLines(logging.Filter):
-    """Keeps bittensor's per-request error lines out of the log (the outcomes are counted instead)."""
+    """Keeps bittensor's per-request lines out of the log (the outcomes are counted instead).
+
+    Its axon logs one ERROR line per refused or failed request, and its synapse header parser one per
+    malformed header: both are the caller's doing, so a flood of them would be a flood of log lines.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.dropped = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.pathname.endswith("axon.py") and _AXON_ERROR_LINE.match(record.getMessage()):
+        path = record.pathname.replace("\\", "/")
+        per_request = path.endswith("bittensor/core/synapse.py") or (
+            path.endswith("bittensor/core/axon.py") and _AXON_ERROR_LINE.match(record.getMessage()) is not None
+        )
+        if per_request:
             self.dropped += 1
             return False
         return True
