@@ -80,6 +80,8 @@ def guarded_protocol(limits: HttpLimits, on_close: ConnectionEvent) -> type[H11P
         _header_timer: asyncio.TimerHandle | None = None
         _request_started_s: float | None = None
         _stamped: Any = None
+        _served = 0  # requests completed on this connection
+        _draining = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -117,11 +119,23 @@ def guarded_protocol(limits: HttpLimits, on_close: ConnectionEvent) -> type[H11P
                 self._request_started_s = None
                 self._cancel_header_timer()
                 idle.pop(self, None)
+                if self._draining:
+                    self.cycle.keep_alive = False  # answer it, then close
 
         def on_response_complete(self) -> None:
+            self._served += 1
             super().on_response_complete()
             if not self.transport.is_closing():
                 self._wait_for_request()
+
+        def shutdown(self) -> None:
+            """Graceful shutdown: a connection accepted for a request that has not fully arrived yet gets it
+            answered (within the header deadline); idle keep-alive connections close at once."""
+            fresh = self._served == 0 or self._request_started_s is not None
+            if self._between_requests() and fresh and not self.transport.is_closing():
+                self._draining = True  # the header deadline still closes it if nothing comes
+                return
+            super().shutdown()
 
         # -- helpers ----------------------------------------------------------------------------
         def _between_requests(self) -> bool:

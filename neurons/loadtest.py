@@ -129,13 +129,39 @@ def miner_late(report: BurstReport) -> int:
     return int(sum(report.miner.get(k, 0) for k in ("late_answer", "late_refusal", "late_skipped")))
 
 
+def accepted(metrics_port: int) -> float | None:
+    """Requests the miner has taken in (being processed, waiting their turn, or answered); None if it
+    does not say (an older miner)."""
+    samples = scrape(metrics_port)
+    at_http = [v for k, v in samples.items() if k.startswith("sn72_miner_http_requests{")]
+    if not at_http:
+        return None
+    done = sum(v for k, v in samples.items()
+               if k.startswith("sn72_miner_axon_total{outcome=answered_") or k.startswith(
+                   "sn72_miner_axon_total{outcome=refused_"))
+    return sum(at_http) + done
+
+
 def drain(process: Any, wallets: Sequence[Any], payloads: Sequence[str], timeout_s: float = 9.0,
-          settle_s: float = 0.5) -> tuple[BurstReport, int]:
-    """Send everything at once, SIGTERM the miner while they are in flight; (client view, exit code)."""
+          settle_s: float = 3.0) -> tuple[BurstReport, int]:
+    """Send everything at once, SIGTERM the miner once it has taken every request in (or after `settle_s`
+    for a miner that does not say); the client's view and the exit code."""
+    before = accepted(process.metrics_port)
+
+    def wait_until_taken_in() -> None:
+        until = time.monotonic() + 60.0
+        if before is None:
+            time.sleep(settle_s)
+            return
+        while time.monotonic() < until:
+            now = accepted(process.metrics_port) or 0.0
+            if now - before >= len(payloads):
+                return
+            time.sleep(0.05)
 
     async def scenario() -> tuple[list[Outcome], float]:
         sending = asyncio.create_task(send_all(process.port, process.hotkey, wallets, payloads, timeout_s))
-        await asyncio.sleep(settle_s)  # the requests reach the miner and are accepted
+        await asyncio.get_running_loop().run_in_executor(None, wait_until_taken_in)
         process.process.send_signal(signal.SIGTERM)
         return await sending
 

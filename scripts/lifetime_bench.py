@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.legacy:
         extra["axon"] = {"max_connections_per_ip": args.requests + 64}
     detector_batch = 1 if args.mode == "drain" else 8
+    if args.mode == "drain":
+        extra["log_level"] = "INFO"  # the drain's own account of what it finished
     with run_miner(folder, wallets, miner, cascade(folder / "models", detector_batch), extra=extra) as process:
         if args.mode == "burst":
             report = burst(process.port, process.metrics_port, process.hotkey, callers, payloads, args.timeout_s)
