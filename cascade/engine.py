@@ -257,11 +257,14 @@ class Engine:
                     fits_alone = fits(cascade, without(devices, [serving, *self._retiring]))
                     raise ReloadRefused("placement", f"the new cascade does not fit beside the serving one: {exc}"
                                         + ("" if fits_alone else " (nor without it)"), restart_fits=fits_alone) from exc
+                failure = None
                 try:
                     self._load(slots, plan.to_load, loading)
                 except Exception as exc:  # noqa: BLE001 - whatever fails, the serving cascade stays: say why
+                    failure = ReloadRefused(loading.stage, f"{loading.replica}: {exc!r}")
+                if failure is not None:  # raised out here, its traceback (which holds the replica) is gone
                     self._discard(loading.take())
-                    raise ReloadRefused(loading.stage, f"{loading.replica}: {exc!r}") from None
+                    raise failure
             load_s = time.monotonic() - began
             loaded = [f"{e.name}@{e.device}" for e in loading.experts()]
             swap = asyncio.run_coroutine_threadsafe(self._swap(cascade, loading.placed, plan.kept), self._loop)
