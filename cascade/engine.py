@@ -36,7 +36,7 @@ from cascade.experts.registry import build_expert
 from cascade.levels import Level
 from cascade.lifetime import RequestPath
 from cascade.observers.base import Observer, ObserverRunner
-from cascade.placement import DeviceInfo
+from cascade.placement import DeviceInfo, visible_devices
 from cascade.request import Job, Result
 from cascade.scheduler import MicroBatcher
 from cascade.serving import (
@@ -102,6 +102,8 @@ class Engine:
         self._freeing: set[asyncio.Task[None]] = set()
         self._unfreed = 0  # replaced cascades whose replicas are not yet released
         self._reload_lock = threading.Lock()
+        # The GPUs and their free memory, asked at start-up and before each reload (tests simulate some).
+        self.devices: Callable[[], list[DeviceInfo]] = visible_devices
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine-loop", daemon=True)
         self._tasks: set[asyncio.Task[Result]] = set()
@@ -140,7 +142,7 @@ class Engine:
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> StartupReport:
         """Place, load and warm every expert, then start the loop. Raises on any failure."""
-        from cascade.placement import describe_plan, plan_placement, visible_devices
+        from cascade.placement import describe_plan, plan_placement
 
         began = time.monotonic()
         # NOTE: process-wide. Expert threads drop the GIL inside every torch call and must win it
@@ -148,7 +150,7 @@ class Engine:
         # waits longer for the GIL than for the GPU.
         sys.setswitchinterval(self.config.scheduler.gil_switch_interval_ms / 1000.0)
         return_large_blocks(self.config.decode.mmap_threshold_bytes)
-        devices = visible_devices()
+        devices = self.devices()
         experts = self.config.cascade.experts()
         slots = plan_placement(experts, devices)
         logger.info("{}", describe_plan(slots, experts, devices))
@@ -232,13 +234,12 @@ class Engine:
         return serving
 
     # -- hot reload -----------------------------------------------------------------------------
-    def reload(self, cascade: CascadeConfig, devices: Sequence[DeviceInfo] | None = None) -> ReloadReport:
+    def reload(self, cascade: CascadeConfig) -> ReloadReport:
         """Put `cascade` in service without dropping a request (any thread but the engine's loop).
 
-        Raises ReloadRefused (placement, load, warmup, closed) and leaves the serving cascade as it
-        was. `devices` (default: the visible GPUs, with their free memory now) is for tests.
+        Raises ReloadRefused (placement, load, warmup, closed) and leaves the serving cascade as it was.
         """
-        from cascade.placement import PlacementError, plan_placement, visible_devices
+        from cascade.placement import PlacementError, plan_placement
 
         with self._reload_lock:
             began = time.monotonic()
@@ -250,7 +251,7 @@ class Engine:
                 return ReloadReport(plan.kind, cascade.version, [], len(serving.replicas()), [], 0.0, 0.0)
             loading = Loading()
             if plan.to_load:
-                devices = visible_devices() if devices is None else devices
+                devices = self.devices()
                 try:  # the new replicas beside every replica loaded now (the device's free memory says so)
                     slots = plan_placement(plan.to_load, devices)
                 except PlacementError as exc:

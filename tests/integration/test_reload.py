@@ -175,9 +175,9 @@ def test_kept_experts_keep_their_replica_and_only_changed_ones_load():
         engine.close()
 
 
-def refused(engine: Engine, cascade: CascadeConfig, **kwargs: Any) -> ReloadRefused:
+def refused(engine: Engine, cascade: CascadeConfig) -> ReloadRefused:
     with pytest.raises(ReloadRefused) as caught:
-        engine.reload(cascade, **kwargs)
+        engine.reload(cascade)
     assert "\n" not in str(caught.value)
     return caught.value
 
@@ -213,7 +213,8 @@ def test_a_cascade_that_does_not_fit_beside_the_serving_one_is_refused_with_the_
     engine = start(builds, one_expert("a"))
     gpu = [DeviceInfo("cuda:0", total_bytes=80 * GIB, free_bytes=10 * GIB)]
     try:
-        error = refused(engine, one_expert("vlm", device="cuda:0", memory_gb=20.0), devices=gpu)
+        engine.devices = lambda: gpu
+        error = refused(engine, one_expert("vlm", device="cuda:0", memory_gb=20.0))
         assert error.stage == "placement" and "'vlm' needs 20.0 GB on cuda:0" in str(error)
         assert not error.restart_fits and "nor without it" in str(error)  # the serving cascade holds no GPU memory
         assert [name for name, _ in builds.built] == ["a"]  # nothing was loaded
