@@ -306,7 +306,8 @@ class Engine:
         self._retiring.remove(old)
         del gone, old  # the experts' last references are now `experts`, which _discard empties
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self._discard, experts)
+            if experts:  # a calibration swap keeps every replica: nothing to release, no collection
+                await asyncio.get_running_loop().run_in_executor(None, self._discard, experts)
         finally:
             self._unfreed -= 1
 
@@ -327,7 +328,9 @@ class Engine:
             if any(e is expert for e in self._experts):
                 self._experts.remove(expert)
             del expert
-        gc.collect()  # model objects in reference cycles would keep their device memory until the next collection
+        # Model objects in reference cycles would keep their device memory until a later collection.
+        # NOTE: a full collection holds the GIL for ~0.1-0.2 s with torch loaded: once per model reload.
+        gc.collect()
         if cuda:
             import torch
 
