@@ -52,6 +52,7 @@ from cascade.serving import (
     without,
 )
 from cascade.stats import EngineStats
+from cascade.threads import worker_pool
 
 ExpertFactory = Callable[[ExpertConfig, str], Expert]
 
@@ -93,7 +94,7 @@ class Engine:
         self.observers = ObserverRunner(list(observers))
         self._expert_factory = expert_factory
         self.stats = EngineStats()
-        self._decoder = concurrent.futures.ThreadPoolExecutor(config.scheduler.decode_workers, "decode")
+        self._decoder = worker_pool(config.scheduler.decode_workers, "decode", config.scheduler.worker_nice)
         # Eval mode (cascade/evaluation): every level runs on every image, neither exit nor skip.
         self.path = RequestPath(config, self.stats, self.observers, self._decoder, run_every_level)
         self._experts: list[Expert] = []
