@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from cascade.config import CascadeConfig, format_validation_error, load_cascade
 from cascade.serving import ReloadKind, ReloadRefused, ReloadReport
+from cascade.threads import lower_priority
 
 RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: drained on purpose, to be started again (pm2's autorestart)
 OUTCOMES = ["none", *(kind.value for kind in ReloadKind), "refused_invalid", "refused_placement", "refused_load",
@@ -105,7 +106,7 @@ class Reloader:
         if reason is not None and self._worker is None:
             self._pending = None
             self._seen, self._candidate = self._fingerprint(), None
-            self._worker = threading.Thread(target=self.reload, args=(reason,), name="reload", daemon=True)
+            self._worker = threading.Thread(target=self._reload_nicely, args=(reason,), name="reload", daemon=True)
             self._worker.start()
         return self.restart_requested
 
@@ -138,6 +139,11 @@ class Reloader:
         return "file change" if now_s - self._candidate[1] >= self.watch_settle_s else None
 
     # -- the reload (its own thread) ----------------------------------------------------------
+    def _reload_nicely(self, reason: str) -> None:
+        """Loading and warming up are optional work beside serving: at the engine's worker niceness."""
+        lower_priority(self.engine.config.scheduler.worker_nice)
+        self.reload(reason)
+
     def reload(self, reason: str = "SIGHUP") -> ReloadOutcome:
         """Read, validate and put the cascade file in service; the outcome is logged in one line and counted."""
         began = time.monotonic()
