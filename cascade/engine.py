@@ -308,11 +308,11 @@ class Engine:
         del gone, old  # the experts' last references are now `experts`, which _discard empties
         try:
             if experts:  # a calibration swap keeps every replica: nothing to release, no collection
-                await asyncio.get_running_loop().run_in_executor(None, self._discard, experts)
+                await asyncio.get_running_loop().run_in_executor(None, self._discard, experts, "replaced")
         finally:
             self._unfreed -= 1
 
-    def _discard(self, experts: list[Expert]) -> None:
+    def _discard(self, experts: list[Expert], why: str = "refused reload") -> None:
         """Release experts' models and hand their device memory back (not on the loop: it collects garbage).
 
         Empties `experts`: once it returns, nothing of the engine refers to them.
@@ -337,7 +337,7 @@ class Engine:
 
             torch.cuda.empty_cache()
         if names:
-            logger.info("freed {}", ", ".join(names))
+            logger.info("freed {} ({})", ", ".join(names), why)
 
     def retiring(self) -> int:
         """Replaced cascades not yet freed (requests still hold them, or their models are being released)."""

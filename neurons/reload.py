@@ -181,9 +181,9 @@ class Reloader:
              report: ReloadReport | None = None) -> ReloadOutcome:
         result = ReloadOutcome(outcome, reason, " ".join(message.split()), time.monotonic() - began_s, report)
         if outcome.startswith(("refused", "failed")):
-            logger.error("reload ({}) {} after {:.2f}s: {}", reason, outcome, result.seconds, result.message)
+            logger.error("reload ({}) {} after {:.3f}s: {}", reason, outcome, result.seconds, result.message)
         else:
-            logger.info("reload ({}) done in {:.2f}s: {}", reason, result.seconds, result.message)
+            logger.info("reload ({}) done in {:.3f}s: {}", reason, result.seconds, result.message)
         self.metrics.ended(result)
         self.last = result
         self.completed += 1
