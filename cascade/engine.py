@@ -293,6 +293,8 @@ class Engine:
         return new
 
     def _free_when_idle(self, old: ServingCascade) -> None:
+        if not self.started:  # closing: close() stops every replica and releases every expert itself
+            return
         task = self._loop.create_task(self._free(old))
         self._freeing.add(task)
         task.add_done_callback(self._freeing.discard)
