@@ -173,14 +173,22 @@ class Miner:
     # -- wiring ---------------------------------------------------------------------------------
     def attach(self, axon: Any) -> None:
         """Serve both routes with the exact handler signatures `Axon.attach` checks; guard the ping route too."""
+        import bittensor as bt
+
+        from neurons.axon_hardening import harden
+
         self._axon = axon
+        harden(axon)
         for cls in (ImageSynapse, ExtendedImageSynapse):
             forward, blacklist_fn, verify_fn = self.handlers(cls)
             axon.attach(forward_fn=forward, blacklist_fn=blacklist_fn, verify_fn=verify_fn)
-        # bittensor attaches a `/Synapse` ping route with no blacklist: strangers got 200 from it.
-        forward, blacklist_fn, verify_fn = self.handlers(ImageSynapse)
-        axon.blacklist_fns["Synapse"] = blacklist_fn
-        axon.verify_fns["Synapse"] = verify_fn
+        # bittensor's `/Synapse` ping route had no blacklist (strangers got 200): the same guards as the rest.
+        _, blacklist_fn, verify_fn = self.handlers(bt.Synapse)
+
+        async def ping(synapse: bt.Synapse) -> bt.Synapse:
+            return synapse
+
+        axon.attach(forward_fn=ping, blacklist_fn=blacklist_fn, verify_fn=verify_fn)
 
     def handlers(self, cls: type) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
         async def forward(synapse):  # type: ignore[no-untyped-def]

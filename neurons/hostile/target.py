@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 PRODUCTION_GUARDS = {"rate_per_s": 2.0, "burst": 20.0}
-TEST_DECODE = {"max_pixels": 1_000_000, "max_decode_pixels": 40_000_000, "oversize": "downscale"}
+TEST_DECODE = {"max_pixels": 1_000_000, "max_decode_pixels": 40_000_000, "oversize": "downscale",
+               "max_payload_bytes": 12 * 1024 * 1024}  # under the 16 MB body limit below
 # Small HTTP-layer limits, so that the tests see them act within seconds.
 TEST_HTTP_LIMITS: dict[str, Any] = {
     "max_request_bytes": 16 * 1024 * 1024,

@@ -41,8 +41,8 @@ SETTINGS = settings(max_examples=300, deadline=None)
 @SETTINGS
 @given(st.one_of(st.none(), HOTKEYS), POLICIES)
 def test_blacklist_answers_every_caller(hotkey, policy):
-    refused, reason = blacklist(hotkey, SNAPSHOT, policy)
-    assert isinstance(refused, bool) and isinstance(reason, str) and reason
+    refused, reason, code = blacklist(hotkey, SNAPSHOT, policy)
+    assert isinstance(refused, bool) and isinstance(reason, str) and reason and code.isidentifier()
     if not hotkey or hotkey in policy.denied_hotkeys:
         assert refused
     elif SNAPSHOT.get(hotkey) is None and hotkey not in policy.allowed_hotkeys:
