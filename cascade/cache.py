@@ -45,5 +45,9 @@ class ResultCache:
         while len(self._items) > self._size:
             self._items.popitem(last=False)
 
+    def clear(self) -> None:
+        """Forget every answer (a new cascade answers differently)."""
+        self._items.clear()
+
     def __len__(self) -> int:
         return len(self._items)

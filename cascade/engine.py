@@ -4,6 +4,11 @@ The engine owns a thread with its own asyncio loop: the miner's event loop only 
 (`submit`, thread-safe) and never waits on model work. A job's lifetime is owned by the engine
 (cascade/lifetime.py): the future `submit` returns always resolves by the job's deadline, and a
 caller cancelling it changes nothing inside the engine.
+
+`reload()` puts a new cascade in service without stopping (cascade/serving.py): replicas whose
+model and settings are unchanged are kept, the others are loaded and warmed beside the serving
+ones, then one assignment on the loop swaps the cascade; the old one is freed when its last
+request has been answered.
 """
 
 from __future__ import annotations
@@ -11,26 +16,41 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import gc
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from loguru import logger
 
 from cascade import consensus
 from cascade.allocator import return_large_blocks
-from cascade.config import EngineConfig, ExpertConfig
+from cascade.config import CascadeConfig, EngineConfig, ExpertConfig
 from cascade.decode import DecodeError
 from cascade.experts.base import Expert
 from cascade.experts.registry import build_expert
 from cascade.levels import Level
 from cascade.lifetime import RequestPath
 from cascade.observers.base import Observer, ObserverRunner
+from cascade.placement import DeviceInfo, visible_devices
 from cascade.request import Job, Result
 from cascade.scheduler import MicroBatcher
+from cascade.serving import (
+    Loading,
+    ReloadKind,
+    ReloadRefused,
+    ReloadReport,
+    ServingCascade,
+    decode_side,
+    fits,
+    model_stamp,
+    plan_reload,
+    without,
+)
 from cascade.stats import EngineStats
 from cascade.threads import worker_pool
 
@@ -79,6 +99,12 @@ class Engine:
         self.path = RequestPath(config, self.stats, self.observers, self._decoder, run_every_level)
         self._experts: list[Expert] = []
         self._warm_batch_s: dict[int, float] = {}  # id(expert) -> slowest warm-up batch
+        self._retiring: list[ServingCascade] = []  # replaced, freed once no request holds them
+        self._freeing: set[asyncio.Task[None]] = set()
+        self._unfreed = 0  # replaced cascades whose replicas are not yet released
+        self._reload_lock = threading.Lock()
+        # The GPUs and their free memory, asked at start-up and before each reload (tests simulate some).
+        self.devices: Callable[[], list[DeviceInfo]] = visible_devices
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine-loop", daemon=True)
         self._tasks: set[asyncio.Task[Result]] = set()
@@ -110,10 +136,14 @@ class Engine:
     def levels(self) -> list[Level]:
         return self.path.levels
 
+    @property
+    def serving(self) -> ServingCascade:
+        return self.path.serving
+
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> StartupReport:
         """Place, load and warm every expert, then start the loop. Raises on any failure."""
-        from cascade.placement import describe_plan, plan_placement, visible_devices
+        from cascade.placement import describe_plan, plan_placement
 
         began = time.monotonic()
         # NOTE: process-wide. Expert threads drop the GIL inside every torch call and must win it
@@ -121,40 +151,44 @@ class Engine:
         # waits longer for the GIL than for the GPU.
         sys.setswitchinterval(self.config.scheduler.gil_switch_interval_ms / 1000.0)
         return_large_blocks(self.config.decode.mmap_threshold_bytes)
-        devices = visible_devices()
+        devices = self.devices()
         experts = self.config.cascade.experts()
         slots = plan_placement(experts, devices)
         logger.info("{}", describe_plan(slots, experts, devices))
-        by_name = {e.name: e for e in experts}
-        load_s: dict[str, float] = {}
-        warmup_s: dict[str, float] = {}
-        placed: dict[str, list[Expert]] = {}
-        for slot in slots:
-            key = f"{slot.expert}@{slot.device}"
-            t0 = time.monotonic()
-            expert = self._expert_factory(by_name[slot.expert], slot.device)
-            expert.load()
-            load_s[key] = time.monotonic() - t0
-            warmup_s[key], self._warm_batch_s[id(expert)] = self._warm_up(expert)
-            self._experts.append(expert)
-            placed.setdefault(slot.expert, []).append(expert)
-            logger.info("loaded {} in {:.2f}s, warm-up {:.2f}s, {:.2f} GB held", key, load_s[key], warmup_s[key],
-                        expert.memory_bytes() / 2**30)
-        sides = [expert.input_side() for expert in self._experts]
-        self.path.decode_min_side = None if None in sides else max(s for s in sides if s is not None)
-        logger.info("JPEGs decoded with both sides >= {} (the largest expert input)",
-                    self.path.decode_min_side or "full")
+        loading = Loading()
+        self._load(slots, experts, loading)
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._build_levels(placed), self._loop).result()
+        building = self._build_serving(self.config.cascade, loading.placed, {})
+        self.path.serving = asyncio.run_coroutine_threadsafe(building, self._loop).result()
+        logger.info("JPEGs decoded with both sides >= {} (the largest expert input)",
+                    self.path.serving.decode_min_side or "full")
         self.started = True
         self.startup = StartupReport(
-            placement={name: [e.device for e in replicas] for name, replicas in placed.items()},
-            load_s=load_s,
-            warmup_s=warmup_s,
+            placement={name: [e.device for e in replicas] for name, replicas in loading.placed.items()},
+            load_s=loading.load_s,
+            warmup_s=loading.warmup_s,
             total_s=time.monotonic() - began,
         )
         logger.info("engine ready: cold start {:.2f}s", self.startup.total_s)
         return self.startup
+
+    def _load(self, slots: Sequence[Any], experts: Sequence[ExpertConfig], loading: Loading) -> None:
+        """Build, load and warm each slot's replica into `loading` (raises the first failure as it is)."""
+        by_name = {e.name: e for e in experts}
+        for slot in slots:
+            key = loading.replica = f"{slot.expert}@{slot.device}"
+            t0 = time.monotonic()
+            loading.stage = "load"
+            expert = loading.current = self._expert_factory(by_name[slot.expert], slot.device)
+            expert.load()
+            loading.load_s[key] = time.monotonic() - t0
+            loading.stage = "warmup"
+            loading.warmup_s[key], self._warm_batch_s[id(expert)] = self._warm_up(expert)
+            self._experts.append(expert)
+            loading.placed.setdefault(slot.expert, []).append(expert)
+            loading.current = None
+            logger.info("loaded {} in {:.2f}s, warm-up {:.2f}s, {:.2f} GB held", key, loading.load_s[key],
+                        loading.warmup_s[key], expert.memory_bytes() / 2**30)
 
     def _warm_up(self, expert: Expert) -> tuple[float, float]:
         """Dummy batches, so the first real request is as fast as the hundredth.
@@ -173,11 +207,17 @@ class Engine:
                 slowest = max(slowest, time.monotonic() - b0)
         return time.monotonic() - t0, slowest
 
-    async def _build_levels(self, placed: dict[str, list[Expert]]) -> None:
+    async def _build_serving(self, cascade: CascadeConfig, placed: dict[str, list[Expert]],
+                             kept: dict[str, list[MicroBatcher]]) -> ServingCascade:
+        """Levels over the kept batchers and new ones for the `placed` replicas (on the loop: batchers start here)."""
         sched = self.config.scheduler
-        for index, level_config in enumerate(self.config.cascade.levels):
+        levels = []
+        for index, level_config in enumerate(cascade.levels):
             level = Level(index, level_config, stale_after_s=sched.latency_stale_s)
             for expert_config in level_config.experts:
+                if expert_config.name in kept:
+                    level.batchers[expert_config.name] = list(kept[expert_config.name])
+                    continue
                 batchers = []
                 for expert in placed[expert_config.name]:
                     batcher = MicroBatcher(expert, sched, self.stats.record_batch, self._on_fatal)
@@ -187,7 +227,123 @@ class Engine:
                     batcher.start()
                     batchers.append(batcher)
                 level.batchers[expert_config.name] = batchers
-            self.path.levels.append(level)
+            levels.append(level)
+        serving = ServingCascade(cascade, levels, consensus.Pooling.from_config(cascade))
+        serving.decode_min_side = decode_side([b.expert.input_side() for b in serving.replicas()])
+        old = self.path.serving.stamps
+        serving.stamps = {e.name: old[e.name] if e.name in kept else model_stamp(e.model) for e in cascade.experts()}
+        return serving
+
+    # -- hot reload -----------------------------------------------------------------------------
+    def reload(self, cascade: CascadeConfig) -> ReloadReport:
+        """Put `cascade` in service without dropping a request (any thread but the engine's loop).
+
+        Raises ReloadRefused (placement, load, warmup, closed) and leaves the serving cascade as it was.
+        """
+        from cascade.placement import PlacementError, plan_placement
+
+        with self._reload_lock:
+            began = time.monotonic()
+            if not self.started:
+                raise ReloadRefused("closed", "the engine is not running")
+            serving = self.path.serving
+            plan = plan_reload(serving, cascade)
+            if plan.kind is ReloadKind.UNCHANGED:
+                return ReloadReport(plan.kind, cascade.version, [], len(serving.replicas()), [], 0.0, 0.0)
+            loading = Loading()
+            if plan.to_load:
+                devices = self.devices()
+                try:  # the new replicas beside every replica loaded now (the device's free memory says so)
+                    slots = plan_placement(plan.to_load, devices)
+                except PlacementError as exc:
+                    fits_alone = fits(cascade, without(devices, [serving, *self._retiring]))
+                    raise ReloadRefused("placement", f"the new cascade does not fit beside the serving one: {exc}"
+                                        + ("" if fits_alone else " (nor without it)"), restart_fits=fits_alone) from exc
+                failure = None
+                try:
+                    self._load(slots, plan.to_load, loading)
+                except Exception as exc:  # noqa: BLE001 - whatever fails, the serving cascade stays: say why
+                    failure = ReloadRefused(loading.stage, f"{loading.replica}: {exc!r}")
+                if failure is not None:  # raised out here, its traceback (which holds the replica) is gone
+                    self._discard(loading.take())
+                    raise failure
+            load_s = time.monotonic() - began
+            loaded = [f"{e.name}@{e.device}" for e in loading.experts()]
+            swap = asyncio.run_coroutine_threadsafe(self._swap(cascade, loading.placed, plan.kept), self._loop)
+            while True:
+                try:
+                    new = swap.result(1.0)
+                    break
+                except concurrent.futures.TimeoutError:
+                    if not self.started and swap.cancel():  # closed meanwhile: the swap never ran
+                        self._discard(loading.take())
+                        raise ReloadRefused("closed", "the engine stopped before the new cascade went in") from None
+            return ReloadReport(plan.kind, new.version, loaded, sum(len(b) for b in plan.kept.values()), plan.dropped,
+                                load_s, time.monotonic() - began)
+
+    async def _swap(self, cascade: CascadeConfig, placed: dict[str, list[Expert]],
+                    kept: dict[str, list[MicroBatcher]]) -> ServingCascade:
+        new = await self._build_serving(cascade, placed, kept)
+        old, self.path.serving = self.path.serving, new  # requests from now on start on the new cascade
+        self.config = self.config.model_copy(update={"cascade": cascade})
+        self.path.cache.clear()  # its answers are the old cascade's
+        self._retiring.append(old)
+        self._unfreed += 1
+        old.retire(self._free_when_idle)
+        return new
+
+    def _free_when_idle(self, old: ServingCascade) -> None:
+        if not self.started:  # closing: close() stops every replica and releases every expert itself
+            return
+        task = self._loop.create_task(self._free(old))
+        self._freeing.add(task)
+        task.add_done_callback(self._freeing.discard)
+
+    async def _free(self, old: ServingCascade) -> None:
+        """Close the replicas of a retired, idle cascade that no other cascade uses, and release their models."""
+        live = {id(b) for c in (self.path.serving, *self._retiring) if c is not old for b in c.replicas()}
+        gone = [b for b in dict.fromkeys(old.replicas()) if id(b) not in live]
+        for batcher in gone:
+            await batcher.close()
+        experts = [b.expert for b in gone]
+        self._retiring.remove(old)
+        del gone, old  # the experts' last references are now `experts`, which _discard empties
+        try:
+            if experts:  # a calibration swap keeps every replica: nothing to release, no collection
+                await asyncio.get_running_loop().run_in_executor(None, self._discard, experts, "replaced")
+        finally:
+            self._unfreed -= 1
+
+    def _discard(self, experts: list[Expert], why: str = "refused reload") -> None:
+        """Release experts' models and hand their device memory back (not on the loop: it collects garbage).
+
+        Empties `experts`: once it returns, nothing of the engine refers to them.
+        """
+        cuda = any(e.device.startswith("cuda") for e in experts)
+        names = [f"{e.name}@{e.device}" for e in experts]
+        while experts:
+            expert = experts.pop()
+            try:
+                expert.close()
+            except Exception as exc:  # noqa: BLE001 - releasing one must not stop releasing the others
+                logger.warning("expert {}@{} failed to close: {!r}", expert.name, expert.device, exc)
+            self._warm_batch_s.pop(id(expert), None)
+            if any(e is expert for e in self._experts):
+                self._experts.remove(expert)
+            del expert
+        # Model objects in reference cycles would keep their device memory until a later collection.
+        # NOTE: a full collection holds the GIL for ~0.1-0.2 s with torch loaded: once per model reload.
+        gc.collect()
+        if cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+        if names:
+            logger.info("freed {} ({})", ", ".join(names), why)
+
+    def retiring(self) -> int:
+        """Replaced cascades not yet freed (requests still hold them, or their models are being released)."""
+        return self._unfreed
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop batchers, observers and threads. Jobs still running are answered with EngineClosed."""
@@ -199,7 +355,8 @@ class Engine:
         async def _close() -> None:
             for task in list(self._tasks):
                 task.cancel()
-            for batcher in (b for level in self.path.levels for b in level.replicas()):
+            cascades = (self.path.serving, *self._retiring)
+            for batcher in dict.fromkeys(b for c in cascades for b in c.replicas()):
                 await batcher.close()
 
         try:
@@ -211,7 +368,7 @@ class Engine:
             self.path.budget.close()
             self._decoder.shutdown(wait=True, cancel_futures=True)
             self.observers.close()
-            for expert in self._experts:
+            for expert in list(self._experts):
                 expert.close()
 
     # -- public API -----------------------------------------------------------------------------
@@ -267,3 +424,4 @@ def _settle(answer: concurrent.futures.Future[Result], result: Result | None, ex
             answer.set_result(result)  # type: ignore[arg-type]
     except concurrent.futures.InvalidStateError:
         pass  # the caller gave up on it; the engine's work is done either way
+

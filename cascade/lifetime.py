@@ -13,6 +13,10 @@ The work, step by step, each a method tested on its own:
   compute    the levels, cheapest first, until confident, exhausted, or out of time
 Every exit path, cancellation included, goes through the `finally` of the step that took a
 resource: the admission slot, the coalescing registration, the queued batcher items.
+
+A request computes on the cascade that was serving when it started (`Progress.serving`, held until
+it is answered): a reload (cascade/serving.py) swaps `RequestPath.serving` without touching it.
+Admission, the result cache and the decode budget belong to the path and outlive every cascade.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from cascade.decode import DecodeBusy, Decoded, PixelBudget, decode_image, decod
 from cascade.levels import Level, Plan
 from cascade.observers.base import Finished, ObserverRunner
 from cascade.request import ExpertAnswer, Job, Request, Result, Status
+from cascade.serving import ServingCascade
 from cascade.stats import EngineStats
 
 
@@ -42,6 +47,7 @@ class Progress:
     """What a request has learnt so far: enough to answer at any moment."""
 
     job: Job
+    serving: ServingCascade  # the cascade this request computes on, from start to answer
     answers: list[ExpertAnswer] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     levels_run: int = 0
@@ -50,13 +56,13 @@ class Progress:
     image_bytes: bytes | None = None
     image_size: tuple[int, int] | None = None
 
-    def result(self, status: Status, prior: float, pooling: consensus.Pooling) -> Result:
+    def result(self, status: Status) -> Result:
         """The answers so far pooled as their level pools them, with `status`; the prior when none answered."""
         latency_ms = (time.monotonic() - self.job.arrival_s) * 1000.0
         if not self.answers:
-            return Result(self.job.request_id, prior, Status.PRIOR, self.levels_run, (), latency_ms,
-                          tuple(self.failures))
-        probability = pooling.level_probability(self.level, self.answers)
+            return Result(self.job.request_id, self.serving.config.prior, Status.PRIOR, self.levels_run, (),
+                          latency_ms, tuple(self.failures))
+        probability = self.serving.pooling.level_probability(self.level, self.answers)
         return Result(self.job.request_id, probability, status, self.levels_run, tuple(self.answers), latency_ms,
                       tuple(self.failures))
 
@@ -70,8 +76,8 @@ def shared_result(job: Job, result: Result, status: Status) -> Result:
 class RequestPath:
     def __init__(self, config: EngineConfig, stats: EngineStats, observers: ObserverRunner,
                  decoder: concurrent.futures.Executor, run_every_level: bool = False) -> None:
-        self.config = config
-        self.pooling = consensus.Pooling.from_config(config.cascade)
+        self.config = config  # scheduler and decode settings; the cascade is `serving.config`
+        self.serving = ServingCascade.empty(config.cascade)  # the engine puts the loaded one here
         self.routing = not run_every_level  # eval mode: no early exit, no skipping for time
         self.stats = stats
         self.observers = observers
@@ -79,36 +85,47 @@ class RequestPath:
         sched = config.scheduler
         self.admission = Admission(sched.max_in_flight, sched.max_in_flight_per_hotkey, sched.max_waiting)
         self.cache = ResultCache(sched.cache_size, sched.cache_ttl_s)
-        self.coalescer = Coalescer()
         self.budget = PixelBudget(config.decode.budget_pixels)
-        self.levels: list[Level] = []
-        self.decode_min_side: int | None = None  # set once the experts are loaded
         self.guard_s = sched.answer_guard_ms / 1000.0
 
+    # The serving cascade's parts, for readers outside the request path (a request uses its own).
     @property
     def prior(self) -> float:
-        return self.config.cascade.prior
+        return self.serving.config.prior
+
+    @property
+    def pooling(self) -> consensus.Pooling:
+        return self.serving.pooling
+
+    @property
+    def levels(self) -> list[Level]:
+        return self.serving.levels
+
+    @property
+    def coalescer(self) -> Coalescer:
+        return self.serving.coalescer
 
     def best(self, progress: Progress, status: Status) -> Result:
-        return progress.result(status, self.prior, self.pooling)
+        return progress.result(status)
 
     # -- the lifetime ---------------------------------------------------------------------------
     async def run(self, job: Job) -> Result:
         """The answer by the deadline, always (DecodeError for a payload that is not an acceptable image)."""
-        progress = Progress(job)
-        work = asyncio.get_running_loop().create_task(self.answer(job, progress))
-        done, _ = await asyncio.wait({work}, timeout=max(0.0, job.deadline_s - self.guard_s - time.monotonic()))
-        if done:
-            result = work.result()
-        else:
-            work.cancel()  # its finally blocks release the slot, the coalescing entry and queued work
-            work.add_done_callback(_retrieve)
-            # Cancellation unwinds within a loop step or two (no finally block waits on anything):
-            # let it, so the answer also lists what timed out, within the guard kept for this.
-            await asyncio.wait({work}, timeout=self.guard_s / 2)
-            self.stats.deadline_cuts += 1
-            result = self.best(progress, Status.DEADLINE)
-        return self.finish(job, result, progress)
+        with self.serving.hold() as serving:  # released when answered: the last user frees a retired cascade
+            progress = Progress(job, serving)
+            work = asyncio.get_running_loop().create_task(self.answer(job, progress))
+            done, _ = await asyncio.wait({work}, timeout=max(0.0, job.deadline_s - self.guard_s - time.monotonic()))
+            if done:
+                result = work.result()
+            else:
+                work.cancel()  # its finally blocks release the slot, the coalescing entry and queued work
+                work.add_done_callback(_retrieve)
+                # Cancellation unwinds within a loop step or two (no finally block waits on anything):
+                # let it, so the answer also lists what timed out, within the guard kept for this.
+                await asyncio.wait({work}, timeout=self.guard_s / 2)
+                self.stats.deadline_cuts += 1
+                result = self.best(progress, Status.DEADLINE)
+            return self.finish(job, result, progress)
 
     async def answer(self, job: Job, progress: Progress) -> Result:
         async with self.admission.slot(job.hotkey, job.stake, job.deadline_s) as admitted:
@@ -117,7 +134,7 @@ class RequestPath:
                 progress.failures.append("admission")
                 return self.best(progress, Status.PRIOR)
             try:
-                data, image_hash, decoded = await self.decode(job.payload, job.deadline_s)
+                data, image_hash, decoded = await self.decode(job.payload, job.deadline_s, progress.serving)
             except DecodeBusy:
                 progress.failures.append("decode_busy")
                 return self.best(progress, Status.PRIOR)
@@ -128,11 +145,13 @@ class RequestPath:
             return await self.coalesce_or_compute(job, progress, data, decoded)
 
     # -- steps ----------------------------------------------------------------------------------
-    async def decode(self, payload: str, deadline_s: float) -> tuple[bytes, str, Decoded | None]:
+    async def decode(self, payload: str, deadline_s: float,
+                     serving: ServingCascade | None = None) -> tuple[bytes, str, Decoded | None]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.decoder, self._prepare, payload, deadline_s)
+        return await loop.run_in_executor(self.decoder, self._prepare, payload, deadline_s, serving or self.serving)
 
-    def _prepare(self, payload: str, deadline_s: float) -> tuple[bytes, str, Decoded | None]:
+    def _prepare(self, payload: str, deadline_s: float,
+                 serving: ServingCascade) -> tuple[bytes, str, Decoded | None]:
         """Decoder thread: base64, hash and (unless the image is a likely repeat) pixels, in one hop.
 
         One executor round trip per request instead of three: under load every hop is a wait for the
@@ -140,29 +159,31 @@ class RequestPath:
         """
         data = decode_payload(payload, self.config.decode)
         image_hash = hash_bytes(data)
-        if self.cache.contains(image_hash) or image_hash in self.coalescer:
+        if self.cache.contains(image_hash) or image_hash in serving.coalescer:
             return data, image_hash, None
-        return data, image_hash, self._pixels(data, deadline_s)
+        return data, image_hash, self._pixels(data, deadline_s, serving.decode_min_side)
 
-    def _pixels(self, data: bytes, deadline_s: float) -> Decoded:
-        return decode_image(data, self.config.decode, self.decode_min_side, self.budget, deadline_s)
+    def _pixels(self, data: bytes, deadline_s: float, min_side: int | None) -> Decoded:
+        return decode_image(data, self.config.decode, min_side, self.budget, deadline_s)
 
     async def coalesce_or_compute(self, job: Job, progress: Progress, data: bytes, decoded: Decoded | None) -> Result:
         assert progress.image_hash is not None
+        coalescer = progress.serving.coalescer
         shared: Shared | None
-        while (shared := self.coalescer.get(progress.image_hash)) is not None:
+        while (shared := coalescer.get(progress.image_hash)) is not None:
             first = await shared.wait()
             if shared.serves(first, job.deadline_s):
                 return shared_result(job, first, Status.COALESCED)
             # Its owner had less time than we have and was cut short: compute the image ourselves.
-        with self.coalescer.own(progress.image_hash, job.deadline_s,
-                                lambda: self.best(progress, Status.DEADLINE)) as owner:
+        with coalescer.own(progress.image_hash, job.deadline_s, lambda: self.best(progress, Status.DEADLINE)) as owner:
             if decoded is None:  # skipped as a likely repeat, but not answered after all
                 loop = asyncio.get_running_loop()
-                decoded = await loop.run_in_executor(self.decoder, self._pixels, data, job.deadline_s)
+                decoded = await loop.run_in_executor(self.decoder, self._pixels, data, job.deadline_s,
+                                                     progress.serving.decode_min_side)
             progress.image_size = decoded.original_size
             result = await self.compute(Request(job, decoded.image, progress.image_hash, data), progress)
-            if result.status in (Status.CONFIDENT, Status.EXHAUSTED):
+            # An answer of a cascade already replaced would outlive it in the cache: not kept.
+            if result.status in (Status.CONFIDENT, Status.EXHAUSTED) and progress.serving is self.serving:
                 self.cache.put(progress.image_hash, result)
             owner.publish(result)
             return result
@@ -170,7 +191,8 @@ class RequestPath:
     async def compute(self, request: Request, progress: Progress) -> Result:
         """The levels, cheapest first: exit when confident, stop when the next one cannot finish in time."""
         status = Status.EXHAUSTED
-        for level in self.levels:
+        pooling = progress.serving.pooling
+        for level in progress.serving.levels:
             now_s = time.monotonic()
             time_left_s = request.deadline_s - now_s - self.guard_s
             plan, chosen = level.plan(time_left_s if self.routing else float("inf"), now_s, request.image)
@@ -188,8 +210,8 @@ class RequestPath:
             if cut_short:
                 status = Status.DEADLINE
                 break
-            if self.routing and progress.answers and self.pooling.should_exit(
-                level.index, self.pooling.level_probability(level.index, progress.answers)
+            if self.routing and progress.answers and pooling.should_exit(
+                level.index, pooling.level_probability(level.index, progress.answers)
             ):
                 status = Status.CONFIDENT
                 break
@@ -220,7 +242,7 @@ class RequestPath:
             logger.debug("request {} answered from the prior (failures: {})", job.request_id,
                          ", ".join(result.failures) or "none")
         self.observers.notify(Finished(job, result, progress.image_hash, progress.image_bytes, progress.image_size,
-                                       self.config.cascade.version))
+                                       progress.serving.version))
         return result
 
 

@@ -113,6 +113,18 @@ class NatixConfig(Strict):
     base_url: str = Field("https://hydra.natix.network", min_length=1, description="NATIX application server.")
 
 
+class ReloadConfig(Strict):
+    """Hot reload of the cascade file (docs/reload.md): on SIGHUP always; on a file change if `watch`."""
+
+    watch: bool = Field(False, description="Reload when the cascade YAML or its calibration file changes.")
+    watch_settle_s: float = Field(
+        1.0, ge=0.0, le=600.0, description="A changed file is read once it has stayed the same this long."
+    )
+    drain_restart: bool = Field(
+        False, description="A cascade that fits only without the serving one: drain, exit 75, let pm2 restart."
+    )
+
+
 class MinerConfig(Strict):
     wallet: WalletConfig = Field(default_factory=WalletConfig)
     chain: ChainConfig = Field(default_factory=ChainConfig)
@@ -125,6 +137,7 @@ class MinerConfig(Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     active_learning: ActiveLearningConfig = Field(default_factory=ActiveLearningConfig)
+    reload: ReloadConfig = Field(default_factory=ReloadConfig)
     drain_timeout_s: float = Field(15.0, ge=0.0, le=600.0, description="Wait for in-flight answers on SIGTERM.")
     summary_interval_s: float = Field(
         60.0, ge=1.0, le=86_400.0, description="At most one line of refusal counts per interval."
@@ -172,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, key in _FLAGS.items():
         parser.add_argument(flag, dest=key, default=None, help=f"overrides {key}")
     parser.add_argument("--offline", dest="chain.offline", action="store_const", const="true", default=None)
+    parser.add_argument("--drain-restart", dest="reload.drain_restart", action="store_const", const="true",
+                        default=None, help="a new cascade that fits only without the serving one: drain, exit 75")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any dotted key")
     parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
     return parser

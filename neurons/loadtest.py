@@ -168,3 +168,62 @@ def drain(process: Any, wallets: Sequence[Any], payloads: Sequence[str], timeout
     outcomes, elapsed_s = asyncio.run(scenario())
     code = process.process.wait(60)
     return summarise(outcomes, timeout_s, elapsed_s), code
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One request of a sustained load: when it was sent and answered (monotonic), and what came back."""
+
+    payload: int
+    sent_s: float
+    done_s: float
+    outcome: Outcome
+
+
+class SustainedLoad:
+    """`concurrency` callers, each sending the next payload as soon as its last one is answered, on a thread of
+    its own, until `stop()`: load that spans an event in the miner (a reload) while the test drives it."""
+
+    def __init__(self, port: int, miner_hotkey: str, wallets: Sequence[Any], payloads: Sequence[str],
+                 timeout_s: float = 9.0, concurrency: int = 8) -> None:
+        import threading
+
+        self.args = (port, miner_hotkey, list(wallets), list(payloads), timeout_s, concurrency)
+        self.records: list[Timed] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="sustained-load", daemon=True)
+
+    def start(self) -> SustainedLoad:
+        self._thread.start()
+        return self
+
+    def answered_since(self, since_s: float) -> int:
+        """Requests sent at or after `since_s` and already answered."""
+        return sum(1 for record in list(self.records) if record.sent_s >= since_s)
+
+    def stop(self, timeout_s: float = 60.0) -> list[Timed]:
+        self._stop.set()
+        self._thread.join(timeout_s)
+        return list(self.records)
+
+    async def _run(self) -> None:
+        port, hotkey, wallets, payloads, timeout_s, concurrency = self.args
+        # One dendrite (one uuid) per caller: the axon refuses a nonce older than the last one of a uuid, which
+        # concurrent requests of one dendrite can be when they arrive out of order.
+        dendrites = await _unpooled_dendrites([wallets[i % len(wallets)] for i in range(concurrency)])
+        axon = axon_info("127.0.0.1", port, hotkey)
+        counter = iter(range(1 << 62))
+
+        async def caller(index: int) -> None:
+            dendrite = dendrites[index]
+            while not self._stop.is_set():
+                n = next(counter)
+                sent_s = time.monotonic()
+                outcome = await query(dendrite, axon, payloads[n % len(payloads)], timeout_s)
+                self.records.append(Timed(n % len(payloads), sent_s, time.monotonic(), outcome))
+
+        try:
+            await asyncio.gather(*(caller(i) for i in range(concurrency)))
+        finally:
+            for dendrite in dendrites:
+                await dendrite.aclose_session()

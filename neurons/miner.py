@@ -41,6 +41,7 @@ from neurons.guards import GuardPolicy, TokenBucketLimiter, blacklist, priority
 from neurons.http_guard import CURRENT, HttpLimits, RequestState, raise_fd_limit
 from neurons.outcomes import AxonOutcomes, quiet_bittensor_request_logs
 from neurons.protocol import ExtendedImageSynapse, ImageSynapse
+from neurons.reload import RESTART_EXIT_CODE, Reloader
 
 READY_LINE = "MINER READY"  # printed once the axon serves; scripts and tests wait for it
 _ANSWER_GRACE_S = 0.05  # the engine answers by its deadline; this is only the last guard's slack
@@ -298,6 +299,7 @@ def run(argv: list[str] | None = None) -> int:
         miner.outcomes.registry.register(registration)
         start_metrics_server(config.metrics.host, config.metrics.port, engine, miner.outcomes.registry)
 
+    reloader = Reloader(engine, config.cascade_file, registry=miner.outcomes.registry, **config.reload.model_dump())
     server = serve(config, wallet, miner)
     axon = server.axon
     if subtensor is not None:
@@ -306,11 +308,16 @@ def run(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reloader.request("SIGHUP"))
     print(f"{READY_LINE} {config.axon.host}:{config.axon.port} hotkey={hotkey_address}", flush=True)
     logger.info("serving on {}:{}", config.axon.host, config.axon.port)
     # A timed wait: a signal delivered to another thread does not interrupt an untimed lock wait.
+    exit_code = 0
     while not stop.wait(0.5):
         miner.outcomes.summarise()
+        if reloader.poll():  # a new cascade that fits only once this one is gone: drain, exit, be restarted
+            exit_code = RESTART_EXIT_CODE
+            break
     logger.info("stop requested: closing the listener and answering every accepted request")
     before = miner.outcomes.snapshot()
     drained = server.stop(config.drain_timeout_s)
@@ -322,8 +329,8 @@ def run(argv: list[str] | None = None) -> int:
     miner.outcomes.summarise(force=True)
     metagraph.stop()
     engine.close()
-    logger.info("stopped")
-    return 0
+    logger.info("stopped{}", f" (exit {exit_code}: to be restarted on the new cascade)" if exit_code else "")
+    return exit_code
 
 
 if __name__ == "__main__":

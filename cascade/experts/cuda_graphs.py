@@ -46,7 +46,9 @@ class GraphedForward:
                 for _ in range(2):  # kernels selected and lazily initialised before capture
                     forward(static)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool, stream=side):
+                # thread_local: a hot reload captures while other replicas' threads keep serving on the device;
+                # the default ("global") mode would fail their allocations and copies during the capture.
+                with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"):
                     out = forward(static)
                 self.inputs[size], self.outputs[size], self.graphs[size] = static, out, graph
         torch.cuda.current_stream(device).wait_stream(side)

@@ -83,3 +83,4 @@ class ClassifierExpert(Expert):
 
     def close(self) -> None:
         self.model = None
+        self.logits_of = self._eager_logits  # captured CUDA graphs hold their own memory pool
