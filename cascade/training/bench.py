@@ -85,9 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.images < 20 or args.height < 16 or args.batch_size < 1:
         parser.error("--images must be >= 20, --height >= 16 and --batch-size >= 1")
     from cascade.training.recipe import Recipe
-    from cascade.training.run import Inputs, train
+    from cascade.training.run import Inputs, resolve_device, train
     from cascade.training.synthetic import make_cone_folder
 
+    try:
+        resolve_device(args.device)  # before minutes of building and generating
+    except TrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     began = time.monotonic()
     model = _build(args.model, args.out / f"model-{args.model}")
     images = args.out / f"images-{args.images}-{args.height}"

@@ -71,7 +71,7 @@ class Outcome:
     lines: list[str]  # the summary printed at the end
 
 
-def _device(requested: str) -> str:
+def resolve_device(requested: str) -> str:
     import torch
 
     if requested == "cuda" and not torch.cuda.is_available():
@@ -89,8 +89,8 @@ def _precision(recipe: Recipe, device: str) -> str:
     return recipe.precision
 
 
-def prepare_out(inputs: Inputs) -> Path | None:
-    """Check OUT against --resume/--overwrite; the checkpoint to resume from, if resuming."""
+def check_out(inputs: Inputs) -> Path | None:
+    """Check OUT against --resume/--overwrite (changing nothing); the checkpoint to resume from, if resuming."""
     from transformers.trainer_utils import get_last_checkpoint
 
     checkpoints = inputs.out / "checkpoints"
@@ -103,26 +103,30 @@ def prepare_out(inputs: Inputs) -> Path | None:
     if earlier and not inputs.overwrite:
         raise TrainError(f"{inputs.out} holds an earlier run ({', '.join(earlier)}): --resume continues it, "
                          "--overwrite starts over (the model folder is replaced only when the new one is ready)")
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    shutil.rmtree(inputs.out / "eval", ignore_errors=True)  # an earlier model's verdicts (refit/ may be served)
-    inputs.out.mkdir(parents=True, exist_ok=True)
     return None
 
 
-def read_data(inputs: Inputs, recipe: Recipe, side: int, resumed: bool) -> data.Split:
+def start_out(inputs: Inputs, split: data.Split, resumed: bool) -> None:
+    """Once the inputs are known good: clear an overwritten run's checkpoints and verdicts, record the split
+    (or, resuming, check it is the checkpoint's)."""
+    split_file = inputs.out / data.SPLIT_FILE
+    if resumed:
+        data.check_resumed_split(split_file, split)
+        return
+    shutil.rmtree(inputs.out / "checkpoints", ignore_errors=True)
+    shutil.rmtree(inputs.out / "eval", ignore_errors=True)  # an earlier model's verdicts (refit/ may be served)
+    inputs.out.mkdir(parents=True, exist_ok=True)
+    data.write_split(split_file, split)
+
+
+def read_data(inputs: Inputs, recipe: Recipe, side: int) -> data.Split:
     def read(paths: list[Path]) -> tuple[list[data.Example], list[data.SourceCount]]:
         return data.read_sources(paths, kind=inputs.kind, split=inputs.split, image_column=inputs.image_column,
                                  label_column=inputs.label_column, min_side=side, progress=inputs.progress)
 
     examples, counts = read(inputs.data)
     heldout, heldout_counts = read(inputs.heldout) if inputs.heldout else (None, None)
-    split = data.split_examples(examples, counts, heldout, heldout_counts, recipe.holdout, recipe.seed)
-    split_file = inputs.out / data.SPLIT_FILE
-    if resumed:
-        data.check_resumed_split(split_file, split)
-    else:
-        data.write_split(split_file, split)
-    return split
+    return data.split_examples(examples, counts, heldout, heldout_counts, recipe.holdout, recipe.seed)
 
 
 def _training_arguments(recipe: Recipe, inputs: Inputs, device: str, precision: str) -> Any:
@@ -192,8 +196,8 @@ def train(recipe: Recipe, inputs: Inputs, callbacks: Sequence[Any] = ()) -> Outc
     """Train, save the model folder, judge it; raises TrainError for anything the operator must fix."""
     from transformers import Trainer, set_seed
 
-    resume_from = prepare_out(inputs)
-    device = _device(inputs.device)
+    resume_from = check_out(inputs)
+    device = resolve_device(inputs.device)
     precision = _precision(recipe, device)
     set_seed(recipe.seed)
     info = inspect_model(recipe.model)
@@ -201,9 +205,10 @@ def train(recipe: Recipe, inputs: Inputs, callbacks: Sequence[Any] = ()) -> Outc
         resize: ResizeMode = recipe.resize or recorded_resize(recipe.model) or "squash"
     except ExpertError as exc:
         raise TrainError(str(exc)) from exc
-    split = read_data(inputs, recipe, info.geometry.side, resumed=resume_from is not None)
+    split = read_data(inputs, recipe, info.geometry.side)
     for line in split.table():
         logger.info(line)
+    start_out(inputs, split, resumed=resume_from is not None)
     start = load_starting_model(info, recipe.mode, recipe.seed)
     names = data.write_heldout(inputs.out / "heldout", split.heldout)
     judged: dict[str, judge.Verdict] = {}
