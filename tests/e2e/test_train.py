@@ -198,6 +198,23 @@ def test_a_backbone_without_a_roadwork_head_gets_one_and_is_served(task, tmp_pat
     assert all(0.0 <= p <= 1.0 for p in answers) and len(set(answers)) > 1
 
 
+def test_the_sn72_preset_trains_with_its_recipe_on_an_unbalanced_set(task, tmp_path):
+    make_cone_folder(tmp_path / "set", 60, seed=11, size=(72, 48))
+    for extra in sorted((tmp_path / "set" / "1").glob("*.jpg"))[:10]:
+        extra.unlink()  # 30 without roadwork, 20 with
+    code = cli.main([str(tmp_path / "set"), "--preset", "sn72-convnextv2", "--model", str(task / "models" / "tiny-vit"),
+                     "--epochs", "2", "--out", str(tmp_path / "run"), "--no-eval", "--no-progress"])
+    assert code == 0
+    record = json.loads((tmp_path / "run" / "model" / "sn72_train.json").read_text())
+    recipe = record["recipe"]
+    assert (recipe["weight_decay"], recipe["label_smoothing"], recipe["best_metric"]) == (0.05, 0.05, "mcc")
+    assert record["resize"] == "letterbox" and record["base_model"] == str(task / "models" / "tiny-vit")
+    assert record["class_weights"] == pytest.approx([40 / (2 * 24), 40 / (2 * 16)])  # balanced, on 24 + 16 trained
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert "class weighting on (none 0.833, roadwork 1.250)" in card and "label smoothing 0.05" in card
+    assert json.loads((tmp_path / "run" / "model" / "sn72_preprocess.json").read_text()) == {"resize": "letterbox"}
+
+
 class CrashAfterFirstCheckpoint:
     """Raises once the first checkpoint is on disk, as a killed run would leave it."""
 

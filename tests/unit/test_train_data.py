@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from PIL import Image
 
 from cascade.evaluation.datasets import open_source
 from cascade.training import data
-from cascade.training.model import PixelSet, StartingModel, make_loss
+from cascade.training.model import PixelSet, StartingModel, class_weights, make_loss
 from cascade.training.recipe import PRESETS, TrainError, build_recipe
 from cascade.training.synthetic import make_cone_folder
 
@@ -167,3 +168,14 @@ def test_the_loss_is_weighted_smoothed_cross_entropy_normalised_by_the_step_imag
     per_image = F.cross_entropy(logits, labels, weight=weights, label_smoothing=0.1, reduction="none")
     assert weighted == pytest.approx(float(per_image.sum() / 6))
     assert float(np.round(float(weighted), 6)) != float(np.round(float(plain), 6))
+
+
+def test_class_weights_and_targets_follow_the_models_own_roadwork_index(cones):
+    # a model whose roadwork class is index 0 (a kept head may order its labels either way)
+    start = StartingModel(model=SimpleNamespace(config=SimpleNamespace(num_labels=2)), processor=None,
+                          geometry=_starting_model_stub_geometry().geometry, positive=0, negative=1)
+    weights = class_weights([0, 0, 0, 1], start)
+    assert weights.tolist() == pytest.approx([2.0, 4 / 6])  # roadwork (1 in 4) at index 0, weighed up
+    examples, _ = data.read_sources([cones], progress=False)
+    targets = PixelSet(examples, start, "squash").classes
+    assert targets == [1 - e.label for e in examples]
