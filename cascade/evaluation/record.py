@@ -64,7 +64,8 @@ class Recording:
 
 
 def model_identity(expert: ExpertConfig) -> str:
-    """What makes an expert's output what it is: backend, weights, preprocessing, numeric type.
+    """What makes an expert's output what it is: backend, weights, preprocessing (input size, resize mode),
+    numeric type.
 
     Local weights are fingerprinted by file names, sizes and modification times (a rebuilt model is a
     new identity); a hub id by the snapshot revision in the local cache when there is one.
@@ -88,7 +89,7 @@ def model_identity(expert: ExpertConfig) -> str:
             pass
     identity = {
         "backend": expert.backend, "weights": weights, "dtype": expert.dtype, "input_size": expert.input_size,
-        "options": expert.options, "device": expert.device, "cuda": torch.cuda.is_available(),
+        "resize": expert.resize, "options": expert.options, "device": expert.device, "cuda": torch.cuda.is_available(),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -28,6 +28,8 @@ def level_probabilities(cascade: CascadeConfig, pooling: consensus.Pooling, expe
 def exit_levels(margins: list[float] | np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     """Index of the level each image leaves at: the first confident one (`consensus.is_confident`), else the last."""
     levels = probabilities.shape[1]
+    if levels == 1:  # one level: every image leaves there (argmax of no earlier level would raise)
+        return np.zeros(probabilities.shape[0], dtype=int)
     confident = np.abs(probabilities[:, : levels - 1] - 0.5) >= np.asarray(margins, dtype=float)[: levels - 1]
     return np.where(confident.any(axis=1), confident.argmax(axis=1), levels - 1)
 

@@ -1,0 +1,143 @@
+"""`sn72-train` / `python -m cascade.train`: fine-tune the hf_classifier expert on labelled images.
+
+    sn72-train al-store/ --out runs/ft1                                  # the subnet's ViT-B/16, 20% held out
+    sn72-train al-store/ roadwork-train/ --heldout roadwork-test/ --preset sn72-convnextv2 --out runs/ft2
+    sn72-train --out runs/ft2 --refit --cascade config/cascade.production.yaml   # refit the cascade serving it
+    sn72-train ... --out runs/ft2 --resume                               # continue from the last checkpoint
+
+DATA and --heldout take what the eval tool reads: image folders (0/ and 1/, or none/ and roadwork/), CSV
+(path,label), parquet, `datasets` folders written by save_to_disk, active-learning stores (their labelled
+records). The model folder (OUT/model) records its resize mode and carries a model card; the eval tool's
+report on the held-out images before and after is in OUT/eval. Flags set explicitly win over a --preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from loguru import logger
+from pydantic import ValidationError
+
+from cascade.config import format_validation_error
+from cascade.evaluation.datasets import KINDS
+from cascade.training.recipe import AUGMENTATIONS, DEFAULT_MODEL, PRESETS, Recipe, TrainError, build_recipe
+
+_RECIPE_FLAGS = ("model", "mode", "resize", "epochs", "batch_size", "eval_batch_size", "learning_rate",
+                 "weight_decay", "warmup_ratio", "label_smoothing", "class_weighting", "patience", "best_metric",
+                 "holdout", "augment", "augment_p", "precision", "seed", "workers")
+
+
+def _augmentations(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in AUGMENTATIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {unknown}; known: {', '.join(AUGMENTATIONS)}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sn72-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", type=Path, nargs="*", help="labelled sets to train on")
+    parser.add_argument("--out", type=Path, required=True, help="the run's folder (model/, checkpoints/, eval/ ...)")
+    parser.add_argument("--heldout", type=Path, nargs="+", default=[], metavar="DATA",
+                        help="labelled sets to judge on (default: --holdout of DATA); must share no image with DATA")
+    parser.add_argument("--format", choices=KINDS, default="auto", help="what DATA is (default: detected)")
+    parser.add_argument("--split", help="split of a saved DatasetDict")
+    parser.add_argument("--image-column", default="image", help="image column of parquet / datasets sets")
+    parser.add_argument("--label-column", default="label", help="label column of parquet / datasets sets")
+    recipe = parser.add_argument_group("recipe (defaults shown are used when no --preset sets them)")
+    recipe.add_argument("--preset", choices=list(PRESETS), help="the published SN72 recipe on ConvNeXt V2 or DINOv2")
+    recipe.add_argument("--model", help=f"hub id or local folder to start from (default {DEFAULT_MODEL})")
+    recipe.add_argument("--mode", choices=["full", "probe"], help="full fine-tune (default) or linear probe")
+    recipe.add_argument("--resize", choices=["squash", "letterbox", "center_crop"],
+                        help="resize mode (default: the model's recorded one, else squash)")
+    recipe.add_argument("--epochs", type=float, help="passes over the training images (default 3)")
+    recipe.add_argument("--batch-size", type=int, help="images per step (default 32)")
+    recipe.add_argument("--eval-batch-size", type=int, help="images per held-out batch (default 64)")
+    recipe.add_argument("--lr", dest="learning_rate", type=float, help="peak learning rate (default 5e-5)")
+    recipe.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
+    recipe.add_argument("--warmup", dest="warmup_ratio", type=float, help="share of steps warming up (default 0.1)")
+    recipe.add_argument("--label-smoothing", type=float, help="default 0")
+    recipe.add_argument("--class-weighting", action=argparse.BooleanOptionalAction, default=None,
+                        help="weigh the loss by inverse class frequency (default off)")
+    recipe.add_argument("--patience", type=int, help="epochs without improvement before stopping (default 3; 0: off)")
+    recipe.add_argument("--best-metric", choices=["loss", "mcc"], help="held-out metric that picks the kept model")
+    recipe.add_argument("--holdout", type=float, help="share held out when no --heldout is given (default 0.2)")
+    recipe.add_argument("--augment", type=_augmentations, metavar="NAMES",
+                        help=f"comma-separated distortions while training (default none): {', '.join(AUGMENTATIONS)}")
+    recipe.add_argument("--augment-p", type=float, help="chance an image is distorted per epoch (default 0.5)")
+    recipe.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default auto: bf16 on CUDA")
+    recipe.add_argument("--seed", type=int, help="default 0")
+    recipe.add_argument("--workers", type=int, help="data-loading processes (default 0: in process)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train")
+    parser.add_argument("--resume", action="store_true", help="continue OUT's run from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds an earlier run")
+    parser.add_argument("--no-eval", action="store_true", help="skip the eval tool's before/after report")
+    parser.add_argument("--refit", action="store_true", help="then refit the calibration of --cascade and bump it")
+    parser.add_argument("--cascade", type=Path, help="the cascade YAML serving OUT/model (for --refit)")
+    parser.add_argument("--refit-data", type=Path, help="labelled set to refit on (default OUT/heldout)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _recipe(args: argparse.Namespace) -> Recipe:
+    try:
+        return build_recipe(args.preset, {name: getattr(args, name) for name in _RECIPE_FLAGS})
+    except ValidationError as exc:
+        raise TrainError("bad recipe: " + "; ".join(format_validation_error(exc).splitlines())) from exc
+
+
+def run(args: argparse.Namespace) -> list[str]:
+    """Train (when DATA is given) and refit (when asked); the lines to print."""
+    lines: list[str] = []
+    seed = args.seed or 0
+    if args.data:
+        from cascade.training.run import Inputs, train
+
+        recipe = _recipe(args)
+        seed = recipe.seed
+        inputs = Inputs(data=args.data, out=args.out, heldout=args.heldout, kind=args.format, split=args.split,
+                        image_column=args.image_column, label_column=args.label_column, device=args.device,
+                        resume=args.resume, overwrite=args.overwrite, judge=not args.no_eval,
+                        progress=not args.no_progress)
+        lines += train(recipe, inputs).lines
+    if args.refit:
+        from cascade.training.refit import refit
+
+        lines += refit(args.out, args.cascade, args.refit_data, seed=seed, progress=not args.no_progress)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.data and not args.refit:
+        parser.error("give labelled DATA to train on (or --refit to refit the cascade serving OUT/model)")
+    if args.refit and args.cascade is None:
+        parser.error("--refit needs --cascade C (the cascade YAML that serves OUT/model)")
+    if not args.data and (args.resume or args.heldout):
+        parser.error("--resume and --heldout need the DATA of the run")
+    logger.remove()
+    logger.add(sys.stderr, level="INFO")  # loading the model and reading the data come before any progress bar
+    if args.no_progress:
+        from transformers.utils.logging import disable_progress_bar
+
+        disable_progress_bar()  # transformers' and the hub's own bars (loading weights, writing shards)
+    try:
+        lines = run(args)
+    except TrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, an unwritable OUT
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: continue with the same command and --resume (checkpoints in {args.out}/checkpoints)",
+              file=sys.stderr)
+        return 130
+    for line in lines:
+        print(line)
+    return 0

@@ -1,0 +1,89 @@
+"""The eval tool's verdict on a model folder: served as the only expert of a one-level cascade, through the
+real engine in eval mode (cascade/evaluation/record.py), scored by cascade/evaluation/report.py.
+
+The trainer calls this on the held-out images before training (the starting model, in the run's resize
+mode) and after (the output folder exactly as the miner would load it), and writes both side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cascade.config import CascadeConfig, ExpertConfig, LevelConfig, ResizeMode
+from cascade.evaluation import plots, record, report
+from cascade.evaluation.datasets import EvalError, open_source
+from cascade.experts.base import ExpertError
+from cascade.training.recipe import TrainError
+
+EXPERT = "candidate"
+
+
+@dataclass
+class Verdict:
+    """One model judged on the held-out folder."""
+
+    title: str
+    evaluation: report.Evaluation
+    names: list[str]  # held-out file names (relative to the folder), in the order of `probabilities`
+    probabilities: np.ndarray  # the expert's raw P(roadwork) per image, as the engine answered
+    skipped: int
+    seconds_per_1000_images: float
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.evaluation.summary["experts"][EXPERT])
+
+
+def one_expert_cascade(model: Path, resize: ResizeMode, device: str) -> CascadeConfig:
+    expert = ExpertConfig(name=EXPERT, backend="hf_classifier", model=str(model), device=device, resize=resize,
+                          max_batch=32, warmup_batches=1)
+    return CascadeConfig(version="sn72-train", levels=[LevelConfig(name="model", exit_margin=0.5, experts=[expert])])
+
+
+def judge(title: str, model: Path, resize: ResizeMode, device: str, heldout: Path, cache: Path, *, seed: int = 0,
+          progress: bool = True, reward_trials: int = 1000) -> Verdict:
+    """Record the model's answers on every held-out image through the engine and score them."""
+    cascade = one_expert_cascade(model, resize, device)
+    try:
+        source = open_source(heldout, "folder")
+        engine = record.EvalEngine(cascade)
+        output_cache = record.OutputCache(cache)
+        try:
+            recording = record.record(source, cascade, engine, output_cache, seed=seed, progress=progress)
+        finally:
+            engine.close()
+            output_cache.close()
+    except (EvalError, ExpertError) as exc:
+        raise TrainError(f"judging {model} on {heldout}: {exc}") from exc
+    if recording.labels.size == 0:
+        raise TrainError(f"judging {model}: no held-out image could be run ({len(recording.skipped)} skipped)")
+    costs = recording.expert_seconds or {EXPERT: 1.0}
+    evaluation = report.evaluate(cascade, recording.experts, recording.outputs, recording.labels,
+                                 expert_seconds=costs, trials=reward_trials, seed=seed)
+    run_s = recording.seconds - recording.startup_s
+    per_1000 = run_s / max(1, recording.inferred) * 1000 if recording.inferred else 0.0
+    return Verdict(title, evaluation, recording.names, recording.outputs[:, 0], len(recording.skipped), per_1000)
+
+
+def write_verdicts(folder: Path, verdicts: list[Verdict], heldout_from: str) -> dict[str, Any]:
+    """report.json, report.txt and reliability.png of the verdicts, side by side."""
+    folder.mkdir(parents=True, exist_ok=True)
+    result = {
+        "tool": "sn72-train",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "held_out": heldout_from,
+        "evaluations": {v.title: v.evaluation.summary for v in verdicts},
+        "skipped": {v.title: v.skipped for v in verdicts},
+    }
+    report.write_json(result, folder / "report.json")
+    lines = [f"held out: {heldout_from}", ""]
+    for verdict in verdicts:
+        lines += [report.format_evaluation(verdict.title, verdict.evaluation.summary), ""]
+    (folder / "report.txt").write_text("\n".join(lines))
+    plots.reliability_diagram({v.title: v.evaluation for v in verdicts}, folder / "reliability.png")
+    return result

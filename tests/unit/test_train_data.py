@@ -1,0 +1,181 @@
+"""The trainer's data side without a model: reading and counting sources, the split, the replay guard, the
+recipe and its presets, augmentation per epoch, the loss."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cascade.evaluation.datasets import open_source
+from cascade.training import data
+from cascade.training.model import PixelSet, StartingModel, class_weights, make_loss
+from cascade.training.recipe import PRESETS, TrainError, build_recipe
+from cascade.training.synthetic import make_cone_folder
+
+
+@pytest.fixture(scope="module")
+def cones(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cones")
+    make_cone_folder(root / "set", 40, seed=1)
+    return root / "set"
+
+
+def test_each_source_is_counted_duplicates_kept_once_and_conflicting_labels_left_out(cones, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(cones, other)
+    (other / "0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG")
+    # one image of class 1 appears in `other` as class 0 too: its label cannot be trusted
+    conflicted = sorted((cones / "1").glob("*.jpg"))[0]
+    shutil.copy(conflicted, other / "0" / "conflict.jpg")
+    examples, counts = data.read_sources([cones, other], progress=False)
+    first, second = counts
+    assert (first.labelled, first.unreadable, first.duplicates, first.conflicting) == (40, 0, 0, 1)
+    # 40 copies (one of them the conflicted image), the broken file and the conflicting copy
+    assert (second.labelled, second.unreadable, second.duplicates, second.conflicting) == (42, 1, 39, 2)
+    assert second.first_unreadable is not None and second.first_unreadable.startswith("0/broken.jpg: image: ")
+    assert len(examples) == 39 and len({e.sha256 for e in examples}) == 39
+    assert hashlib.sha256(conflicted.read_bytes()).hexdigest() not in {e.sha256 for e in examples}
+    assert all(e.source == first.source for e in examples)  # kept from the source read first
+
+
+def test_the_split_is_stratified_seeded_and_counted_per_source(cones):
+    examples, counts = data.read_sources([cones], progress=False)
+    split = data.split_examples(examples, counts, None, None, holdout=0.25, seed=3)
+    again = data.split_examples(examples, [data.SourceCount(counts[0].source)], None, None, holdout=0.25, seed=3)
+    other = data.split_examples(examples, [data.SourceCount(counts[0].source)], None, None, holdout=0.25, seed=4)
+    held = [e.sha256 for e in split.heldout]
+    assert held == [e.sha256 for e in again.heldout] and held != [e.sha256 for e in other.heldout]
+    assert len(split.heldout) == 10 and sum(e.label for e in split.heldout) == 5
+    assert not {e.sha256 for e in split.train} & set(held)
+    assert counts[0].train == {0: 15, 1: 15} and counts[0].heldout == {0: 5, 1: 5}
+    assert split.heldout_from == "25% of the data held out (10 images, stratified, seed 3)"
+    assert any("15/15" in line for line in split.table())
+
+
+def test_the_replay_guard_refuses_a_heldout_set_that_shares_an_image(cones, tmp_path):
+    heldout = tmp_path / "heldout"
+    make_cone_folder(heldout, 10, seed=2)
+    shared = sorted((cones / "0").glob("*.jpg"))[3]
+    shutil.copy(shared, heldout / "0" / "copied-under-another-name.jpg")
+    examples, counts = data.read_sources([cones], progress=False)
+    held, held_counts = data.read_sources([heldout], progress=False)
+    with pytest.raises(TrainError) as error:
+        data.split_examples(examples, counts, held, held_counts, holdout=0.2, seed=0)
+    message = str(error.value)
+    assert "shares 1 of its 11 images with the training images (same content hash)" in message
+    assert "0/copied-under-another-name.jpg" in message and f"0/{shared.name}" in message
+    (heldout / "0" / "copied-under-another-name.jpg").unlink()
+    held, held_counts = data.read_sources([heldout], progress=False)
+    split = data.split_examples(examples, counts, held, held_counts, holdout=0.2, seed=0)
+    assert len(split.train) == 40 and len(split.heldout) == 10 and split.heldout_from.startswith("held-out set ")
+
+
+def test_one_class_or_too_few_images_are_clear_errors(cones, tmp_path):
+    shutil.copytree(cones / "1", tmp_path / "positives" / "1")
+    examples, counts = data.read_sources([tmp_path / "positives"], progress=False)
+    with pytest.raises(TrainError, match=r"the training data holds only class 1 \(20 images\)"):
+        data.split_examples(examples, counts, None, None, holdout=0.2, seed=0)
+    few = tmp_path / "few"
+    make_cone_folder(few, 3, seed=5)
+    examples, counts = data.read_sources([few], progress=False)
+    with pytest.raises(TrainError, match="cannot hold 20% of 3 images out with both classes on each side"):
+        data.split_examples(examples, counts, None, None, holdout=0.2, seed=0)
+    (tmp_path / "empty" / "0").mkdir(parents=True)
+    with pytest.raises(TrainError, match="no labelled images in it"):
+        data.read_sources([tmp_path / "empty"], progress=False)
+
+
+def test_the_heldout_folder_holds_exactly_the_heldout_bytes_and_the_split_record_guards_resume(cones, tmp_path):
+    examples, counts = data.read_sources([cones], progress=False)
+    split = data.split_examples(examples, counts, None, None, holdout=0.2, seed=0)
+    names = data.write_heldout(tmp_path / "heldout", split.heldout)
+    source = open_source(tmp_path / "heldout")
+    read_back = {hashlib.sha256(item.read()).hexdigest(): item.label for item in source.items()}
+    assert read_back == {e.sha256: e.label for e in split.heldout}
+    assert all(names[e.sha256] == f"{e.label}/{e.sha256}.jpg" for e in split.heldout)
+    data.write_split(tmp_path / "split.json", split)
+    data.check_resumed_split(tmp_path / "split.json", split)
+    shifted = data.split_examples(examples, [data.SourceCount(counts[0].source)], None, None, holdout=0.2, seed=1)
+    with pytest.raises(TrainError, match=r"--resume: the train images differ from the checkpoint's \(\d+ new"):
+        data.check_resumed_split(tmp_path / "split.json", shifted)
+
+
+def test_a_preset_fills_the_recipe_and_explicit_flags_win():
+    recipe = build_recipe("sn72-convnextv2", {"epochs": 2, "seed": None})
+    assert recipe.model == "facebook/convnextv2-base-22k-224" and recipe.epochs == 2
+    assert (recipe.learning_rate, recipe.weight_decay, recipe.warmup_ratio, recipe.label_smoothing) == (
+        5e-5, 0.05, 0.1, 0.05)
+    assert recipe.class_weighting and recipe.resize == "letterbox" and recipe.mode == "full"
+    assert build_recipe("sn72-dinov2", {}).model == "facebook/dinov2-with-registers-base"
+    assert set(PRESETS) == {"sn72-convnextv2", "sn72-dinov2"}
+    plain = build_recipe(None, {})
+    assert plain.model == "natix-network-org/roadwork" and plain.resize is None and not plain.augment
+    with pytest.raises(TrainError, match="unknown preset 'sn71'"):
+        build_recipe("sn71", {})
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        build_recipe(None, {"augment": ["rotate"]})
+
+
+def _starting_model_stub_geometry() -> StartingModel:
+    from cascade.training.model import Geometry
+
+    # PixelSet only reads the geometry and the class mapping of the starting model
+    return StartingModel(model=None, processor=None, geometry=Geometry((32, 32), [0.5] * 3, [0.5] * 3, 1 / 255),
+                         positive=1, negative=0)
+
+
+def test_augmentation_is_off_by_default_and_drawn_per_image_and_epoch(cones):
+    examples, _ = data.read_sources([cones], progress=False)
+    start = _starting_model_stub_geometry()
+    plain = PixelSet(examples, start, "letterbox")
+    assert all(plain.image_bytes(i) == examples[i].read() for i in range(len(examples)))
+    augmented = PixelSet(examples, start, "letterbox", augment=["jpeg", "blur"], augment_p=0.5, seed=0)
+    first = [augmented.image_bytes(i) for i in range(len(examples))]
+    assert first == [augmented.image_bytes(i) for i in range(len(examples))]  # the same epoch: the same draws
+    changed = sum(a != e.read() for a, e in zip(first, examples, strict=True))
+    assert 8 <= changed <= 32, changed  # about half of 40
+    augmented.set_epoch(1)
+    assert [augmented.image_bytes(i) for i in range(len(examples))] != first
+    item = augmented[0]
+    assert item["pixel_values"].shape == (3, 32, 32) and item["labels"] == examples[0].label
+
+
+def test_letterbox_pixels_keep_the_border_at_the_normalised_mean(tmp_path):
+    for label, colour in ((0, (0, 0, 255)), (1, (255, 0, 0))):
+        (tmp_path / "wide" / str(label)).mkdir(parents=True)
+        Image.new("RGB", (64, 32), colour).save(tmp_path / "wide" / str(label) / "flat.png")
+    examples, _ = data.read_sources([tmp_path / "wide"], progress=False)
+    pixels = PixelSet(examples, _starting_model_stub_geometry(), "letterbox")[0]["pixel_values"]
+    assert torch.all(pixels[:, :8, :] == 0) and torch.all(pixels[:, 24:, :] == 0)  # 64x32 -> 32x16, centred
+    assert pixels[:, 8:24, :].abs().min() > 0.9  # a saturated colour normalises to +-1
+
+
+def test_the_loss_is_weighted_smoothed_cross_entropy_normalised_by_the_step_images():
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3], [-1.0, 1.5]])
+    labels = torch.tensor([0, 1, 1])
+    plain = make_loss(None, 0.0)({"logits": logits}, labels)
+    assert plain == pytest.approx(float(F.cross_entropy(logits, labels)))
+    weights = torch.tensor([2.0, 0.5])
+    weighted = make_loss(weights, 0.1)({"logits": logits}, labels, num_items_in_batch=6)
+    per_image = F.cross_entropy(logits, labels, weight=weights, label_smoothing=0.1, reduction="none")
+    assert weighted == pytest.approx(float(per_image.sum() / 6))
+    assert float(np.round(float(weighted), 6)) != float(np.round(float(plain), 6))
+
+
+def test_class_weights_and_targets_follow_the_models_own_roadwork_index(cones):
+    # a model whose roadwork class is index 0 (a kept head may order its labels either way)
+    start = StartingModel(model=SimpleNamespace(config=SimpleNamespace(num_labels=2)), processor=None,
+                          geometry=_starting_model_stub_geometry().geometry, positive=0, negative=1)
+    weights = class_weights([0, 0, 0, 1], start)
+    assert weights.tolist() == pytest.approx([2.0, 4 / 6])  # roadwork (1 in 4) at index 0, weighed up
+    examples, _ = data.read_sources([cones], progress=False)
+    targets = PixelSet(examples, start, "squash").classes
+    assert targets == [1 - e.label for e in examples]
