@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from loguru import logger
+from prometheus_client import CollectorRegistry
 
 from cascade.allocator import return_large_blocks
 from cascade.config import EngineConfig, ExpertConfig
@@ -65,14 +66,16 @@ class Engine:
         observers: Sequence[Observer] = (),
         expert_factory: ExpertFactory = build_expert,
         on_fatal: Callable[[str, BaseException], None] | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.config = config
         self._on_fatal = on_fatal or _exit_for_restart
-        self.observers = ObserverRunner(list(observers))
         self._expert_factory = expert_factory
-        self.stats = EngineStats()
+        self.stats = EngineStats(registry)  # its metrics go into `registry` (the miner's), else a registry of its own
+        self.observers = ObserverRunner(list(observers), on_error=self.stats.observer_failed)
         self._decoder = concurrent.futures.ThreadPoolExecutor(config.scheduler.decode_workers, "decode")
         self.path = RequestPath(config, self.stats, self.observers, self._decoder)
+        self.stats.watch_admission(lambda: self.path.admission.in_flight, self.path.admission.waiting)
         self._experts: list[Expert] = []
         self._warm_batch_s: dict[int, float] = {}  # id(expert) -> slowest warm-up batch
         self._loop = asyncio.new_event_loop()
@@ -168,6 +171,8 @@ class Engine:
                     if expert_config.expected_latency_ms is None and seeded:
                         batcher.compute.seed(seeded)
                     batcher.start()
+                    self.stats.watch_replica(batcher.replica, batcher.queued,
+                                             functools.partial(_takes_requests, batcher))
                     batchers.append(batcher)
                 level.batchers[expert_config.name] = batchers
             self.path.levels.append(level)
@@ -225,7 +230,7 @@ class Engine:
             return
         exc = task.exception()
         if isinstance(exc, DecodeError):
-            self.stats.decode_errors += 1
+            self.stats.decode_failed()
         _settle(answer, None if exc is not None else task.result(), exc)
 
     def active(self) -> int:
@@ -239,6 +244,11 @@ class Engine:
         """healthy / unhealthy / retrying per replica (for metrics)."""
         now_s = time.monotonic()
         return {b.replica: b.health.state(now_s) for level in self.path.levels for b in level.replicas()}
+
+
+def _takes_requests(batcher: MicroBatcher) -> float:
+    """1.0 while the replica takes requests (healthy or due its retry), for the health gauge."""
+    return 0.0 if batcher.health.state(time.monotonic()) == "unhealthy" else 1.0
 
 
 def _settle(answer: concurrent.futures.Future[Result], result: Result | None, exc: BaseException | None) -> None:
