@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """The whole job end to end, offline: tiny models, the miner on loopback, a validator querying it.
 
-    python scripts/demo.py                 # build what is missing under .demo/, run, stop
-    python scripts/demo.py --requests 100  # more traffic
+    sn72-demo                 # build what is missing under .demo/, run, stop
+    sn72-demo --requests 100  # more traffic
 
 Steps: build the tiny models (once), create throwaway miner and validator wallets, write a local
 metagraph in which the validator holds a permit, start `python -m neurons.miner` in offline mode,
-send signed `ImageSynapse` requests through a real dendrite (scripts/query.py), print the answers,
+send signed `ImageSynapse` requests through a real dendrite (sn72-query), print the answers,
 a few Prometheus metrics, then stop the miner with SIGTERM (it drains before exiting).
 """
 
@@ -21,11 +21,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from neurons.miner import READY_LINE  # noqa: E402
-from neurons.offline import ensure_wallet, write_offline_metagraph  # noqa: E402
+from neurons.miner import READY_LINE
+from neurons.offline import ROOT, ensure_wallet, write_offline_metagraph
 
 DEMO = ROOT / ".demo"
 
@@ -65,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     print("1. tiny models")
     missing = [name for name in demo_model_names() if not (DEMO / "models" / name).exists()]
     if missing:
-        subprocess.run([python, str(ROOT / "scripts/make_tiny_models.py"), "--out", str(DEMO / "models"), *missing],
+        subprocess.run([python, "-m", "cascade.tools.make_tiny_models", "--out", str(DEMO / "models"), *missing],
                        check=True)
     print("2. wallets and offline metagraph")
     miner = ensure_wallet(DEMO / "wallets", "demo-miner")
@@ -83,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_ready(process, 300)
         print("4. validator-style queries through a real dendrite")
         code = subprocess.run(
-            [python, str(ROOT / "scripts/query.py"), "--wallet.name", "demo-validator",
+            [python, "-m", "neurons.query", "--wallet.name", "demo-validator",
              "--wallet.path", str(DEMO / "wallets"), "--miner", f"127.0.0.1:{args.port}",
              "--miner-hotkey", miner.hotkey.ss58_address, "--synthetic", str(args.requests),
              "--concurrency", str(args.concurrency), "-v"],

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Query a miner like a validator: a real dendrite, signed `ImageSynapse` requests, a timeout.
 
-    python scripts/query.py --wallet.name validator --miner 127.0.0.1:8091 --miner-hotkey 5F... images/
-    python scripts/query.py ... --labels labels.csv a.jpg b.jpg      # CSV: file name,label (0/1)
-    python scripts/query.py ... --synthetic 50 --concurrency 8        # generated pictures, no files
+    sn72-query --wallet.name validator --miner 127.0.0.1:8091 --miner-hotkey 5F... images/
+    sn72-query ... --labels labels.csv a.jpg b.jpg      # CSV: file name,label (0/1)
+    sn72-query ... --synthetic 50 --concurrency 8        # generated pictures, no files
 
 A folder with 0/ and 1/ subfolders is read as labelled. Prints one line per answer (-v), then
 latency percentiles and, with labels, MCC and accuracy as validators compute them.
@@ -18,8 +18,6 @@ import csv
 import json
 import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from neurons.client import (
     Outcome,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -77,7 +77,7 @@ def watch_gpu_memory(registry: CollectorRegistry, devices: Sequence[str]) -> Gau
                   registry=registry)
     for device in cuda:
         index = torch.device(device).index or 0
-        reads = {
+        reads: dict[str, Callable[[], float]] = {
             "allocated": functools.partial(torch.cuda.memory_allocated, index),
             "reserved": functools.partial(torch.cuda.memory_reserved, index),
             "used": functools.partial(_used_bytes, torch, index),

@@ -1,7 +1,7 @@
 """Fetch every model a cascade config names, so the miner then starts with no network.
 
-    python scripts/download_models.py --cascade config/cascade.production.yaml
-    python scripts/download_models.py --cascade config/cascade.production.yaml --dry-run
+    sn72-download-models --cascade config/cascade.production.yaml
+    sn72-download-models --cascade config/cascade.production.yaml --dry-run
 
 Each expert's `model` is one of:
 - a hub id (`owner/name`): fetched with `huggingface_hub.snapshot_download` into the hub cache, config,

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Build the tiny random-weight models the demo cascade and the tests use (no download needed).
 
-    python scripts/make_tiny_models.py --out .demo/models            # all of them
-    python scripts/make_tiny_models.py --out .demo/models tiny-vit   # just one
-    python scripts/make_tiny_models.py --out bench-models vit-b16    # a real-size ViT-B/16 (random weights)
+    sn72-make-tiny-models --out .demo/models            # all of them
+    sn72-make-tiny-models --out .demo/models tiny-vit   # just one
+    sn72-make-tiny-models --out bench-models vit-b16    # a real-size ViT-B/16 (random weights)
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cascade.tiny_models import BUILDERS, build_vit_b16, build_yolo11n
 
