@@ -11,12 +11,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from cascade.calibration import CalibrationFile, check_against, read_calibration
 from cascade.experts.options import options_model_for
 from cascade.release import DEFAULT_RELEASE, parse_release
 
-Backend = Literal["hf_classifier", "zero_shot", "detector", "vlm_transformers", "vlm_vllm", "vlm_remote"]
+Backend = Literal["hf_classifier", "zero_shot", "detector", "owlv2", "vlm_transformers", "vlm_vllm", "vlm_remote"]
+ResizeMode = Literal["squash", "letterbox", "center_crop"]
+# Backends that resize images to a fixed input themselves (cascade/experts/preprocess.py); ultralytics always
+# letterboxes on its own and the VLMs keep each image's aspect, so `resize` means nothing to them.
+RESIZE_BACKENDS = ("hf_classifier", "zero_shot", "owlv2")
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 ImageFormat = Literal["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]
 DEFAULT_FORMATS: tuple[ImageFormat, ...] = ("JPEG", "PNG", "WEBP")
@@ -46,6 +51,11 @@ class ExpertConfig(Strict):
     replicas: int = Field(1, ge=1, le=16, description="Copies of the model; 'auto' places them on distinct GPUs.")
     dtype: DType = Field("auto", description="'auto' is bfloat16 on CUDA and float32 on the CPU.")
     input_size: int | None = Field(None, ge=16, le=4096, description="Square input side; None: the model's own.")
+    resize: ResizeMode | None = Field(
+        None,
+        description="How an image meets the model's input: squash, letterbox (aspect kept, padded with the "
+        "processor's mean) or center_crop; None: the mode recorded in the model folder, else the backend's default.",
+    )
     max_batch: int = Field(32, ge=1, le=1024, description="Largest micro-batch.")
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="Longest wait for a batch to fill.")
     memory_gb: float = Field(1.0, ge=0.0, le=1024.0, description="Estimated device memory of one replica.")
@@ -71,6 +81,11 @@ class ExpertConfig(Strict):
             self.__dict__["options"] = options_cls.model_validate(self.options).model_dump()
         except ValidationError as exc:
             raise ValueError(f"options of expert {self.name!r} ({self.backend}): {exc}") from exc
+        if self.resize is not None and self.backend not in RESIZE_BACKENDS:
+            raise ValueError(
+                f"expert {self.name!r}: resize={self.resize!r} does not apply to backend={self.backend!r} "
+                f"(only {', '.join(RESIZE_BACKENDS)} resize to a fixed input)"
+            )
         if self.replicas > 1 and self.device != "auto":
             raise ValueError(
                 f"expert {self.name!r}: replicas={self.replicas} needs device='auto', got device={self.device!r}"
@@ -101,6 +116,12 @@ class CascadeConfig(Strict):
         0.5, ge=0.0, le=1.0, description="Answer when nothing finished in time (validators round 0.5 down)."
     )
     levels: list[LevelConfig] = Field(..., min_length=1)
+    calibration: Path | None = Field(
+        None,
+        description="Fitted calibration file (JSON from `sn72-eval --fit`), relative to this YAML. Its temperatures,"
+        " biases, per-level weights, thresholds and exit margins replace the YAML's.",
+    )
+    _fitted: CalibrationFile | None = PrivateAttr(None)
 
     @field_validator("release")
     @classmethod
@@ -120,6 +141,10 @@ class CascadeConfig(Strict):
 
     def experts(self) -> list[ExpertConfig]:
         return [expert for level in self.levels for expert in level.experts]
+
+    def fitted(self) -> CalibrationFile | None:
+        """The calibration being served (`load_cascade` reads the file `calibration` names), or None."""
+        return self._fitted
 
 
 class SchedulerConfig(Strict):
@@ -234,10 +259,40 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_cascade(path: Path) -> CascadeConfig:
-    """A cascade YAML file; relative model paths are resolved against the file's folder."""
+    """A cascade YAML file; relative model paths and the calibration file are resolved against its folder.
+
+    A calibration that does not fit the cascade (other experts, levels or models) is a ValueError.
+    """
     data = read_yaml(path)
     config = CascadeConfig.model_validate(data)
-    return resolve_model_paths(config, path.parent)
+    config = resolve_model_paths(config, path.parent)
+    if config.calibration is not None:
+        config.calibration = (path.parent / config.calibration.expanduser()).resolve()
+        calibration, short_hash = read_calibration(config.calibration)
+        apply_calibration(config, calibration, short_hash)
+    return config
+
+
+def base_version(version: str) -> str:
+    """The cascade's own version, without the calibration's hash that `apply_calibration` adds."""
+    return version.split("+cal.", 1)[0]
+
+
+def apply_calibration(config: CascadeConfig, calibration: CalibrationFile, short_hash: str) -> None:
+    """Serve a fitted calibration: its expert calibrations and exit margins replace the YAML's, its
+    per-level weights reach `consensus.Pooling`, and the effective version becomes `version+cal.<hash>`."""
+    members = [(level.name, [(e.name, str(e.backend), e.model) for e in level.experts]) for level in config.levels]
+    try:
+        check_against(calibration, members)
+    except ValueError as exc:
+        raise ValueError(f"calibration {config.calibration} does not fit this cascade: {exc}") from exc
+    for expert in config.experts():
+        fit = calibration.experts[expert.name]
+        expert.calibration = Calibration(temperature=fit.temperature, bias=fit.bias)
+    for level, level_fit in zip(config.levels, calibration.levels, strict=True):
+        level.exit_margin = level_fit.exit_margin
+    config.version = f"{base_version(config.version)}+cal.{short_hash}"
+    config._fitted = calibration
 
 
 def resolve_model_paths(config: CascadeConfig, base: Path) -> CascadeConfig:

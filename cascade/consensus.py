@@ -1,4 +1,4 @@
-"""Calibrated log-odds pooling and the exit rule. Pure functions.
+"""Calibrated log-odds pooling and the exit rule: pure functions, and `Pooling`, which the engine calls.
 
 Each expert's probability is mapped to log-odds, calibrated (z = logit(p) / T + b) and weighted;
 the pooled log-odds is the weighted sum. With calibrated, conditionally independent experts and
@@ -10,9 +10,11 @@ never averaged or multiplied.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-from cascade.config import Calibration, ExpertConfig
+from cascade.calibration import threshold_map
+from cascade.config import Calibration, CascadeConfig, ExpertConfig
 from cascade.request import ExpertAnswer
 
 _EPS = 1e-6
@@ -53,3 +55,53 @@ def pooled_probability(answers: Iterable[ExpertAnswer]) -> float:
 def is_confident(probability: float, exit_margin: float) -> bool:
     """Exit when the pooled probability is at least `exit_margin` away from 0.5 on either side."""
     return abs(probability - 0.5) >= exit_margin
+
+
+@dataclass(frozen=True)
+class LevelPooling:
+    """How one level pools every answer so far, and when its answer may leave."""
+
+    weights: Mapping[str, float] | None  # None: each answer's own weight (the YAML's per-expert `weight`)
+    intercept: float
+    threshold: float  # the pooled value mapped to 0.5 (0.5: no map)
+    exit_margin: float
+
+
+class Pooling:
+    """The one pooling and exit rule the engine (and the eval's replay) calls.
+
+    Without a calibration file this is exactly `pooled_probability` and `is_confident` with the YAML's
+    per-expert weights and per-level margins. With one, each level has its own weights and intercept
+    over the calibrated log-odds answered so far, then its threshold map, then its exit margin.
+    """
+
+    def __init__(self, levels: Sequence[LevelPooling]) -> None:
+        self.levels = tuple(levels)
+
+    @classmethod
+    def from_config(cls, cascade: CascadeConfig) -> Pooling:
+        fitted = cascade.fitted()
+        if cascade.calibration is not None and fitted is None:
+            raise ValueError(f"calibration {cascade.calibration} is named but not loaded (use load_cascade)")
+        if fitted is None:
+            return cls([LevelPooling(None, 0.0, 0.5, level.exit_margin) for level in cascade.levels])
+        # The margins are the levels' own: load_cascade already put the fitted ones there.
+        return cls([LevelPooling(dict(fit.weights), fit.intercept, fit.threshold, level.exit_margin)
+                    for fit, level in zip(fitted.levels, cascade.levels, strict=True)])
+
+    def level_logit(self, level_index: int, answers: Iterable[ExpertAnswer]) -> float:
+        """Pooled log-odds before the threshold map (clamped like `pooled_logit`)."""
+        level = self.levels[level_index]
+        if level.weights is None:
+            return pooled_logit(answers)
+        # NOTE: an expert that failed or timed out adds nothing (log-odds 0), though the weights were
+        # fitted with it answering; the level's answer is then a little less sure than it should be.
+        total = level.intercept + sum(level.weights.get(a.expert, 0.0) * a.logit for a in answers)
+        return min(max(total, -_MAX_LOGIT), _MAX_LOGIT)
+
+    def level_probability(self, level_index: int, answers: Iterable[ExpertAnswer]) -> float:
+        """The answer this level gives: pooled, then mapped so its MCC-best threshold sits on 0.5."""
+        return threshold_map(sigmoid(self.level_logit(level_index, answers)), self.levels[level_index].threshold)
+
+    def should_exit(self, level_index: int, probability: float) -> bool:
+        return is_confident(probability, self.levels[level_index].exit_margin)

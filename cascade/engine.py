@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
+from cascade import consensus
 from cascade.allocator import return_large_blocks
 from cascade.config import EngineConfig, ExpertConfig
 from cascade.decode import DecodeError
@@ -67,6 +68,7 @@ class Engine:
         expert_factory: ExpertFactory = build_expert,
         on_fatal: Callable[[str, BaseException], None] | None = None,
         registry: CollectorRegistry | None = None,
+        run_every_level: bool = False,
     ) -> None:
         self.config = config
         self._on_fatal = on_fatal or _exit_for_restart
@@ -74,7 +76,8 @@ class Engine:
         self.stats = EngineStats(registry)  # its metrics go into `registry` (the miner's), else a registry of its own
         self.observers = ObserverRunner(list(observers), on_error=self.stats.observer_failed)
         self._decoder = concurrent.futures.ThreadPoolExecutor(config.scheduler.decode_workers, "decode")
-        self.path = RequestPath(config, self.stats, self.observers, self._decoder)
+        # Eval mode (cascade/evaluation): every level runs on every image, neither exit nor skip.
+        self.path = RequestPath(config, self.stats, self.observers, self._decoder, run_every_level)
         self.stats.watch_admission(lambda: self.path.admission.in_flight, self.path.admission.waiting)
         self._experts: list[Expert] = []
         self._warm_batch_s: dict[int, float] = {}  # id(expert) -> slowest warm-up batch
@@ -91,6 +94,19 @@ class Engine:
     @property
     def cache(self):  # type: ignore[no-untyped-def]
         return self.path.cache
+
+    @property
+    def run_every_level(self) -> bool:
+        """Eval mode: every level on every image, no early exit, no skipping for time."""
+        return not self.path.routing
+
+    @run_every_level.setter
+    def run_every_level(self, value: bool) -> None:
+        self.path.routing = not value
+
+    @property
+    def pooling(self) -> consensus.Pooling:
+        return self.path.pooling
 
     @property
     def levels(self) -> list[Level]:

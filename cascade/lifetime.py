@@ -45,18 +45,20 @@ class Progress:
     answers: list[ExpertAnswer] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     levels_run: int = 0
+    level: int = 0  # the level whose pooling gives the answer (the last one that ran or is running)
     image_hash: str | None = None
     image_bytes: bytes | None = None
     image_size: tuple[int, int] | None = None
 
-    def result(self, status: Status, prior: float) -> Result:
-        """The pooled answers so far with `status`, or the prior when nothing has answered."""
+    def result(self, status: Status, prior: float, pooling: consensus.Pooling) -> Result:
+        """The answers so far pooled as their level pools them, with `status`; the prior when none answered."""
         latency_ms = (time.monotonic() - self.job.arrival_s) * 1000.0
         if not self.answers:
             return Result(self.job.request_id, prior, Status.PRIOR, self.levels_run, (), latency_ms,
                           tuple(self.failures))
-        return Result(self.job.request_id, consensus.pooled_probability(self.answers), status, self.levels_run,
-                      tuple(self.answers), latency_ms, tuple(self.failures))
+        probability = pooling.level_probability(self.level, self.answers)
+        return Result(self.job.request_id, probability, status, self.levels_run, tuple(self.answers), latency_ms,
+                      tuple(self.failures))
 
 
 def shared_result(job: Job, result: Result, status: Status) -> Result:
@@ -66,9 +68,11 @@ def shared_result(job: Job, result: Result, status: Status) -> Result:
 
 
 class RequestPath:
-    def __init__(self, config: EngineConfig, stats: EngineStats, observers: ObserverRunner, decoder:
-                 concurrent.futures.Executor) -> None:
+    def __init__(self, config: EngineConfig, stats: EngineStats, observers: ObserverRunner,
+                 decoder: concurrent.futures.Executor, run_every_level: bool = False) -> None:
         self.config = config
+        self.pooling = consensus.Pooling.from_config(config.cascade)
+        self.routing = not run_every_level  # eval mode: no early exit, no skipping for time
         self.stats = stats
         self.observers = observers
         self.decoder = decoder
@@ -85,6 +89,9 @@ class RequestPath:
     def prior(self) -> float:
         return self.config.cascade.prior
 
+    def best(self, progress: Progress, status: Status) -> Result:
+        return progress.result(status, self.prior, self.pooling)
+
     # -- the lifetime ---------------------------------------------------------------------------
     async def run(self, job: Job) -> Result:
         """The answer by the deadline, always (DecodeError for a payload that is not an acceptable image)."""
@@ -100,7 +107,7 @@ class RequestPath:
             # let it, so the answer also lists what timed out, within the guard kept for this.
             await asyncio.wait({work}, timeout=self.guard_s / 2)
             self.stats.deadline_cut()
-            result = progress.result(Status.DEADLINE, self.prior)
+            result = self.best(progress, Status.DEADLINE)
         return self.finish(job, result, progress)
 
     async def answer(self, job: Job, progress: Progress) -> Result:
@@ -108,12 +115,12 @@ class RequestPath:
             if not admitted:
                 self.stats.not_admitted()
                 progress.failures.append("admission")
-                return progress.result(Status.PRIOR, self.prior)
+                return self.best(progress, Status.PRIOR)
             try:
                 data, image_hash, decoded = await self.decode(job.payload, job.deadline_s)
             except DecodeBusy:
                 progress.failures.append("decode_busy")
-                return progress.result(Status.PRIOR, self.prior)
+                return self.best(progress, Status.PRIOR)
             progress.image_hash, progress.image_bytes = image_hash, data
             cached = self.cache.get(image_hash)
             if cached is not None:
@@ -150,7 +157,7 @@ class RequestPath:
                 return shared_result(job, first, Status.COALESCED)
             # Its owner had less time than we have and was cut short: compute the image ourselves.
         with self.coalescer.own(progress.image_hash, job.deadline_s,
-                                lambda: progress.result(Status.DEADLINE, self.prior)) as owner:
+                                lambda: self.best(progress, Status.DEADLINE)) as owner:
             if decoded is None:  # skipped as a likely repeat, but not answered after all
                 loop = asyncio.get_running_loop()
                 decoded = await loop.run_in_executor(self.decoder, self._pixels, data, job.deadline_s)
@@ -167,7 +174,7 @@ class RequestPath:
         for level in self.levels:
             now_s = time.monotonic()
             time_left_s = request.deadline_s - now_s - self.guard_s
-            plan, chosen = level.plan(time_left_s, now_s, request.image)
+            plan, chosen = level.plan(time_left_s if self.routing else float("inf"), now_s, request.image)
             if plan is Plan.UNAVAILABLE:  # every expert of this level is out of service: try the next level
                 self.stats.level_skipped(level.index, plan.value)
                 continue
@@ -175,6 +182,7 @@ class RequestPath:
                 self.stats.level_skipped(level.index, plan.value)
                 status = Status.DEADLINE
                 break
+            progress.level = level.index
             cut_short = await level.run(chosen, request, time_left_s, self._answer_sink(progress),
                                         self._failure_sink(progress))
             self.stats.level_ran(level.index, time.monotonic() - now_s)
@@ -182,11 +190,12 @@ class RequestPath:
             if cut_short:
                 status = Status.DEADLINE
                 break
-            if progress.answers and consensus.is_confident(consensus.pooled_probability(progress.answers),
-                                                           level.config.exit_margin):
+            if self.routing and progress.answers and self.pooling.should_exit(
+                level.index, self.pooling.level_probability(level.index, progress.answers)
+            ):
                 status = Status.CONFIDENT
                 break
-        return progress.result(status, self.prior)
+        return self.best(progress, status)
 
     def _answer_sink(self, progress: Progress) -> Callable[[ExpertAnswer], None]:
         def record(answer: ExpertAnswer) -> None:

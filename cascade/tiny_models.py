@@ -179,6 +179,58 @@ def build_tiny_siglip2(folder: Path, seed: int = 0) -> Path:
     return build_tiny_clip(folder, seed, family="siglip2")
 
 
+def build_tiny_owlv2(folder: Path, seed: int = 0) -> Path:
+    """A 1-layer OWLv2 detector (64 px input, 16 px patches: a 4x4 grid) with a locally trained tokenizer."""
+    layers = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    return _save_owlv2(folder, seed, layers, {**layers, "image_size": 64, "patch_size": 16}, vocab_size=None)
+
+
+def build_owlv2_base(folder: Path, seed: int = 0) -> Path:
+    """google/owlv2-base-patch16-ensemble's architecture (960 px, 16 px patches) with random weights, for benchmarks."""
+    return _save_owlv2(folder, seed, {}, {"image_size": 960, "patch_size": 16}, vocab_size=49408)
+
+
+def _save_owlv2(folder: Path, seed: int, text: dict[str, Any], vision: dict[str, Any], vocab_size: int | None) -> Path:
+    """An `Owlv2ForObjectDetection` from sub-config overrides, saved with an `Owlv2Processor`.
+
+    OWLv2's text tower pools at the largest token id, as CLIP's vocabulary puts end-of-text last: the end token
+    is added after training so it gets the last id, and pad is id 0 (the model reads a leading 0 as an empty
+    query). `AutoProcessor` and `Owlv2ForObjectDetection` load the folder as they would a hub snapshot.
+    """
+    import torch
+    from tokenizers import processors
+    from transformers import (
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessor,
+        Owlv2Processor,
+        PreTrainedTokenizerFast,
+    )
+
+    torch.manual_seed(seed)
+    backend = _train_tokenizer(["<pad>", "<bos>", "<unk>"], add_eos=None).backend_tokenizer
+    backend.add_special_tokens(["<eos>"])
+    bos, eos = backend.token_to_id("<bos>"), backend.token_to_id("<eos>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", pair="<bos> $A <eos> $B <eos>", special_tokens=[("<bos>", bos), ("<eos>", eos)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
+    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": bos, "eos_token_id": eos}
+    config = Owlv2Config(
+        text_config={**text, "vocab_size": vocab_size or len(tokenizer), "max_position_embeddings": 16, **ids},
+        vision_config=vision,
+        # the class head compares queries in the text tower's width
+        projection_dim=int(text.get("hidden_size", 512)),
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    Owlv2ForObjectDetection(config).eval().save_pretrained(folder)
+    image_processor = Owlv2ImageProcessor(size={"height": vision["image_size"], "width": vision["image_size"]})
+    Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
 TINY_YOLO_NAMES = ["person", "car", "cone", "barrier", "construction sign"]
 
 
@@ -302,5 +354,6 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "tiny-siglip": build_tiny_siglip,
     "tiny-siglip2": build_tiny_siglip2,
     "tiny-yolo": build_tiny_yolo,
+    "tiny-owlv2": build_tiny_owlv2,
     "tiny-vlm": build_tiny_vlm,
 }

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+# Re-exported for the scripts: one copy of the validators' arithmetic, in cascade/evaluation/scoring.py.
+from cascade.evaluation.scoring import accuracy, mcc  # noqa: F401
 from neurons.protocol import ImageSynapse
 
 
@@ -98,22 +99,3 @@ def percentiles(values: Sequence[float], points: Sequence[float] = (50, 90, 95, 
         return {f"p{int(p)}": float("nan") for p in points}
     array = np.asarray(values, dtype=float)
     return {f"p{int(p)}": float(np.percentile(array, p)) for p in points}
-
-
-def mcc(labels: Sequence[int], predictions: Sequence[float]) -> float:
-    """Matthews correlation after validators' np.round binarisation (0.5 rounds to 0); 0 if undefined."""
-    y = np.asarray(labels, dtype=int)
-    p = np.round(np.asarray(predictions, dtype=float)).astype(int)
-    tp = int(((p == 1) & (y == 1)).sum())
-    tn = int(((p == 0) & (y == 0)).sum())
-    fp = int(((p == 1) & (y == 0)).sum())
-    fn = int(((p == 0) & (y == 1)).sum())
-    denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return (tp * tn - fp * fn) / denominator if denominator else 0.0
-
-
-def accuracy(labels: Sequence[int], predictions: Sequence[float]) -> float:
-    if not labels:
-        return float("nan")
-    y = np.asarray(labels, dtype=int)
-    return float((np.round(np.asarray(predictions, dtype=float)).astype(int) == y).mean())

@@ -72,9 +72,11 @@ class AxonConfig(Strict):
     body_timeout_s: float = Field(15.0, gt=0.0, le=600.0, description="A request's body must arrive in this (408).")
     keep_alive_s: float = Field(5.0, gt=0.0, le=600.0, description="Idle keep-alive connections close after this.")
     max_connections: int = Field(
-        2048, ge=16, le=1_000_000, description="Open connections; beyond it the longest-idle one is closed."
+        4096, ge=16, le=1_000_000, description="Open connections; beyond it the longest-idle one is closed."
     )
-    max_connections_per_ip: int = Field(64, ge=1, le=1_000_000, description="Open connections from one address.")
+    max_connections_per_ip: int = Field(
+        256, ge=1, le=1_000_000, description="Open connections from one address (above any caller's concurrency)."
+    )
 
 
 class DeadlineConfig(Strict):
@@ -228,8 +230,8 @@ def load_config(
         cascade: CascadeConfig = load_cascade(miner.cascade_file)
     except ValidationError as exc:
         raise ConfigError(f"invalid cascade in {miner.cascade_file}:\n{format_validation_error(exc)}") from exc
-    except ValueError as exc:  # missing or unreadable: one line naming the file
-        raise ConfigError(f"cascade_file: {exc}") from exc
+    except ValueError as exc:  # an unreadable file, or a calibration that does not fit the cascade
+        raise ConfigError(f"invalid cascade in {miner.cascade_file}: {exc}") from exc
     engine = EngineConfig(
         cascade=cascade, scheduler=miner.scheduler, decode=miner.decode, active_learning=miner.active_learning
     )

@@ -261,6 +261,8 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     logger.remove()
     logger.add(sys.stderr, level=config.log_level, enqueue=False)
+    logger.info("cascade {} version {}, calibration {}", config.cascade_file, engine_config.cascade.version,
+                engine_config.cascade.calibration or "none (the YAML's weights and margins)")
     if check_only:
         print(f"configuration OK: {len(engine_config.cascade.levels)} levels, cascade {config.cascade_file}")
         return 0

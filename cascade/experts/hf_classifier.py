@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from cascade.experts.base import Expert, ExpertError, parameter_bytes, torch_dtype
-from cascade.experts.preprocess import batch_tensor, processor_geometry
+from cascade.experts.preprocess import batch_tensor, processor_geometry, recorded_resize, resolve_resize
 
 
 def roadwork_indices(id2label: dict[int, str], names: Sequence[str], indices: Sequence[int]) -> list[int]:
@@ -48,6 +48,7 @@ class ClassifierExpert(Expert):
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.size_hw, self.mean, self.std, self.rescale = processor_geometry(processor, self.config.input_size)
+        self.resize = resolve_resize(self.name, self.config.resize, recorded_resize(self.config.model))
         id2label = {int(k): v for k, v in self.model.config.id2label.items()}
         self.num_labels = len(id2label)
         self.positive = roadwork_indices(id2label, self.options.positive_labels, self.options.positive_indices)
@@ -64,7 +65,8 @@ class ClassifierExpert(Expert):
     @torch.inference_mode()
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[float]:
         pixels = batch_tensor(
-            images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale, self.channels_last
+            images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale, self.channels_last,
+            resize=self.resize,
         )
         logits = self.logits_of(pixels).float()
         if logits.shape[-1] == 1:

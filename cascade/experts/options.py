@@ -59,6 +59,35 @@ class DetectorOptions(_Options):
     max_det: int = Field(100, ge=1, le=1000, description="Most detections kept per image after NMS.")
 
 
+_ROADWORK_QUERIES = ("traffic cone", "construction barrier", "road work sign", "excavator", "worker in a safety vest")
+
+
+class OWLv2Options(_Options):
+    """OWLv2 open-vocabulary detector: text queries become an image probability (noisy-OR of the top-k)."""
+
+    queries: list[str] = Field(
+        default_factory=lambda: list(_ROADWORK_QUERIES),
+        min_length=1,
+        max_length=64,
+        description="Text queries for roadwork objects, embedded once at load.",
+    )
+    top_k: int = Field(3, ge=1, le=100, description="Detections combined by noisy-OR.")
+    conf: float = Field(0.1, ge=0.0, le=1.0, description="Detections scoring below this are ignored.")
+    iou: float = Field(0.5, ge=0.0, le=1.0, description="Class-agnostic NMS IoU threshold (1.0: no NMS).")
+    floor: float = Field(0.02, ge=0.0, le=0.5, description="Probability when no roadwork object is found.")
+    max_candidates: int = Field(
+        100, ge=1, le=10_000, description="Best-scoring patches per image that get a box and go to NMS."
+    )
+
+    @model_validator(mode="after")
+    def _queries_usable(self) -> OWLv2Options:
+        if any(not query.strip() for query in self.queries):
+            raise ValueError("queries must not be empty strings")
+        if len(set(self.queries)) != len(self.queries):
+            raise ValueError(f"queries repeat: {self.queries}")
+        return self
+
+
 class VLMOptions(_Options):
     """A VLM asked a yes/no question; P(roadwork) from the Yes/No token probabilities."""
 
@@ -94,6 +123,7 @@ _BY_BACKEND: dict[str, type[_Options]] = {
     "hf_classifier": ClassifierOptions,
     "zero_shot": ZeroShotOptions,
     "detector": DetectorOptions,
+    "owlv2": OWLv2Options,
     "vlm_transformers": VLMOptions,
     "vlm_vllm": VLMOptions,
     "vlm_remote": VLMOptions,

@@ -12,6 +12,7 @@ _IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
     "hf_classifier": ("cascade.experts.hf_classifier", "ClassifierExpert"),
     "zero_shot": ("cascade.experts.zero_shot", "ZeroShotExpert"),
     "detector": ("cascade.experts.detector", "DetectorExpert"),
+    "owlv2": ("cascade.experts.owlv2", "OWLv2Expert"),
     "vlm_transformers": ("cascade.experts.vlm_transformers", "TransformersVLMExpert"),
     "vlm_vllm": ("cascade.experts.vlm_vllm", "VLLMExpert"),
     "vlm_remote": ("cascade.experts.vlm_remote", "RemoteVLMExpert"),

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from loguru import logger
 
+from cascade.config import ResizeMode
 from cascade.experts.base import Expert, ExpertError, parameter_bytes, torch_dtype
-from cascade.experts.preprocess import batch_tensor, processor_geometry
+from cascade.experts.preprocess import batch_tensor, processor_geometry, recorded_resize, resolve_resize
 
 
 def _embeddings(output: Any) -> torch.Tensor:
@@ -73,6 +74,7 @@ class ZeroShotExpert(Expert):
             self.patch_size = int(getattr(image_processor, "patch_size", 16))
             self.max_num_patches = int(getattr(image_processor, "max_num_patches", 256))
         self.size_hw, self.mean, self.std, self.rescale = processor_geometry(image_processor, self.config.input_size)
+        self.resize = self._resize_mode()
         # Fixed-grid towers (CLIP, SigLIP) learned position embeddings for one size; another input size needs them
         # interpolated, which transformers does on request.
         vision_config = getattr(self.model.config, "vision_config", None)
@@ -92,6 +94,20 @@ class ZeroShotExpert(Expert):
             len(prompts) - self.num_positive,
             f"<= {self.max_num_patches} patches of {self.patch_size}" if self.naflex else self.size_hw,
         )
+
+    def _resize_mode(self) -> ResizeMode:
+        """NaFlex keeps each image's aspect on its own patch grid: a resize mode cannot apply there."""
+        recorded = recorded_resize(self.config.model)
+        if not self.naflex:
+            return resolve_resize(self.name, self.config.resize, recorded)
+        if self.config.resize is not None:
+            raise ExpertError(
+                f"expert {self.name}: resize={self.config.resize!r} does not apply to a SigLIP2 NaFlex model, "
+                "which keeps each image's aspect ratio; remove it"
+            )
+        if recorded not in (None, "squash"):
+            logger.warning("expert {}: recorded resize {} ignored: NaFlex keeps image aspects", self.name, recorded)
+        return "squash"
 
     @torch.inference_mode()
     def _encode_text(self, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
@@ -149,7 +165,9 @@ class ZeroShotExpert(Expert):
         if self.naflex:
             inputs: dict[str, Any] = self._naflex_inputs(images)
         else:
-            pixels = batch_tensor(images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale)
+            pixels = batch_tensor(
+                images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale, resize=self.resize
+            )
             inputs = {"pixel_values": pixels}
             if self.interpolate:
                 inputs["interpolate_pos_encoding"] = True

@@ -58,7 +58,8 @@ def publish_build_info(registry: CollectorRegistry, cascade: CascadeConfig) -> I
     info = Info(f"{PREFIX}_build", "What is running: package version, cascade version and release, calibration",
                 registry=registry)
     info.info({"version": package_version(), "cascade_version": cascade.version, "release": cascade.release,
-               "calibration": calibration_digest(cascade), "levels": str(len(cascade.levels))})
+               "calibration": f"{cascade.calibration.name if cascade.calibration else 'yaml'}:"
+                              f"{calibration_digest(cascade)}", "levels": str(len(cascade.levels))})
     return info
 
 

@@ -53,6 +53,18 @@ def _time_batches(expert: Any, batch: int, reps: int) -> list[float]:
     return times
 
 
+def _reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        import gc
+
+        import torch
+
+        if torch.cuda.is_initialized():  # before the first expert nothing was allocated (and resetting fails)
+            gc.collect()  # the previous expert's tensors, so its memory is not counted against this one
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+
+
 def _load(config: ExpertConfig, device: str) -> Any:
     from cascade.experts.registry import build_expert
 
@@ -65,8 +77,9 @@ def run_backends(args: argparse.Namespace) -> dict[str, Any]:
     """Latency of each expert of a cascade at the given batch sizes (median and p99 of `reps`)."""
     report: dict[str, Any] = {"mode": "backends", "device": args.device}
     for config in load_cascade(args.cascade).experts():
-        if config.backend in ("vlm_vllm", "vlm_remote"):
+        if config.backend in ("vlm_vllm", "vlm_remote") or args.expert not in (None, config.name):
             continue
+        _reset_peak_memory(args.device)
         expert = _load(config, args.device)
         rows = {}
         for batch in args.batches:
@@ -75,6 +88,10 @@ def run_backends(args: argparse.Namespace) -> dict[str, Any]:
             rows[f"batch{batch}"] = {"median_ms": median * 1000, "p99_ms": float(np.percentile(times, 99)) * 1000,
                                      "images_per_s": batch / median}
         report[config.name] = {"backend": config.backend, "model": config.model, **rows}
+        if args.device.startswith("cuda"):  # weights + the largest batch's activations: what memory_gb must cover
+            import torch
+
+            report[config.name]["peak_memory_gb"] = torch.cuda.max_memory_allocated(args.device) / 2**30
         expert.close()
     return report
 
@@ -157,6 +174,7 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("backends", help="latency per expert at batch sizes")
     p.add_argument("--cascade", type=Path, required=True)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--expert", default=None, help="only this expert (default: all)")
     p.add_argument("--batches", type=_ints, default=[1, 32])
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--json", type=Path)

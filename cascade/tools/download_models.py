@@ -43,7 +43,7 @@ class Source(StrEnum):
 
 
 # Backends that load a transformers folder (config.json + weights); vLLM reads the same layout.
-TRANSFORMERS_BACKENDS = frozenset({"hf_classifier", "zero_shot", "vlm_transformers", "vlm_vllm"})
+TRANSFORMERS_BACKENDS = frozenset({"hf_classifier", "zero_shot", "owlv2", "vlm_transformers", "vlm_vllm"})
 # owner/name as the hub spells repo ids; a bare name is a legacy canonical id (e.g. "gpt2").
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 # Configs, tokenizers (json, sentencepiece, tiktoken, merges/vocab txt) and chat templates.

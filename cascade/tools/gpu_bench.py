@@ -23,13 +23,15 @@ STEPS: list[tuple[str, list[str]]] = [
     ("engine", ["engine", "--cascade", "config/cascade.bench-gpu.yaml", "--requests", "6000", "--concurrency", "512",
                 "--decode-workers", "12"]),
     ("backends", ["backends", "--cascade", "config/cascade.bench-backends.yaml", "--device", "cuda:0"]),
+    ("backends-owlv2", ["backends", "--cascade", "config/cascade.bench-owlv2.yaml", "--device", "cuda:0", "--batches",
+                        "1,8,16,32"]),
     ("find-batch", ["find-batch", "--cascade", "config/cascade.bench-gpu.yaml", "--device", "cuda:0", "--budget-ms",
                     "100", "--reps", "8"]),
     ("axon", ["axon", "--cascade", "config/cascade.bench-gpu.yaml", "--requests", "2000", "--concurrency", "64",
               "--wallets", "8", "--decode-workers", "8"]),
     ("roundtrip", ["roundtrip", "--cascade", "config/cascade.bench-gpu.yaml", "--requests", "200"]),
 ]
-TINY = ["tiny-vit", "vit-b16", "tiny-clip", "tiny-yolo", "yolo11n", "tiny-vlm"]
+TINY = ["tiny-vit", "vit-b16", "tiny-clip", "tiny-yolo", "yolo11n", "tiny-vlm", "tiny-owlv2", "owlv2-base"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@
     sn72-make-tiny-models --out .demo/models            # all of them
     sn72-make-tiny-models --out .demo/models tiny-vit   # just one
     sn72-make-tiny-models --out bench-models vit-b16    # a real-size ViT-B/16 (random weights)
+    sn72-make-tiny-models --out bench-models owlv2-base # a real-size OWLv2 B/16 at 960 px (random)
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from cascade.tiny_models import BUILDERS, build_vit_b16, build_yolo11n
+from cascade.tiny_models import BUILDERS, build_owlv2_base, build_vit_b16, build_yolo11n
 
-EXTRA = {"vit-b16": build_vit_b16, "yolo11n": build_yolo11n}  # real-size, random weights (benchmarks)
+# real-size, random weights (benchmarks)
+EXTRA = {"vit-b16": build_vit_b16, "yolo11n": build_yolo11n, "owlv2-base": build_owlv2_base}
 
 
 def main(argv: list[str] | None = None) -> int:

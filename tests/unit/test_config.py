@@ -76,7 +76,7 @@ def test_the_shipped_configs_validate():
     from cascade.config import load_cascade
 
     production = load_cascade(root / "config/cascade.production.yaml")
-    assert {e.backend for e in production.experts()} >= {"hf_classifier", "zero_shot", "detector", "vlm_vllm"}
+    assert {e.backend for e in production.experts()} >= {"hf_classifier", "zero_shot", "owlv2", "vlm_vllm"}
 
 
 def test_each_layer_overrides_the_one_below_field_by_field(tmp_path):
@@ -136,4 +136,4 @@ def test_missing_files_are_one_line_errors(tmp_path):
     assert "absent.yaml" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(ConfigError) as info:
         load_config(["--config", str(write(tmp_path, {})), "--cascade", "gone.yaml"], environ={})
-    assert "cascade_file" in str(info.value) and "gone.yaml" in str(info.value) and "\n" not in str(info.value)
+    assert "invalid cascade" in str(info.value) and "gone.yaml" in str(info.value) and "\n" not in str(info.value)

@@ -20,6 +20,7 @@ def never_exists(_: str) -> bool:
     [
         ("natix-network-org/roadwork", "hf_classifier", Source.HUB),
         ("google/siglip2-so400m-patch14-384", "zero_shot", Source.HUB),
+        ("google/owlv2-base-patch16-ensemble", "owlv2", Source.HUB),
         ("Qwen/Qwen3-VL-8B-Instruct", "vlm_vllm", Source.HUB),
         ("gpt2", "vlm_transformers", Source.HUB),  # a legacy id without an owner
         ("someone/roadwork-yolo", "detector", Source.HUB),
@@ -205,6 +206,8 @@ def test_the_shipped_configs_classify_cleanly() -> None:
     refs = dm.plan_downloads(load_cascade(root / "cascade.production.yaml"))
     assert {ref.source for ref in refs} <= {Source.HUB, Source.ULTRALYTICS}
     assert all(ref.problem is None for ref in refs)
+    owlv2 = [ref for ref in refs if ref.backend == "owlv2"]
+    assert [(ref.model, ref.source) for ref in owlv2] == [("google/owlv2-base-patch16-ensemble", Source.HUB)]
     demo = dm.plan_downloads(load_cascade(root / "cascade.demo.yaml"))
     assert {ref.source for ref in demo} == {Source.LOCAL}
 
@@ -253,3 +256,42 @@ def test_fetch_ultralytics_uses_its_release_assets(tmp_path: Path, monkeypatch: 
     assert urls[0].endswith("/yolo11m.pt")
     assert dm.fetch_ultralytics(ref, weights) == f"present at {weights / 'yolo11m.pt'}"
     assert len(urls) == 1  # present files are not fetched again
+
+
+def test_an_owlv2_expert_is_fetched_and_listed_like_any_transformers_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "owl-no-config").mkdir()
+    cascade = tmp_path / "c.yaml"
+    cascade.write_text(
+        "levels: [{name: a, experts: ["
+        "{name: owl, backend: owlv2, model: google/owlv2-base-patch16-ensemble},"
+        "{name: owl-local, backend: owlv2, model: ./owl-no-config}]}]\n"
+    )
+    assert dm.main(["--cascade", str(cascade), "--dry-run", "--cache-dir", str(tmp_path / "hub")]) == 1
+    out = capsys.readouterr().out
+    hub = tmp_path / "hub" / "models--google--owlv2-base-patch16-ensemble"
+    assert f"owl (owlv2): google/owlv2-base-patch16-ensemble -> hub, into {hub} (*.json, *.txt," in out
+    assert "owl-local (owlv2)" in out and "has no config.json: it is not a saved transformers model" in out
+    # the real run fetches its configs (the processor's and sn72_preprocess.json), CLIP's BPE files, one weight format
+    import huggingface_hub
+
+    seen: dict[str, object] = {}
+
+    class FakeApi:
+        def list_repo_files(self, repo_id: str, token: str | None = None) -> list[str]:
+            return ["config.json", "preprocessor_config.json", "vocab.json", "merges.txt", "model.safetensors",
+                    "pytorch_model.bin", "tf_model.h5"]
+
+    def fake_snapshot(repo_id: str, **kwargs: object) -> str:
+        seen.update(kwargs, repo_id=repo_id)
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    ref = dm.ModelRef("owl", "owlv2", "google/owlv2-base-patch16-ensemble", Source.HUB)
+    assert dm.fetch_hub(ref, None, None) == f"downloaded to {tmp_path / 'snapshot'}"
+    patterns = seen["allow_patterns"]
+    assert isinstance(patterns, list)
+    assert {"*.json", "*.txt", "*.safetensors"} <= set(patterns) and "*.bin" not in patterns
+    assert "*.h5" in seen["ignore_patterns"]  # type: ignore[operator]

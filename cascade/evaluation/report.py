@@ -1,0 +1,153 @@
+"""What the eval reports, per expert, per level and for the cascade as deployed; JSON and a readable table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cascade import consensus
+from cascade.config import CascadeConfig
+from cascade.evaluation import replay
+from cascade.evaluation.metrics import binary_metrics
+from cascade.evaluation.reward import estimate_reward
+from cascade.evaluation.scoring import mcc
+
+SWEEP = np.round(np.arange(0.0, 0.5 + 1e-9, 0.05), 2)
+
+
+@dataclass
+class Evaluation:
+    """One cascade judged on one set of recorded outputs: a JSON summary, and the arrays the plots need."""
+
+    summary: dict[str, Any]
+    labels: np.ndarray
+    probabilities: dict[str, np.ndarray]  # expert names, then "deployed"
+    sweep: list[dict[str, float]]  # uniform exit margin -> cost and MCC
+    deployed_point: tuple[float, float]  # (expert-seconds per image, MCC)
+
+
+def _block(labels: np.ndarray, probabilities: np.ndarray, reward_args: dict[str, Any]) -> dict[str, Any]:
+    block = binary_metrics(labels, probabilities).as_dict()
+    estimate = estimate_reward(labels, probabilities, **reward_args)
+    block["reward"] = estimate.as_dict() if estimate is not None else None
+    if estimate is None:
+        block["notes"].append("reward not estimated: uniform labels cannot be drawn from a set with one class")
+    return block
+
+
+def evaluate(cascade: CascadeConfig, experts: list[str], outputs: np.ndarray, labels: np.ndarray, *,
+             expert_seconds: dict[str, float], late_rate: float = 0.0, prior_rate: float = 0.0,
+             trials: int = 2000, seed: int = 0) -> Evaluation:
+    """Every metric of every expert, every level (all images run to it) and the deployed cascade."""
+    pooling = consensus.Pooling.from_config(cascade)
+    levels = replay.level_probabilities(cascade, pooling, experts, outputs)
+    margins = replay.pooling_margins(pooling)
+    exits = replay.exit_levels(margins, levels)
+    deployed = replay.answers_at(levels, exits)
+    costs = replay.level_costs(cascade, expert_seconds)
+    plain = {"trials": trials, "seed": seed}
+    summary: dict[str, Any] = {
+        "images": int(labels.size),
+        "experts": {name: {**_block(labels, outputs[:, j], plain), "expert_seconds_per_image":
+                           expert_seconds.get(name)} for j, name in enumerate(experts)},
+        "levels": [
+            {"name": level.name, "exit_margin": margins[index], **_block(labels, levels[:, index], plain),
+             "expert_seconds_per_image": float(costs[index])}
+            for index, level in enumerate(cascade.levels)
+        ],
+    }
+    exit_counts = np.bincount(exits, minlength=len(cascade.levels))
+    summary["deployed"] = {
+        **_block(labels, deployed, {**plain, "late_rate": late_rate, "prior_rate": prior_rate,
+                                    "prior": cascade.prior}),
+        "exit_levels": {level.name: int(exit_counts[i]) for i, level in enumerate(cascade.levels)},
+        "expert_seconds_per_image": float(costs[exits].mean()),
+        "all_levels_expert_seconds_per_image": float(costs[-1]),
+    }
+    sweep = []
+    for margin in SWEEP.tolist():
+        uniform = replay.exit_levels([margin] * len(cascade.levels), levels)
+        sweep.append({"exit_margin": margin, "expert_seconds_per_image": float(costs[uniform].mean()),
+                      "mcc": mcc(labels, replay.answers_at(levels, uniform))})
+    probabilities = {name: outputs[:, j] for j, name in enumerate(experts)} | {"deployed": deployed}
+    point = (summary["deployed"]["expert_seconds_per_image"], mcc(labels, deployed))
+    return Evaluation(summary, labels, probabilities, sweep, point)
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2, default=_plain) + "\n")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "undef" if value is None else f"{value:.{digits}f}"
+
+
+def _row(name: str, block: dict[str, Any]) -> str:
+    c = block["confusion"]
+    reward = block.get("reward") or {}
+    cost = block.get("expert_seconds_per_image")
+    return (f"{name[:28]:<28} {block['n']:>6} {_number(block['mcc']):>6} {_number(block['accuracy']):>6} "
+            f"{_number(block['precision']):>6} {_number(block['recall']):>6} {_number(block['roc_auc']):>6} "
+            f"{_number(block['brier']):>6} {_number(block['ece']):>6} {_number(reward.get('mean')):>6} "
+            f"{_number(reward.get('p5')):>6} {'-' if cost is None else f'{cost * 1000:.2f}':>8}  "
+            f"{c['tn']}/{c['fp']}/{c['fn']}/{c['tp']}")
+
+
+def format_evaluation(title: str, summary: dict[str, Any]) -> str:
+    header = (f"{title[:28]:<28} {'n':>6} {'MCC':>6} {'acc':>6} {'prec':>6} {'recall':>6} {'AUC':>6} "
+              f"{'Brier':>6} {'ECE':>6} {'reward':>6} {'rw p5':>6} {'exp-ms':>8}  tn/fp/fn/tp")
+    lines = [header, "-" * len(header)]
+    lines += [_row(f"expert {name}", block) for name, block in summary["experts"].items()]
+    lines += [_row(f"level {i + 1} {level['name']}", level) for i, level in enumerate(summary["levels"])]
+    deployed = summary["deployed"]
+    lines.append(_row("deployed cascade", deployed))
+    exits = ", ".join(f"{name} {count}" for name, count in deployed["exit_levels"].items())
+    lines.append(f"exits (replayed): {exits}; expert-ms per image {deployed['expert_seconds_per_image'] * 1000:.2f}"
+                 f" (every level: {deployed['all_levels_expert_seconds_per_image'] * 1000:.2f})")
+    blocks = [*(("expert " + name, block) for name, block in summary["experts"].items()),
+              *((f"level {i + 1}", level) for i, level in enumerate(summary["levels"])), ("deployed", deployed)]
+    lines += [f"note ({name}): {note}" for name, block in blocks for note in block["notes"]]
+    return "\n".join(lines)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The readable table: what was read, then each evaluation, latency and the fit."""
+    data = report["dataset"]
+    lines = [f"cascade {report['cascade']['path']} (version {report['cascade']['version']}, "
+             f"calibration {report['cascade']['calibration'] or 'none'})",
+             f"set {data['source']}: {data['images']} images ({data['counts']}), distortion {report['distortion']}, "
+             f"{data['skipped_count']} skipped"]
+    lines += [f"  skipped {s['name']}: {s['reason']}" for s in data["skipped"][:20]]
+    lines += [f"  note: {note}" for note in data["notes"]]
+    rec = report["recording"]
+    lines.append(f"recorded {rec['images']} images in {rec['seconds']:.1f} s ({rec['inferred']} through the engine, "
+                 f"{rec['cached']} from the cache; {rec['startup_s']:.1f} s loading models): "
+                 f"{rec['seconds_per_1000_images']:.1f} s per 1,000 images after loading")
+    lines.append(f"evaluated on: {report['evaluated_on']}")
+    for title, summary in report["evaluations"].items():
+        lines += ["", format_evaluation(title, summary)]
+    latency = report.get("latency")
+    if latency and latency["sample"]:
+        lines += ["", f"normal path, {latency['sample']} requests one at a time (deadline {latency['deadline_s']} s): "
+                  f"mean {latency['mean_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms, late {latency['late']}, "
+                  f"exits {latency['exit_levels']}"]
+    fit = report.get("fit")
+    if fit:
+        lines += ["", f"fit: wrote {fit['calibration']} on {fit['fit_images']} images ({fit['split']}); "
+                  f"MCC every level {fit['reference_mcc']:.3f}, with the fitted exits {fit['mcc']:.3f} "
+                  f"(bound {fit['max_mcc_loss']}); expert-ms per image {fit['cost_s'] * 1000:.2f} "
+                  f"(every level {fit['all_levels_cost_s'] * 1000:.2f})"]
+        lines += [f"  {line}" for line in fit["next_steps"]]
+    return "\n".join(lines) + "\n"

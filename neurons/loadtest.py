@@ -1,0 +1,130 @@
+"""Bursts and drains against a real miner process, measured from the client's side and the miner's.
+
+Shared by `scripts/lifetime_bench.py` (full size, figures for the docs) and the end-to-end tests
+(small size). A burst sends every request at once through real dendrites, each with a connection
+pool large enough that no request waits on the client's side before it is sent: the client's own
+timeout then starts when the request is signed, as a validator's does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from neurons.client import Outcome, axon_info, make_dendrite, query
+
+
+@dataclass
+class BurstReport:
+    requests: int
+    timeout_s: float
+    valid: int = 0  # 200 with a prediction in [0, 1], within the timeout
+    client_timeouts: int = 0  # what a validator with that timeout saw as late
+    other_failures: int = 0
+    status_codes: dict[str, int] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    miner: dict[str, float] = field(default_factory=dict)  # the miner's own counters after the burst
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def scrape(metrics_port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """Every sample of the miner's /metrics as `name{label=value,...}` -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics", timeout=10).read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def outcome_count(samples: dict[str, float], outcome: str) -> float:
+    return samples.get(f"sn72_miner_axon_total{{outcome={outcome}}}", 0.0)
+
+
+async def _unpooled_dendrites(wallets: Sequence[Any]) -> list[Any]:
+    import aiohttp
+
+    dendrites = [make_dendrite(wallet) for wallet in wallets]
+    for dendrite in dendrites:
+        dendrite._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    return dendrites
+
+
+async def send_all(port: int, miner_hotkey: str, wallets: Sequence[Any], payloads: Sequence[str],
+                   timeout_s: float) -> tuple[list[Outcome], float]:
+    """Every payload at once (round-robin over the wallets); the outcomes in order and the wall time."""
+    dendrites = await _unpooled_dendrites(wallets)
+    axon = axon_info("127.0.0.1", port, miner_hotkey)
+    try:
+        began = time.monotonic()
+        outcomes = await asyncio.gather(*(query(dendrites[i % len(dendrites)], axon, payload, timeout_s)
+                                          for i, payload in enumerate(payloads)))
+        return list(outcomes), time.monotonic() - began
+    finally:
+        for dendrite in dendrites:
+            await dendrite.aclose_session()
+
+
+def summarise(outcomes: Sequence[Outcome], timeout_s: float, elapsed_s: float) -> BurstReport:
+    report = BurstReport(len(outcomes), timeout_s, elapsed_s=elapsed_s)
+    codes: Counter[str] = Counter()
+    latencies = []
+    for outcome in outcomes:
+        codes[str(outcome.status_code)] += 1
+        if outcome.ok and outcome.latency_s <= timeout_s:
+            report.valid += 1
+            latencies.append(outcome.latency_s)
+        elif outcome.status_code == 408 or outcome.latency_s >= timeout_s:
+            report.client_timeouts += 1
+        else:
+            report.other_failures += 1
+    report.status_codes = dict(codes)
+    if latencies:
+        from neurons.client import percentiles
+
+        report.latency_ms = {k: v * 1000.0 for k, v in percentiles(latencies, (50, 99, 100)).items()}
+    return report
+
+
+def burst(port: int, metrics_port: int, miner_hotkey: str, wallets: Sequence[Any], payloads: Sequence[str],
+          timeout_s: float = 9.0) -> BurstReport:
+    """All at once; the client's view, and the miner's late/answer counters over the same burst."""
+    before = scrape(metrics_port)
+    outcomes, elapsed_s = asyncio.run(send_all(port, miner_hotkey, wallets, payloads, timeout_s))
+    time.sleep(0.5)  # answers still being written when the client gave up are counted by then
+    after = scrape(metrics_port)
+    report = summarise(outcomes, timeout_s, elapsed_s)
+    keys = {k.split("outcome=")[1].rstrip("}") for k in after if k.startswith("sn72_miner_axon_total{")}
+    report.miner = {key: outcome_count(after, key) - outcome_count(before, key) for key in sorted(keys)}
+    return report
+
+
+def miner_late(report: BurstReport) -> int:
+    return int(report.miner.get("late_answer", 0) + report.miner.get("late_refusal", 0))
+
+
+def drain(process: Any, wallets: Sequence[Any], payloads: Sequence[str], timeout_s: float = 9.0,
+          settle_s: float = 0.5) -> tuple[BurstReport, int]:
+    """Send everything at once, SIGTERM the miner while they are in flight; (client view, exit code)."""
+
+    async def scenario() -> tuple[list[Outcome], float]:
+        sending = asyncio.create_task(send_all(process.port, process.hotkey, wallets, payloads, timeout_s))
+        await asyncio.sleep(settle_s)  # the requests reach the miner and are accepted
+        process.process.send_signal(signal.SIGTERM)
+        return await sending
+
+    outcomes, elapsed_s = asyncio.run(scenario())
+    code = process.process.wait(60)
+    return summarise(outcomes, timeout_s, elapsed_s), code
