@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -23,6 +24,14 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # Share of a request's budget (arrival to deadline) its answer took: above 1.0 it was late.
 BUDGET_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 2.0)
+
+
+@dataclass(frozen=True)
+class Totals:
+    """A histogram series read back: the sum of its observations and their count."""
+
+    total: float
+    n: int
 
 
 class EngineStats:
@@ -180,6 +189,18 @@ class EngineStats:
                 elif sample.name.endswith("_count"):
                     entry["count"] = sample.value
         return out
+
+    @property
+    def batch_sizes(self) -> dict[str, Totals]:
+        """Per replica: images batched (`total`) and batches run (`n`)."""
+        return {k: Totals(v.get("sum", 0.0), int(v.get("count", 0))) for k, v in
+                self._histograms("batch_size", "replica").items()}
+
+    @property
+    def batch_seconds(self) -> dict[str, Totals]:
+        """Per replica: seconds spent computing batches (`total`) and batches run (`n`)."""
+        return {k: Totals(v.get("sum", 0.0), int(v.get("count", 0))) for k, v in
+                self._histograms("batch_seconds", "replica").items()}
 
     def snapshot(self) -> dict[str, object]:
         """Plain-data copy for the benchmarks' JSON (same keys as before the metrics became prometheus types)."""
