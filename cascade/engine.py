@@ -27,7 +27,7 @@ from cascade.config import EngineConfig, ExpertConfig
 from cascade.decode import DecodeError
 from cascade.experts.base import Expert
 from cascade.experts.registry import build_expert
-from cascade.levels import Level
+from cascade.levels import Level, Plan
 from cascade.lifetime import RequestPath
 from cascade.observers.base import Observer, ObserverRunner
 from cascade.request import Job, Result
@@ -179,6 +179,7 @@ class Engine:
         sched = self.config.scheduler
         for index, level_config in enumerate(self.config.cascade.levels):
             level = Level(index, level_config, stale_after_s=sched.latency_stale_s)
+            self.stats.level_known(index, (Plan.TOO_SLOW.value, Plan.UNAVAILABLE.value))
             for expert_config in level_config.experts:
                 batchers = []
                 for expert in placed[expert_config.name]:

@@ -19,6 +19,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from cascade.request import Status
+
 PREFIX = "sn72_miner"
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -71,6 +73,12 @@ class EngineStats:
         self._queue_depth = Gauge(f"{PREFIX}_queue_depth", "Requests queued per replica", ["replica"], registry=r)
         self._healthy = Gauge(f"{PREFIX}_replica_healthy", "1 while the replica takes requests (healthy, or "
                               "retrying after its cool-down), 0 while unhealthy", ["replica"], registry=r)
+        # Every series a dashboard or an alert reads exists from the start, at zero (no gaps, no "no data").
+        for status in Status:
+            self._requests.labels(status.value)
+            self._latency.labels(status.value)
+            self._budget.labels(status.value)
+        self._levels_run.labels("0")
 
     # -- events (engine threads) -----------------------------------------------------------------
     def answered(self, status: str, levels_run: int, latency_s: float, budget_s: float, late: bool) -> None:
@@ -81,6 +89,13 @@ class EngineStats:
             self._budget.labels(status).observe(latency_s / budget_s)
         if late:
             self._late.inc()
+
+    def level_known(self, level: int, skip_reasons: tuple[str, ...]) -> None:
+        """Create a level's series at zero when the cascade is built."""
+        for reason in skip_reasons:
+            self._skipped.labels(str(level), reason)
+        self._level_seconds.labels(str(level))
+        self._levels_run.labels(str(level + 1))
 
     def level_skipped(self, level: int, reason: str) -> None:
         self._skipped.labels(str(level), reason).inc()
@@ -139,6 +154,8 @@ class EngineStats:
         """A Counter of a labelled counter's values, keyed by the label value (a tuple for several labels)."""
         tally: Tally[Any] = Tally()
         for pairs, value in self.samples(metric).items():
+            if not value:
+                continue  # series created at zero in advance are not events
             values = dict(pairs)
             key = tuple(values[label] for label in labels)
             tally[key[0] if len(labels) == 1 else key] += int(value)

@@ -272,6 +272,9 @@ class ActiveLearningObserver(Observer):
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         """Publish the counters, the writer's queue depth and whether the store is open (gauges)."""
+        for kind in ("written", "duplicates", "evicted", "rejected_full", "dropped_queue_full", "dropped_write_error",
+                     "skipped_no_image", *(f"kept_{reason.value}" for reason in Reason)):
+            self._events.labels(kind)
         registry.register(self._events)
         Gauge("sn72_miner_active_learning_queue_depth", "Samples waiting for the writer", registry=registry
               ).set_function(lambda: self.stats().queue_depth)
