@@ -14,7 +14,7 @@ No `from __future__ import annotations` here: `Axon.attach` inspects real annota
 import os
 
 # The miner never installs or downloads anything at run time (models are fetched beforehand with
-# scripts/download_models.py). Without these, ultralytics answers an unreadable image by trying to
+# sn72-download-models). Without these, ultralytics answers an unreadable image by trying to
 # pip-install a HEIF plugin and resolving public DNS names, in the middle of a request.
 for _name, _value in (("YOLO_OFFLINE", "1"), ("YOLO_AUTOINSTALL", "false"), ("HF_HUB_OFFLINE", "1"),
                       ("TRANSFORMERS_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1")):

@@ -5,7 +5,7 @@ A daemon writer thread drains the queue into the store (al_store.ALStore: conten
 SQLite index, bounded by items and bytes). A full queue, a full disk or an unwritable folder only ever
 drop samples: they are counted in `stats()` and warned about, rate-limited, never felt by a request.
 
-Operator commands: `python -m cascade.observers.active_learning --help` (or `scripts/al.py`), see
+Operator commands: `python -m cascade.observers.active_learning --help` (or `sn72-al`), see
 docs/active_learning.md.
 """
 
