@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         print("5. a few metrics from http://127.0.0.1:9108/metrics")
         with urllib.request.urlopen("http://127.0.0.1:9108/metrics", timeout=5) as response:
             for line in response.read().decode().splitlines():
+                if line.endswith(" 0.0"):
+                    continue  # series that exist at zero from the start
                 if line.startswith(("sn72_miner_requests_total", "sn72_miner_levels_run_total",
                                     "sn72_miner_request_latency_seconds_count", "sn72_miner_axon_total")):
                     print(f"  {line}")

@@ -39,8 +39,17 @@ class LogSetupError(ValueError):
     """The log file cannot be opened (an operator must fix the path or its permissions)."""
 
 
+_configured = False
+
+
+def configured() -> bool:
+    """Whether `configure` has installed the miner's sinks (before that, loguru's default stderr sink is on)."""
+    return _configured
+
+
 def configure(config: LogConfig, level: str, stream: TextIO = sys.stderr) -> None:
     """Replace loguru's default sink with the configured ones; route the standard `logging` warnings into it."""
+    global _configured
     colour = config.colour == "always" or (config.colour == "auto" and stream.isatty())
     logger.remove()
     # `file_only` records (a start-up error the miner has already printed as one plain line) skip stderr.
@@ -56,6 +65,7 @@ def configure(config: LogConfig, level: str, stream: TextIO = sys.stderr) -> Non
         except (OSError, ValueError) as exc:
             raise LogSetupError(f"logs.file: cannot write the log file {config.file}: {exc}") from exc
     logging.basicConfig(handlers=[_ToLoguru()], level=logging.WARNING, force=True)
+    _configured = True
 
 
 class _ToLoguru(logging.Handler):

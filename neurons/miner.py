@@ -39,6 +39,7 @@ from neurons.chain import MetagraphSource, publish_axon
 from neurons.config import ConfigError, MinerConfig, load_config
 from neurons.guards import GuardPolicy, TokenBucketLimiter, blacklist, priority
 from neurons.http_guard import CURRENT, HttpLimits, RequestState, raise_fd_limit
+from neurons.logs import configured as logs_configured
 from neurons.logs import quiet_progress_bars
 from neurons.outcomes import AxonOutcomes, quiet_bittensor_request_logs
 from neurons.protocol import ExtendedImageSynapse, ImageSynapse
@@ -186,6 +187,8 @@ class Miner:
         elif state.status >= 500:
             self.outcomes.add(f"error_{state.status}")
         deadline_s = state.client_deadline_s or state.arrival_s + self.config.deadline.timeout_cap_s
+        if state.status == 200:
+            self.outcomes.observe_latency(state.finished_s - state.arrival_s)
         if state.finished_s > deadline_s:
             self.outcomes.add("late_answer" if state.status == 200 else "late_refusal")
 
@@ -264,7 +267,8 @@ def run(argv: list[str] | None = None) -> int:
     except startup.StartupError as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr, flush=True)
-            logger.bind(file_only=True).error("start-up failed: {}", line)
+            if logs_configured():  # the log file has the line too (stderr has it already, plain)
+                logger.bind(file_only=True).error("start-up failed: {}", line)
         return exc.code
 
 
