@@ -1,10 +1,11 @@
 // pm2 start pm2.config.js            (MINER_CONFIG picks the miner YAML; default: the production one)
 // pm2 logs sn72-miner ; pm2 restart sn72-miner ; pm2 stop sn72-miner ; pm2 save && pm2 startup (reboots)
+const os = require("os");
 const path = require("path");
 const root = __dirname;
 // One stream: the miner writes every line (timestamped, no colour off a terminal) to stderr, and pm2
 // writes both of its streams into this one file. The miner also keeps its own rotated log (logs.file).
-const pm2Log = path.join(root, "logs", "sn72-miner.pm2.log");
+const pm2Log = path.join(os.homedir(), ".pm2", "logs", "sn72-miner.log"); // pm2's own log folder
 
 module.exports = {
   apps: [
