@@ -26,9 +26,9 @@ _QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1", "YOLO_VE
               "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
 
 
-def quiet_progress_bars(stream: TextIO = sys.stderr) -> bool:
-    """No progress bars when `stream` is not a terminal (they are carriage-return noise in a file)."""
-    if stream.isatty():
+def quiet_progress_bars(stream: TextIO | None = None) -> bool:
+    """No progress bars when `stream` (stderr) is not a terminal (they are carriage-return noise in a file)."""
+    if (stream or sys.stderr).isatty():
         return False
     for name, value in _QUIET_ENV.items():
         os.environ.setdefault(name, value)
@@ -47,9 +47,10 @@ def configured() -> bool:
     return _configured
 
 
-def configure(config: LogConfig, level: str, stream: TextIO = sys.stderr) -> None:
+def configure(config: LogConfig, level: str, stream: TextIO | None = None) -> None:
     """Replace loguru's default sink with the configured ones; route the standard `logging` warnings into it."""
     global _configured
+    stream = stream or sys.stderr  # looked up now: a test's captured stderr, pm2's pipe, a terminal
     colour = config.colour == "always" or (config.colour == "auto" and stream.isatty())
     logger.remove()
     # `file_only` records (a start-up error the miner has already printed as one plain line) skip stderr.
