@@ -33,6 +33,7 @@ from cascade.observers.base import Observer, ObserverRunner
 from cascade.request import Job, Result
 from cascade.scheduler import MicroBatcher
 from cascade.stats import EngineStats
+from cascade.threads import worker_pool
 
 ExpertFactory = Callable[[ExpertConfig, str], Expert]
 
@@ -75,7 +76,7 @@ class Engine:
         self._expert_factory = expert_factory
         self.stats = EngineStats(registry)  # its metrics go into `registry` (the miner's), else a registry of its own
         self.observers = ObserverRunner(list(observers), on_error=self.stats.observer_failed)
-        self._decoder = concurrent.futures.ThreadPoolExecutor(config.scheduler.decode_workers, "decode")
+        self._decoder = worker_pool(config.scheduler.decode_workers, "decode", config.scheduler.worker_nice)
         # Eval mode (cascade/evaluation): every level runs on every image, neither exit nor skip.
         self.path = RequestPath(config, self.stats, self.observers, self._decoder, run_every_level)
         self.stats.watch_admission(lambda: self.path.admission.in_flight, self.path.admission.waiting)

@@ -15,7 +15,6 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +24,7 @@ from cascade.config import SchedulerConfig
 from cascade.experts.base import Expert, check_probabilities
 from cascade.latency import Health, LatencyTracker
 from cascade.request import Request
+from cascade.threads import worker_pool
 
 ASYNC_BATCHES_IN_FLIGHT = 8
 
@@ -106,7 +106,7 @@ class MicroBatcher:
         self._closed = False
         self._task: asyncio.Task[None] | None = None
         self._executor = (
-            None if expert.is_async else ThreadPoolExecutor(1, thread_name_prefix=f"expert-{self.name}-{self.device}")
+            None if expert.is_async else worker_pool(1, f"expert-{self.name}-{self.device}", sched.worker_nice)
         )
 
     # -- queue side -----------------------------------------------------------------------------

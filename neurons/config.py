@@ -77,6 +77,9 @@ class AxonConfig(Strict):
     max_connections_per_ip: int = Field(
         256, ge=1, le=1_000_000, description="Open connections from one address (above any caller's concurrency)."
     )
+    max_concurrent_requests: int = Field(
+        128, ge=1, le=100_000, description="Requests processed at once; the rest wait their turn in arrival order."
+    )
 
 
 class DeadlineConfig(Strict):

@@ -28,6 +28,8 @@ from typing import Any
 from loguru import logger
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from neurons.deadlines import client_deadline, sane_timeout
+
 ARRIVAL_KEY = "sn72.arrival_s"  # scope key set by the protocol, read by the middleware
 
 Scope = MutableMapping[str, Any]
@@ -43,6 +45,9 @@ class HttpLimits:
     body_timeout_s: float
     max_connections: int
     max_connections_per_ip: int
+    max_concurrent_requests: int = 128
+    timeout_cap_s: float = 12.0
+    nonce_trust_s: float = 2.0
 
 
 @dataclass
@@ -56,7 +61,7 @@ class RequestState:
     rate_limited: bool = False
     status: int = 0
     finished_s: float = 0.0
-    violation: tuple[int, str] | None = None  # the HTTP layer's own refusal (413, 408)
+    violation: tuple[int, str, str] | None = None  # the HTTP layer's own refusal: (status, message, outcome)
 
 
 CURRENT: contextvars.ContextVar[RequestState | None] = contextvars.ContextVar("sn72_request", default=None)
@@ -161,6 +166,12 @@ class HttpGuard:
         self.app = app
         self.limits = limits
         self.on_response = on_response
+        # NOTE: the axon's single event loop shares itself among every request it has started: with a
+        # thousand at once, each advances a step in turn and all of them finish at the end, late. A
+        # bounded number at a time, in arrival order, turns that into first come, first served.
+        self._running = asyncio.Semaphore(limits.max_concurrent_requests)
+        self.active = 0  # requests inside the app now (for draining and metrics)
+        self.waiting = 0  # requests waiting for their turn
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -174,19 +185,54 @@ class HttpGuard:
                 state.violation = refusal
                 await self._send_refusal(send, state)
                 return
-            await self.app(scope, self._guarded_receive(receive, state), self._guarded_send(send, state))
+            self.waiting += 1
+            try:
+                await self._running.acquire()
+            finally:
+                self.waiting -= 1
+            try:
+                if time.monotonic() > self._claimed_deadline(scope, state.arrival_s):
+                    # It waited its turn past the caller's own timeout: the caller is gone, and the
+                    # work would only push the requests behind it past theirs.
+                    state.violation = (408, "request waited past its timeout", "late_skipped")
+                    await self._send_refusal(send, state)
+                    return
+                self.active += 1
+                try:
+                    await self.app(scope, self._guarded_receive(receive, state), self._guarded_send(send, state))
+                finally:
+                    self.active -= 1
+            finally:
+                self._running.release()
         finally:
             CURRENT.reset(token)
 
-    def _check_length(self, scope: Scope) -> tuple[int, str] | None:
+    def _claimed_deadline(self, scope: Scope, arrival_s: float) -> float:
+        """The caller's deadline from its (not yet verified) headers: used only to skip work for a caller
+        that has already given up, so a lie can only hurt the liar."""
+        timeout: Any = None
+        nonce: Any = None
+        for name, value in scope.get("headers", ()):
+            if name == b"timeout":
+                timeout = value.decode("latin-1")
+            elif name == b"bt_header_dendrite_nonce":
+                try:
+                    nonce = int(value)
+                except ValueError:
+                    nonce = None
+        return client_deadline(arrival_s, sane_timeout(timeout, self.limits.timeout_cap_s), nonce,
+                               self.limits.nonce_trust_s)
+
+    def _check_length(self, scope: Scope) -> tuple[int, str, str] | None:
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
                     length = int(value)
                 except ValueError:
-                    return 400, "invalid Content-Length"
+                    return 400, "invalid Content-Length", "refused_bad_length"
                 if length > self.limits.max_request_bytes:
-                    return 413, f"request body of {length} bytes exceeds the limit of {self.limits.max_request_bytes}"
+                    return (413, f"request body of {length} bytes exceeds the limit of {self.limits.max_request_bytes}",
+                            "refused_body_too_large")
         return None
 
     def _guarded_receive(self, receive: Receive, state: RequestState) -> Receive:
@@ -201,12 +247,14 @@ class HttpGuard:
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(0.0, until_s - time.monotonic()))
             except TimeoutError:
-                state.violation = (408, f"request body not received within {self.limits.body_timeout_s:g}s")
+                state.violation = (408, f"request body not received within {self.limits.body_timeout_s:g}s",
+                                   "refused_body_timeout")
                 return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limits.max_request_bytes:
-                    state.violation = (413, f"request body exceeds the limit of {self.limits.max_request_bytes} bytes")
+                    state.violation = (413, f"request body exceeds the limit of {self.limits.max_request_bytes} bytes",
+                                       "refused_body_too_large")
                     return {"type": "http.disconnect"}
                 body_done = not message.get("more_body", False)
             return message
@@ -237,7 +285,7 @@ class HttpGuard:
 
     async def _send_refusal(self, send: Send, state: RequestState) -> None:
         assert state.violation is not None
-        status, text = state.violation
+        status, text, _ = state.violation
         body = json.dumps({"message": text}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]

@@ -49,6 +49,18 @@ def scrape(metrics_port: int, host: str = "127.0.0.1") -> dict[str, float]:
     return samples
 
 
+def settled(metrics_port: int, timeout_s: float = 60.0) -> dict[str, float]:
+    """A scrape once the miner has finished every request it accepted (requests the client gave up on
+    are still finished, or skipped, and counted: they are the late ones)."""
+    until = time.monotonic() + timeout_s
+    while True:
+        samples = scrape(metrics_port)
+        busy = sum(v for k, v in samples.items() if k.startswith("sn72_miner_http_requests{"))
+        if busy == 0 or time.monotonic() > until:
+            return samples
+        time.sleep(0.2)
+
+
 def outcome_count(samples: dict[str, float], outcome: str) -> float:
     return samples.get(f"sn72_miner_axon_total{{outcome={outcome}}}", 0.0)
 
@@ -103,16 +115,18 @@ def burst(port: int, metrics_port: int, miner_hotkey: str, wallets: Sequence[Any
     """All at once; the client's view, and the miner's late/answer counters over the same burst."""
     before = scrape(metrics_port)
     outcomes, elapsed_s = asyncio.run(send_all(port, miner_hotkey, wallets, payloads, timeout_s))
-    time.sleep(0.5)  # answers still being written when the client gave up are counted by then
-    after = scrape(metrics_port)
+    after = settled(metrics_port)
     report = summarise(outcomes, timeout_s, elapsed_s)
     keys = {k.split("outcome=")[1].rstrip("}") for k in after if k.startswith("sn72_miner_axon_total{")}
     report.miner = {key: outcome_count(after, key) - outcome_count(before, key) for key in sorted(keys)}
+    engine_late = "sn72_miner_late_answers_total"  # the engine's own count: answers after its deadline
+    report.miner["engine_late_answers"] = after.get(engine_late, 0.0) - before.get(engine_late, 0.0)
     return report
 
 
 def miner_late(report: BurstReport) -> int:
-    return int(report.miner.get("late_answer", 0) + report.miner.get("late_refusal", 0))
+    """Requests the miner knows its caller did not get in time: answered late, refused late, or skipped."""
+    return int(sum(report.miner.get(k, 0) for k in ("late_answer", "late_refusal", "late_skipped")))
 
 
 def drain(process: Any, wallets: Sequence[Any], payloads: Sequence[str], timeout_s: float = 9.0,

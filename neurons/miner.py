@@ -21,7 +21,6 @@ for _name, _value in (("YOLO_OFFLINE", "1"), ("YOLO_AUTOINSTALL", "false"), ("HF
     os.environ[_name] = _value
 
 import asyncio
-import math
 import signal
 import sys
 import threading
@@ -37,6 +36,7 @@ from cascade.decode import DecodeError
 from cascade.request import Job, Result
 from neurons.chain import MetagraphSource, publish_axon
 from neurons.config import ConfigError, MinerConfig, load_config
+from neurons.deadlines import client_deadline, sane_timeout
 from neurons.guards import GuardPolicy, TokenBucketLimiter, blacklist, priority
 from neurons.http_guard import CURRENT, HttpLimits, RequestState, raise_fd_limit
 from neurons.logs import configured as logs_configured
@@ -79,7 +79,7 @@ class Miner:
     # -- verification, then the per-hotkey rate limit ---------------------------------------------
     async def _verify(self, synapse: Any) -> None:
         """The stock signature and nonce check, with the unsigned timeout capped first; then charge the bucket."""
-        synapse.timeout = self._sane_timeout(synapse.timeout)
+        synapse.timeout = sane_timeout(synapse.timeout, self.config.deadline.timeout_cap_s)
         try:
             await self._axon.default_verify(synapse)
         except Exception:
@@ -89,29 +89,9 @@ class Miner:
         hotkey = synapse.dendrite.hotkey
         if state is not None:
             state.hotkey = hotkey
-            state.client_deadline_s = self._client_deadline(state.arrival_s, synapse)
+            state.client_deadline_s = client_deadline(state.arrival_s, float(synapse.timeout), synapse.dendrite.nonce,
+                                                      self.config.deadline.nonce_trust_s)
             state.rate_limited = not self.limiter.allow(hotkey)
-
-    def _sane_timeout(self, timeout: Any) -> float:
-        """The caller's timeout header is unsigned: anything but a finite positive number is the cap."""
-        cap = self.config.deadline.timeout_cap_s
-        try:
-            value = float(timeout)
-        except (TypeError, ValueError):
-            return cap
-        return min(value, cap) if math.isfinite(value) and value > 0 else cap
-
-    def _client_deadline(self, arrival_s: float, synapse: Any) -> float:
-        """When the caller stops waiting: its timeout from when it signed (nonce), if recent, else from arrival."""
-        trust_s = self.config.deadline.nonce_trust_s
-        start_s = arrival_s
-        nonce = synapse.dendrite.nonce
-        if trust_s > 0 and isinstance(nonce, int):
-            age_s = (time.time_ns() - nonce) / 1e9  # nonces of bittensor >= 7.2 are the signing time in ns
-            if 0.0 < age_s < 3600.0:
-                start_s = max(time.monotonic() - age_s, arrival_s - trust_s)
-                start_s = min(start_s, arrival_s)
-        return start_s + float(synapse.timeout)
 
     # -- forward --------------------------------------------------------------------------------
     async def _forward(self, synapse: ImageSynapse) -> ImageSynapse:
@@ -182,8 +162,9 @@ class Miner:
     def on_response(self, state: RequestState) -> None:
         """Every response as it leaves: late ones (past the caller's deadline) are counted here."""
         if state.violation is not None:
-            self.outcomes.add({413: "refused_body_too_large", 408: "refused_body_timeout"}.get(
-                state.violation[0], "refused_http"))
+            self.outcomes.add(state.violation[2])
+            if state.violation[2] == "late_skipped":
+                return  # counted as late already: the caller had given up before its turn came
         elif state.status >= 500:
             self.outcomes.add(f"error_{state.status}")
         deadline_s = state.client_deadline_s or state.arrival_s + self.config.deadline.timeout_cap_s
@@ -195,14 +176,22 @@ class Miner:
     # -- wiring ---------------------------------------------------------------------------------
     def attach(self, axon: Any) -> None:
         """Serve both routes with the exact handler signatures `Axon.attach` checks; guard the ping route too."""
+        import bittensor as bt
+
+        from neurons.axon_hardening import harden
+
         self._axon = axon
+        harden(axon)
         for cls in (ImageSynapse, ExtendedImageSynapse):
             forward, blacklist_fn, verify_fn = self.handlers(cls)
             axon.attach(forward_fn=forward, blacklist_fn=blacklist_fn, verify_fn=verify_fn)
-        # bittensor attaches a `/Synapse` ping route with no blacklist: strangers got 200 from it.
-        forward, blacklist_fn, verify_fn = self.handlers(ImageSynapse)
-        axon.blacklist_fns["Synapse"] = blacklist_fn
-        axon.verify_fns["Synapse"] = verify_fn
+        # bittensor's `/Synapse` ping route had no blacklist (strangers got 200): the same guards as the rest.
+        _, blacklist_fn, verify_fn = self.handlers(bt.Synapse)
+
+        async def ping(synapse: bt.Synapse) -> bt.Synapse:
+            return synapse
+
+        axon.attach(forward_fn=ping, blacklist_fn=blacklist_fn, verify_fn=verify_fn)
 
     def handlers(self, cls: type) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
         async def forward(synapse):  # type: ignore[no-untyped-def]
@@ -232,7 +221,8 @@ def build_observers(engine_config: EngineConfig) -> list[Any]:
 def http_limits(config: MinerConfig) -> HttpLimits:
     axon = config.axon
     return HttpLimits(axon.max_request_bytes, axon.header_timeout_s, axon.body_timeout_s, axon.max_connections,
-                      axon.max_connections_per_ip)
+                      axon.max_connections_per_ip, axon.max_concurrent_requests, config.deadline.timeout_cap_s,
+                      config.deadline.nonce_trust_s)
 
 
 def serve(config: MinerConfig, wallet: Any, miner: Miner, sock: Any = None) -> Any:
@@ -254,6 +244,7 @@ def serve(config: MinerConfig, wallet: Any, miner: Miner, sock: Any = None) -> A
     server = AxonServer(axon, http_limits(config), config.axon.keep_alive_s, config.axon.max_header_bytes,
                         config.drain_timeout_s, miner.on_connection_closed, miner.on_response, sock)
     server.start()
+    miner.outcomes.track_http(server.guard)
     return server
 
 

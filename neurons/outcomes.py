@@ -15,9 +15,10 @@ import re
 import threading
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from loguru import logger
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 # bittensor's axon logs one ERROR line per refused or failed request ("Type#uuid: message").
 _AXON_ERROR_LINE = re.compile(r"^\w+#[0-9a-f-]{36}: ")
@@ -42,6 +43,12 @@ class AxonOutcomes:
         self._rng = random.Random(0)
         self._interval_s = summary_interval_s
         self._last_summary_s = time.monotonic()
+
+    def track_http(self, guard: Any) -> None:
+        """Requests being processed and waiting their turn at the HTTP layer, read at scrape time."""
+        gauge = Gauge("sn72_miner_http_requests", "Requests at the HTTP layer", ["state"], registry=self.registry)
+        gauge.labels("active").set_function(lambda: guard.active)
+        gauge.labels("waiting").set_function(lambda: guard.waiting)
 
     def add(self, outcome: str, count: int = 1) -> None:
         self._counter.labels(outcome).inc(count)

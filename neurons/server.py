@@ -32,7 +32,8 @@ class AxonServer:
         sock: socket.socket | None = None,
     ) -> None:
         config = axon.fast_config
-        config.app = HttpGuard(axon.app, limits, on_response)
+        self.guard = HttpGuard(axon.app, limits, on_response)
+        config.app = self.guard
         config.http = guarded_protocol(limits, on_close)
         config.timeout_keep_alive = keep_alive_s
         config.h11_max_incomplete_event_size = max_header_bytes

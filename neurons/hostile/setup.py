@@ -1,0 +1,50 @@
+"""`sn72-redteam --setup-offline DIR`: everything needed to attack a miner on this machine, nothing on a chain."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from neurons.hostile import target
+
+
+def miner_config(folder: Path, cast: target.Cast, port: int, metrics_port: int) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "wallet": {"name": cast.miner.name, "hotkey": "default", "path": str(folder / "wallets")},
+        "chain": {"offline": True, "metagraph_file": str(folder / "metagraph.json")},
+        "axon": {"host": "127.0.0.1", "port": port, "external_ip": "127.0.0.1"},
+        "metrics": {"port": metrics_port},
+        "cascade_file": "cascade.yaml",
+        "log_level": "INFO",
+    }
+    for section, values in target.miner_overrides().items():
+        config.setdefault(section, {}).update(values)
+    return config
+
+
+def setup_offline(folder: Path, port: int | None = None, metrics_port: int | None = None) -> str:
+    """Write wallets, metagraph, tiny models, cascade.yaml and miner.yaml under `folder`; return how to go on.
+
+    Ports default to free ones (other miners may run on this machine).
+    """
+    from neurons.offline import free_port
+
+    port, metrics_port = port or free_port(), metrics_port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    cast = target.write_cast(folder)
+    (folder / "cascade.yaml").write_text(yaml.safe_dump(target.cascade(folder / "models")))
+    (folder / "miner.yaml").write_text(yaml.safe_dump(miner_config(folder, cast, port, metrics_port)))
+    python = sys.executable
+    return "\n".join([
+        f"offline target written to {folder}",
+        "start the miner (another terminal; the miner must set its own offline switches):",
+        f"  {python} -m neurons.miner --config {folder / 'miner.yaml'}",
+        "then attack it:",
+        f"  sn72-redteam --miner 127.0.0.1:{port} --miner-hotkey {cast.miner.hotkey.ss58_address} "
+        f"--wallet.path {folder / 'wallets'} --validator {cast.validator.name} --attacker {cast.attacker.name} "
+        f"--non-validator {cast.non_validator.name} --pid $(pgrep -f 'neurons.miner --config {folder}') "
+        f"--json {folder / 'redteam.json'}",
+    ])
