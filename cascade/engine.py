@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
+from prometheus_client import CollectorRegistry
 
 from cascade import consensus
 from cascade.allocator import return_large_blocks
@@ -33,7 +34,7 @@ from cascade.config import CascadeConfig, EngineConfig, ExpertConfig
 from cascade.decode import DecodeError
 from cascade.experts.base import Expert
 from cascade.experts.registry import build_expert
-from cascade.levels import Level
+from cascade.levels import Level, Plan
 from cascade.lifetime import RequestPath
 from cascade.observers.base import Observer, ObserverRunner
 from cascade.placement import DeviceInfo, visible_devices
@@ -87,16 +88,18 @@ class Engine:
         observers: Sequence[Observer] = (),
         expert_factory: ExpertFactory = build_expert,
         on_fatal: Callable[[str, BaseException], None] | None = None,
+        registry: CollectorRegistry | None = None,
         run_every_level: bool = False,
     ) -> None:
         self.config = config
         self._on_fatal = on_fatal or _exit_for_restart
-        self.observers = ObserverRunner(list(observers))
         self._expert_factory = expert_factory
-        self.stats = EngineStats()
+        self.stats = EngineStats(registry)  # its metrics go into `registry` (the miner's), else a registry of its own
+        self.observers = ObserverRunner(list(observers), on_error=self.stats.observer_failed)
         self._decoder = worker_pool(config.scheduler.decode_workers, "decode", config.scheduler.worker_nice)
         # Eval mode (cascade/evaluation): every level runs on every image, neither exit nor skip.
         self.path = RequestPath(config, self.stats, self.observers, self._decoder, run_every_level)
+        self.stats.watch_admission(lambda: self.path.admission.in_flight, self.path.admission.waiting)
         self._experts: list[Expert] = []
         self._warm_batch_s: dict[int, float] = {}  # id(expert) -> slowest warm-up batch
         self._retiring: list[ServingCascade] = []  # replaced, freed once no request holds them
@@ -214,6 +217,7 @@ class Engine:
         levels = []
         for index, level_config in enumerate(cascade.levels):
             level = Level(index, level_config, stale_after_s=sched.latency_stale_s)
+            self.stats.level_known(index, (Plan.TOO_SLOW.value, Plan.UNAVAILABLE.value))
             for expert_config in level_config.experts:
                 if expert_config.name in kept:
                     level.batchers[expert_config.name] = list(kept[expert_config.name])
@@ -225,6 +229,8 @@ class Engine:
                     if expert_config.expected_latency_ms is None and seeded:
                         batcher.compute.seed(seeded)
                     batcher.start()
+                    self.stats.watch_replica(batcher.replica, batcher.queued,
+                                             functools.partial(_takes_requests, batcher), owner=batcher)
                     batchers.append(batcher)
                 level.batchers[expert_config.name] = batchers
             levels.append(level)
@@ -305,6 +311,7 @@ class Engine:
         gone = [b for b in dict.fromkeys(old.replicas()) if id(b) not in live]
         for batcher in gone:
             await batcher.close()
+            self.stats.unwatch_replica(batcher.replica, batcher)
         experts = [b.expert for b in gone]
         self._retiring.remove(old)
         del gone, old  # the experts' last references are now `experts`, which _discard empties
@@ -399,7 +406,7 @@ class Engine:
             return
         exc = task.exception()
         if isinstance(exc, DecodeError):
-            self.stats.decode_errors += 1
+            self.stats.decode_failed()
         _settle(answer, None if exc is not None else task.result(), exc)
 
     def active(self) -> int:
@@ -413,6 +420,11 @@ class Engine:
         """healthy / unhealthy / retrying per replica (for metrics)."""
         now_s = time.monotonic()
         return {b.replica: b.health.state(now_s) for level in self.path.levels for b in level.replicas()}
+
+
+def _takes_requests(batcher: MicroBatcher) -> float:
+    """1.0 while the replica takes requests (healthy or due its retry), for the health gauge."""
+    return 0.0 if batcher.health.state(time.monotonic()) == "unhealthy" else 1.0
 
 
 def _settle(answer: concurrent.futures.Future[Result], result: Result | None, exc: BaseException | None) -> None:

@@ -123,14 +123,14 @@ class RequestPath:
                 # Cancellation unwinds within a loop step or two (no finally block waits on anything):
                 # let it, so the answer also lists what timed out, within the guard kept for this.
                 await asyncio.wait({work}, timeout=self.guard_s / 2)
-                self.stats.deadline_cuts += 1
+                self.stats.deadline_cut()
                 result = self.best(progress, Status.DEADLINE)
             return self.finish(job, result, progress)
 
     async def answer(self, job: Job, progress: Progress) -> Result:
         async with self.admission.slot(job.hotkey, job.stake, job.deadline_s) as admitted:
             if not admitted:
-                self.stats.rejected_admission += 1
+                self.stats.not_admitted()
                 progress.failures.append("admission")
                 return self.best(progress, Status.PRIOR)
             try:
@@ -141,6 +141,7 @@ class RequestPath:
             progress.image_hash, progress.image_bytes = image_hash, data
             cached = self.cache.get(image_hash)
             if cached is not None:
+                self.stats.cache_hit()
                 return shared_result(job, cached, Status.CACHED)
             return await self.coalesce_or_compute(job, progress, data, decoded)
 
@@ -197,15 +198,16 @@ class RequestPath:
             time_left_s = request.deadline_s - now_s - self.guard_s
             plan, chosen = level.plan(time_left_s if self.routing else float("inf"), now_s, request.image)
             if plan is Plan.UNAVAILABLE:  # every expert of this level is out of service: try the next level
-                self.stats.skipped_levels[(level.index, plan.value)] += 1
+                self.stats.level_skipped(level.index, plan.value)
                 continue
             if plan is Plan.TOO_SLOW:  # the later levels are slower still
-                self.stats.skipped_levels[(level.index, plan.value)] += 1
+                self.stats.level_skipped(level.index, plan.value)
                 status = Status.DEADLINE
                 break
             progress.level = level.index
             cut_short = await level.run(chosen, request, time_left_s, self._answer_sink(progress),
                                         self._failure_sink(progress))
+            self.stats.level_ran(level.index, time.monotonic() - now_s)
             progress.levels_run += 1
             if cut_short:
                 status = Status.DEADLINE
@@ -220,24 +222,22 @@ class RequestPath:
     def _answer_sink(self, progress: Progress) -> Callable[[ExpertAnswer], None]:
         def record(answer: ExpertAnswer) -> None:
             progress.answers.append(answer)
-            self.stats.expert_outcomes[(answer.expert, "answered")] += 1
+            self.stats.expert_outcome(answer.expert, "answered")
 
         return record
 
     def _failure_sink(self, progress: Progress) -> Callable[[str, str], None]:
         def record(expert: str, kind: str) -> None:
             progress.failures.append(f"{expert}:{kind}")
-            self.stats.expert_outcomes[(expert, kind)] += 1
+            self.stats.expert_outcome(expert, kind)
 
         return record
 
     def finish(self, job: Job, result: Result, progress: Progress) -> Result:
         now_s = time.monotonic()
-        self.stats.requests[result.status.value] += 1
-        self.stats.exits_by_level[result.levels_run] += 1
-        self.stats.latency.observe(now_s - job.arrival_s)
-        if job.deadline_s and now_s > job.deadline_s:
-            self.stats.late_answers += 1
+        budget_s = job.deadline_s - job.arrival_s if job.deadline_s else 0.0
+        self.stats.answered(result.status.value, result.levels_run, now_s - job.arrival_s, budget_s,
+                            late=bool(job.deadline_s) and now_s > job.deadline_s)
         if result.status is Status.PRIOR:
             logger.debug("request {} answered from the prior (failures: {})", job.request_id,
                          ", ".join(result.failures) or "none")

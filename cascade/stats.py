@@ -1,67 +1,257 @@
-"""The engine's counters: one source of truth for the bench's JSON and the Prometheus exposition.
+"""The engine's metrics: prometheus_client Counters, Histograms and Gauges, updated where events happen.
 
-Written only on the engine's loop thread; read (as a snapshot) from other threads. Histograms keep
-fixed buckets so a Prometheus collector can publish them without a second copy of the data.
+One source of truth for the Prometheus exposition and for the benchmarks' JSON (`snapshot()`, read
+back from the same registry). Counters and histograms are written on the engine's threads at the
+moment of the event (prometheus_client's types are thread-safe); gauges of live state (in flight,
+waiting, queue depths, replica health) are prometheus_client Gauges whose value is read from the
+engine's own structures when scraped (`set_function`), so the request path writes nothing for them.
+
+Each engine owns a registry (the miner hands it its own, which also holds the axon's counters), so
+engines built side by side in tests and benchmarks never collide.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import Counter as Tally
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from cascade.request import Status
+
+PREFIX = "sn72_miner"
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Share of a request's budget (arrival to deadline) its answer took: above 1.0 it was late.
+BUDGET_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 2.0)
 
 
-@dataclass
-class Histogram:
-    """Cumulative-bucket histogram (Prometheus semantics: `le` upper bounds, plus +Inf)."""
+@dataclass(frozen=True)
+class Totals:
+    """A histogram series read back: the sum of its observations and their count."""
 
-    bounds: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    n: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.counts:
-            self.counts = [0] * (len(self.bounds) + 1)
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-        self.n += 1
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        out, running = [], 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            running += count
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
-        return out
+    total: float
+    n: int
 
 
-@dataclass
 class EngineStats:
-    requests: Counter[str] = field(default_factory=Counter)  # by Status value
-    exits_by_level: Counter[int] = field(default_factory=Counter)  # levels run when the answer left
-    skipped_levels: Counter[tuple[int, str]] = field(default_factory=Counter)  # (level index, too_slow/unavailable)
-    deadline_cuts: int = 0  # requests answered by the lifetime timer with what they had (or the prior)
-    decode_errors: int = 0
-    rejected_admission: int = 0
-    late_answers: int = 0  # answers handed back after their deadline (should stay 0)
-    latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
-    batch_sizes: dict[str, Histogram] = field(default_factory=dict)
-    batch_seconds: dict[str, Histogram] = field(default_factory=dict)
-    expert_outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (expert, ok/error/expired)
+    """The engine's counters and histograms (written at events) and live-state gauges (read at scrape)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self._requests = Counter(f"{PREFIX}_requests", "Answered requests by how the answer was reached",
+                                 ["status"], registry=r)
+        self._levels_run = Counter(f"{PREFIX}_levels_run", "Answers by number of levels run", ["levels"], registry=r)
+        self._skipped = Counter(f"{PREFIX}_levels_skipped", "Levels skipped: too slow for the time left, or every "
+                                "expert out of service", ["level", "reason"], registry=r)
+        self._deadline_cuts = Counter(f"{PREFIX}_deadline_cuts", "Requests answered at their deadline with what "
+                                      "they had", registry=r)
+        self._decode_errors = Counter(f"{PREFIX}_decode_errors", "Payloads refused as images", registry=r)
+        self._late = Counter(f"{PREFIX}_late_answers", "Engine answers handed back after their deadline", registry=r)
+        self._rejected = Counter(f"{PREFIX}_admission_rejected", "Requests answered from the prior: not admitted",
+                                 registry=r)
+        self._cache_hits = Counter(f"{PREFIX}_cache_hits", "Answers from the result cache", registry=r)
+        self._expert_outcomes = Counter(f"{PREFIX}_expert_outcomes", "Expert results and batches by outcome",
+                                        ["expert", "outcome"], registry=r)
+        self._observer_errors = Counter(f"{PREFIX}_observer_errors", "Observer failures", ["observer"], registry=r)
+        self._latency = Histogram(f"{PREFIX}_request_latency_seconds", "Arrival to answer, by how it was reached",
+                                  ["status"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self._budget = Histogram(f"{PREFIX}_deadline_budget_used_ratio", "Answer latency over the request's budget "
+                                 "(arrival to deadline), by status; above 1 is late", ["status"],
+                                 buckets=BUDGET_BUCKETS, registry=r)
+        self._level_seconds = Histogram(f"{PREFIX}_level_seconds", "Time one level took for one request",
+                                        ["level"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self._batch_size = Histogram(f"{PREFIX}_batch_size", "Micro-batch sizes", ["replica"],
+                                     buckets=BATCH_BUCKETS, registry=r)
+        self._batch_seconds = Histogram(f"{PREFIX}_batch_seconds", "Micro-batch compute time", ["replica"],
+                                        buckets=LATENCY_BUCKETS_S, registry=r)
+        self._in_flight = Gauge(f"{PREFIX}_in_flight", "Requests inside the cascade", registry=r)
+        self._waiting = Gauge(f"{PREFIX}_waiting", "Requests waiting for admission", registry=r)
+        self._queue_depth = Gauge(f"{PREFIX}_queue_depth", "Requests queued per replica", ["replica"], registry=r)
+        self._replica_owner: dict[str, object] = {}  # replica -> the batcher its gauges read
+        self._healthy = Gauge(f"{PREFIX}_replica_healthy", "1 while the replica takes requests (healthy, or "
+                              "retrying after its cool-down), 0 while unhealthy", ["replica"], registry=r)
+        self._by_status: dict[str, tuple[Any, Any, Any]] = {}
+        self._by_levels: dict[int, Any] = {}
+        # Every series a dashboard or an alert reads exists from the start, at zero (no gaps, no "no data").
+        for status in Status:
+            self._requests.labels(status.value)
+            self._latency.labels(status.value)
+            self._budget.labels(status.value)
+        self._levels_run.labels("0")
+
+    # -- events (engine threads) -----------------------------------------------------------------
+    def answered(self, status: str, levels_run: int, latency_s: float, budget_s: float, late: bool) -> None:
+        # NOTE: the labelled children are looked up once and kept: `labels()` takes a lock and builds a key on
+        # every call, which was half the cost of recording an answer.
+        children = self._by_status.get(status)
+        if children is None:
+            children = self._by_status[status] = (self._requests.labels(status), self._latency.labels(status),
+                                                  self._budget.labels(status))
+        requests, latency, budget = children
+        requests.inc()
+        latency.observe(latency_s)
+        if budget_s > 0:
+            budget.observe(latency_s / budget_s)
+        levels = self._by_levels.get(levels_run)
+        if levels is None:
+            levels = self._by_levels[levels_run] = self._levels_run.labels(str(levels_run))
+        levels.inc()
+        if late:
+            self._late.inc()
+
+    def level_known(self, level: int, skip_reasons: tuple[str, ...]) -> None:
+        """Create a level's series at zero when the cascade is built."""
+        for reason in skip_reasons:
+            self._skipped.labels(str(level), reason)
+        self._level_seconds.labels(str(level))
+        self._levels_run.labels(str(level + 1))
+
+    def level_skipped(self, level: int, reason: str) -> None:
+        self._skipped.labels(str(level), reason).inc()
+
+    def level_ran(self, level: int, seconds: float) -> None:
+        self._level_seconds.labels(str(level)).observe(seconds)
+
+    def deadline_cut(self) -> None:
+        self._deadline_cuts.inc()
+
+    def decode_failed(self) -> None:
+        self._decode_errors.inc()
+
+    def not_admitted(self) -> None:
+        self._rejected.inc()
+
+    def cache_hit(self) -> None:
+        self._cache_hits.inc()
+
+    def expert_outcome(self, expert: str, outcome: str) -> None:
+        self._expert_outcomes.labels(expert, outcome).inc()
+
+    def observer_failed(self, observer: str) -> None:
+        self._observer_errors.labels(observer).inc()
 
     def record_batch(self, expert: str, device: str, size: int, seconds: float, outcome: str) -> None:
         key = f"{expert}@{device}"
-        self.batch_sizes.setdefault(key, Histogram(BATCH_BUCKETS)).observe(size)
-        self.batch_seconds.setdefault(key, Histogram(LATENCY_BUCKETS_S)).observe(seconds)
-        self.expert_outcomes[(expert, f"batch_{outcome}")] += 1
+        self._batch_size.labels(key).observe(size)
+        self._batch_seconds.labels(key).observe(seconds)
+        self._expert_outcomes.labels(expert, f"batch_{outcome}").inc()
+
+    # -- live state, read at scrape time ---------------------------------------------------------
+    def watch_admission(self, in_flight: Callable[[], float], waiting: Callable[[], float]) -> None:
+        self._in_flight.set_function(in_flight)
+        self._waiting.set_function(waiting)
+
+    def watch_replica(self, replica: str, queued: Callable[[], float], healthy: Callable[[], float],
+                      owner: object = None) -> None:
+        self._queue_depth.labels(replica).set_function(queued)
+        self._healthy.labels(replica).set_function(healthy)
+        self._replica_owner[replica] = owner
+
+    def unwatch_replica(self, replica: str, owner: object) -> None:
+        """Stop reading a replica that was freed (unless a newer one of the same name took its series over)."""
+        if self._replica_owner.get(replica) is not owner:
+            return
+        del self._replica_owner[replica]
+        self._queue_depth.remove(replica)
+        self._healthy.remove(replica)
+
+    # -- reading back (tests, benchmarks, the summary line) ---------------------------------------
+    def samples(self, metric: str, suffix: str = "_total") -> dict[tuple[tuple[str, str], ...], float]:
+        """{sorted label pairs: value} of one metric's samples named `<metric><suffix>`."""
+        wanted = f"{PREFIX}_{metric}{suffix}"
+        out: dict[tuple[tuple[str, str], ...], float] = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name == wanted:
+                    out[tuple(sorted(sample.labels.items()))] = sample.value
+        return out
+
+    def total(self, metric: str) -> int:
+        return int(sum(self.samples(metric).values()))
+
+    def by_label(self, metric: str, *labels: str) -> Tally[Any]:
+        """A Counter of a labelled counter's values, keyed by the label value (a tuple for several labels)."""
+        tally: Tally[Any] = Tally()
+        for pairs, value in self.samples(metric).items():
+            if not value:
+                continue  # series created at zero in advance are not events
+            values = dict(pairs)
+            key = tuple(values[label] for label in labels)
+            tally[key[0] if len(labels) == 1 else key] += int(value)
+        return tally
+
+    @property
+    def requests(self) -> Tally[Any]:
+        return self.by_label("requests", "status")
+
+    @property
+    def exits_by_level(self) -> Tally[Any]:
+        return Tally({int(levels): n for levels, n in self.by_label("levels_run", "levels").items()})
+
+    @property
+    def skipped_levels(self) -> Tally[Any]:
+        return Tally({(int(level), why): n for (level, why), n in self.by_label("levels_skipped", "level",
+                                                                                "reason").items()})
+
+    @property
+    def late_answers(self) -> int:
+        return self.total("late_answers")
+
+    @property
+    def decode_errors(self) -> int:
+        return self.total("decode_errors")
+
+    @property
+    def deadline_cuts(self) -> int:
+        return self.total("deadline_cuts")
+
+    @property
+    def rejected_admission(self) -> int:
+        return self.total("admission_rejected")
+
+    def _histograms(self, metric: str, label: str) -> dict[str, dict[str, float]]:
+        """{label value: {"le" bound: cumulative count, "sum": .., "count": ..}} of a labelled histogram."""
+        out: dict[str, dict[str, float]] = {}
+        for family in self.registry.collect():
+            if family.name != f"{PREFIX}_{metric}":
+                continue
+            for sample in family.samples:
+                key = sample.labels.get(label, "")
+                entry = out.setdefault(key, {})
+                if sample.name.endswith("_bucket"):
+                    entry[sample.labels["le"]] = sample.value
+                elif sample.name.endswith("_sum"):
+                    entry["sum"] = sample.value
+                elif sample.name.endswith("_count"):
+                    entry["count"] = sample.value
+        return out
+
+    @property
+    def batch_sizes(self) -> dict[str, Totals]:
+        """Per replica: images batched (`total`) and batches run (`n`)."""
+        return {k: Totals(v.get("sum", 0.0), int(v.get("count", 0))) for k, v in
+                self._histograms("batch_size", "replica").items()}
+
+    @property
+    def batch_seconds(self) -> dict[str, Totals]:
+        """Per replica: seconds spent computing batches (`total`) and batches run (`n`)."""
+        return {k: Totals(v.get("sum", 0.0), int(v.get("count", 0))) for k, v in
+                self._histograms("batch_seconds", "replica").items()}
 
     def snapshot(self) -> dict[str, object]:
-        """Plain-data copy for JSON reports."""
+        """Plain-data copy for the benchmarks' JSON (same keys as before the metrics became prometheus types)."""
+        sizes = self._histograms("batch_size", "replica")
+        histogram, means = {}, {}
+        for replica, series in sizes.items():
+            bounds = [*[str(b) for b in BATCH_BUCKETS], "inf"]
+            cumulative = [series[f"{float(b)}" if b != "inf" else "+Inf"] for b in bounds]
+            histogram[replica] = {b: int(c - (cumulative[i - 1] if i else 0)) for i, (b, c) in
+                                  enumerate(zip(bounds, cumulative, strict=True))}
+            means[replica] = series["sum"] / series["count"] if series.get("count") else 0.0
         return {
             "requests": dict(self.requests),
             "exits_by_levels_run": {str(k): v for k, v in sorted(self.exits_by_level.items())},
@@ -70,10 +260,9 @@ class EngineStats:
             "decode_errors": self.decode_errors,
             "rejected_admission": self.rejected_admission,
             "late_answers": self.late_answers,
-            "batch_size_histogram": {
-                key: dict(zip([str(b) for b in (*BATCH_BUCKETS, "inf")], h.counts, strict=True))
-                for key, h in self.batch_sizes.items()
-            },
-            "mean_batch_size": {key: (h.total / h.n if h.n else 0.0) for key, h in self.batch_sizes.items()},
-            "expert_outcomes": {f"{e}:{o}": n for (e, o), n in sorted(self.expert_outcomes.items())},
+            "batch_size_histogram": histogram,
+            "mean_batch_size": means,
+            "expert_outcomes": {f"{e}:{o}": n for (e, o), n in sorted(self.by_label("expert_outcomes", "expert",
+                                                                                     "outcome").items())},
         }
+

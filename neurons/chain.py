@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from loguru import logger
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Gauge
 
 T = TypeVar("T")
 DEFAULT_CHAIN_TIMEOUT_S = 60.0
@@ -119,6 +119,7 @@ class MetagraphSource:
         if first is None:
             raise RuntimeError(f"{name}: no metagraph could be loaded")
         self.snapshot: MetagraphSnapshot = first
+        self.synced_s = time.monotonic()  # last successful sync (or file check): the metagraph's age counts from here
         self._thread = threading.Thread(target=self._run, name=f"metagraph-{name}", daemon=True)
 
     def start(self) -> MetagraphSource:
@@ -147,9 +148,20 @@ class MetagraphSource:
             except Exception as exc:  # noqa: BLE001 - keep serving with the last good snapshot
                 logger.warning("{}: refresh failed, keeping the last snapshot: {!r}", self._name, exc)
                 continue
+            self.synced_s = time.monotonic()
             if fresh is not None:
                 self.snapshot = fresh
                 self._notify(fresh)
+
+    def age_s(self) -> float:
+        return time.monotonic() - self.synced_s
+
+    def register_metrics(self, registry: CollectorRegistry) -> Gauge:
+        """`sn72_miner_metagraph_age_seconds`: time since the last successful sync, read when scraped."""
+        gauge = Gauge("sn72_miner_metagraph_age_seconds", "Seconds since the metagraph was last synced (chain) or "
+                      "checked (offline file)", registry=registry)
+        gauge.set_function(self.age_s)
+        return gauge
 
 
 def offline_source(path: Path, interval_s: float = 2.0) -> MetagraphSource:
@@ -227,17 +239,26 @@ def publish_axon(subtensor: Any, netuid: int, axon: Any, timeout_s: float = DEFA
     return False
 
 
-class RegistrationWatch(Collector):
+class RegistrationWatch:
     """Notices when this miner's hotkey leaves the metagraph or its uid changes: a log line and two gauges.
 
-    Subscribed to a `MetagraphSource` (called on its refresh thread); registered in the metrics registry,
-    where it publishes `sn72_miner_registered` (0/1) and `sn72_miner_uid` (-1 when not registered).
+    Subscribed to a `MetagraphSource` (called on its refresh thread), it sets the prometheus_client
+    gauges `sn72_miner_registered` (0/1) and `sn72_miner_uid` (-1 when not registered) as it sees each
+    snapshot; `register_metrics` publishes them in the miner's registry.
     """
 
     def __init__(self, hotkey: str) -> None:
         self.hotkey = hotkey
         self.uid: int | None = None
         self._seen = False
+        self.registered = Gauge("sn72_miner_registered", "1 while this miner's hotkey is in the metagraph",
+                                registry=None)
+        self.uid_gauge = Gauge("sn72_miner_uid", "This miner's uid on the subnet (-1: not registered)", registry=None)
+        self.uid_gauge.set(-1)
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        registry.register(self.registered)
+        registry.register(self.uid_gauge)
 
     def observe(self, snapshot: MetagraphSnapshot) -> None:
         neuron = snapshot.get(self.hotkey)
@@ -258,13 +279,8 @@ class RegistrationWatch(Collector):
             else:
                 logger.warning("uid changed on netuid {}: {} -> {}", snapshot.netuid, self.uid, uid)
         self.uid, self._seen = uid, True
-
-    def collect(self) -> Any:
-        uid = self.uid
-        yield GaugeMetricFamily("sn72_miner_registered", "1 while this miner's hotkey is in the metagraph",
-                                value=0.0 if uid is None else 1.0)
-        yield GaugeMetricFamily("sn72_miner_uid", "This miner's uid on the subnet (-1: not registered)",
-                                value=-1.0 if uid is None else float(uid))
+        self.registered.set(0.0 if uid is None else 1.0)
+        self.uid_gauge.set(-1.0 if uid is None else float(uid))
 
 
 def watch_registration(source: MetagraphSource, hotkey: str) -> RegistrationWatch:

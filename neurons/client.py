@@ -1,6 +1,6 @@
 """Talking to a miner the way validators do: a real bittensor dendrite, `ImageSynapse`, a timeout.
 
-Shared by scripts/query.py, scripts/bench.py and the end-to-end tests. Also the scoring
+Shared by sn72-query, sn72-bench and the end-to-end tests. Also the scoring
 arithmetic validators apply (np.round binarisation, MCC, accuracy) and latency percentiles.
 """
 

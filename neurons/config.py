@@ -1,19 +1,21 @@
 """The miner's whole configuration: one YAML file, then environment, then command-line overrides.
 
 Precedence (last wins): YAML file < `MINER_<SECTION>__<FIELD>` environment variables < named flags
-(`--wallet.name`, `--axon.port`, ...) < `--set section.field=value`. Everything is validated once,
-with errors that name the field and the allowed range.
+(`--wallet.name`, `--axon.port`, ...) < `--set section.field=value`. Values from the environment and
+the command line are strings typed by the schema (a hotkey named `2024` stays a string; `off` is false
+only for a boolean field). Everything is validated once; an error names the field, the value and
+where it came from (neurons/config_sources.py does the layering, with pydantic-settings).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from cascade.config import (
     ActiveLearningConfig,
@@ -26,11 +28,15 @@ from cascade.config import (
     load_cascade,
     read_yaml,
 )
+from neurons.config_sources import ENV_PREFIX, LayerError, layered_config
 
-ENV_PREFIX = "MINER_"
+__all__ = ["ENV_PREFIX", "ConfigError", "MinerConfig", "build_parser", "load_config"]
 
 
 class WalletConfig(Strict):
+    # A wallet or hotkey may be named `2024` in the YAML file: names are strings, whatever YAML thinks.
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
     name: str = Field("default", min_length=1)
     hotkey: str = Field("default", min_length=1)
     path: str = Field("~/.bittensor/wallets", min_length=1)
@@ -105,6 +111,18 @@ class MetricsConfig(Strict):
     host: str = "127.0.0.1"
 
 
+class LogConfig(Strict):
+    """Where the log goes besides stderr, and how the file is rotated (neurons/logs.py)."""
+
+    file: Path | None = Field(None, description="Log file (relative: against the miner YAML's folder); None: stderr "
+                              "only.")
+    rotation_mb: float = Field(100.0, ge=0.01, le=1_000_000.0, description="The file is rotated at this size (MB).")
+    retention: int = Field(10, ge=1, le=10_000, description="Rotated files kept; older ones are deleted.")
+    compression: Literal["gz", "bz2", "xz", "zip", "none"] = Field("gz", description="Of rotated files.")
+    json_lines: bool = Field(False, description="One JSON object per line (stderr and file) instead of text.")
+    colour: Literal["auto", "always", "never"] = Field("auto", description="auto: only when stderr is a terminal.")
+
+
 class NatixConfig(Strict):
     """The subnet owner's side: the submitted model (docs/onboarding.md)."""
 
@@ -133,6 +151,7 @@ class MinerConfig(Strict):
     guards: GuardConfig = Field(default_factory=GuardConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     natix: NatixConfig = Field(default_factory=NatixConfig)
+    logs: LogConfig = Field(default_factory=LogConfig)
     cascade_file: Path = Field(..., description="Cascade YAML (relative paths: against the miner YAML's folder).")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
@@ -140,7 +159,7 @@ class MinerConfig(Strict):
     reload: ReloadConfig = Field(default_factory=ReloadConfig)
     drain_timeout_s: float = Field(15.0, ge=0.0, le=600.0, description="Wait for in-flight answers on SIGTERM.")
     summary_interval_s: float = Field(
-        60.0, ge=1.0, le=86_400.0, description="At most one line of refusal counts per interval."
+        60.0, ge=1.0, le=86_400.0, description="One summary line (answers, refusals, latency, exits) per interval."
     )
     log_level: str = Field("INFO", pattern="^(TRACE|DEBUG|INFO|SUCCESS|WARNING|ERROR)$")
 
@@ -161,11 +180,11 @@ class MinerConfig(Strict):
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names every bad field."""
+    """A configuration that cannot be used; the message names every bad field, its value and its source."""
 
 
 # Named flags -> dotted config keys (the common ones; anything else through --set).
-_FLAGS = {
+FLAGS = {
     "--wallet.name": "wallet.name",
     "--wallet.hotkey": "wallet.hotkey",
     "--wallet.path": "wallet.path",
@@ -176,63 +195,56 @@ _FLAGS = {
     "--axon.external_ip": "axon.external_ip",
     "--cascade": "cascade_file",
     "--metrics.port": "metrics.port",
+    "--log-level": "log_level",
+    "--logs.file": "logs.file",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m neurons.miner", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="sn72-miner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Exit codes: 0 stopped cleanly (or --check passed); 2 configuration to fix (pm2 does not restart "
+               "it); 70 device context lost (restarted); 1 any other failure (restarted with back-off).",
+    )
     parser.add_argument("--config", type=Path, required=True, help="Miner YAML (see config/miner.*.yaml).")
-    for flag, key in _FLAGS.items():
-        parser.add_argument(flag, dest=key, default=None, help=f"overrides {key}")
-    parser.add_argument("--offline", dest="chain.offline", action="store_const", const="true", default=None)
-    parser.add_argument("--drain-restart", dest="reload.drain_restart", action="store_const", const="true",
-                        default=None, help="a new cascade that fits only without the serving one: drain, exit 75")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any dotted key")
-    parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    for flag, key in FLAGS.items():
+        parser.add_argument(flag, dest=flag, default=None, metavar="VALUE", help=f"overrides {key}")
+    parser.add_argument("--offline", dest="--offline", action="store_const", const="true", default=None,
+                        help="no chain: the metagraph comes from chain.metagraph_file")
+    parser.add_argument("--drain-restart", dest="--drain-restart", action="store_const", const="true", default=None,
+                        help="a new cascade that fits only without the serving one: drain, then exit 75")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any dotted key, typed by the schema (lists and mappings as JSON)")
+    parser.add_argument("--check", action="store_true",
+                        help="run every start-up step short of loading weights, say what would fail, and exit")
     return parser
 
 
-def _assign(tree: dict[str, Any], dotted: str, raw: str) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{dotted}: {part} is not a section")
-        node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
-
-
-def _env_overrides(environ: dict[str, str]) -> list[tuple[str, str]]:
-    out = []
-    for key, value in environ.items():
-        if key.startswith(ENV_PREFIX) and "__" in key:
-            out.append((key[len(ENV_PREFIX) :].lower().replace("__", "."), value))
-    return out
-
-
 def load_config(
-    argv: list[str] | None = None, environ: dict[str, str] | None = None
+    argv: list[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> tuple[MinerConfig, EngineConfig, bool]:
     """(miner config, engine config, check_only) from the command line, environment and YAML."""
-    args = build_parser().parse_args(argv)
-    environ = dict(os.environ) if environ is None else environ
-    tree = read_yaml(args.config)
-    overrides = _env_overrides(environ)
-    overrides += [(key, value) for key, value in vars(args).items() if "." in key or key == "cascade_file"]
-    overrides += [tuple(item.split("=", 1)) for item in args.set if "=" in item]  # type: ignore[misc]
-    bad = [item for item in args.set if "=" not in item]
-    if bad:
-        raise ConfigError(f"--set needs KEY=VALUE, got {bad}")
-    for key, value in overrides:
-        if value is not None:
-            _assign(tree, key, str(value))
+    args = vars(build_parser().parse_args(argv))
+    config_path: Path = args["config"]
     try:
-        miner = MinerConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid configuration in {args.config}:\n{format_validation_error(exc)}") from exc
-    base = args.config.resolve().parent
-    miner = _resolve_paths(miner, base)
+        tree = read_yaml(config_path)
+    except ValueError as exc:  # missing or unreadable: one line naming the file
+        raise ConfigError(str(exc)) from exc
+    switches = {"--offline": "chain.offline", "--drain-restart": "reload.drain_restart"}
+    flags = [(flag, FLAGS.get(flag) or switches[flag], value) for flag, value in args.items()
+             if flag.startswith("--") and value is not None]
+    sets = []
+    for item in args["set"]:
+        if "=" not in item:
+            raise ConfigError(f"--set needs KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        sets.append((f"--set {item}", key.strip(), value))
+    try:
+        miner = layered_config(MinerConfig, config_path, tree, os.environ if environ is None else environ,
+                               flags, sets)
+    except LayerError as exc:
+        raise ConfigError(str(exc)) from exc
+    miner = _resolve_paths(miner, config_path.resolve().parent)
     try:
         cascade: CascadeConfig = load_cascade(miner.cascade_file)
     except ValidationError as exc:
@@ -242,7 +254,7 @@ def load_config(
     engine = EngineConfig(
         cascade=cascade, scheduler=miner.scheduler, decode=miner.decode, active_learning=miner.active_learning
     )
-    return miner, engine, bool(args.check)
+    return miner, engine, bool(args["check"])
 
 
 def _resolve_paths(miner: MinerConfig, base: Path) -> MinerConfig:
@@ -255,4 +267,6 @@ def _resolve_paths(miner: MinerConfig, base: Path) -> MinerConfig:
     if miner.chain.metagraph_file is not None:
         miner.chain.metagraph_file = resolve(miner.chain.metagraph_file)
     miner.active_learning.directory = resolve(miner.active_learning.directory)
+    if miner.logs.file is not None:
+        miner.logs.file = resolve(miner.logs.file)
     return miner

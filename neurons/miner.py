@@ -14,7 +14,7 @@ No `from __future__ import annotations` here: `Axon.attach` inspects real annota
 import os
 
 # The miner never installs or downloads anything at run time (models are fetched beforehand with
-# scripts/download_models.py). Without these, ultralytics answers an unreadable image by trying to
+# sn72-download-models). Without these, ultralytics answers an unreadable image by trying to
 # pip-install a HEIF plugin and resolving public DNS names, in the middle of a request.
 for _name, _value in (("YOLO_OFFLINE", "1"), ("YOLO_AUTOINSTALL", "false"), ("HF_HUB_OFFLINE", "1"),
                       ("TRANSFORMERS_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1")):
@@ -34,11 +34,13 @@ from loguru import logger
 from cascade.config import EngineConfig
 from cascade.decode import DecodeError
 from cascade.request import Job, Result
-from neurons.chain import ChainError, MetagraphSource, connect_chain, offline_source, publish_axon, watch_registration
+from neurons.chain import MetagraphSource, publish_axon
 from neurons.config import ConfigError, MinerConfig, load_config
 from neurons.deadlines import client_deadline, sane_timeout
 from neurons.guards import GuardPolicy, TokenBucketLimiter, blacklist, priority
 from neurons.http_guard import CURRENT, HttpLimits, RequestState, raise_fd_limit
+from neurons.logs import configured as logs_configured
+from neurons.logs import quiet_progress_bars
 from neurons.outcomes import AxonOutcomes, quiet_bittensor_request_logs
 from neurons.protocol import ExtendedImageSynapse, ImageSynapse
 from neurons.reload import RESTART_EXIT_CODE, Reloader
@@ -167,6 +169,8 @@ class Miner:
         elif state.status >= 500:
             self.outcomes.add(f"error_{state.status}")
         deadline_s = state.client_deadline_s or state.arrival_s + self.config.deadline.timeout_cap_s
+        if state.status == 200:
+            self.outcomes.observe_latency(state.finished_s - state.arrival_s)
         if state.finished_s > deadline_s:
             self.outcomes.add("late_answer" if state.status == 200 else "late_refusal")
 
@@ -222,8 +226,8 @@ def http_limits(config: MinerConfig) -> HttpLimits:
                       config.deadline.nonce_trust_s)
 
 
-def serve(config: MinerConfig, wallet: Any, miner: Miner) -> Any:
-    """The axon with the miner's handlers behind the HTTP guard, listening; returns its AxonServer."""
+def serve(config: MinerConfig, wallet: Any, miner: Miner, sock: Any = None) -> Any:
+    """The axon with the miner's handlers behind the HTTP guard, serving on `sock` (bound by start-up); its server."""
     import bittensor as bt
 
     from neurons.server import AxonServer
@@ -239,85 +243,122 @@ def serve(config: MinerConfig, wallet: Any, miner: Miner) -> Any:
     axon.fast_config.host = config.axon.host
     miner.attach(axon)
     server = AxonServer(axon, http_limits(config), config.axon.keep_alive_s, config.axon.max_header_bytes,
-                        config.drain_timeout_s, miner.on_connection_closed, miner.on_response)
+                        config.drain_timeout_s, miner.on_connection_closed, miner.on_response, sock)
     server.start()
     miner.outcomes.track_http(server.guard)
     return server
 
 
 def run(argv: list[str] | None = None) -> int:
+    """The miner's life: start-up (neurons/startup.py), serving, drain. Returns the exit code."""
+    from neurons import startup
+
+    quiet_progress_bars()  # before anything imports tqdm, transformers or ultralytics
+    try:
+        return _run(argv)
+    except startup.StartupError as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr, flush=True)
+            if logs_configured():  # the log file has the line too (stderr has it already, plain)
+                logger.bind(file_only=True).error("start-up failed: {}", line)
+        return exc.code
+
+
+def _run(argv: list[str] | None) -> int:
+    from prometheus_client import CollectorRegistry, disable_created_metrics
+
+    from cascade.observers.metrics import process_registry, publish_build_info, watch_gpu_memory
+    from neurons import startup
+    from neurons.chain import watch_registration
+    from neurons.health import Health, MetricsServer, Phase
+    from neurons.logs import LogSetupError, configure
+
+    timeline = startup.Timeline()
     try:
         config, engine_config, check_only = load_config(argv)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    logger.remove()
-    logger.add(sys.stderr, level=config.log_level, enqueue=False)
+        configure(config.logs, config.log_level)
+    except (ConfigError, LogSetupError) as exc:
+        raise startup.StartupError(str(exc)) from exc
     logger.info("cascade {} version {}, calibration {}", config.cascade_file, engine_config.cascade.version,
                 engine_config.cascade.calibration or "none (the YAML's weights and margins)")
     if check_only:
-        print(f"configuration OK: {len(engine_config.cascade.levels)} levels, cascade {config.cascade_file}")
-        return 0
+        return startup.check(config, engine_config)
+    timeline.mark("config")
 
-    import bittensor as bt
+    disable_created_metrics()  # `_created` series double every counter for nothing a dashboard reads
+    registry = process_registry(CollectorRegistry())
+    health = Health(registry)
+    axon_sock = startup.bind_listener(config.axon.host, config.axon.port, "axon", "axon.port",
+                                      backlog=config.axon.max_connections)
+    metrics_server = None
+    if config.metrics.port:
+        metrics_sock = startup.bind_listener(config.metrics.host, config.metrics.port, "metrics", "metrics.port")
+        metrics_server = MetricsServer(metrics_sock, registry, health).start()
+    logger.info("listening: axon {}:{}{}", config.axon.host, config.axon.port,
+                f", metrics {config.metrics.host}:{config.metrics.port} (/metrics /healthz /readyz)"
+                if metrics_server else "")
+    timeline.mark("listeners")
 
+    wallet, hotkey_address = startup.open_wallet(config)
+    timeline.mark("wallet")
+    subtensor, metagraph = startup.open_metagraph(config)
+    metagraph.start()
+    registration = watch_registration(metagraph, hotkey_address)
+    registration.register_metrics(registry)
+    metagraph.register_metrics(registry)
+    timeline.mark("metagraph")
+
+    findings, _ = startup.preflight(config, engine_config)
+    startup.log_plan(findings)
+    startup.require(findings)
+    timeline.mark("models and placement checked")
+
+    health.set(Phase.LOADING)
+    quiet_bittensor_request_logs()
+    logger.info("open-files limit {}", raise_fd_limit())
     from cascade.engine import Engine
 
-    quiet_bittensor_request_logs()
-    fd_limit = raise_fd_limit()
-    logger.info("open-files limit {}", fd_limit)
-    wallet = bt.Wallet(name=config.wallet.name, hotkey=config.wallet.hotkey, path=config.wallet.path)
+    observers = build_observers(engine_config)
+    for observer in observers:
+        observer.register_metrics(registry)
+    engine = Engine(engine_config, observers=observers, registry=registry)
     try:
-        hotkey_address = wallet.hotkey.ss58_address
-    except Exception as exc:  # noqa: BLE001 - bittensor-wallet raises several types for a missing key
-        print(f"error: cannot open hotkey {config.wallet.name}/{config.wallet.hotkey} in {config.wallet.path}: {exc}",
-              file=sys.stderr)
-        return 2
+        report = engine.start()
+    except Exception as exc:  # a model that fails to load: one line, restarted with back-off
+        logger.opt(exception=exc).debug("loading failed")
+        raise startup.StartupError(f"loading the cascade failed: {' '.join(str(exc).split()) or repr(exc)}",
+                                   startup.EXIT_CRASH) from exc
+    publish_build_info(registry, engine_config.cascade)
+    watch_gpu_memory(registry, [device for devices in report.placement.values() for device in devices])
+    timeline.mark("load and warm-up")
 
-    subtensor = None
-    if config.chain.offline:
-        assert config.chain.metagraph_file is not None
-        metagraph = offline_source(config.chain.metagraph_file).start()
-        logger.info("offline mode: metagraph from {}", config.chain.metagraph_file)
-    else:
-        try:
-            subtensor, metagraph = connect_chain(config.chain.network, config.chain.netuid,
-                                                 config.chain.resync_interval_s, config.chain.timeout_s)
-        except ChainError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        metagraph.start()
-    registration = watch_registration(metagraph, hotkey_address)
-
-    engine = Engine(engine_config, observers=build_observers(engine_config))
-    engine.start()
-    miner = Miner(config, engine, metagraph)
-
-    if config.metrics.port:
-        from cascade.observers.metrics import start_metrics_server
-
-        miner.outcomes.registry.register(registration)
-        start_metrics_server(config.metrics.host, config.metrics.port, engine, miner.outcomes.registry)
-
-    reloader = Reloader(engine, config.cascade_file, registry=miner.outcomes.registry, **config.reload.model_dump())
-    server = serve(config, wallet, miner)
-    axon = server.axon
+    miner = Miner(config, engine, metagraph, AxonOutcomes(registry, config.summary_interval_s))
+    reloader = Reloader(engine, config.cascade_file, registry=registry, **config.reload.model_dump())
+    server = serve(config, wallet, miner, axon_sock)
     if subtensor is not None:
-        publish_axon(subtensor, config.chain.netuid, axon, config.chain.timeout_s)
-
+        publish_axon(subtensor, config.chain.netuid, server.axon, config.chain.timeout_s)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reloader.request("SIGHUP"))
-    print(f"{READY_LINE} {config.axon.host}:{config.axon.port} hotkey={hotkey_address}", flush=True)
-    logger.info("serving on {}:{}", config.axon.host, config.axon.port)
+    health.set(Phase.READY)
+    timeline.mark("axon")
+    logger.info("{}", timeline.line())
+    print(f"{READY_LINE} {config.axon.host}:{config.axon.port} hotkey={hotkey_address}", file=sys.stderr, flush=True)
+    al = next((o for o in observers if hasattr(o, "stats")), None)
+
+    def summarise(force: bool = False) -> None:
+        miner.outcomes.summarise(force=force, exits_by_level=engine.stats.exits_by_level,
+                                 al_queue=None if al is None else al.stats().queue_depth)
+
     # A timed wait: a signal delivered to another thread does not interrupt an untimed lock wait.
     exit_code = 0
     while not stop.wait(0.5):
-        miner.outcomes.summarise()
+        summarise()
         if reloader.poll():  # a new cascade that fits only once this one is gone: drain, exit, be restarted
             exit_code = RESTART_EXIT_CODE
             break
+    health.set(Phase.DRAINING)
     logger.info("stop requested: closing the listener and answering every accepted request")
     before = miner.outcomes.snapshot()
     drained = server.stop(config.drain_timeout_s)
@@ -326,12 +367,19 @@ def run(argv: list[str] | None = None) -> int:
         logger.info("drained: {} requests answered after the stop signal, none left", answered)
     else:
         logger.warning("drain incomplete: {} answered, {} still in the engine", answered, engine.active())
-    miner.outcomes.summarise(force=True)
+    summarise(force=True)
     metagraph.stop()
     engine.close()
+    if metrics_server is not None:
+        metrics_server.stop()
     logger.info("stopped{}", f" (exit {exit_code}: to be restarted on the new cascade)" if exit_code else "")
     return exit_code
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """`sn72-miner` (and `python -m neurons.miner`): exit with the code `run` returns."""
     sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

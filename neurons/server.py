@@ -9,6 +9,7 @@ returns only once the server thread has ended.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Any
@@ -28,6 +29,7 @@ class AxonServer:
         drain_timeout_s: float,
         on_close: ConnectionEvent,
         on_response: ResponseListener,
+        sock: socket.socket | None = None,
     ) -> None:
         config = axon.fast_config
         self.guard = HttpGuard(axon.app, limits, on_response)
@@ -39,12 +41,13 @@ class AxonServer:
         config.backlog = max(config.backlog, limits.max_connections)
         self.axon = axon
         self.server = axon.fast_server
+        self._sockets = None if sock is None else [sock]  # bound and listening already (neurons/startup.py)
         self._thread = threading.Thread(target=self._serve, name="axon-http", daemon=True)
         self._error: BaseException | None = None
 
     def _serve(self) -> None:
         try:
-            self.server.run()
+            self.server.run(sockets=self._sockets)
         except BaseException as exc:  # noqa: BLE001 - uvicorn exits with SystemExit when it cannot bind
             self._error = exc
 

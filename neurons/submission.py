@@ -9,7 +9,7 @@ file when the cascade names one (`calibration:`), every local model folder or we
 `models/<expert>/`, `model_card.json` (model_name, description, version = the cascade's X.Y.Z release,
 submitted_by = the hotkey's ss58 address, submission_time = unix time) and a README listing the component
 models with their licences. The upload uses huggingface_hub (HF_TOKEN or `hf auth login`; HF_ENDPOINT is
-honoured). Hub models are referenced, not copied: the miner downloads them (scripts/download_models.py).
+honoured). Hub models are referenced, not copied: the miner downloads them (sn72-download-models).
 
 Exit codes: 0 done; 2 usage or configuration error; 4 the hub refused (HTTP error); 5 no network.
 """

@@ -1,16 +1,5 @@
 #!/usr/bin/env python
-"""Operator tool for the active-learning store: stats, list, show, label, export, prune.
-
-A thin wrapper around `python -m cascade.observers.active_learning`; see docs/active_learning.md.
-"""
-
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# Run from a checkout without installing the package: the project root holds `cascade/`.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+"""The active-learning store tool (`sn72-al`): stats, list, show, label, export, prune; see docs/active_learning.md."""
 
 from cascade.observers.active_learning import main
 

@@ -5,7 +5,7 @@ A daemon writer thread drains the queue into the store (al_store.ALStore: conten
 SQLite index, bounded by items and bytes). A full queue, a full disk or an unwritable folder only ever
 drop samples: they are counted in `stats()` and warned about, rate-limited, never felt by a request.
 
-Operator commands: `python -m cascade.observers.active_learning --help` (or `scripts/al.py`), see
+Operator commands: `python -m cascade.observers.active_learning --help` (or `sn72-al`), see
 docs/active_learning.md.
 """
 
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from loguru import logger
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cascade.config import ActiveLearningConfig
 from cascade.observers import al_export
@@ -147,6 +148,9 @@ class ActiveLearningObserver(Observer):
         self._busy = False  # the writer holds an item it has taken off the queue
         self._closing = False
         self._stats = ALStats()
+        # The same counts as prometheus_client types, incremented with the stats; the miner registers them.
+        self._events = Counter("sn72_miner_active_learning", "Active-learning samples by what happened to them",
+                               ["kind"], registry=None)
         self._warnings = _RateLimitedWarnings(config.warn_interval_s, clock)
         self._store: SampleSink | None = None
         self._next_open_s = 0.0
@@ -160,7 +164,7 @@ class ActiveLearningObserver(Observer):
         if reason is None:
             if finished.image_bytes is None:
                 with self._cond:
-                    self._stats.skipped_no_image += 1
+                    self._count("skipped_no_image")
             return
         item = (finished, reason, self._wall_clock())
         with self._cond:
@@ -168,10 +172,11 @@ class ActiveLearningObserver(Observer):
                 return
             full = len(self._queue) >= self.config.queue_size
             if full:
-                self._stats.dropped_queue_full += 1
+                self._count("dropped_queue_full")
             else:
                 self._queue.append(item)
                 self._stats.kept_by_reason[reason.value] += 1
+                self._events.labels(f"kept_{reason.value}").inc()
                 self._cond.notify_all()
         if full:
             self._warnings.warn("queue", "active learning: writer is behind ({} samples waiting), sample dropped",
@@ -242,23 +247,39 @@ class ActiveLearningObserver(Observer):
         store = self._open_store()
         if store is None:
             with self._cond:
-                self._stats.dropped_write_error += 1
+                self._count("dropped_write_error")
             return
         try:
             result = store.add(to_sample(finished, reason, created_at))
         except Exception as exc:  # noqa: BLE001 - disk full, I/O error: the sample is lost, the store stays usable
             with self._cond:
-                self._stats.dropped_write_error += 1
+                self._count("dropped_write_error")
             self._warnings.warn("write", "active learning: sample dropped, store write failed: {!r}", exc)
             return
         with self._cond:
             if result.outcome is AddOutcome.ADDED:
-                self._stats.written += 1
-                self._stats.evicted += len(result.evicted)
+                self._count("written")
+                self._count("evicted", len(result.evicted))
             elif result.outcome is AddOutcome.DUPLICATE:
-                self._stats.duplicates += 1
+                self._count("duplicates")
             else:
-                self._stats.rejected_full += 1
+                self._count("rejected_full")
+
+    def _count(self, kind: str, n: int = 1) -> None:
+        """Under `_cond`: one of ALStats' counters, and the same Prometheus counter."""
+        setattr(self._stats, kind, getattr(self._stats, kind) + n)
+        self._events.labels(kind).inc(n)
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Publish the counters, the writer's queue depth and whether the store is open (gauges)."""
+        for kind in ("written", "duplicates", "evicted", "rejected_full", "dropped_queue_full", "dropped_write_error",
+                     "skipped_no_image", *(f"kept_{reason.value}" for reason in Reason)):
+            self._events.labels(kind)
+        registry.register(self._events)
+        Gauge("sn72_miner_active_learning_queue_depth", "Samples waiting for the writer", registry=registry
+              ).set_function(lambda: self.stats().queue_depth)
+        Gauge("sn72_miner_active_learning_store_open", "1 while the store is open for writing", registry=registry
+              ).set_function(lambda: float(self.stats().store_open))
 
 
 # ----- operator CLI -------------------------------------------------------------------------------

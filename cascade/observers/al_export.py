@@ -229,7 +229,15 @@ def prune(
 
 
 def _selection(store: ALStore, include_unlabelled: bool, reason: str | None) -> list[Record]:
-    return list(iter_records(store, reason=reason, labelled=None if include_unlabelled else True))
+    """The records to export; ExportError when there are none (an empty file trains nothing and loads nowhere)."""
+    records = list(iter_records(store, reason=reason, labelled=None if include_unlabelled else True))
+    if not records:
+        which = "records" if include_unlabelled else "labelled records"
+        unlabelled = "" if include_unlabelled else (
+            f" ({count_records(store, reason=reason, labelled=False)} unlabelled: label them with `sn72-al label`, "
+            "or pass --include-unlabelled)")
+        raise ExportError(f"nothing to export: no {which}{f' with reason {reason}' if reason else ''}{unlabelled}")
+    return records
 
 
 def _label_name(record: Record) -> str:
@@ -249,10 +257,10 @@ def export_folder(
     """Images under out/<label>/, and out/metadata.csv; `out` must not exist yet."""
     if out.exists():
         raise ExportError(f"{out} already exists; export into a new folder")
+    records = _selection(store, include_unlabelled, reason)
     staging = out.with_name(f".{out.name}.part")
     shutil.rmtree(staging, ignore_errors=True)  # a previous export that died half-way
     staging.mkdir(parents=True)
-    records = _selection(store, include_unlabelled, reason)
     report = ExportReport()
     with (staging / "metadata.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["file_name", "label", *_META_FIELDS, "experts"])
@@ -333,8 +341,6 @@ def export_parquet(
                     batch = {name: [] for name in schema.names}
                 if progress is not None:
                     progress(done, len(records))
-            if not records:
-                writer.write_table(schema.empty_table())
         os.replace(staging, out)
     except BaseException:
         staging.unlink(missing_ok=True)

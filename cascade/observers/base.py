@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from loguru import logger
@@ -39,9 +40,11 @@ class Observer(abc.ABC):
 class ObserverRunner:
     """Calls every observer; an observer's exception is logged and counted, never felt by the request."""
 
-    def __init__(self, observers: list[Observer] | None = None) -> None:
+    def __init__(self, observers: list[Observer] | None = None,
+                 on_error: Callable[[str], None] | None = None) -> None:
         self.observers: list[Observer] = list(observers or [])
         self.errors: dict[str, int] = {}
+        self._on_error = on_error  # the engine's observer-errors counter
         self._lock = threading.Lock()
 
     def add(self, observer: Observer) -> None:
@@ -54,6 +57,8 @@ class ObserverRunner:
             except Exception as exc:  # noqa: BLE001 - the contract: observers never fail a request
                 with self._lock:
                     self.errors[observer.name] = self.errors.get(observer.name, 0) + 1
+                if self._on_error is not None:
+                    self._on_error(observer.name)
                 logger.warning("observer {} failed: {!r}", observer.name, exc)
 
     def close(self) -> None:

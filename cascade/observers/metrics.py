@@ -1,121 +1,98 @@
-"""Prometheus exposition of the engine's own counters, read at scrape time.
+"""The miner's Prometheus registry beyond the engine's own metrics (cascade/stats.py).
 
-A custom collector publishes `EngineStats` when Prometheus scrapes (the axon's own outcomes are
-prometheus_client Counters in the same registry, see neurons/outcomes.py): nothing is written
-twice, and the request path pays nothing for metrics.
+Process metrics (resident memory, CPU, open files), Python's GC and platform, build information
+(package version, cascade version and release, a digest of the calibration), and device memory per
+GPU the cascade uses. Everything is a prometheus_client type: no hand-written collectors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from importlib import metadata
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Gauge, Info, ProcessCollector
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
 
-from cascade.stats import Histogram
+from cascade.config import CascadeConfig
+from cascade.stats import PREFIX
 
-PREFIX = "sn72_miner"
+PACKAGE = "sn72-cascade-miner"
 
-
-def _histogram(name: str, doc: str, labels: list[str], series: Mapping[tuple[str, ...], Histogram]) -> Any:
-    family = HistogramMetricFamily(name, doc, labels=labels)
-    for label_values, hist in series.items():
-        family.add_metric(list(label_values), hist.cumulative(), sum_value=hist.total)
-    return family
+__all__ = ["build_registry", "calibration_digest", "package_version", "process_registry",
+           "publish_build_info", "watch_gpu_memory"]
 
 
-class EngineCollector(Collector):
-    """Reads an engine whenever the registry is collected."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-
-    def collect(self) -> Iterator[Any]:
-        stats = self.engine.stats
-        requests = CounterMetricFamily(f"{PREFIX}_requests", "Answered requests by how the answer was reached",
-                                       labels=["status"])
-        for status, count in stats.requests.items():
-            requests.add_metric([status], count)
-        yield requests
-        exits = CounterMetricFamily(f"{PREFIX}_levels_run", "Answers by number of levels run", labels=["levels"])
-        for levels, count in stats.exits_by_level.items():
-            exits.add_metric([str(levels)], count)
-        yield exits
-        skipped = CounterMetricFamily(f"{PREFIX}_levels_skipped", "Levels skipped: too slow for the time left, or "
-                                      "every expert out of service", labels=["level", "reason"])
-        for (level, reason), count in stats.skipped_levels.items():
-            skipped.add_metric([str(level), reason], count)
-        yield skipped
-        yield CounterMetricFamily(f"{PREFIX}_deadline_cuts", "Requests answered at their deadline with what they had",
-                                  value=stats.deadline_cuts)
-        healthy = GaugeMetricFamily(f"{PREFIX}_replica_healthy", "1 if the replica takes requests (healthy or "
-                                    "retrying after its cool-down), 0 while unhealthy", labels=["replica", "state"])
-        for replica, state in self.engine.replica_states().items():
-            healthy.add_metric([replica, state], 0.0 if state == "unhealthy" else 1.0)
-        yield healthy
-        yield CounterMetricFamily(f"{PREFIX}_decode_errors", "Payloads refused as images", value=stats.decode_errors)
-        yield CounterMetricFamily(f"{PREFIX}_late_answers", "Answers after their deadline", value=stats.late_answers)
-        yield CounterMetricFamily(f"{PREFIX}_admission_rejected", "Requests answered from the prior: not admitted",
-                                  value=stats.rejected_admission)
-        yield CounterMetricFamily(f"{PREFIX}_cache_hits", "Answers from the result cache", value=self.engine.cache.hits)
-        outcomes = CounterMetricFamily(f"{PREFIX}_expert_outcomes", "Expert results by outcome",
-                                       labels=["expert", "outcome"])
-        for (expert, outcome), count in stats.expert_outcomes.items():
-            outcomes.add_metric([expert, outcome], count)
-        yield outcomes
-        yield _histogram(f"{PREFIX}_request_latency_seconds", "Arrival to answer", [], {(): stats.latency})
-        yield _histogram(f"{PREFIX}_batch_size", "Micro-batch sizes", ["replica"],
-                         {(k,): h for k, h in stats.batch_sizes.items()})
-        yield _histogram(f"{PREFIX}_batch_seconds", "Micro-batch compute time", ["replica"],
-                         {(k,): h for k, h in stats.batch_seconds.items()})
-        depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Requests queued per replica", labels=["replica"])
-        for replica, queued in self.engine.queue_depths().items():
-            depth.add_metric([replica], queued)
-        yield depth
-        yield GaugeMetricFamily(f"{PREFIX}_in_flight", "Requests inside the cascade",
-                                value=self.engine.admission.in_flight)
-        yield GaugeMetricFamily(f"{PREFIX}_waiting", "Requests waiting for admission",
-                                value=self.engine.admission.waiting())
-        errors = CounterMetricFamily(f"{PREFIX}_observer_errors", "Observer failures", labels=["observer"])
-        for name, count in self.engine.observers.errors.items():
-            errors.add_metric([name], count)
-        yield errors
-        for observer in self.engine.observers.observers:
-            stats_fn = getattr(observer, "stats", None)
-            if callable(stats_fn):
-                family = CounterMetricFamily(f"{PREFIX}_{observer.name}", f"{observer.name} counters", labels=["kind"])
-                for kind, count in _flatten(stats_fn()).items():
-                    family.add_metric([kind], count)
-                yield family
+def build_registry(engine: Any) -> CollectorRegistry:
+    """The registry holding an engine's metrics (the miner's own when it handed one to the engine)."""
+    return engine.stats.registry  # type: ignore[no-any-return]
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, float]:
-    """Numbers of a (nested) dict or dataclass, keyed by dotted path."""
-    if hasattr(value, "__dataclass_fields__"):
-        value = {k: getattr(value, k) for k in value.__dataclass_fields__}
-    if isinstance(value, Mapping):
-        out: dict[str, float] = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}{key}."))
-        return out
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return {prefix.rstrip("."): float(value)}
-    return {}
-
-
-def build_registry(engine: Any, registry: CollectorRegistry | None = None) -> CollectorRegistry:
-    """The engine's collector in `registry` (the miner's own, holding its axon counters), or a new one."""
-    registry = registry or CollectorRegistry()
-    registry.register(EngineCollector(engine))
+def process_registry(registry: CollectorRegistry | None = None) -> CollectorRegistry:
+    """`registry` (or a new one) with process, platform and garbage-collector metrics registered."""
+    registry = registry if registry is not None else CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     return registry
 
 
-def start_metrics_server(
-    host: str, port: int, engine: Any, registry: CollectorRegistry | None = None
-) -> CollectorRegistry:
-    """Serve /metrics on host:port from a daemon thread."""
-    registry = build_registry(engine, registry)
-    start_http_server(port, addr=host, registry=registry)
-    return registry
+def package_version() -> str:
+    try:
+        return metadata.version(PACKAGE)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def calibration_digest(cascade: CascadeConfig) -> str:
+    """A short digest of every expert's calibration and weight: changes whenever a fit changes them."""
+    state = [(e.name, e.calibration.temperature, e.calibration.bias, e.weight) for e in cascade.experts()]
+    return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:12]
+
+
+def publish_build_info(registry: CollectorRegistry, cascade: CascadeConfig) -> Info:
+    info = Info(f"{PREFIX}_build", "What is running: package version, cascade version and release, calibration",
+                registry=registry)
+    info.info({"version": package_version(), "cascade_version": cascade.version, "release": cascade.release,
+               "calibration": f"{cascade.calibration.name if cascade.calibration else 'yaml'}:"
+                              f"{calibration_digest(cascade)}", "levels": str(len(cascade.levels))})
+    return info
+
+
+def watch_gpu_memory(registry: CollectorRegistry, devices: Sequence[str]) -> Gauge | None:
+    """`sn72_miner_gpu_memory_bytes{device, kind}` for each CUDA device in `devices`, read when scraped.
+
+    kind: `allocated` and `reserved` by this process's torch allocator, `used` and `total` on the whole
+    device (other processes and vLLM's own pool included). None when no CUDA device is in use.
+    """
+    cuda = sorted({device for device in devices if device.startswith("cuda")})
+    if not cuda:
+        return None
+    import torch
+
+    gauge = Gauge(f"{PREFIX}_gpu_memory_bytes", "Device memory per GPU the cascade uses", ["device", "kind"],
+                  registry=registry)
+    for device in cuda:
+        index = torch.device(device).index or 0
+        reads: dict[str, Callable[[], float]] = {
+            "allocated": functools.partial(torch.cuda.memory_allocated, index),
+            "reserved": functools.partial(torch.cuda.memory_reserved, index),
+            "used": functools.partial(_used_bytes, torch, index),
+            "total": functools.partial(_total_bytes, torch, index),
+        }
+        for kind, read in reads.items():
+            gauge.labels(device, kind).set_function(read)
+    return gauge
+
+
+def _used_bytes(torch: Any, index: int) -> float:
+    free, total = torch.cuda.mem_get_info(index)
+    return float(total - free)
+
+
+def _total_bytes(torch: Any, index: int) -> float:
+    return float(torch.cuda.get_device_properties(index).total_memory)

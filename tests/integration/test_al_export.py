@@ -176,3 +176,15 @@ def test_scripts_al_is_the_same_cli(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "records    1" in done.stdout
+
+
+def test_an_empty_selection_is_refused_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_store(tmp_path / "al", [None, None])  # two kept samples, none labelled yet
+    store_arg = ["--store", str(tmp_path / "al")]
+    for kind, out in (("parquet", tmp_path / "x.parquet"), ("folder", tmp_path / "folder")):
+        assert main(["export", kind, str(out), *store_arg]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: nothing to export: no labelled records (2 unlabelled")
+        assert "sn72-al label" in err and "--include-unlabelled" in err
+        assert not out.exists() and not list(tmp_path.glob(".*.part"))
+    assert main(["export", "parquet", str(tmp_path / "all.parquet"), "--include-unlabelled", *store_arg]) == 0

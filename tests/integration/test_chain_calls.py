@@ -79,7 +79,7 @@ def test_the_watch_reports_deregistration_and_uid_changes_from_the_metagraph_fil
     registry = CollectorRegistry()
     changed = threading.Event()
     watch = watch_registration(source, "me")
-    registry.register(watch)
+    watch.register_metrics(registry)
     source.subscribe(lambda _snapshot: changed.set())
     changed.clear()  # subscribe calls at once; wait for the file's next version
     source.start()

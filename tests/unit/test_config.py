@@ -77,3 +77,63 @@ def test_the_shipped_configs_validate():
 
     production = load_cascade(root / "config/cascade.production.yaml")
     assert {e.backend for e in production.experts()} >= {"hf_classifier", "zero_shot", "owlv2", "vlm_vllm"}
+
+
+def test_each_layer_overrides_the_one_below_field_by_field(tmp_path):
+    path = write(tmp_path, {"axon": {"port": 1000, "host": "10.0.0.1"}, "wallet": {"name": "file", "hotkey": "f"}})
+    env = {"MINER_AXON__PORT": "2000", "MINER_WALLET__NAME": "env"}
+    argv = ["--config", str(path), "--axon.port", "3000"]
+    miner, _, _ = load_config(argv, environ=env)
+    assert (miner.axon.port, miner.axon.host, miner.wallet.name, miner.wallet.hotkey) == (3000, "10.0.0.1", "env", "f")
+    miner, _, _ = load_config([*argv, "--set", "axon.port=4000"], environ=env)
+    assert miner.axon.port == 4000
+    miner, _, _ = load_config(["--config", str(path)], environ=env)
+    assert miner.axon.port == 2000 and miner.wallet.name == "env"
+
+
+def test_values_are_typed_by_the_schema_not_guessed_from_the_text(tmp_path):
+    path = write(tmp_path, {"wallet": {"hotkey": 2024}})  # a YAML integer, for a name
+    miner, _, _ = load_config(["--config", str(path)], environ={})
+    assert miner.wallet.hotkey == "2024"
+    miner, _, _ = load_config(
+        ["--config", str(path), "--wallet.hotkey", "0042", "--wallet.name", "off", "--set", "guards.min_stake=1e3",
+         "--set", 'guards.allowed_hotkeys=["5F1", "5F2"]', "--set", "guards.allow_non_validators=on"],
+        environ={"MINER_CHAIN__NETWORK": "true", "MINER_AXON__EXTERNAL_IP": "null"},
+    )
+    assert miner.wallet.hotkey == "0042" and miner.wallet.name == "off" and miner.chain.network == "true"
+    assert miner.guards.min_stake == 1000.0 and miner.guards.allowed_hotkeys == ["5F1", "5F2"]
+    assert miner.guards.allow_non_validators is True and miner.axon.external_ip is None
+
+
+@pytest.mark.parametrize(("argv", "env", "source"), [
+    ([], {"MINER_AXON__PORT": "70000"}, "from environment MINER_AXON__PORT"),
+    (["--axon.port", "70000"], {}, "from --axon.port"),
+    (["--set", "axon.port=70000"], {}, "from --set axon.port=70000"),
+    ([], {}, "from file"),
+])
+def test_an_error_names_field_value_and_source(tmp_path, argv, env, source):
+    path = write(tmp_path, {"axon": {"port": 70000 if not argv and not env else 9000}})
+    with pytest.raises(ConfigError) as info:
+        load_config(["--config", str(path), *argv], environ=env)
+    text = str(info.value)
+    assert "axon.port" in text and "65535" in text and "70000" in text and source in text
+    assert text.count("\n") == 1  # the heading and one line: nothing about the layers that were fine
+
+
+def test_unknown_environment_fields_and_bad_json_are_named(tmp_path):
+    path = write(tmp_path, {})
+    with pytest.raises(ConfigError, match=r"axon\.prot: Extra inputs.*environment MINER_AXON__PROT"):
+        load_config(["--config", str(path)], environ={"MINER_AXON__PROT": "1"})
+    with pytest.raises(ConfigError, match=r"guards\.allowed_hotkeys: expects JSON.*--set"):
+        load_config(["--config", str(path), "--set", "guards.allowed_hotkeys=a,b"], environ={})
+    # MINER_CONFIG (pm2.config.js) and unrelated MINER_ names without a section are not fields
+    load_config(["--config", str(path)], environ={"MINER_CONFIG": "x.yaml", "MINER_HOME": "/x"})
+
+
+def test_missing_files_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(["--config", str(tmp_path / "absent.yaml")], environ={})
+    assert "absent.yaml" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config(["--config", str(write(tmp_path, {})), "--cascade", "gone.yaml"], environ={})
+    assert "invalid cascade" in str(info.value) and "gone.yaml" in str(info.value) and "\n" not in str(info.value)

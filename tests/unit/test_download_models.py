@@ -1,28 +1,13 @@
-"""scripts/download_models.py without a network: classification, patterns, dry run, failure handling."""
+"""sn72-download-models (cascade/tools/download_models.py) offline: classification, patterns, dry run, failures."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "download_models.py"
+from cascade.tools import download_models as dm
 
-
-def load_script() -> ModuleType:
-    # scripts/ is not a package; load the file the way `python scripts/download_models.py` runs it.
-    spec = importlib.util.spec_from_file_location("download_models", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-dm = load_script()
 Source = dm.Source
 
 
@@ -217,7 +202,7 @@ def test_an_invalid_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_the_shipped_configs_classify_cleanly() -> None:
     from cascade.config import load_cascade
 
-    root = SCRIPT.parents[1] / "config"
+    root = Path(__file__).resolve().parents[2] / "config"
     refs = dm.plan_downloads(load_cascade(root / "cascade.production.yaml"))
     assert {ref.source for ref in refs} <= {Source.HUB, Source.ULTRALYTICS}
     assert all(ref.problem is None for ref in refs)

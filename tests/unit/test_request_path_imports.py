@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-OFFLINE = ("cascade.evaluation", "cascade.eval", "cascade.training", "cascade.train", "sklearn", "matplotlib",
-           "datasets")
+OFFLINE = ("cascade.evaluation", "cascade.eval", "cascade.training", "cascade.train", "cascade.tools", "sklearn",
+           "matplotlib", "datasets")
 
 
 def test_the_miner_engine_and_experts_import_no_offline_tool():

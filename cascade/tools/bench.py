@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Load generator and benchmarks; JSON out (--json FILE) and a short table on stdout.
 
-    bench.py engine --cascade config/cascade.demo.yaml --requests 500 --concurrency 64
-    bench.py engine --cascade C --requests 200 --burst --slow-last-level-s 1.5     # deadline stress
-    bench.py axon --cascade C --requests 200 --concurrency 16 --wallets 4           # through a real axon
-    bench.py roundtrip --cascade C --requests 200                                   # header cache on vs off
-    bench.py find-batch --cascade C --expert vit --budget-ms 100                    # best max_batch per expert
-    bench.py backends --cascade C --device cuda:0                                   # batch 1 / 32 per expert
-    bench.py baseline --model PATH --device cuda:0                                  # natix-style pipeline
+    sn72-bench engine --cascade config/cascade.demo.yaml --requests 500 --concurrency 64
+    sn72-bench engine --cascade C --requests 200 --burst --slow-last-level-s 1.5     # deadline stress
+    sn72-bench axon --cascade C --requests 200 --concurrency 16 --wallets 4           # through a real axon
+    sn72-bench roundtrip --cascade C --requests 200                                   # header cache on vs off
+    sn72-bench find-batch --cascade C --expert vit --budget-ms 100                    # best max_batch per expert
+    sn72-bench backends --cascade C --device cuda:0                                   # batch 1 / 32 per expert
+    sn72-bench baseline --model PATH --device cuda:0                                  # natix-style pipeline
 
 `engine` drives the in-process engine (decode included, axon excluded); `axon` starts the miner in
 offline mode and drives it with real dendrites from several throwaway wallets, concurrently.
@@ -27,14 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bench_models  # noqa: E402
-
-from cascade.config import EngineConfig, ExpertConfig, SchedulerConfig, load_cascade  # noqa: E402
-from neurons.client import encode_jpeg, percentiles, synthetic_image  # noqa: E402
+from cascade.config import EngineConfig, ExpertConfig, SchedulerConfig, load_cascade
+from cascade.tools import bench_models
+from neurons.client import encode_jpeg, percentiles, synthetic_image
 
 
 def payloads(count: int, size: tuple[int, int], distinct: int | None = None) -> list[str]:

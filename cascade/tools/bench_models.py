@@ -1,6 +1,7 @@
-"""Model-level benchmarks for scripts/bench.py: per-backend latency, batch-size finder, baselines.
+"""Model-level benchmarks for sn72-bench (cascade/tools/bench.py): per-backend latency, batch-size finder, baselines.
 
-Imported by bench.py (run that); kept apart so each file stays small.
+Imported by sn72-bench (cascade/tools/bench.py), which runs these as its `backends`, `find-batch`,
+`baseline` and `ceiling` modes; kept apart so each file stays small. Run `sn72-bench --help`.
 """
 
 from __future__ import annotations
@@ -203,3 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                "ceiling": run_ceiling}
     return runners[args.mode](args)
 
+
+if __name__ == "__main__":
+    print(__doc__.strip())
+    print("\nusage: sn72-bench {backends,find-batch,baseline,ceiling} ...  (see sn72-bench --help)")
