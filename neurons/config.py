@@ -86,7 +86,7 @@ class DeadlineConfig(Strict):
     timeout_cap_s: float = Field(12.0, gt=0.0, le=600.0, description="The caller's timeout is trusted up to this.")
     margin_s: float = Field(0.6, ge=0.0, le=60.0, description="Kept back to serialise and send the answer.")
     nonce_trust_s: float = Field(
-        2.0, ge=0.0, le=30.0,
+        4.0, ge=0.0, le=30.0,
         description="The caller's clock started when it signed (its nonce): count up to this much of that age.",
     )
 

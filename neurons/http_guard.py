@@ -20,7 +20,7 @@ import contextvars
 import json
 import resource
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +28,11 @@ from typing import Any
 from loguru import logger
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from neurons.deadlines import client_deadline, sane_timeout
+from neurons.deadlines import client_deadline, sane_timeout, sent_before_arrival_s
 
 ARRIVAL_KEY = "sn72.arrival_s"  # scope key set by the protocol, read by the middleware
+_DEADLINE_HEADERS = (b"timeout", b"bt_header_dendrite_nonce")
+CLIENT_GONE = 499  # the status nginx uses for "the client closed the connection before the answer"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -47,7 +49,7 @@ class HttpLimits:
     max_connections_per_ip: int
     max_concurrent_requests: int = 128
     timeout_cap_s: float = 12.0
-    nonce_trust_s: float = 2.0
+    nonce_trust_s: float = 4.0
 
 
 @dataclass
@@ -60,6 +62,7 @@ class RequestState:
     hotkey: str | None = None  # set only once the signature is verified
     rate_limited: bool = False
     status: int = 0
+    answered_s: float = 0.0  # monotonic: when the handler had its answer (the rest is the response path)
     finished_s: float = 0.0
     violation: tuple[int, str, str] | None = None  # the HTTP layer's own refusal: (status, message, outcome)
 
@@ -173,6 +176,27 @@ def guarded_protocol(limits: HttpLimits, on_close: ConnectionEvent) -> type[H11P
 ResponseListener = Callable[[RequestState], None]
 
 
+class ServiceTime:
+    """A high quantile of how long recent answered requests took once their turn came (0 until known).
+
+    NOTE: the fastest answer is the prior's, so this over-estimates what a request that would only get
+    the prior needs; skipping one a little early costs nothing the caller would have scored.
+    """
+
+    def __init__(self, window: int = 64, quantile: float = 0.75) -> None:
+        self._samples: deque[float] = deque(maxlen=window)
+        self._quantile = quantile
+
+    def record(self, seconds: float) -> None:
+        self._samples.append(seconds)
+
+    def estimate_s(self) -> float:
+        if not self._samples:
+            return 0.0
+        ordered = sorted(self._samples)
+        return ordered[min(len(ordered) - 1, int(self._quantile * len(ordered)))]
+
+
 class HttpGuard:
     """ASGI middleware: body size and time limits, the request's shared state, response reporting."""
 
@@ -184,6 +208,7 @@ class HttpGuard:
         # thousand at once, each advances a step in turn and all of them finish at the end, late. A
         # bounded number at a time, in arrival order, turns that into first come, first served.
         self._running = asyncio.Semaphore(limits.max_concurrent_requests)
+        self.service = ServiceTime()  # how long an answered request takes from its turn to its response
         self.active = 0  # requests inside the app now (for draining and metrics)
         self.waiting = 0  # requests waiting for their turn
 
@@ -205,9 +230,10 @@ class HttpGuard:
             finally:
                 self.waiting -= 1
             try:
-                if time.monotonic() > self._claimed_deadline(scope, state.arrival_s):
-                    # It waited its turn past the caller's own timeout: the caller is gone, and the
-                    # work would only push the requests behind it past theirs.
+                started_s = time.monotonic()
+                if started_s + self.service.estimate_s() > self._claimed_deadline(scope, state.arrival_s):
+                    # It waited its turn until too late for any answer to reach the caller in time: say
+                    # so at once, and do not push the requests behind it past their deadlines too.
                     state.violation = (408, "request waited past its timeout", "late_skipped")
                     await self._send_refusal(send, state)
                     return
@@ -216,6 +242,11 @@ class HttpGuard:
                     await self.app(scope, self._guarded_receive(receive, state), self._guarded_send(send, state))
                 finally:
                     self.active -= 1
+                    if not state.finished_s:  # no response went out: the caller went away first
+                        state.status, state.finished_s = CLIENT_GONE, time.monotonic()
+                    elif state.status == 200:
+                        self.service.record(state.finished_s - started_s)
+                        self.on_response(state)
             finally:
                 self._running.release()
         finally:
@@ -224,18 +255,14 @@ class HttpGuard:
     def _claimed_deadline(self, scope: Scope, arrival_s: float) -> float:
         """The caller's deadline from its (not yet verified) headers: used only to skip work for a caller
         that has already given up, so a lie can only hurt the liar."""
-        timeout: Any = None
-        nonce: Any = None
-        for name, value in scope.get("headers", ()):
-            if name == b"timeout":
-                timeout = value.decode("latin-1")
-            elif name == b"bt_header_dendrite_nonce":
-                try:
-                    nonce = int(value)
-                except ValueError:
-                    nonce = None
-        return client_deadline(arrival_s, sane_timeout(timeout, self.limits.timeout_cap_s), nonce,
-                               self.limits.nonce_trust_s)
+        headers = {name: value for name, value in scope.get("headers", ()) if name in _DEADLINE_HEADERS}
+        try:
+            nonce: Any = int(headers.get(b"bt_header_dendrite_nonce", b""))
+        except ValueError:
+            nonce = None
+        before_s = sent_before_arrival_s(nonce, arrival_s, self.limits.nonce_trust_s)
+        timeout_s = sane_timeout(headers.get(b"timeout", b"").decode("latin-1"), self.limits.timeout_cap_s)
+        return client_deadline(arrival_s, timeout_s, before_s)
 
     def _check_length(self, scope: Scope) -> tuple[int, str, str] | None:
         for name, value in scope.get("headers", ()):

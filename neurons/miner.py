@@ -36,9 +36,9 @@ from cascade.decode import DecodeError
 from cascade.request import Job, Result
 from neurons.chain import MetagraphSource, publish_axon
 from neurons.config import ConfigError, MinerConfig, load_config
-from neurons.deadlines import client_deadline, sane_timeout
+from neurons.deadlines import ResponseLag, client_deadline, sane_timeout, sent_before_arrival_s
 from neurons.guards import GuardPolicy, TokenBucketLimiter, blacklist, priority
-from neurons.http_guard import CURRENT, HttpLimits, RequestState, raise_fd_limit
+from neurons.http_guard import CLIENT_GONE, CURRENT, HttpLimits, RequestState, raise_fd_limit
 from neurons.logs import configured as logs_configured
 from neurons.logs import quiet_progress_bars
 from neurons.outcomes import AxonOutcomes, quiet_bittensor_request_logs
@@ -66,6 +66,8 @@ class Miner:
         self.limiter = TokenBucketLimiter(config.guards.rate_per_s, config.guards.burst)
         self.outcomes = outcomes or AxonOutcomes(summary_interval_s=config.summary_interval_s)
         self.in_flight = 0
+        # The engine's deadline keeps back what answers currently take to leave (at least margin_s).
+        self.response_lag = ResponseLag(config.deadline.margin_s, config.deadline.timeout_cap_s / 2)
         self._axon: Any = None
         ImageSynapse.cache_required_fields = config.axon.cache_header_schema
 
@@ -90,8 +92,9 @@ class Miner:
         hotkey = synapse.dendrite.hotkey
         if state is not None:
             state.hotkey = hotkey
-            state.client_deadline_s = client_deadline(state.arrival_s, float(synapse.timeout), synapse.dendrite.nonce,
-                                                      self.config.deadline.nonce_trust_s)
+            trust_s = self.config.deadline.nonce_trust_s
+            before_s = sent_before_arrival_s(synapse.dendrite.nonce, state.arrival_s, trust_s)
+            state.client_deadline_s = client_deadline(state.arrival_s, float(synapse.timeout), before_s)
             state.rate_limited = not self.limiter.allow(hotkey)
 
     # -- forward --------------------------------------------------------------------------------
@@ -109,7 +112,7 @@ class Miner:
                 hotkey=state.hotkey or "",
                 stake=priority(state.hotkey, self.metagraph.snapshot),
                 arrival_s=state.arrival_s,
-                deadline_s=client_deadline_s - self.config.deadline.margin_s,
+                deadline_s=client_deadline_s - self.response_lag.reserve_s(),
                 testnet_label=synapse.testnet_label if synapse.testnet_label in (0, 1) else -1,
             )
             self.in_flight += 1
@@ -117,6 +120,7 @@ class Miner:
                 return await self._answer(synapse, job)
             finally:
                 self.in_flight -= 1
+                state.answered_s = time.monotonic()
         finally:
             synapse.image = ""  # never carry the image back to the caller
 
@@ -166,13 +170,17 @@ class Miner:
             self.outcomes.add(state.violation[2])
             if state.violation[2] == "late_skipped":
                 return  # counted as late already: the caller had given up before its turn came
+        elif state.status == CLIENT_GONE:
+            self.outcomes.add("closed_client_gone")
         elif state.status >= 500:
             self.outcomes.add(f"error_{state.status}")
         deadline_s = state.client_deadline_s or state.arrival_s + self.config.deadline.timeout_cap_s
         if state.status == 200:
             self.outcomes.observe_latency(state.finished_s - state.arrival_s)
+        if state.answered_s:
+            self.response_lag.record(state.finished_s - state.answered_s)
         if state.finished_s > deadline_s:
-            self.outcomes.add("late_answer" if state.status == 200 else "late_refusal")
+            self.outcomes.add("late_answer" if state.status == 200 else "late_other")
 
     # -- wiring ---------------------------------------------------------------------------------
     def attach(self, axon: Any) -> None:

@@ -5,9 +5,11 @@
     lifetime_bench.py drain --requests 300 --json drain-300.json
 
 `burst` sends every request at once from several validator wallets (real dendrites, no client-side
-connection pool limit) with the validators' timeout, then compares what the client saw as late with
-the miner's own late count. `drain` sends every request at once, sends SIGTERM while they are in
-flight, and counts the answers (none may be refused or disconnected). Both use the tiny two-level
+connection pool limit) with the validators' timeout, then compares what the client saw as late (the
+dendrite's timeout fired) with the miner's own late count. The client shares the machine with the
+miner: the miner runs niced (`--miner-nice`) so that the client's own timers stay punctual.
+`drain` sends every request at once, sends SIGTERM while they are in flight, and counts the answers
+(none may be refused or disconnected). Both use the tiny two-level
 CPU cascade of tests/e2e/test_lifetime_axon.py (level 1 never confident, a slow detector as level 2).
 """
 
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=9.0, help="the client's timeout (validators: 9)")
     parser.add_argument("--wallets", type=int, default=8, help="validator wallets the requests come from")
     parser.add_argument("--image-size", default="640x480", help="WxH of the generated JPEGs")
+    parser.add_argument("--miner-nice", type=int, default=10,
+                        help="niceness of the miner process: the client on the same machine gets the CPU first and "
+                             "times its requests as a validator on its own machine would (0: share equally)")
     parser.add_argument("--legacy", action="store_true",
                         help="a miner without the HTTP-layer settings (measuring an older checkout)")
     parser.add_argument("--json", type=Path)
@@ -70,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     detector_batch = 1 if args.mode == "drain" else 8
     if args.mode == "drain":
         extra["log_level"] = "INFO"  # the drain's own account of what it finished
-    with run_miner(folder, wallets, miner, cascade(folder / "models", detector_batch), extra=extra) as process:
+    with run_miner(folder, wallets, miner, cascade(folder / "models", detector_batch), extra=extra,
+                   nice=args.miner_nice) as process:
         if args.mode == "burst":
             report = burst(process.port, process.metrics_port, process.hotkey, callers, payloads, args.timeout_s)
             out: dict[str, Any] = {"mode": "burst", **report.as_dict(), "miner_late": miner_late(report)}
