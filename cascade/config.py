@@ -178,7 +178,7 @@ class SchedulerConfig(Strict):
     cache_ttl_s: float = Field(900.0, ge=0.0, le=86_400.0, description="How long a cached result stays valid.")
     decode_workers: int = Field(2, ge=1, le=64, description="Threads that decode images.")
     worker_nice: int = Field(
-        5, ge=0, le=19, description="Niceness of decode and expert threads: under overload the axon's thread wins."
+        0, ge=0, le=19, description="Niceness of decode and expert threads: under overload the axon's thread wins."
     )
     gil_switch_interval_ms: float = Field(
         0.5, ge=0.05, le=100.0, description="Process-wide sys.setswitchinterval (Python's default is 5 ms)."

@@ -172,6 +172,7 @@ class Engine:
             warmup_s=loading.warmup_s,
             total_s=time.monotonic() - began,
         )
+        freeze_heap()
         logger.info("engine ready: cold start {:.2f}s", self.startup.total_s)
         return self.startup
 
@@ -340,7 +341,10 @@ class Engine:
             del expert
         # Model objects in reference cycles would keep their device memory until a later collection.
         # NOTE: a full collection holds the GIL for ~0.1-0.2 s with torch loaded: once per model reload.
+        # The heap was frozen after loading (freeze_heap): unfreeze so the freed models' cycles are seen.
+        gc.unfreeze()
         gc.collect()
+        gc.freeze()
         if cuda:
             import torch
 
@@ -425,6 +429,17 @@ class Engine:
 def _takes_requests(batcher: MicroBatcher) -> float:
     """1.0 while the replica takes requests (healthy or due its retry), for the health gauge."""
     return 0.0 if batcher.health.state(time.monotonic()) == "unhealthy" else 1.0
+
+
+def freeze_heap() -> None:
+    """Collect once, then keep everything alive now (models, libraries) out of later collections.
+
+    With torch and transformers loaded a full collection scans millions of objects: 0.1-0.3 s with the
+    GIL held, every few thousand requests, which stalled every request in flight (measured: 30 requests
+    at 0.3-0.5 s in a 3,000-request run). Frozen objects are still freed by reference counting.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _settle(answer: concurrent.futures.Future[Result], result: Result | None, exc: BaseException | None) -> None:

@@ -26,11 +26,14 @@ class LatencyTracker:
         self._horizon_s = horizon_s
         self._created_s = time.monotonic()
         self.last_sample_s: float | None = None
+        # The estimate is read several times per request and changes only when a sample comes or ages out.
+        self._cached: tuple[float, float] | None = None  # (estimate, valid until)
 
     def record(self, seconds: float, now_s: float | None = None) -> None:
         now_s = time.monotonic() if now_s is None else now_s
         self._samples.append((now_s, seconds))
         self.last_sample_s = now_s
+        self._cached = None
 
     def seed(self, seconds: float, now_s: float | None = None) -> None:
         """A measurement from warm-up: a sample like any other, which ages out like any other."""
@@ -38,13 +41,20 @@ class LatencyTracker:
 
     def estimate_s(self, now_s: float | None = None) -> float:
         now_s = time.monotonic() if now_s is None else now_s
+        if self._cached is not None and now_s < self._cached[1]:
+            return self._cached[0]
+        live_at = [at_s for at_s, _ in self._samples if now_s - at_s <= self._horizon_s]
         live = [seconds for at_s, seconds in self._samples if now_s - at_s <= self._horizon_s]
         if not live:
-            return self._initial_s
-        if len(live) < 3:
-            return max(live)  # too few to take a quantile of: be conservative
-        live.sort()
-        return live[min(len(live) - 1, int(self._quantile * len(live)))]
+            estimate = self._initial_s
+        elif len(live) < 3:
+            estimate = max(live)  # too few to take a quantile of: be conservative
+        else:
+            live.sort()
+            estimate = live[min(len(live) - 1, int(self._quantile * len(live)))]
+        # Valid until the oldest live sample ages out (or a new one is recorded).
+        self._cached = (estimate, min(live_at) + self._horizon_s if live_at else float("inf"))
+        return estimate
 
     def stale(self, after_s: float, now_s: float | None = None) -> bool:
         """No batch measured for `after_s` (or since it was created): the estimate may be out of date."""
