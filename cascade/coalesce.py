@@ -21,10 +21,15 @@ FULL_ANSWERS = (Status.CONFIDENT, Status.EXHAUSTED)
 class Shared:
     future: asyncio.Future[Result]
     deadline_s: float  # the owner's
+    peers: int = 0  # requests waiting for it now
 
     async def wait(self) -> Result:
         """The owner's result; our own cancellation (deadline) never cancels the shared computation."""
-        return await asyncio.shield(self.future)
+        self.peers += 1
+        try:
+            return await asyncio.shield(self.future)
+        finally:
+            self.peers -= 1
 
     def serves(self, result: Result, deadline_s: float) -> bool:
         """Whether the owner's result is the best a peer with `deadline_s` could hope for."""

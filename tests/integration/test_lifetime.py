@@ -28,6 +28,14 @@ from tests.factories.engine import (
 )
 
 
+def _hash(payload: str) -> str:
+    import base64
+
+    from cascade.decode import hash_bytes
+
+    return hash_bytes(base64.b64decode(payload))
+
+
 def held(engine) -> tuple[int, int, int]:
     """(admission slots in use, admission waiters, coalescing entries), read on the engine's loop."""
     return on_loop(engine, lambda: (engine.admission.in_flight, engine.admission.waiting(),
@@ -104,7 +112,8 @@ def test_a_coalesced_peer_is_answered_when_the_first_caller_goes_away():
         first = engine.submit(make_job(payload, budget_s=10))
         assert fake.started.wait(10)
         peer = engine.submit(make_job(payload, budget_s=10))
-        wait_for(lambda: engine.active() == 2)
+        waiting = on_loop(engine, lambda: engine.path.coalescer.get(_hash(payload)))
+        wait_for(lambda: on_loop(engine, lambda: waiting.peers) == 1)  # the peer waits on the first's computation
         first.cancel()  # the first caller disconnects
         gate.set()
         result = peer.result(10)
