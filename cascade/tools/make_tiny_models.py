@@ -19,6 +19,7 @@ import inspect
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cascade.production_models import LARGE_BUILDERS, PRODUCTION, TWIN_BUILDERS
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{index}/{len(names)}] kept  {name:<20} {folder} (already built)", flush=True)
             continue
         started = time.monotonic()
-        builder = known[name]
+        builder: Callable[..., Path] = known[name]
         takes_device = "device" in inspect.signature(builder).parameters
         path = builder(folder, device=args.device) if takes_device else builder(folder)
         where = args.device if takes_device else "cpu"
