@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,31 @@ _SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 
 _TINY_TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
 
 
-def build_siglip2_so400m(folder: Path, seed: int = 0, device: str = "cpu", tiny: bool = False) -> Path:
+@dataclass(frozen=True)
+class Parts:
+    """What a builder saves: the model class and config (the weights are made from them), and the tokenizer and
+    processors that go beside them."""
+
+    model_class: Any
+    config: Any
+    beside: tuple[Any, ...]
+
+    def save(self, folder: Path, seed: int, device: str) -> Path:
+        import torch
+
+        torch.manual_seed(seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        materialise(self.model_class, self.config, device).save_pretrained(folder)
+        for part in self.beside:
+            part.save_pretrained(folder)
+        return folder
+
+
+def siglip2_so400m_parts(tiny: bool = False) -> Parts:
     """SigLIP2 So400m/14 at 384 px (~1.1B parameters) with a locally trained tokenizer; `tiny`: the same classes
     and processor at 1 layer, 32 px, for CPU tests."""
-    import torch
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
 
-    torch.manual_seed(seed)
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
     tokenizer = _train_tokenizer(specials, add_eos="<eos>")
     tokenizer.pad_token, tokenizer.eos_token, tokenizer.bos_token, tokenizer.unk_token = specials[:4]
@@ -50,11 +69,12 @@ def build_siglip2_so400m(folder: Path, seed: int = 0, device: str = "cpu", tiny:
                      "max_position_embeddings": 16 if tiny else 64, "projection_size": tower["hidden_size"]},
         vision_config={**tower, "image_size": side, "patch_size": patch},
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    materialise(SiglipModel, config, device).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    SiglipImageProcessor(size={"height": side, "width": side}).save_pretrained(folder)
-    return folder
+    return Parts(SiglipModel, config, (tokenizer, SiglipImageProcessor(size={"height": side, "width": side})))
+
+
+def build_siglip2_so400m(folder: Path, seed: int = 0, device: str = "cpu", tiny: bool = False) -> Path:
+    """`siglip2_so400m_parts` with random weights, saved like a hub snapshot."""
+    return siglip2_so400m_parts(tiny).save(folder, seed, device)
 
 
 # Qwen/Qwen3-VL-8B-Instruct's config.json (8.77B parameters); Qwen2.5-VL-7B-Instruct's where a transformers has no
@@ -95,12 +115,10 @@ def vlm_family() -> str:
     return "qwen3_vl" if importlib.util.find_spec("transformers.models.qwen3_vl") else "qwen2_5_vl"
 
 
-def build_production_vlm(folder: Path, seed: int = 0, device: str = "cpu", tiny: bool = False,
-                         family: str | None = None) -> Path:
+def production_vlm_parts(tiny: bool = False, family: str | None = None) -> Parts:
     """The production VLM's architecture (Qwen3-VL-8B-Instruct, or Qwen2.5-VL-7B) with random weights and a local
     tokenizer in which "Yes"/"No" are single tokens, saved with its processor like a hub snapshot; the config keeps
     the real vocabulary size. `tiny`: the same classes at 2 layers and 32 wide, for CPU tests."""
-    import torch
     import transformers
     from transformers import Qwen2VLImageProcessor
 
@@ -113,7 +131,6 @@ def build_production_vlm(folder: Path, seed: int = 0, device: str = "cpu", tiny:
     video_module = __import__(f"transformers.models.{names[1]}.video_processing_{names[1]}", fromlist=["_"])
     video_class = getattr(video_module, f"{names[0] if family == 'qwen3_vl' else 'Qwen2VL'}VideoProcessor")
 
-    torch.manual_seed(seed)
     tokenizer = _train_tokenizer(_QWEN_SPECIAL, add_eos=None)
     tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _QWEN_SPECIAL}
@@ -138,10 +155,13 @@ def build_production_vlm(folder: Path, seed: int = 0, device: str = "cpu", tiny:
                                             max_pixels=token_px**2 * (16 if tiny else 16_384))
     processor = processor_class(image_processor=image_processor, tokenizer=tokenizer,
                                 video_processor=video_class(), chat_template=_QWEN_TEMPLATE)
-    folder.mkdir(parents=True, exist_ok=True)
-    materialise(model_class, config, device).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return Parts(model_class, config, (processor,))
+
+
+def build_production_vlm(folder: Path, seed: int = 0, device: str = "cpu", tiny: bool = False,
+                         family: str | None = None) -> Path:
+    """`production_vlm_parts` with random weights, saved like a hub snapshot."""
+    return production_vlm_parts(tiny, family).save(folder, seed, device)
 
 
 # Real size, random weights (benchmarks); those with a `device` parameter build there (bfloat16 on CUDA).

@@ -16,6 +16,7 @@ the level before its load, over its load and its batch-max runs (weights + the l
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -193,6 +194,8 @@ def run_levels(args: argparse.Namespace) -> dict[str, Any]:
                 entry["batch_max"]["sizes"] = {w.expert.name: min(w.expert.config.max_batch, len(images))
                                                for w in experts}
             report["levels"][str(index)] = entry
+            if args.json:  # a step cut short by its time limit still leaves the levels it finished
+                args.json.write_text(json.dumps(report, indent=2))
             print(f"level {index} {level.name}: batch 1 p50 {entry.get('batch1', {}).get('p50_ms', float('nan')):.1f}"
                   f" ms, batch max p50 {entry.get('batch_max', {}).get('p50_ms', float('nan')):.1f} ms", flush=True)
         report["device_allocated_gb"] = _gb(memory.allocated())

@@ -52,8 +52,10 @@ def _levels_run(counts: dict[str, float]) -> str:
 
 
 def traffic_table(report: dict[str, Any]) -> str:
+    plan = ", ".join(f"{device} {gb:g}" for device, gb in report.get("planned_gb_by_device", {}).items())
     lines = [f"Through the real miner ({report['timeout_s']:g} s validator timeout; miner ready after "
-             f"{_num(report.get('miner_ready_s'))} s); latency p50 / p99 in ms at the client",
+             f"{_num(report.get('miner_ready_s'))} s; memory_gb planned per GPU: {plan or '-'}); latency p50 / p99 "
+             "in ms at the client",
              "",
              "| run | escalation target / planned / measured | requests at rate | p50 / p99 | late (client / miner)"
              " | prior | answers by levels run | mean ms per level | peak GPU GiB (allocated, used) |",

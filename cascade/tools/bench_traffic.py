@@ -163,9 +163,22 @@ def _delta(after: dict[str, float], before: dict[str, float], prefix: str, label
 
 
 def _level_means_ms(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    """Mean time per request in each level, keyed by level number from 1 (the metric's label counts from 0)."""
     sums = _delta(after, before, "sn72_miner_level_seconds_sum", "level")
     counts = _delta(after, before, "sn72_miner_level_seconds_count", "level")
-    return {level: 1000.0 * sums[level] / counts[level] for level in sums if counts.get(level)}
+    return {str(int(level) + 1): 1000.0 * sums[level] / counts[level] for level in sums if counts.get(level)}
+
+
+def planned_gb(lines: Sequence[str]) -> dict[str, float]:
+    """GB the placement plan gives each GPU (its start-up log line `cuda:N: K replica(s), X GB planned, ...`)."""
+    import re
+
+    plan = {}
+    for line in lines:
+        match = re.search(r"(cuda:\d+): \d+ replica\(s\), ([\d.]+) GB planned", line)
+        if match:
+            plan[match.group(1)] = float(match.group(2))
+    return plan
 
 
 def _batches(after: dict[str, float], before: dict[str, float]) -> dict[str, dict[str, float]]:
@@ -239,6 +252,14 @@ def _escalation_report(fitted: escalation.Escalation, sizes: Sequence[str]) -> d
             "escalated_sizes": dict(Counter(sizes[i] for i in fitted.escalated))}
 
 
+def save_partial(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """The report so far into --json: a step cut short by its time limit still leaves every finished run."""
+    if getattr(args, "json", None):
+        import json
+
+        args.json.write_text(json.dumps(report, indent=2))
+
+
 def run_traffic(args: argparse.Namespace) -> dict[str, Any]:
     from neurons.offline import ensure_wallet, run_miner, write_offline_metagraph
 
@@ -262,12 +283,15 @@ def run_traffic(args: argparse.Namespace) -> dict[str, Any]:
         report["miner_ready_s"] = time.monotonic() - began
         report["startup_log"] = [line for line in process.lines if "placement" in line or "GB planned" in line
                                  or ("#" in line and "GB" in line) or "ready" in line.lower()][:40]
+        report["planned_gb_by_device"] = planned_gb(process.lines)
         fit_rate = args.rps * args.burst_factor
         print(f"run fit: level 1 alone, {len(payloads)} requests at {fit_rate:g}/s", flush=True)
         fit_run = measure(process, validators, payloads, fit_rate, seed=1)
         probabilities = fit_run.pop("predictions")
         known = [i for i, p in enumerate(probabilities) if p is not None]
-        report["runs"]["fit"] = {"target_escalation": 0.0, **fit_run, "fitted_on": len(known)}
+        report["runs"]["fit"] = {"target_escalation": 0.0, "planned_escalation": 0.0, **fit_run,
+                                 "fitted_on": len(known)}
+        save_partial(args, report)
         plans = [(f"escalation-{round(100 * rate)}", rate, payloads[:steady], args.rps) for rate in args.rates]
         plans.append(("burst", args.burst_escalation, payloads[:burst_count], args.rps * args.burst_factor))
         for index, (name, rate, run_payloads, rate_rps) in enumerate(plans, 2):
@@ -281,6 +305,7 @@ def run_traffic(args: argparse.Namespace) -> dict[str, Any]:
             result = measure(process, validators, run_payloads, rate_rps, seed=index)
             result.pop("predictions")
             report["runs"][name] = {**_escalation_report(fitted, sizes), "reload_s": reload_s, **result}
+            save_partial(args, report)
     return report
 
 

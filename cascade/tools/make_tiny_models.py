@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import re
 import sys
 import time
@@ -25,6 +26,8 @@ from pathlib import Path
 from cascade.production_models import LARGE_BUILDERS, PRODUCTION, TWIN_BUILDERS
 from cascade.tiny_models import BUILDERS
 
+MARKER = "sn72_built.json"  # written once a build has finished: a build cut short is not taken for a model
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="where real-size models are built: cpu or cuda:N")
     parser.add_argument("--production", choices=sorted(PRODUCTION),
                         help="the models of config/cascade.bench-production[-tiny].yaml (added to any names given)")
-    parser.add_argument("--skip-existing", action="store_true", help="leave a model whose folder already has files")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help=f"leave a model this tool finished building before (its folder holds {MARKER})")
     parser.add_argument("names", nargs="*", help=f"which models (default: {', '.join(BUILDERS)})")
     args = parser.parse_args(argv)
     known = {**BUILDERS, **LARGE_BUILDERS, **TWIN_BUILDERS}
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for index, name in enumerate(names, 1):
         folder = args.out / name
-        if args.skip_existing and folder.is_dir() and any(folder.iterdir()):
+        if args.skip_existing and (folder / MARKER).is_file():
             print(f"[{index}/{len(names)}] kept  {name:<20} {folder} (already built)", flush=True)
             continue
         started = time.monotonic()
@@ -59,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         takes_device = "device" in inspect.signature(builder).parameters
         path = builder(folder, device=args.device) if takes_device else builder(folder)
         where = args.device if takes_device else "cpu"
-        print(f"[{index}/{len(names)}] built {name:<20} -> {path} on {where} ({time.monotonic() - started:.1f}s)",
+        seconds = time.monotonic() - started
+        if folder.is_dir():
+            (folder / MARKER).write_text(json.dumps({"name": name, "device": where, "seconds": round(seconds, 1)}))
+        print(f"[{index}/{len(names)}] built {name:<20} -> {path} on {where} ({seconds:.1f}s)",
               flush=True)
     return 0
 
