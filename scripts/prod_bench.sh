@@ -47,7 +47,7 @@ STEPS=(
     "models|150|$PY -m cascade.tools.make_tiny_models --out .bench/models --device $DEVICE --production $SIZE --skip-existing"
     "levels|150|$PY -m cascade.tools.bench levels --cascade $CASCADE --device $DEVICE --reps 10 --json $OUT/levels.json"
     "traffic|330|$PY -m cascade.tools.bench traffic --cascade $CASCADE ${TRAFFIC[*]} --json $OUT/traffic.json"
-    "report|30|$PY -m cascade.tools.bench_report $OUT"
+    "report|30|$PY -m cascade.tools.bench report $OUT"
 )
 
 stamp() { date '+%H:%M:%S'; }

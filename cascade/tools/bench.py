@@ -10,6 +10,7 @@
     sn72-bench baseline --model PATH --device cuda:0                                  # natix-style pipeline
     sn72-bench levels --cascade config/cascade.bench-production.yaml --device cuda:0  # per level, memory vs memory_gb
     sn72-bench traffic --cascade config/cascade.bench-production.yaml                 # real miner, escalation, burst
+    sn72-bench report OUT                         # OUT/levels.json + OUT/traffic.json -> OUT/summary.md (tables)
 
 `engine` drives the in-process engine (decode included, axon excluded); `axon` starts the miner in
 offline mode and drives it with real dendrites from several throwaway wallets, concurrently.
@@ -261,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     bench_models.add_parsers(sub)
     bench_levels.add_parser(sub)
     bench_traffic.add_parser(sub)
+    sub.add_parser("report", help="markdown tables of a levels/traffic run's JSON").add_argument(
+        "out", type=Path, help="folder holding levels.json and/or traffic.json")
     args = parser.parse_args(argv)
+    if args.mode == "report":
+        return bench_report.main([str(args.out)])
     runners = {"engine": run_engine, "axon": run_axon, "roundtrip": run_roundtrip, "levels": bench_levels.run_levels,
                "traffic": bench_traffic.run_traffic}
     report = runners[args.mode](args) if args.mode in runners else bench_models.run(args)
