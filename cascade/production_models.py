@@ -151,7 +151,8 @@ def production_vlm_parts(tiny: bool = False, family: str | None = None) -> Parts
         tie_word_embeddings=False,
     )
     token_px = spec["patch"] * 2  # one visual token per 2x2 merged patches
-    image_processor = Qwen2VLImageProcessor(patch_size=spec["patch"], min_pixels=token_px**2 * 4,
+    # the checkpoints' own pixel bounds in visual tokens (Qwen3-VL: 65,536 to 16,777,216 px at 32 px a token)
+    image_processor = Qwen2VLImageProcessor(patch_size=spec["patch"], min_pixels=token_px**2 * (4 if tiny else 64),
                                             max_pixels=token_px**2 * (16 if tiny else 16_384))
     processor = processor_class(image_processor=image_processor, tokenizer=tokenizer,
                                 video_processor=video_class(), chat_template=_QWEN_TEMPLATE)
