@@ -8,6 +8,9 @@
     sn72-bench find-batch --cascade C --expert vit --budget-ms 100                    # best max_batch per expert
     sn72-bench backends --cascade C --device cuda:0                                   # batch 1 / 32 per expert
     sn72-bench baseline --model PATH --device cuda:0                                  # natix-style pipeline
+    sn72-bench levels --cascade config/cascade.bench-production.yaml --device cuda:0  # per level, memory vs memory_gb
+    sn72-bench traffic --cascade config/cascade.bench-production.yaml                 # real miner, escalation, burst
+    sn72-bench report OUT                         # OUT/levels.json + OUT/traffic.json -> OUT/summary.md (tables)
 
 `engine` drives the in-process engine (decode included, axon excluded); `axon` starts the miner in
 offline mode and drives it with real dendrites from several throwaway wallets, concurrently.
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cascade.config import EngineConfig, ExpertConfig, SchedulerConfig, load_cascade
-from cascade.tools import bench_models
+from cascade.tools import bench_levels, bench_models, bench_report, bench_traffic
 from neurons.client import encode_jpeg, percentiles, synthetic_image
 
 
@@ -257,10 +260,21 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--rounds", type=int, default=2, help="roundtrip: alternating runs per setting")
             p.add_argument("--timeout-s", type=float, default=9.0)
     bench_models.add_parsers(sub)
+    bench_levels.add_parser(sub)
+    bench_traffic.add_parser(sub)
+    sub.add_parser("report", help="markdown tables of a levels/traffic run's JSON").add_argument(
+        "out", type=Path, help="folder holding levels.json and/or traffic.json")
     args = parser.parse_args(argv)
-    runners = {"engine": run_engine, "axon": run_axon, "roundtrip": run_roundtrip}
+    if args.mode == "report":
+        return bench_report.main([str(args.out)])
+    runners = {"engine": run_engine, "axon": run_axon, "roundtrip": run_roundtrip, "levels": bench_levels.run_levels,
+               "traffic": bench_traffic.run_traffic}
     report = runners[args.mode](args) if args.mode in runners else bench_models.run(args)
-    print_table(report)
+    tables = {"levels": bench_report.levels_table, "traffic": bench_report.traffic_table}
+    if args.mode in tables:
+        print(tables[args.mode](report))
+    else:
+        print_table(report)
     if getattr(args, "json", None):
         args.json.write_text(json.dumps(report, indent=2))
     return 0
