@@ -21,12 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,13 +184,15 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
     extra = {"axon": {"cache_header_schema": header_cache}, "guards": {"rate_per_s": 0.0},
              "scheduler": {"cache_size": 0, "decode_workers": args.decode_workers}, "log_level": "WARNING"}
     data = payloads(args.requests, args.image_size, args.distinct)
-    with run_miner(folder, folder / "wallets", miner, cascade, extra=extra) as process:
+    server = (run_stock_axon(folder / "wallets", miner) if getattr(args, "stock", False)
+              else run_miner(folder, folder / "wallets", miner, cascade, extra=extra))
+    with server as process:
         # one warm-up round trip per wallet (dendrite sessions, first-request paths)
         asyncio.run(_drive_axon(process, wallets, data[: len(wallets)], len(wallets), args.timeout_s, False))
         latencies, codes, elapsed = asyncio.run(
             _drive_axon(process, wallets, data, args.concurrency, args.timeout_s, sequential))
     return {
-        "mode": "axon-sequential" if sequential else "axon",
+        "mode": ("stock-axon" if getattr(args, "stock", False) else "axon") + ("-sequential" if sequential else ""),
         "header_cache": header_cache,
         "requests": len(data),
         "wallets": len(wallets),
@@ -197,6 +201,29 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
         "latency_ms": {k: v * 1000 for k, v in percentiles(latencies, (50, 95, 99, 100)).items()},
         "status_codes": codes,
     }
+
+
+@contextlib.contextmanager
+def run_stock_axon(wallet_path: Path, miner: Any) -> Iterator[Any]:
+    """bittensor's stock axon with a trivial forward, in its own process, as the miner runs in its own."""
+    from neurons.miner import READY_LINE
+    from neurons.offline import MinerProcess, free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "neurons.stock_axon", "--wallet.path", str(wallet_path), "--wallet.name", miner.name,
+         "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith(READY_LINE):
+            break
+    else:
+        raise RuntimeError("the stock axon did not start")
+    try:
+        yield MinerProcess(process, port, 0, miner.hotkey.ss58_address, wallet_path)
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 def run_roundtrip(args: argparse.Namespace) -> dict[str, Any]:
@@ -259,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--wallets", type=int, default=4)
             p.add_argument("--rounds", type=int, default=2, help="roundtrip: alternating runs per setting")
             p.add_argument("--timeout-s", type=float, default=9.0)
+            p.add_argument("--stock", action="store_true",
+                           help="axon: bittensor's stock axon, trivial forward, instead of the miner (reference)")
     bench_models.add_parsers(sub)
     bench_levels.add_parser(sub)
     bench_traffic.add_parser(sub)
