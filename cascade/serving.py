@@ -80,6 +80,12 @@ def decode_side(sides: list[int | None]) -> int | None:
     return max(s for s in sides if s is not None)
 
 
+def defers_jpegs(levels: list[Level]) -> bool:
+    """Whether a JPEG may wait encoded for the first level: each of its experts has a replica that decodes
+    JPEGs on its device. Otherwise the first level needs host arrays anyway, decoded at once in one hop."""
+    return bool(levels) and all(any(b.takes_jpeg for b in batchers) for batchers in levels[0].batchers.values())
+
+
 @dataclass(eq=False)
 class ServingCascade:
     """A cascade as served: its config, run-time levels (batchers per replica), pooling and coalescer."""
@@ -88,6 +94,7 @@ class ServingCascade:
     levels: list[Level]
     pooling: Pooling
     decode_min_side: int | None = None
+    defer_jpegs: bool = False  # JPEGs for the first level left encoded (`defers_jpegs`)
     stamps: dict[str, str] = field(default_factory=dict)  # expert name -> model_stamp when loaded
     # In-flight computations of this cascade only: a request never shares another cascade's answer.
     coalescer: Coalescer = field(default_factory=Coalescer)
