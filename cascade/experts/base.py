@@ -88,8 +88,11 @@ class Expert(abc.ABC):
         batches = [[image(0)]]
         if self.config.max_batch > 1:
             batches.append([image(i) for i in range(self.config.max_batch)])
-        if self.takes_jpeg():
-            encoded: list[list[Any]] = [[jpeg_of(array) for array in batch] for batch in batches]
+        if self.takes_jpeg():  # the same sizes as JPEGs: one smooth frame per size, encoded once (noise is slow)
+            frames = {hw: jpeg_of(np.linspace(0, 255, hw[0] * hw[1] * 3).astype(np.uint8).reshape(*hw, 3))
+                      for hw in sizes}
+            encoded: list[list[Any]] = [[frames[sizes[i % len(sizes)]] for i in range(len(batch))]
+                                        for batch in batches]
             batches += encoded  # DeviceJpeg items: this expert takes them (see predict_batch)
         return batches
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from cascade.config import DecodeConfig
-from cascade.decode import _TRANSPOSE, DecodeError, Decoded, DeviceJpeg, decode_image, decode_or_defer
+from cascade.decode import _TRANSPOSE, Decoded, DecodeError, DeviceJpeg, decode_image, decode_or_defer
 from cascade.experts.base import ExpertError, check_probabilities
 from cascade.experts.jpeg import Materialised, enable_device_jpeg, materialise, upright
 from cascade.experts.preprocess import batch_tensor, resize_on_device
@@ -202,7 +202,7 @@ def test_the_switch_on_a_machine_without_cuda(tmp_path):
     assert enable_device_jpeg(expert, "off") is None
     assert "PIL on the host (cpu is not a CUDA device)" in (enable_device_jpeg(expert, "auto") or "")
     assert not expert.takes_jpeg()
-    with pytest.raises(ExpertError, match="decode.device is 'on' but cpu is not a CUDA device"):
+    with pytest.raises(ExpertError, match=r"decode\.device is 'on' but cpu is not a CUDA device"):
         enable_device_jpeg(expert, "on")
     detector = build_expert(expert_config("det", backend="detector", model="yolo.pt"), "cuda:0")
     assert not detector.decodes_jpeg and enable_device_jpeg(detector, "on") is None  # needs host arrays: PIL
