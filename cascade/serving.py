@@ -81,9 +81,13 @@ def decode_side(sides: list[int | None]) -> int | None:
 
 
 def defers_jpegs(levels: list[Level]) -> bool:
-    """Whether a JPEG may wait encoded for the first level: each of its experts has a replica that decodes
-    JPEGs on its device. Otherwise the first level needs host arrays anyway, decoded at once in one hop."""
-    return bool(levels) and all(any(b.takes_jpeg for b in batchers) for batchers in levels[0].batchers.values())
+    """Whether a JPEG may wait encoded for the first level: every replica there decodes JPEGs on its device.
+
+    Otherwise the first level may need host arrays, and they are decoded at once, in the same hop as the
+    hash. NOTE: replicas on a second GPU of the process get no nvJPEG (cascade/experts/jpeg.py), so an expert
+    spread over two GPUs in one process keeps the PIL path: half its requests would otherwise pay a second hop.
+    """
+    return bool(levels) and all(b.takes_jpeg for b in levels[0].replicas())
 
 
 @dataclass(eq=False)

@@ -206,3 +206,18 @@ def test_the_switch_on_a_machine_without_cuda(tmp_path):
         enable_device_jpeg(expert, "on")
     detector = build_expert(expert_config("det", backend="detector", model="yolo.pt"), "cuda:0")
     assert not detector.decodes_jpeg and enable_device_jpeg(detector, "on") is None  # needs host arrays: PIL
+
+
+def test_jpegs_wait_encoded_only_when_every_replica_of_level_one_decodes_them():
+    from types import SimpleNamespace
+
+    from cascade.serving import defers_jpegs
+
+    def level(*replicas: bool) -> SimpleNamespace:
+        batchers = [SimpleNamespace(takes_jpeg=takes) for takes in replicas]
+        return SimpleNamespace(replicas=lambda: batchers)
+
+    assert defers_jpegs([level(True), level(False)])  # a later level's arrays are decoded when it runs
+    assert not defers_jpegs([level(True, False)])  # a replica on a second GPU, or a host expert beside it
+    assert not defers_jpegs([level(False), level(True)])
+    assert not defers_jpegs([])
