@@ -221,3 +221,22 @@ def test_jpegs_wait_encoded_only_when_every_replica_of_level_one_decodes_them():
     assert not defers_jpegs([level(True, False)])  # a replica on a second GPU, or a host expert beside it
     assert not defers_jpegs([level(False), level(True)])
     assert not defers_jpegs([])
+
+
+def test_the_gpu_check_script_answers_help_and_refuses_a_machine_without_cuda(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(root)}
+    script = str(root / "scripts" / "gpu_decode_check.sh")
+    done = subprocess.run(["bash", script, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "gpu_decode_check.sh [OUT_DIR]" in done.stdout
+    assert list(tmp_path.iterdir()) == []
+    if not torch.cuda.is_available():
+        done = subprocess.run(["bash", script, "out"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 2 and "no CUDA device visible" in done.stdout and done.stderr == ""
+        assert list(tmp_path.iterdir()) == []
