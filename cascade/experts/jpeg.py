@@ -46,9 +46,12 @@ def nvjpeg(encoded: list[torch.Tensor], device: str) -> list[torch.Tensor]:
     """torchvision's batched nvJPEG decode to RGB on `device` (3xHxW uint8 tensors, ready on its current stream)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    target = torch.device(device)
+    if target.index is None:  # torchvision rebuilds its decoder for "cuda" after "cuda:0": always name the index
+        target = torch.device("cuda", torch.cuda.current_device())
     # torchvision syncs the result with the current stream of the device current when its decoder was made.
-    with torch.cuda.device(device):
-        decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    with torch.cuda.device(target):
+        decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=target)
     return list(decoded)
 
 
@@ -83,6 +86,8 @@ def enable_device_jpeg(expert: Expert, mode: str) -> str | None:
     if mode == "off" or not expert.decodes_jpeg:
         return None
     device = expert.device
+    if device == "cuda":  # the same GPU as "cuda:N" must be recognised as such
+        device = f"cuda:{torch.cuda.current_device()}"
     with _lock:
         if _owner is not None and _owner != device:  # probing here would move torchvision's decoder: not tried
             taken = (f"nvJPEG already decodes for {_owner} in this process (torchvision keeps one decoder per "
