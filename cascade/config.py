@@ -199,6 +199,15 @@ class DecodeConfig(Strict):
     reduce_jpeg: bool = Field(
         True, description="Decode JPEGs at the smallest DCT scale that still covers every expert's input size."
     )
+    device: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="JPEGs for GPU experts decoded on their device (nvJPEG) in the expert's batch: auto (where "
+        "torchvision's CUDA decoder works), on (start-up fails where it does not), off (PIL always). docs/decoding.md",
+    )
+    device_max_pixels: int = Field(
+        4_194_304, ge=1024, le=1 << 31,
+        description="Larger JPEGs are decoded by PIL at reduced DCT scale instead of in full on the device.",
+    )
     formats: list[ImageFormat] = Field(default_factory=lambda: list(DEFAULT_FORMATS), min_length=1)
     budget_pixels: int = Field(
         64_000_000, ge=1024, le=1 << 34,

@@ -9,6 +9,9 @@ any colour conversion, so a large PNG is held once, not three times.
 Images are opened through the accepted formats' own plugin classes, never through
 `PIL.Image.open`: ultralytics replaces that function process-wide with one that tries to
 pip-install a HEIF plugin (and resolves public DNS names) whenever a payload is unreadable.
+
+`decode_or_defer` runs the same checks and leaves a JPEG that a GPU expert can decode on its device
+encoded (`DeviceJpeg`, docs/decoding.md): the expert decodes it in its batch (cascade/experts/jpeg.py).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import io
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import (
@@ -65,6 +68,31 @@ class Decoded:
     sha256: str
     original_size: tuple[int, int]  # (width, height) as sent, before orientation
     downscaled: bool
+
+
+@dataclass(frozen=True, eq=False)
+class DeviceJpeg:
+    """A JPEG whose header passed every check, left encoded for a GPU expert to decode in its batch.
+
+    Only JPEGs the device decoder handles as PIL would are deferred (`decode_or_defer`); `host_pixels`
+    is the PIL path for the same bytes: the fallback when the device decoder refuses the file anyway.
+    """
+
+    data: bytes
+    size: tuple[int, int]  # (width, height) as stored, before orientation
+    orientation: int  # EXIF orientation (1-8), applied on the device after decoding
+    limits: DecodeConfig = field(repr=False)
+    min_side: int | None = None  # the reduced decode's target, for the PIL fallback
+
+    @property
+    def upright_hw(self) -> tuple[int, int]:
+        """(height, width) once turned upright: orientations 5-8 swap the sides."""
+        width, height = self.size
+        return (width, height) if self.orientation in (5, 6, 7, 8) else (height, width)
+
+    def host_pixels(self) -> np.ndarray:
+        """The upright RGB array PIL makes of these bytes (DecodeError if it cannot either)."""
+        return decode_image(self.data, self.limits, self.min_side).image
 
 
 class PixelBudget:
@@ -133,6 +161,24 @@ def open_header(data: bytes, formats: Sequence[str]) -> Image.Image:
     raise DecodeError(f"image: not a readable image of an accepted format ({', '.join(formats)})")
 
 
+def _checked_header(data: bytes, limits: DecodeConfig) -> tuple[Image.Image, bool]:
+    """The opened header and whether the image is over `max_pixels` (to downscale); DecodeError for refusals."""
+    image = open_header(data, limits.formats)
+    width, height = image.size
+    pixels = width * height
+    problem = None
+    if width < 1 or height < 1:
+        problem = f"image: empty image {width}x{height}"
+    elif pixels > limits.max_decode_pixels:
+        problem = f"image: {width}x{height} exceeds the hard limit of {limits.max_decode_pixels} pixels"
+    elif pixels > limits.max_pixels and limits.oversize == "reject":
+        problem = f"image: {width}x{height} exceeds the limit of {limits.max_pixels} pixels"
+    if problem is not None:
+        image.close()
+        raise DecodeError(problem)
+    return image, pixels > limits.max_pixels
+
+
 def decode_image(
     data: bytes,
     limits: DecodeConfig,
@@ -147,16 +193,53 @@ def decode_image(
     224 model decodes ~3x faster and moves a quarter of the bytes to the GPU. With `budget`, the
     decode waits (until `until_s`) for its pixels to fit in the budget; DecodeBusy if they never do.
     """
-    image = open_header(data, limits.formats)
+    image, downscale = _checked_header(data, limits)
+    return _decode_pixels(image, data, limits, downscale, min_side, budget, until_s)
+
+
+def decode_or_defer(
+    data: bytes,
+    limits: DecodeConfig,
+    min_side: int | None = None,
+    budget: PixelBudget | None = None,
+    until_s: float | None = None,
+) -> Decoded | DeviceJpeg:
+    """`decode_image`'s checks, then a JPEG the device decoder serves as well as PIL left encoded; else pixels.
+
+    Left to PIL (docs/decoding.md): other formats; images over `max_pixels` (downscaled here) or over
+    `device_max_pixels` (the reduced DCT decode reads 1/64 of a 4000x3000 frame's pixels for a 224 model,
+    where the device would hold the whole frame in the batch); progressive JPEGs (nvJPEG decodes those one
+    at a time with its Huffman stage on the host, inside the expert's batch, where PIL decodes them in
+    parallel in the decode pool); CMYK/YCCK and untransformed-RGB JPEGs, whose colours nvJPEG does not convert
+    as libjpeg does.
+    """
+    image, downscale = _checked_header(data, limits)
+    width, height = image.size
+    if (
+        image.format == "JPEG"
+        and not downscale
+        and width * height <= limits.device_max_pixels
+        and image.mode in ("RGB", "L")
+        and not image.info.get("progressive")
+        and image.info.get("adobe_transform") != 0  # 0: RGB stored as is, not YCbCr
+    ):
+        orientation = _orientation(image)
+        image.close()
+        return DeviceJpeg(data, (width, height), orientation, limits, min_side)
+    return _decode_pixels(image, data, limits, downscale, min_side, budget, until_s)
+
+
+def _decode_pixels(
+    image: Image.Image,
+    data: bytes,
+    limits: DecodeConfig,
+    downscale: bool,
+    min_side: int | None,
+    budget: PixelBudget | None,
+    until_s: float | None,
+) -> Decoded:
     width, height = image.size
     pixels = width * height
-    if width < 1 or height < 1:
-        raise DecodeError(f"image: empty image {width}x{height}")
-    if pixels > limits.max_decode_pixels:
-        raise DecodeError(f"image: {width}x{height} exceeds the hard limit of {limits.max_decode_pixels} pixels")
-    downscale = pixels > limits.max_pixels
-    if downscale and limits.oversize == "reject":
-        raise DecodeError(f"image: {width}x{height} exceeds the limit of {limits.max_pixels} pixels")
     scale = (limits.max_pixels / pixels) ** 0.5 if downscale else 1.0
     target = (max(1, int(width * scale)), max(1, int(height * scale)))
     orientation = _orientation(image)
@@ -167,7 +250,11 @@ def decode_image(
             image.draft("RGB", (min_side, min_side))
     held_w, held_h = image.size  # after draft: what the decoder will actually allocate
     until_s = until_s if until_s is not None else time.monotonic() + 60.0
-    taken = budget.acquire(held_w * held_h, until_s) if budget is not None else 0
+    try:
+        taken = budget.acquire(held_w * held_h, until_s) if budget is not None else 0
+    except DecodeBusy:
+        image.close()
+        raise
     try:
         array = _pixels(image, target if downscale else None, orientation)
     except DecodeError:

@@ -47,6 +47,7 @@ from cascade.serving import (
     ReloadReport,
     ServingCascade,
     decode_side,
+    defers_jpegs,
     fits,
     model_stamp,
     plan_reload,
@@ -163,8 +164,9 @@ class Engine:
         self._thread.start()
         building = self._build_serving(self.config.cascade, loading.placed, {})
         self.path.serving = asyncio.run_coroutine_threadsafe(building, self._loop).result()
-        logger.info("JPEGs decoded with both sides >= {} (the largest expert input)",
-                    self.path.serving.decode_min_side or "full")
+        logger.info("JPEGs decoded with both sides >= {} (the largest expert input){}",
+                    self.path.serving.decode_min_side or "full",
+                    "; for level 1 on its GPUs (nvJPEG)" if self.path.serving.defer_jpegs else "")
         self.started = True
         self.startup = StartupReport(
             placement={name: [e.device for e in replicas] for name, replicas in loading.placed.items()},
@@ -185,6 +187,7 @@ class Engine:
             loading.stage = "load"
             expert = loading.current = self._expert_factory(by_name[slot.expert], slot.device)
             expert.load()
+            self._device_jpeg(expert)
             loading.load_s[key] = time.monotonic() - t0
             loading.stage = "warmup"
             loading.warmup_s[key], self._warm_batch_s[id(expert)] = self._warm_up(expert)
@@ -193,6 +196,15 @@ class Engine:
             loading.current = None
             logger.info("loaded {} in {:.2f}s, warm-up {:.2f}s, {:.2f} GB held", key, loading.load_s[key],
                         loading.warmup_s[key], expert.memory_bytes() / 2**30)
+
+    def _device_jpeg(self, expert: Expert) -> None:
+        """JPEGs decoded on the expert's GPU where `decode.device` and the device allow (docs/decoding.md)."""
+        if expert.decodes_jpeg and self.config.decode.device != "off":
+            from cascade.experts.jpeg import enable_device_jpeg  # imports torch: only for backends that have it
+
+            note = enable_device_jpeg(expert, self.config.decode.device)
+            if note:
+                logger.info("{}", note)
 
     def _warm_up(self, expert: Expert) -> tuple[float, float]:
         """Dummy batches, so the first real request is as fast as the hundredth.
@@ -237,6 +249,7 @@ class Engine:
             levels.append(level)
         serving = ServingCascade(cascade, levels, consensus.Pooling.from_config(cascade))
         serving.decode_min_side = decode_side([b.expert.input_side() for b in serving.replicas()])
+        serving.defer_jpegs = defers_jpegs(levels)
         old = self.path.serving.stamps
         serving.stamps = {e.name: old[e.name] if e.name in kept else model_stamp(e.model) for e in cascade.experts()}
         return serving

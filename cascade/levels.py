@@ -14,15 +14,15 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from cascade import consensus
 from cascade.config import ExpertConfig, LevelConfig
+from cascade.decode import DecodeError
+from cascade.experts.base import ImageInput
 from cascade.request import ExpertAnswer, Request
 from cascade.scheduler import Expired, MicroBatcher
 
 AnswerSink = Callable[[ExpertAnswer], None]
-FailureSink = Callable[[str, str], None]  # expert, kind
+FailureSink = Callable[[str, str, BaseException | None], None]  # expert, kind, the error (None: timeout)
 
 
 class Plan(enum.Enum):
@@ -53,7 +53,12 @@ class Level:
         picks = {name: self.pick(name, now_s) for name in self.batchers}
         return {name: batcher for name, batcher in picks.items() if batcher is not None}
 
-    def plan(self, time_left_s: float, now_s: float, probe_image: np.ndarray) -> tuple[Plan, dict[str, MicroBatcher]]:
+    @staticmethod
+    def needs_pixels(chosen: dict[str, MicroBatcher]) -> bool:
+        """Whether a replica chosen to run needs host pixels (it cannot decode the request's JPEG itself)."""
+        return any(not batcher.takes_jpeg for batcher in chosen.values())
+
+    def plan(self, time_left_s: float, now_s: float, probe_image: ImageInput) -> tuple[Plan, dict[str, MicroBatcher]]:
         chosen = self.choose(now_s)
         if not chosen:
             return Plan.UNAVAILABLE, {}
@@ -81,7 +86,7 @@ class Level:
             for future, name in futures.items():
                 if not future.done():
                     future.cancel()  # dropped unrun if still queued; its result discarded if running
-                    on_failure(name, "timeout")
+                    on_failure(name, "timeout", None)
         return cut_short
 
     def _settled(
@@ -93,4 +98,5 @@ class Level:
         if exc is None:
             on_answer(consensus.make_answer(self.experts[name], self.index, future.result()))
         else:
-            on_failure(name, "expired" if isinstance(exc, Expired) else "error")
+            kind = "expired" if isinstance(exc, Expired) else "bad_image" if isinstance(exc, DecodeError) else "error"
+            on_failure(name, kind, exc)

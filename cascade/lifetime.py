@@ -7,7 +7,9 @@ cancel anything: they wait for the answer, which always comes by the deadline.
 
 The work, step by step, each a method tested on its own:
   admit      a slot (bounded in flight; stake and deadline order the waiters), released on any exit
-  decode     base64, hash, pixels (bounded pool, pixel budget, until the deadline)
+  decode     base64, hash, header checks, pixels (bounded pool, pixel budget, until the deadline); a JPEG
+             that the first level's GPU experts decode themselves is left encoded, and decoded here only
+             when a level whose experts need host arrays is about to run (docs/decoding.md)
   cache      the same image answered recently: that answer
   coalesce   the same image in flight for someone else: wait for it (or compute, if its owner was cut)
   compute    the levels, cheapest first, until confident, exhausted, or out of time
@@ -34,7 +36,17 @@ from cascade.admission import Admission
 from cascade.cache import ResultCache
 from cascade.coalesce import Coalescer, Shared
 from cascade.config import EngineConfig
-from cascade.decode import DecodeBusy, Decoded, PixelBudget, decode_image, decode_payload, hash_bytes
+from cascade.decode import (
+    DecodeBusy,
+    Decoded,
+    DecodeError,
+    DeviceJpeg,
+    PixelBudget,
+    decode_image,
+    decode_or_defer,
+    decode_payload,
+    hash_bytes,
+)
 from cascade.levels import Level, Plan
 from cascade.observers.base import Finished, ObserverRunner
 from cascade.request import ExpertAnswer, Job, Request, Result, Status
@@ -55,6 +67,7 @@ class Progress:
     image_hash: str | None = None
     image_bytes: bytes | None = None
     image_size: tuple[int, int] | None = None
+    refused: DecodeError | None = None  # an expert could not decode the image (device decoder and PIL)
 
     def result(self, status: Status) -> Result:
         """The answers so far pooled as their level pools them, with `status`; the prior when none answered."""
@@ -147,12 +160,12 @@ class RequestPath:
 
     # -- steps ----------------------------------------------------------------------------------
     async def decode(self, payload: str, deadline_s: float,
-                     serving: ServingCascade | None = None) -> tuple[bytes, str, Decoded | None]:
+                     serving: ServingCascade | None = None) -> tuple[bytes, str, Decoded | DeviceJpeg | None]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.decoder, self._prepare, payload, deadline_s, serving or self.serving)
 
     def _prepare(self, payload: str, deadline_s: float,
-                 serving: ServingCascade) -> tuple[bytes, str, Decoded | None]:
+                 serving: ServingCascade) -> tuple[bytes, str, Decoded | DeviceJpeg | None]:
         """Decoder thread: base64, hash and (unless the image is a likely repeat) pixels, in one hop.
 
         One executor round trip per request instead of three: under load every hop is a wait for the
@@ -162,12 +175,38 @@ class RequestPath:
         image_hash = hash_bytes(data)
         if self.cache.contains(image_hash) or image_hash in serving.coalescer:
             return data, image_hash, None
-        return data, image_hash, self._pixels(data, deadline_s, serving.decode_min_side)
+        return data, image_hash, self._first_pixels(data, deadline_s, serving)
+
+    def _first_pixels(self, data: bytes, deadline_s: float, serving: ServingCascade) -> Decoded | DeviceJpeg:
+        """Pixels, or the checked JPEG left encoded where the first level's experts decode it on their device."""
+        if serving.defer_jpegs:
+            return decode_or_defer(data, self.config.decode, serving.decode_min_side, self.budget, deadline_s)
+        return self._pixels(data, deadline_s, serving.decode_min_side)
 
     def _pixels(self, data: bytes, deadline_s: float, min_side: int | None) -> Decoded:
         return decode_image(data, self.config.decode, min_side, self.budget, deadline_s)
 
-    async def coalesce_or_compute(self, job: Job, progress: Progress, data: bytes, decoded: Decoded | None) -> Result:
+    async def _host_pixels(self, request: Request, progress: Progress) -> bool:
+        """Decode a deferred JPEG (decode pool) for a level whose experts need arrays: only requests that reach
+        such a level pay for it. False (the level is not run) when it cannot be decoded in time, or at all
+        after an earlier level answered; DecodeError when nothing answered (the PIL path's answer)."""
+        loop = asyncio.get_running_loop()
+        try:
+            decoded = await loop.run_in_executor(self.decoder, self._pixels, request.image_bytes, request.deadline_s,
+                                                 progress.serving.decode_min_side)
+        except DecodeBusy:
+            progress.failures.append("decode_busy")
+            return False
+        except DecodeError:
+            if not progress.answers:
+                raise
+            progress.failures.append("decode_error")
+            return False
+        request.image = decoded.image
+        return True
+
+    async def coalesce_or_compute(self, job: Job, progress: Progress, data: bytes,
+                                  decoded: Decoded | DeviceJpeg | None) -> Result:
         assert progress.image_hash is not None
         coalescer = progress.serving.coalescer
         shared: Shared | None
@@ -179,10 +218,15 @@ class RequestPath:
         with coalescer.own(progress.image_hash, job.deadline_s, lambda: self.best(progress, Status.DEADLINE)) as owner:
             if decoded is None:  # skipped as a likely repeat, but not answered after all
                 loop = asyncio.get_running_loop()
-                decoded = await loop.run_in_executor(self.decoder, self._pixels, data, job.deadline_s,
-                                                     progress.serving.decode_min_side)
-            progress.image_size = decoded.original_size
-            result = await self.compute(Request(job, decoded.image, progress.image_hash, data), progress)
+                decoded = await loop.run_in_executor(self.decoder, self._first_pixels, data, job.deadline_s,
+                                                     progress.serving)
+            if isinstance(decoded, DeviceJpeg):
+                progress.image_size = decoded.size
+                request = Request(job, None, progress.image_hash, data, jpeg=decoded)
+            else:
+                progress.image_size = decoded.original_size
+                request = Request(job, decoded.image, progress.image_hash, data)
+            result = await self.compute(request, progress)
             # An answer of a cascade already replaced would outlive it in the cache: not kept.
             if result.status in (Status.CONFIDENT, Status.EXHAUSTED) and progress.serving is self.serving:
                 self.cache.put(progress.image_hash, result)
@@ -196,7 +240,9 @@ class RequestPath:
         for level in progress.serving.levels:
             now_s = time.monotonic()
             time_left_s = request.deadline_s - now_s - self.guard_s
-            plan, chosen = level.plan(time_left_s if self.routing else float("inf"), now_s, request.image)
+            probe_image = request.image if request.image is not None else request.jpeg
+            assert probe_image is not None
+            plan, chosen = level.plan(time_left_s if self.routing else float("inf"), now_s, probe_image)
             if plan is Plan.UNAVAILABLE:  # every expert of this level is out of service: try the next level
                 self.stats.level_skipped(level.index, plan.value)
                 continue
@@ -204,11 +250,18 @@ class RequestPath:
                 self.stats.level_skipped(level.index, plan.value)
                 status = Status.DEADLINE
                 break
+            if request.image is None and level.needs_pixels(chosen):
+                if not await self._host_pixels(request, progress):
+                    status = Status.DEADLINE
+                    break
+                time_left_s = request.deadline_s - time.monotonic() - self.guard_s
             progress.level = level.index
             cut_short = await level.run(chosen, request, time_left_s, self._answer_sink(progress),
                                         self._failure_sink(progress))
             self.stats.level_ran(level.index, time.monotonic() - now_s)
             progress.levels_run += 1
+            if progress.refused is not None and not progress.answers:
+                raise progress.refused  # no decoder could read it: refused as the PIL path refuses it
             if cut_short:
                 status = Status.DEADLINE
                 break
@@ -226,10 +279,12 @@ class RequestPath:
 
         return record
 
-    def _failure_sink(self, progress: Progress) -> Callable[[str, str], None]:
-        def record(expert: str, kind: str) -> None:
+    def _failure_sink(self, progress: Progress) -> Callable[[str, str, BaseException | None], None]:
+        def record(expert: str, kind: str, error: BaseException | None) -> None:
             progress.failures.append(f"{expert}:{kind}")
             self.stats.expert_outcome(expert, kind)
+            if isinstance(error, DecodeError):
+                progress.refused = error
 
         return record
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cascade.decode import DeviceJpeg
+
 _ids = itertools.count(1)
 
 
@@ -44,9 +46,10 @@ class Request:
     """A decoded job travelling through the cascade."""
 
     job: Job
-    image: np.ndarray  # HxWx3 uint8 RGB
+    image: np.ndarray | None  # HxWx3 uint8 RGB; None until a level needs host pixels (`jpeg` is set then)
     image_hash: str
     image_bytes: bytes  # the encoded image as received (kept for active learning)
+    jpeg: DeviceJpeg | None = None  # checked and left encoded: experts that decode JPEGs on their device take it
 
     @property
     def request_id(self) -> int:

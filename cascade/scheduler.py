@@ -14,14 +14,17 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
+from typing import cast
 
 import numpy as np
 from loguru import logger
 
 from cascade.config import SchedulerConfig
-from cascade.experts.base import Expert, check_probabilities
+from cascade.decode import DecodeError, DeviceJpeg
+from cascade.experts.base import Expert, ImageInput, check_probabilities
 from cascade.latency import Health, LatencyTracker
 from cascade.request import Request
 from cascade.threads import worker_pool
@@ -38,7 +41,7 @@ class _Item:
     deadline_s: float
     seq: int
     request: Request | None = field(compare=False)  # None: a probe batch on a synthetic image
-    image: np.ndarray = field(compare=False)
+    image: ImageInput = field(compare=False)  # a DeviceJpeg only for a replica that takes_jpeg
     future: asyncio.Future[float] = field(compare=False)
     enqueued_s: float = field(compare=False)
 
@@ -56,6 +59,12 @@ _FATAL_DEVICE_ERRORS = (
     "an illegal instruction",
     "uncorrectable ecc",
 )
+
+
+@cache
+def probe_frame() -> np.ndarray:
+    """A grey 640x480 frame: the probe image of a replica that needs host pixels the request has not decoded."""
+    return np.full((480, 640, 3), 128, dtype=np.uint8)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -84,6 +93,7 @@ class MicroBatcher:
         self.device = expert.device
         self.replica = f"{self.name}@{self.device}"
         self.max_batch = expert.config.max_batch
+        self.takes_jpeg = expert.takes_jpeg()  # may be handed encoded JPEGs (it decodes them on its device)
         self.batch_cap = self.max_batch  # lowered after an out-of-memory error, raised back by successes
         self.max_wait_s = expert.config.max_wait_ms / 1000.0
         initial = (expert.config.expected_latency_ms or 50.0) / 1000.0
@@ -119,13 +129,23 @@ class MicroBatcher:
         The caller may cancel the future (its request was answered or ran out of time): the item is
         then dropped unrun, or its result discarded if its batch is already running.
         """
-        return self._push(request.deadline_s, request, request.image)
+        return self._push(request.deadline_s, request, self.input_of(request))
 
-    def probe(self, image: np.ndarray, timeout_s: float = 60.0) -> None:
+    def input_of(self, request: Request) -> ImageInput:
+        """The request's host pixels once decoded, else its encoded JPEG for a replica that decodes JPEGs itself."""
+        if request.image is not None:
+            return request.image
+        if self.takes_jpeg and request.jpeg is not None:
+            return request.jpeg
+        raise ValueError(f"{self.replica} needs host pixels, which the request path did not decode")
+
+    def probe(self, image: ImageInput, timeout_s: float = 60.0) -> None:
         """One batch on `image` outside any request, to re-measure a replica nobody has run for a while."""
         if self.probing or self._closed:
             return
         self.probing = True
+        if isinstance(image, DeviceJpeg) and not self.takes_jpeg:
+            image = probe_frame()
         future = self._push(time.monotonic() + timeout_s, None, image)
         future.add_done_callback(self._probe_done)
 
@@ -134,7 +154,7 @@ class MicroBatcher:
         if not future.cancelled():
             future.exception()  # retrieved: a failed probe is counted by the batch, nothing to raise
 
-    def _push(self, deadline_s: float, request: Request | None, image: np.ndarray) -> asyncio.Future[float]:
+    def _push(self, deadline_s: float, request: Request | None, image: ImageInput) -> asyncio.Future[float]:
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         if self._closed:
             future.set_exception(Expired(f"{self.name} is shut down"))
@@ -234,11 +254,13 @@ class MicroBatcher:
         return batch
 
     async def _run(self, batch: list[_Item]) -> None:
-        images = [item.image for item in batch]
+        # NOTE: typed as arrays for the Expert interface; a DeviceJpeg is here only if this replica takes_jpeg.
+        images = cast(list[np.ndarray], [item.image for item in batch])
         started = time.monotonic()
         self._running_since.append(started)
         outcome = "ok"
         try:
+            raw: Sequence[float | DecodeError]
             if self.expert.is_async:
                 deadline_s = max(item.deadline_s for item in batch)
                 raw = await self.expert.predict_async(images, deadline_s)
@@ -251,7 +273,11 @@ class MicroBatcher:
         else:
             self._succeeded()
             for item, probability in zip(batch, probabilities, strict=True):
-                if not item.future.done():
+                if item.future.done():
+                    continue
+                if isinstance(probability, DecodeError):  # that image alone: no decoder could read it
+                    item.future.set_exception(probability)
+                else:
                     item.future.set_result(probability)
         finally:
             self._running_since.remove(started)

@@ -80,6 +80,16 @@ def decode_side(sides: list[int | None]) -> int | None:
     return max(s for s in sides if s is not None)
 
 
+def defers_jpegs(levels: list[Level]) -> bool:
+    """Whether a JPEG may wait encoded for the first level: every replica there decodes JPEGs on its device.
+
+    Otherwise the first level may need host arrays, and they are decoded at once, in the same hop as the
+    hash. NOTE: replicas on a second GPU of the process get no nvJPEG (cascade/experts/jpeg.py), so an expert
+    spread over two GPUs in one process keeps the PIL path: half its requests would otherwise pay a second hop.
+    """
+    return bool(levels) and all(b.takes_jpeg for b in levels[0].replicas())
+
+
 @dataclass(eq=False)
 class ServingCascade:
     """A cascade as served: its config, run-time levels (batchers per replica), pooling and coalescer."""
@@ -88,6 +98,7 @@ class ServingCascade:
     levels: list[Level]
     pooling: Pooling
     decode_min_side: int | None = None
+    defer_jpegs: bool = False  # JPEGs for the first level left encoded (`defers_jpegs`)
     stamps: dict[str, str] = field(default_factory=dict)  # expert name -> model_stamp when loaded
     # In-flight computations of this cascade only: a request never shares another cascade's answer.
     coalescer: Coalescer = field(default_factory=Coalescer)

@@ -4,17 +4,25 @@ An expert takes a batch of decoded RGB images (HxWx3 uint8, any sizes) and retur
 of roadwork per image, doing its own preprocessing. Synchronous backends implement `predict_batch`
 and are run on a dedicated thread per replica; backends that talk to an async engine or a server
 set `is_async` and implement `predict_async`, which also receives the batch's deadline.
+
+A backend that sets `decodes_jpeg` may also be handed checked, still-encoded JPEGs (`DeviceJpeg`) once
+the engine gave it a `jpeg_decoder` (cascade/experts/jpeg.py): it decodes them on its device, in its
+batch, and answers an image that no decoder could read with that image's DecodeError in its place, so
+the rest of the batch is answered. Experts without a decoder only ever see arrays.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from cascade.config import ExpertConfig
+from cascade.config import DecodeConfig, ExpertConfig
+from cascade.decode import DecodeError, DeviceJpeg
+
+ImageInput = np.ndarray | DeviceJpeg  # what a batch may hold (a DeviceJpeg only for an expert that takes_jpeg())
 
 
 class ExpertError(RuntimeError):
@@ -25,19 +33,28 @@ class Expert(abc.ABC):
     """One loaded model replica on one device."""
 
     is_async: ClassVar[bool] = False
+    # Backends whose preprocessing runs on the device and can decode a batch's JPEGs there (nvJPEG).
+    decodes_jpeg: ClassVar[bool] = False
 
     def __init__(self, config: ExpertConfig, device: str) -> None:
         self.config = config
         self.device = device
         self.name = config.name
         self.options: Any = config.typed_options()
+        # (encoded CPU uint8 tensors, device) -> 3xHxW uint8 tensors on it; set by cascade/experts/jpeg.py
+        self.jpeg_decoder: Callable[[list[Any], str], list[Any]] | None = None
+
+    def takes_jpeg(self) -> bool:
+        """Whether batches may hand this replica encoded JPEGs (`DeviceJpeg`) to decode on its device."""
+        return self.jpeg_decoder is not None
 
     @abc.abstractmethod
     def load(self) -> None:
         """Load weights and processors onto `self.device`."""
 
-    def predict_batch(self, images: Sequence[np.ndarray]) -> list[float]:
-        """One P(roadwork) in [0, 1] per image (synchronous backends)."""
+    def predict_batch(self, images: Sequence[np.ndarray]) -> Sequence[float | DecodeError]:
+        """One P(roadwork) in [0, 1] per image (synchronous backends); `DeviceJpeg` items and DecodeError
+        answers only where `takes_jpeg()` (see the module docstring)."""
         raise NotImplementedError(f"{type(self).__name__} has no synchronous predict")
 
     async def predict_async(self, images: Sequence[np.ndarray], deadline_s: float) -> list[float]:
@@ -59,7 +76,8 @@ class Expert(abc.ABC):
         """Release the model (the process may keep running with other experts)."""
 
     def warmup_batches(self) -> list[list[np.ndarray]]:
-        """Dummy batches run at load: the smallest and largest batch, of mixed sizes."""
+        """Dummy batches run at load: the smallest and largest batch, of mixed sizes (also as JPEGs, for an
+        expert that decodes them: the device decoder's first call sets it up)."""
         sizes = [(224, 224), (480, 640), (720, 1280)]
         rng = np.random.default_rng(0)
 
@@ -70,7 +88,25 @@ class Expert(abc.ABC):
         batches = [[image(0)]]
         if self.config.max_batch > 1:
             batches.append([image(i) for i in range(self.config.max_batch)])
+        if self.takes_jpeg():  # the same sizes as JPEGs: one smooth frame per size, encoded once (noise is slow)
+            frames = {hw: jpeg_of(np.linspace(0, 255, hw[0] * hw[1] * 3).astype(np.uint8).reshape(*hw, 3))
+                      for hw in sizes}
+            encoded: list[list[Any]] = [[frames[sizes[i % len(sizes)]] for i in range(len(batch))]
+                                        for batch in batches]
+            batches += encoded  # DeviceJpeg items: this expert takes them (see predict_batch)
         return batches
+
+
+def jpeg_of(array: np.ndarray, quality: int = 75) -> DeviceJpeg:
+    """An HxWx3 uint8 array as a checked JPEG (PIL's default quality and 4:2:0, as validators send)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
+    height, width = array.shape[:2]
+    return DeviceJpeg(buffer.getvalue(), (width, height), 1, DecodeConfig())
 
 
 def torch_dtype(name: str, device: str) -> Any:
@@ -90,12 +126,12 @@ def parameter_bytes(module: Any) -> int:
     return total
 
 
-def check_probabilities(name: str, values: Sequence[float], expected: int) -> list[float]:
-    """Outputs are counted against inputs and must be finite probabilities."""
-    out = [float(v) for v in values]
+def check_probabilities(name: str, values: Sequence[float | DecodeError], expected: int) -> list[float | DecodeError]:
+    """Outputs are counted against inputs and must be finite probabilities (or one image's DecodeError)."""
+    out = [v if isinstance(v, DecodeError) else float(v) for v in values]
     if len(out) != expected:
         raise ExpertError(f"expert {name} returned {len(out)} probabilities for {expected} images")
     for value in out:
-        if not 0.0 <= value <= 1.0:  # also rejects NaN
+        if not isinstance(value, DecodeError) and not 0.0 <= value <= 1.0:  # also rejects NaN
             raise ExpertError(f"expert {name} returned {value}, outside [0, 1]")
     return out

@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from cascade.decode import DecodeError
 from cascade.experts.base import Expert, ExpertError, parameter_bytes, torch_dtype
+from cascade.experts.jpeg import materialise
 from cascade.experts.preprocess import batch_tensor, processor_geometry, recorded_resize, resolve_resize
 
 
@@ -34,6 +36,8 @@ def roadwork_indices(id2label: dict[int, str], names: Sequence[str], indices: Se
 
 
 class ClassifierExpert(Expert):
+    decodes_jpeg = True
+
     def load(self) -> None:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
@@ -63,17 +67,20 @@ class ClassifierExpert(Expert):
         return self.model(pixel_values=pixels).logits
 
     @torch.inference_mode()
-    def predict_batch(self, images: Sequence[np.ndarray]) -> list[float]:
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[float | DecodeError]:
+        batch = materialise(images, self.device, self.jpeg_decoder)
+        if not batch.images:
+            return batch.answers([])
         pixels = batch_tensor(
-            images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale, self.channels_last,
-            resize=self.resize,
+            batch.images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale,
+            self.channels_last, resize=self.resize,
         )
         logits = self.logits_of(pixels).float()
         if logits.shape[-1] == 1:
             probs = torch.sigmoid(logits[:, 0])
         else:
             probs = torch.softmax(logits, dim=-1)[:, self.positive].sum(dim=-1)
-        return probs.clamp(0.0, 1.0).cpu().tolist()
+        return batch.answers(probs.clamp(0.0, 1.0).cpu().tolist())
 
     def input_side(self) -> int | None:
         return max(self.size_hw)

@@ -35,9 +35,11 @@ import torch
 from loguru import logger
 from torchvision.ops import nms
 
+from cascade.decode import DecodeError
 from cascade.experts.base import Expert, ExpertError, parameter_bytes, torch_dtype
 from cascade.experts.detector import noisy_or
-from cascade.experts.preprocess import batch_tensor, processor_geometry, recorded_resize, resolve_resize
+from cascade.experts.jpeg import materialise
+from cascade.experts.preprocess import Pixels, batch_tensor, processor_geometry, recorded_resize, resolve_resize
 
 
 def image_score(
@@ -62,6 +64,8 @@ def _pooled(output: Any) -> torch.Tensor:
 
 class OWLv2Expert(Expert):
     """An OWLv2 checkpoint (hub id or local folder) read through `image_score` (see the module docstring)."""
+
+    decodes_jpeg = True
 
     def load(self) -> None:
         from transformers import AutoConfig, AutoProcessor, Owlv2ForObjectDetection
@@ -132,7 +136,7 @@ class OWLv2Expert(Expert):
         return torch.sigmoid(self.model.box_head(chosen).float() + self.box_bias[index])
 
     @torch.inference_mode()
-    def detections(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def detections(self, images: Sequence[Pixels]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per image, the `max_candidates` best patches: (scores, boxes as x0, y0, x1, y1 in [0, 1]), best first."""
         pixels = batch_tensor(
             images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale, resize=self.resize
@@ -144,9 +148,13 @@ class OWLv2Expert(Expert):
         scores_np, boxes_np = top_scores.cpu().numpy(), boxes.cpu().numpy()  # one device sync per batch
         return [(scores_np[i], boxes_np[i]) for i in range(len(images))]
 
-    def predict_batch(self, images: Sequence[np.ndarray]) -> list[float]:
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[float | DecodeError]:
+        batch = materialise(images, self.device, self.jpeg_decoder)
+        if not batch.images:
+            return batch.answers([])
         o = self.options
-        return [image_score(s, b, o.conf, o.iou, o.top_k, o.floor) for s, b in self.detections(images)]
+        return batch.answers([image_score(s, b, o.conf, o.iou, o.top_k, o.floor)
+                              for s, b in self.detections(batch.images)])
 
     def input_side(self) -> int | None:
         return max(self.size_hw)

@@ -1,8 +1,10 @@
 """Image batches as normalised tensors, resized on the expert's own device, in one of three resize modes.
 
 On a GPU each image is copied to the device as uint8 (a quarter of the float bytes) and resized there
-with antialiasing: resizing full dashcam frames on the host would dominate small-model latency. On the
-CPU, PIL's reducing resize is the faster path. Both paths share the geometry of `plan_resize`:
+with antialiasing: resizing full dashcam frames on the host would dominate small-model latency. Images
+already on the device (3xHxW uint8 tensors, as nvJPEG decodes them: cascade/experts/jpeg.py) take the
+same path without the copy. On the CPU, PIL's reducing resize is the faster path. Both paths share the
+geometry of `plan_resize`:
 
 - `squash`: the whole image is resized to the input, aspect ratio lost (what ViT and SigLIP processors do);
 - `letterbox`: the whole image is scaled to fit inside the input, aspect kept, centred, and the border is
@@ -69,8 +71,27 @@ def plan_resize(source_hw: tuple[int, int], target_hw: tuple[int, int], mode: Re
     raise ValueError(f"unknown resize mode {mode!r}; known: {RESIZE_MODES}")
 
 
+Pixels = np.ndarray | torch.Tensor  # HxWx3 uint8 array on the host, or 3xHxW uint8 tensor (on the device)
+
+# Images resized together at most: bounds the float copy a group of large frames makes on the device (12 bytes
+# a pixel), whatever the batch size.
+CHUNK_PIXELS = 32 * 2**20
+
+
+def _hw(image: Pixels) -> tuple[int, int]:
+    return (image.shape[1], image.shape[2]) if isinstance(image, torch.Tensor) else (image.shape[0], image.shape[1])
+
+
+def _check_pixels(image: Pixels) -> None:
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+            raise ValueError(f"expected 3xHxW uint8 tensors, got shape {tuple(image.shape)} dtype {image.dtype}")
+    elif image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected HxWx3 uint8 images, got shape {image.shape} dtype {image.dtype}")
+
+
 def batch_tensor(
-    images: Sequence[np.ndarray],
+    images: Sequence[Pixels],
     size_hw: tuple[int, int],
     mean: Sequence[float],
     std: Sequence[float],
@@ -86,13 +107,13 @@ def batch_tensor(
     `fill` is the letterbox border in pixel units (0-255) per channel; None is the mean, which normalises to 0.
     """
     for image in images:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected HxWx3 uint8 images, got shape {image.shape} dtype {image.dtype}")
+        _check_pixels(image)
     mean_t = torch.tensor(mean, device=device, dtype=torch.float32).view(1, 3, 1, 1) / rescale
     std_t = torch.tensor(std, device=device, dtype=torch.float32).view(1, 3, 1, 1) / rescale
     fill_t = mean_t if fill is None else torch.tensor(fill, device=device, dtype=torch.float32).view(1, 3, 1, 1)
     if device == "cpu":
-        batch = torch.cat([resize_on_host(image, size_hw, resize, fill_t) for image in images], dim=0)
+        arrays = [image.permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else image for image in images]
+        batch = torch.cat([resize_on_host(image, size_hw, resize, fill_t) for image in arrays], dim=0)
     else:
         batch = resize_on_device(images, size_hw, device, resize, fill_t)
     batch = ((batch - mean_t) / std_t).to(dtype)
@@ -112,41 +133,54 @@ def _place(part: torch.Tensor, plan: ResizePlan, size_hw: tuple[int, int], fill:
 
 
 def resize_on_device(
-    images: Sequence[np.ndarray],
+    images: Sequence[Pixels],
     size_hw: tuple[int, int],
     device: str,
     resize: ResizeMode = "squash",
     fill: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """N x 3 x H x W float tensor (pixel units): images of one shape are copied into one uint8 device tensor
+    """N x 3 x H x W float tensor (pixel units): images of one shape are gathered into one uint8 device tensor
     and resized together. `fill`: the letterbox border (1 x 3 x 1 x 1, pixel units; default 0).
 
-    A handful of torch calls per distinct shape, whatever the batch size: under load each call that
-    drops the GIL may wait a whole switch interval to get it back, so per-image calls (hundreds
-    per batch) made the expert thread crawl behind the decode and event-loop threads.
+    Host arrays are cropped on the host (fewer bytes to copy), stacked and copied in one transfer; device
+    tensors are cropped and stacked where they are. A handful of torch calls per distinct shape, whatever
+    the batch size: under load each call that drops the GIL may wait a whole switch interval to get it back,
+    so per-image calls (hundreds per batch) made the expert thread crawl behind the decode and event-loop threads.
     """
     fill_t = torch.zeros((1, 3, 1, 1), device=device) if fill is None else fill
-    groups: dict[tuple[int, int], list[int]] = {}
+    groups: dict[tuple[int, int, bool], list[int]] = {}
     for index, image in enumerate(images):
-        groups.setdefault((image.shape[0], image.shape[1]), []).append(index)
+        groups.setdefault((*_hw(image), isinstance(image, torch.Tensor)), []).append(index)
     parts: list[torch.Tensor] = []
     order: list[int] = []
-    for (height, width), indices in groups.items():
+    for (height, width), indices in ((key[:2], value) for key, value in groups.items()):
         plan = plan_resize((height, width), size_hw, resize)
-        top, left, crop_h, crop_w = plan.crop
-        # the crop is taken on the host: fewer bytes to copy; the stack is the one host copy, then one transfer
-        host = np.stack([images[index][top : top + crop_h, left : left + crop_w] for index in indices])
-        part = torch.from_numpy(host).to(device).permute(0, 3, 1, 2).float()
-        if (crop_h, crop_w) != plan.resized_hw:
-            part = F.interpolate(part, size=plan.resized_hw, mode="bilinear", antialias=True, align_corners=False)
-        parts.append(_place(part, plan, size_hw, fill_t))
-        order.extend(indices)
+        per_chunk = max(1, CHUNK_PIXELS // (height * width))
+        for start in range(0, len(indices), per_chunk):
+            chunk = indices[start : start + per_chunk]
+            part = _gathered([images[index] for index in chunk], plan, device)
+            if plan.crop[2:] != plan.resized_hw:
+                part = F.interpolate(part, size=plan.resized_hw, mode="bilinear", antialias=True, align_corners=False)
+            parts.append(_place(part, plan, size_hw, fill_t))
+            order.extend(chunk)
     if len(parts) == 1:
         return parts[0]
     batch = torch.cat(parts, dim=0)
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     return batch[inverse.to(device)]
+
+
+def _gathered(images: Sequence[Pixels], plan: ResizePlan, device: str) -> torch.Tensor:
+    """Images of one shape (all arrays or all tensors), cropped by `plan`, as one N x 3 x h x w float tensor."""
+    top, left, crop_h, crop_w = plan.crop
+    tensors = [image for image in images if isinstance(image, torch.Tensor)]
+    if tensors:
+        crops = [t[:, top : top + crop_h, left : left + crop_w] for t in tensors]
+        return torch.stack(crops).to(device).float()
+    # the stack is the one host copy, then one transfer
+    host = np.stack([image[top : top + crop_h, left : left + crop_w] for image in images])
+    return torch.from_numpy(host).to(device).permute(0, 3, 1, 2).float()
 
 
 def _writable(image: np.ndarray) -> np.ndarray:

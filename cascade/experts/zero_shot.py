@@ -28,8 +28,10 @@ import torch
 from loguru import logger
 
 from cascade.config import ResizeMode
+from cascade.decode import DecodeError
 from cascade.experts.base import Expert, ExpertError, parameter_bytes, torch_dtype
-from cascade.experts.preprocess import batch_tensor, processor_geometry, recorded_resize, resolve_resize
+from cascade.experts.jpeg import materialise
+from cascade.experts.preprocess import Pixels, batch_tensor, processor_geometry, recorded_resize, resolve_resize
 
 
 def _embeddings(output: Any) -> torch.Tensor:
@@ -50,6 +52,8 @@ def prompt_probabilities(logits: torch.Tensor, num_positive: int) -> torch.Tenso
 
 class ZeroShotExpert(Expert):
     """Image-text model scoring positive against negative prompts (see the module docstring)."""
+
+    decodes_jpeg = True
 
     def load(self) -> None:
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
@@ -128,7 +132,7 @@ class ZeroShotExpert(Expert):
         embeds = _embeddings(self.model.get_text_features(**inputs)).float()
         return embeds / embeds.norm(p=2, dim=-1, keepdim=True)
 
-    def _naflex_inputs(self, images: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+    def _naflex_inputs(self, images: Sequence[Pixels]) -> dict[str, torch.Tensor]:
         """SigLIP2 NaFlex inputs: per image an aspect-kept patch grid, patchified, padded to `max_num_patches`."""
         from transformers.models.siglip2.image_processing_siglip2 import get_image_size_for_max_num_patches
 
@@ -139,7 +143,8 @@ class ZeroShotExpert(Expert):
                 side = max(p, self.config.input_size // p * p)
                 height, width = side, side
             else:
-                height, width = get_image_size_for_max_num_patches(image.shape[0], image.shape[1], p, limit)
+                source_hw = image.shape[1:] if isinstance(image, torch.Tensor) else image.shape[:2]
+                height, width = get_image_size_for_max_num_patches(source_hw[0], source_hw[1], p, limit)
             pixels = batch_tensor([image], (height, width), self.mean, self.std, self.device, self.dtype, self.rescale)
             grid_h, grid_w = height // p, width // p
             # (1, C, H, W) -> (grid_h * grid_w, p * p * C), row-major patches with channels last, as the processor
@@ -161,12 +166,16 @@ class ZeroShotExpert(Expert):
         }
 
     @torch.inference_mode()
-    def predict_batch(self, images: Sequence[np.ndarray]) -> list[float]:
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[float | DecodeError]:
+        batch = materialise(images, self.device, self.jpeg_decoder)
+        if not batch.images:
+            return batch.answers([])
         if self.naflex:
-            inputs: dict[str, Any] = self._naflex_inputs(images)
+            inputs: dict[str, Any] = self._naflex_inputs(batch.images)
         else:
             pixels = batch_tensor(
-                images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale, resize=self.resize
+                batch.images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale,
+                resize=self.resize,
             )
             inputs = {"pixel_values": pixels}
             if self.interpolate:
@@ -176,7 +185,7 @@ class ZeroShotExpert(Expert):
         logits = self.logit_scale * image_embeds @ self.text_embeds.t()
         if self.logit_bias is not None:
             logits = logits + self.logit_bias
-        return prompt_probabilities(logits, self.num_positive).cpu().tolist()
+        return batch.answers(prompt_probabilities(logits, self.num_positive).cpu().tolist())
 
     def input_side(self) -> int | None:
         return None if self.naflex else max(self.size_hw)  # NaFlex keeps the native aspect and detail

@@ -53,7 +53,7 @@ def slowed_factory(delay_s: float, level_experts: set[str]) -> Any:
         if config.name in level_experts:
             inner = expert.predict_batch
 
-            def slow(images: Sequence[Any]) -> list[float]:
+            def slow(images: Sequence[Any]) -> Any:
                 time.sleep(delay_s)
                 return inner(images)
 
