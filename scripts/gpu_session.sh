@@ -1,35 +1,55 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the level-1 path in one command (one lease on a 2-GPU machine), each step bounded:
-#   bash scripts/gpu_session.sh OUT [--dry-run]
-# gpu-marked tests; nvJPEG vs PIL decode; the engine on one GPU (512 clients, and 1 client for batch-1 latency)
-# and on two; the miner beside the stock axon through real dendrites. JSON and logs in OUT.
+# Every GPU measurement in two bounded commands (one 2-GPU lease each), results tarred into OUT/PART.tgz:
+#   bash scripts/gpu_session.sh level1 OUT [--dry-run]       (about 9 minutes)
+#     gpu-marked tests; nvJPEG vs PIL decode; the engine with ViT-B/16 on one GPU (512 clients, and one client
+#     for batch-1 latency) and on two; the miner beside bittensor's stock axon through real dendrites.
+#   bash scripts/gpu_session.sh production OUT [--dry-run]   (about 9 minutes)
+#     the production-size cascade (scripts/prod_bench.sh) on both GPUs, the training bench on the second GPU
+#     while the models are built, then the hot-reload bench (device memory before, during and after).
+# Each step has its own time limit; a failing step is logged and the next one runs. Runs from the repository
+# root with `python3 -m ...` (PYTHONPATH must hold the repository and the carried wheels).
 set -u -o pipefail
-OUT=${1:?usage: gpu_session.sh OUT [--dry-run]}; DRY=${2:-}
+PART=${1:?usage: gpu_session.sh level1|production OUT [--dry-run]}
+OUT=${2:?usage: gpu_session.sh level1|production OUT [--dry-run]}
+DRY=${3:-}
 PY=${PYTHON:-python3}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-mkdir -p "$OUT"
+WORK=$(mktemp -d)/$PART
+mkdir -p "$WORK" "$OUT"
 B="$PY -m cascade.tools.bench"
 GPU_TESTS="tests/integration/test_gpu_decode.py tests/unit/test_preprocess.py tests/integration/test_expert_classifier.py
  tests/integration/test_expert_zero_shot.py tests/integration/test_expert_owlv2.py tests/integration/test_expert_detector.py
  tests/integration/test_expert_vlm_transformers.py tests/integration/test_reload_gpu.py tests/e2e/test_production_bench.py"
 GPU_TESTS=$(echo $GPU_TESTS)
-STEPS=(
-  "models|50|$PY -m cascade.tools.make_tiny_models --out .bench/models --device cuda:0 vit-b16"
-  "gpu-tests|120|$PY -m pytest -q -p no:cacheprovider -m gpu --continue-on-collection-errors $GPU_TESTS"
-  "decode-bench|80|$PY -m cascade.tools.decode_bench --sections device,engine --json $OUT/decode_bench.json"
-  "engine-1gpu|70|$B engine --cascade config/cascade.bench-gpu.yaml --requests 4000 --concurrency 512 --decode-workers 12 --json $OUT/engine-1gpu.json"
-  "engine-1gpu-c1|25|$B engine --cascade config/cascade.bench-gpu.yaml --requests 300 --concurrency 1 --json $OUT/engine-1gpu-c1.json"
-  "engine-2gpu|65|$B engine --cascade config/cascade.bench-gpu-x2.yaml --requests 5000 --concurrency 512 --decode-workers 16 --json $OUT/engine-2gpu.json"
-  "axon-stock|45|$B axon --cascade config/cascade.bench-gpu.yaml --requests 1500 --concurrency 64 --wallets 8 --stock --json $OUT/axon-stock.json"
-  "axon-miner|55|$B axon --cascade config/cascade.bench-gpu.yaml --requests 1500 --concurrency 64 --wallets 8 --decode-workers 8 --json $OUT/axon-miner.json"
-)
+case "$PART" in
+  level1) STEPS=(
+    "models|50|$PY -m cascade.tools.make_tiny_models --out .bench/models --device cuda:0 vit-b16"
+    "gpu-tests|120|$PY -m pytest -q -p no:cacheprovider -m gpu --continue-on-collection-errors $GPU_TESTS"
+    "decode-bench|80|$PY -m cascade.tools.decode_bench --sections device,engine --json $WORK/decode_bench.json"
+    "engine-1gpu|70|$B engine --cascade config/cascade.bench-gpu.yaml --requests 4000 --concurrency 512 --decode-workers 12 --json $WORK/engine-1gpu.json"
+    "engine-1gpu-c1|25|$B engine --cascade config/cascade.bench-gpu.yaml --requests 300 --concurrency 1 --json $WORK/engine-1gpu-c1.json"
+    "engine-2gpu|65|$B engine --cascade config/cascade.bench-gpu-x2.yaml --requests 5000 --concurrency 512 --decode-workers 16 --json $WORK/engine-2gpu.json"
+    "axon-stock|45|$B axon --cascade config/cascade.bench-gpu.yaml --requests 1500 --concurrency 64 --wallets 8 --stock --json $WORK/axon-stock.json"
+    "axon-miner|55|$B axon --cascade config/cascade.bench-gpu.yaml --requests 1500 --concurrency 64 --wallets 8 --decode-workers 8 --json $WORK/axon-miner.json"
+  ) ;;
+  production) STEPS=(
+    "train-bench-bg|5|(CUDA_VISIBLE_DEVICES=1 PYTHON=$PY BENCH_TIMEOUT=170 bash scripts/train_bench.sh $WORK/train > $WORK/train.log 2>&1 &)"
+    "prod-bench|420|PYTHON=$PY PROD_BENCH_BUDGET_S=400 bash scripts/prod_bench.sh $WORK/prod"
+    "reload-bench|110|$PY -m neurons.reload_bench --device cuda:0 --size base --out $WORK/reload.json"
+  ) ;;
+  *) echo "error: PART is level1 or production, got $PART" >&2; exit 2 ;;
+esac
 start=$(date +%s)
 for step in "${STEPS[@]}"; do
   IFS='|' read -r name limit cmd <<< "$step"
-  if [ -n "$DRY" ]; then echo "$name ($limit s): $cmd"; continue; fi
+  if [ -n "$DRY" ]; then echo "$name (<= ${limit}s): $cmd"; continue; fi
   echo "== $(date +%T) $name (<= ${limit}s)"
-  timeout "$limit" bash -c "$cmd" > "$OUT/$name.log" 2>&1
+  timeout "$limit" bash -c "$cmd" > "$WORK/$name.log" 2>&1
   rc=$?
   echo "== $(date +%T) $name exit $rc ($(( $(date +%s) - start ))s so far)"
-  tail -n 6 "$OUT/$name.log" | cut -c1-220
+  tail -n 8 "$WORK/$name.log" | cut -c1-240
 done
+[ -n "$DRY" ] && exit 0
+# Only the figures and logs come back (not the training images or checkpoints).
+(cd "$(dirname "$WORK")" && find "$PART" -type f \( -name '*.json' -o -name '*.log' -o -name '*.md' -o -name '*.txt' -o -name '*.xml' \) \
+   -size -4M -print0 | tar czf "$OUT/$PART.tgz" --null -T -) && echo "results: $OUT/$PART.tgz ($(du -h "$OUT/$PART.tgz" | cut -f1))"
