@@ -35,6 +35,13 @@ def roadwork_indices(id2label: dict[int, str], names: Sequence[str], indices: Se
     return found
 
 
+def eager_logits(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def logits(pixels: torch.Tensor) -> torch.Tensor:
+        return model(pixel_values=pixels).logits
+
+    return logits
+
+
 class ClassifierExpert(Expert):
     decodes_jpeg = True
 
@@ -56,15 +63,14 @@ class ClassifierExpert(Expert):
         id2label = {int(k): v for k, v in self.model.config.id2label.items()}
         self.num_labels = len(id2label)
         self.positive = roadwork_indices(id2label, self.options.positive_labels, self.options.positive_indices)
-        self.logits_of: Callable[[torch.Tensor], torch.Tensor] = self._eager_logits
+        # A closure over the model, never a bound method of self: the expert must not refer to itself, or
+        # once replaced it would wait for a cycle collection the engine's frozen heap never runs (hot reload).
+        self.logits_of: Callable[[torch.Tensor], torch.Tensor] | None = eager_logits(self.model)
         if self.options.cuda_graphs and self.device.startswith("cuda"):
             from cascade.experts.cuda_graphs import try_graph
 
-            self.logits_of = try_graph(self._eager_logits, (3, *self.size_hw), self.config.max_batch, self.device,
+            self.logits_of = try_graph(self.logits_of, (3, *self.size_hw), self.config.max_batch, self.device,
                                        self.dtype, self.channels_last)
-
-    def _eager_logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixels).logits
 
     @torch.inference_mode()
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[float | DecodeError]:
@@ -75,6 +81,8 @@ class ClassifierExpert(Expert):
             batch.images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale,
             self.channels_last, resize=self.resize,
         )
+        if self.logits_of is None:
+            raise ExpertError(f"expert {self.name} is closed")
         logits = self.logits_of(pixels).float()
         if logits.shape[-1] == 1:
             probs = torch.sigmoid(logits[:, 0])
@@ -90,4 +98,4 @@ class ClassifierExpert(Expert):
 
     def close(self) -> None:
         self.model = None
-        self.logits_of = self._eager_logits  # captured CUDA graphs hold their own memory pool
+        self.logits_of = None  # captured CUDA graphs hold their own memory pool
