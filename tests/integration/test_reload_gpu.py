@@ -25,6 +25,12 @@ def vit(model, name: str, bias: float = 0.0) -> CascadeConfig:
     return CascadeConfig(version=name, levels=[LevelConfig(name="only", exit_margin=0.3, experts=[expert])])
 
 
+def referrers(thing: object) -> list[str]:
+    """What keeps `thing` alive, for the failure message (the engine's heap is frozen: unfreeze to see it)."""
+    gc.unfreeze()
+    return [f"{type(r).__name__}: {str(r)[:120]}" for r in gc.get_referrers(thing) if r is not globals()]
+
+
 def serve_some(engine: Engine, count: int = 48) -> None:
     futures = [engine.submit(make_job(mark=i % 250, seed=i, budget_s=30.0)) for i in range(count)]
     assert all(f.result(60).answers for f in futures)
@@ -58,7 +64,7 @@ def test_device_memory_returns_to_its_level_before_the_swap_once_the_old_model_i
         allocated_after = torch.cuda.memory_allocated(0)
         free_after, _ = torch.cuda.mem_get_info(0)
         gc.collect()
-        assert old_expert() is None
+        assert old_expert() is None, referrers(old_expert())
         assert peak >= allocated_before + 0.9 * model_bytes  # during: both models at once
         assert abs(allocated_after - allocated_before) <= 0.05 * model_bytes  # after: one model again
         assert free_after >= free_before - 0.25 * model_bytes, (free_before, free_after)  # and handed back
