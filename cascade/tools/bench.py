@@ -63,6 +63,29 @@ def slowed_factory(delay_s: float, level_experts: set[str]) -> Any:
     return factory
 
 
+def null_factory(config: ExpertConfig, device: str) -> Any:
+    """An expert that costs nothing: JPEGs stay encoded (as for nvJPEG experts) and every answer is 0.9 at once.
+
+    `engine --null-experts` measures the request path alone (admission, base64, hash, header checks, batching,
+    thread and event-loop hand-offs): the ceiling no model can lift in this process.
+    """
+    from cascade.experts.base import Expert
+
+    class NullExpert(Expert):
+        decodes_jpeg = True
+
+        def load(self) -> None:
+            self.jpeg_decoder = lambda encoded, device: encoded  # marks JPEGs as decoded in the batch: never called
+
+        def predict_batch(self, images: Sequence[Any]) -> list[float]:
+            return [0.9] * len(images)
+
+        def memory_bytes(self) -> int:
+            return 0
+
+    return NullExpert(config, device)
+
+
 async def _closed_loop(submit: Any, total: int, concurrency: int) -> None:
     """Clients as coroutines on one thread: client threads would compete with the engine for the GIL."""
     indices = iter(range(total))
@@ -89,7 +112,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
     from cascade.request import Job
 
     cascade = bench_cascade(args)
-    factory: Any = build_expert
+    factory: Any = null_factory if args.null_experts else build_expert
     if args.slow_last_level_s:
         last = cascade.levels[-1]
         for expert in last.experts:
@@ -130,6 +153,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
     snapshot = engine.stats.snapshot()
     report = {
         "mode": "engine-burst" if args.burst else "engine",
+        "experts": "null (no model: the request path alone)" if args.null_experts else "real",
         "cascade": str(args.cascade),
         "requests": len(data),
         "concurrency": "all-at-once" if args.burst else args.concurrency,
@@ -279,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--burst", action="store_true", help="submit everything at once")
             p.add_argument("--budget-s", type=float, default=8.4, help="deadline per request (9 s - margin)")
             p.add_argument("--slow-last-level-s", type=float, default=0.0)
+            p.add_argument("--null-experts", action="store_true",
+                           help="experts that cost nothing: the request path's own ceiling")
             p.add_argument("--max-in-flight", type=int, default=256)
             p.add_argument("--cache", action="store_true", help="keep the result cache on")
             p.add_argument("--gil-switch-ms", type=float, default=0.5, help="sys.setswitchinterval in ms")
