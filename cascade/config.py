@@ -58,6 +58,12 @@ class ExpertConfig(Strict):
     )
     max_batch: int = Field(32, ge=1, le=1024, description="Largest micro-batch.")
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="Longest wait for a batch to fill.")
+    wait_when_idle: bool = Field(
+        True,
+        description="Hold a batch up to max_wait_ms for more requests even when the replica is idle. False: an idle "
+        "replica starts on what it has at once (no batch window at low load); batches still form from the requests "
+        "that arrive while one runs, so under load the batches are as large as with the window.",
+    )
     memory_gb: float = Field(1.0, ge=0.0, le=1024.0, description="Estimated device memory of one replica.")
     weight: float = Field(1.0, ge=0.0, le=100.0, description="Weight of this expert's log-odds in pooling.")
     calibration: Calibration = Field(default_factory=Calibration)

@@ -96,6 +96,7 @@ class MicroBatcher:
         self.takes_jpeg = expert.takes_jpeg()  # may be handed encoded JPEGs (it decodes them on its device)
         self.batch_cap = self.max_batch  # lowered after an out-of-memory error, raised back by successes
         self.max_wait_s = expert.config.max_wait_ms / 1000.0
+        self.wait_when_idle = expert.config.wait_when_idle
         initial = (expert.config.expected_latency_ms or 50.0) / 1000.0
         self.compute = LatencyTracker(sched.latency_window, sched.latency_quantile, initial, sched.latency_horizon_s)
         self.health = Health(self.replica, sched.unhealthy_after_failures, sched.unhealthy_cooldown_s)
@@ -180,7 +181,8 @@ class MicroBatcher:
         """Time a request queued now should take to come back: batches ahead, the running one, its own."""
         compute_s = self.compute.estimate_s(now_s)
         batches_ahead = len(self._heap) // self.batch_cap
-        return (batches_ahead + (1 if self._running_since else 0) + 1) * compute_s + self.max_wait_s
+        window_s = self.max_wait_s if self.wait_when_idle or self._running_since else 0.0
+        return (batches_ahead + (1 if self._running_since else 0) + 1) * compute_s + window_s
 
     async def close(self) -> None:
         self._closed = True
@@ -226,7 +228,10 @@ class MicroBatcher:
             self._slots.release()
 
     async def _fill(self) -> None:
-        """Wait until the batch is full or its oldest item has waited `max_wait_ms`."""
+        """Wait until the batch is full or its oldest item has waited `max_wait_ms` (not at all for an idle replica
+        that does not wait when idle: what arrives while this batch runs makes the next one)."""
+        if not self.wait_when_idle and not self._running_since:
+            return
         while len(self._heap) < self.batch_cap and not self._closed:
             oldest_s = min(item.enqueued_s for item in self._heap)
             wait_s = oldest_s + self.max_wait_s - time.monotonic()

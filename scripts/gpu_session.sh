@@ -6,6 +6,7 @@
 #   bash scripts/gpu_session.sh production OUT [--dry-run]   (about 9 minutes)
 #     the production-size cascade (scripts/prod_bench.sh) on both GPUs, the training bench on the second GPU
 #     while the models are built, then the hot-reload bench (device memory before, during and after).
+# ONLY="step step ..." runs the named steps alone (the names the dry run prints).
 # Each step has its own time limit; a failing step is logged and the next one runs. Runs from the repository
 # root with `python3 -m ...` (PYTHONPATH must hold the repository and the carried wheels).
 set -u -o pipefail
@@ -28,6 +29,10 @@ case "$PART" in
     "decode-bench|80|$PY -m cascade.tools.decode_bench --sections device,engine --json $WORK/decode_bench.json"
     "engine-1gpu|70|$B engine --cascade config/cascade.bench-gpu.yaml --requests 4000 --concurrency 512 --decode-workers 12 --json $WORK/engine-1gpu.json"
     "engine-1gpu-c1|25|$B engine --cascade config/cascade.bench-gpu.yaml --requests 300 --concurrency 1 --json $WORK/engine-1gpu-c1.json"
+    "engine-1gpu-idle|70|$B engine --cascade config/cascade.bench-gpu.yaml --idle-dispatch --requests 4000 --concurrency 512 --decode-workers 12 --json $WORK/engine-1gpu-idle.json"
+    "engine-1gpu-c1-idle|25|$B engine --cascade config/cascade.bench-gpu.yaml --idle-dispatch --requests 300 --concurrency 1 --json $WORK/engine-1gpu-c1-idle.json"
+    "engine-null-1gpu|45|$B engine --cascade config/cascade.bench-gpu.yaml --null-experts --requests 4000 --concurrency 512 --max-in-flight 1024 --decode-workers 12 --json $WORK/engine-null-1gpu.json"
+    "baseline|60|$B baseline --model .bench/models/vit-b16 --device cuda:0 --json $WORK/baseline.json"
     "engine-2gpu|65|$B engine --cascade config/cascade.bench-gpu-x2.yaml --requests 5000 --concurrency 512 --decode-workers 16 --json $WORK/engine-2gpu.json"
     "axon-stock|45|$B axon --cascade config/cascade.bench-gpu.yaml --requests 1500 --concurrency 64 --wallets 8 --stock --json $WORK/axon-stock.json"
     "axon-miner|55|$B axon --cascade config/cascade.bench-gpu.yaml --requests 1500 --concurrency 64 --wallets 8 --decode-workers 8 --json $WORK/axon-miner.json"
@@ -42,6 +47,7 @@ esac
 start=$(date +%s)
 for step in "${STEPS[@]}"; do
   IFS='|' read -r name limit cmd <<< "$step"
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
   if [ -n "$DRY" ]; then echo "$name (<= ${limit}s): $cmd"; continue; fi
   echo "== $(date +%T) $name (<= ${limit}s)"
   timeout "$limit" bash -c "$cmd" > "$WORK/$name.log" 2>&1

@@ -100,9 +100,11 @@ async def _closed_loop(submit: Any, total: int, concurrency: int) -> None:
 def bench_cascade(args: argparse.Namespace) -> Any:
     """The cascade file, model paths resolved, every expert moved to `--device` when given."""
     cascade = load_cascade(args.cascade)
-    if args.device:
-        for expert in cascade.experts():
+    for expert in cascade.experts():
+        if args.device:
             expert.device = args.device
+        if getattr(args, "idle_dispatch", False):
+            expert.wait_when_idle = False
     return cascade
 
 
@@ -154,6 +156,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
     report = {
         "mode": "engine-burst" if args.burst else "engine",
         "experts": "null (no model: the request path alone)" if args.null_experts else "real",
+        "wait_when_idle": not args.idle_dispatch,
         "cascade": str(args.cascade),
         "requests": len(data),
         "concurrency": "all-at-once" if args.burst else args.concurrency,
@@ -176,15 +179,24 @@ async def _drive_axon(process: Any, wallets: Sequence[Any], data: list[str], con
                       timeout_s: float, sequential: bool) -> tuple[list[float], dict[str, int], float]:
     from neurons.client import axon_info, make_dendrite, query
 
-    dendrites = [make_dendrite(w) for w in wallets]
+    # One dendrite per concurrent caller, each with one request in flight: the axon refuses a nonce older than
+    # the last one of a dendrite's uuid, which concurrent requests of one dendrite can be when they arrive out of
+    # order (a 401 that validators, one request per miner at a time, never see).
+    slots = 1 if sequential else concurrency
+    dendrites = [make_dendrite(wallets[i % len(wallets)]) for i in range(slots)]
+    idle: asyncio.Queue[Any] = asyncio.Queue()
+    for dendrite in dendrites:
+        idle.put_nowait(dendrite)
     axon = axon_info("127.0.0.1", process.port, process.hotkey)
     latencies: list[float] = []
     codes: dict[str, int] = {}
-    semaphore = asyncio.Semaphore(1 if sequential else concurrency)
 
     async def one(i: int) -> None:
-        async with semaphore:
-            outcome = await query(dendrites[i % len(dendrites)], axon, data[i], timeout_s)
+        dendrite = await idle.get()
+        try:
+            outcome = await query(dendrite, axon, data[i], timeout_s)
+        finally:
+            idle.put_nowait(dendrite)
         latencies.append(outcome.latency_s)
         codes[str(outcome.status_code)] = codes.get(str(outcome.status_code), 0) + 1
 
@@ -303,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--burst", action="store_true", help="submit everything at once")
             p.add_argument("--budget-s", type=float, default=8.4, help="deadline per request (9 s - margin)")
             p.add_argument("--slow-last-level-s", type=float, default=0.0)
+            p.add_argument("--idle-dispatch", action="store_true",
+                           help="every expert's wait_when_idle off: an idle replica starts at once")
             p.add_argument("--null-experts", action="store_true",
                            help="experts that cost nothing: the request path's own ceiling")
             p.add_argument("--max-in-flight", type=int, default=256)

@@ -45,6 +45,38 @@ def test_a_lone_request_waits_at_most_max_wait_then_runs_alone():
         engine.close()
 
 
+def test_an_idle_replica_that_does_not_wait_when_idle_starts_a_lone_request_at_once():
+    gate = threading.Event()
+    # A window far longer than the test: only the idle dispatch can start the first batch before the gate opens.
+    config = expert_config("a", max_batch=8, max_wait_ms=1000.0, wait_when_idle=False)
+    fake = FakeExpert(config, "cpu", answer=lambda image: 0.9, gate=gate)
+    engine = make_engine({"a": fake}, cascade_config([[config]]))
+    try:
+        first = engine.submit(make_job(mark=100))
+        assert fake.started.wait(0.9)  # started before its 1 s window would have closed
+        rest = [engine.submit(make_job(mark=i)) for i in range(3)]
+        wait_for(lambda: engine.queue_depths()["a@cpu"] == 3)
+        gate.set()
+        assert all(f.result(10).status is Status.CONFIDENT for f in [first, *rest])
+        assert [len(b) for b in fake.batches] == [1, 3]  # what arrived while the first ran went together
+    finally:
+        gate.set()
+        engine.close()
+
+
+def test_a_replica_that_waits_when_idle_holds_a_lone_request_for_its_window():
+    config = expert_config("a", max_batch=8, max_wait_ms=300.0)
+    fake = FakeExpert(config, "cpu", answer=lambda image: 0.9)
+    engine = make_engine({"a": fake}, cascade_config([[config]]))
+    try:
+        first = engine.submit(make_job(mark=100))
+        rest = [engine.submit(make_job(mark=i)) for i in range(3)]
+        assert all(f.result(10).status is Status.CONFIDENT for f in [first, *rest])
+        assert [len(b) for b in fake.batches] == [4]  # the window gathered them into one batch
+    finally:
+        engine.close()
+
+
 def test_queue_is_served_earliest_deadline_first():
     gate = threading.Event()
     config = expert_config("a", max_batch=1, max_wait_ms=0.0)
