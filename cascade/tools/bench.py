@@ -338,7 +338,14 @@ def main(argv: list[str] | None = None) -> int:
         return bench_report.main([str(args.out)])
     runners = {"engine": run_engine, "axon": run_axon, "roundtrip": run_roundtrip, "levels": bench_levels.run_levels,
                "traffic": bench_traffic.run_traffic}
-    report = runners[args.mode](args) if args.mode in runners else bench_models.run(args)
+    from cascade.experts.base import ExpertError
+    from cascade.placement import PlacementError
+
+    try:
+        report = runners[args.mode](args) if args.mode in runners else bench_models.run(args)
+    except (ExpertError, PlacementError) as exc:  # a model folder not built yet, a cascade that does not fit
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     tables = {"levels": bench_report.levels_table, "traffic": bench_report.traffic_table}
     if args.mode in tables:
         print(tables[args.mode](report))

@@ -64,3 +64,19 @@ def test_no_file_edits_sys_path():
                  for path in (ROOT / folder).rglob("*.py")
                  if re.search(r"sys\.path\.(insert|append)", path.read_text())]
     assert offenders == []
+
+
+def test_a_bench_on_a_model_not_built_yet_is_one_line_and_exit_2(tmp_path):
+    cascade = tmp_path / "cascade.yaml"
+    cascade.write_text(
+        "version: missing-model\nlevels:\n  - name: one\n    exit_margin: 0.0\n    experts:\n"
+        "      - {name: vit, backend: hf_classifier, model: ./not-built/vit, device: cpu, warmup_batches: 0,\n"
+        "         options: {positive_labels: [Roadwork]}}\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "cascade.tools.bench", "engine", "--cascade", str(cascade),
+                           "--requests", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "not-built/vit" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
