@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,17 +37,26 @@ def scene(rng: np.random.Generator, label: int, size: tuple[int, int] = (320, 24
     return image
 
 
-def make_labelled_folder(out: Path, images: int, seed: int = 0, size: tuple[int, int] = (320, 240)) -> dict[int, int]:
-    """`images` JPEGs split evenly into out/0 and out/1; returns the count per label."""
+Scene = Callable[[np.random.Generator, int, tuple[int, int]], Image.Image]
+
+
+def write_labelled_folder(out: Path, images: int, seed: int, size: tuple[int, int], draw_scene: Scene,
+                          prefix: str = "") -> dict[int, int]:
+    """`images` JPEGs of `draw_scene` split evenly into out/0 and out/1 (labels alternate); the count per label."""
     rng = np.random.default_rng(seed)
     counts = {0: 0, 1: 0}
     for label in (0, 1):
         (out / str(label)).mkdir(parents=True, exist_ok=True)
     for index in range(images):
         label = index % 2
-        scene(rng, label, size).save(out / str(label) / f"{index:05d}.jpg", format="JPEG", quality=90)
+        draw_scene(rng, label, size).save(out / str(label) / f"{prefix}{index:05d}.jpg", format="JPEG", quality=90)
         counts[label] += 1
     return counts
+
+
+def make_labelled_folder(out: Path, images: int, seed: int = 0, size: tuple[int, int] = (320, 240)) -> dict[int, int]:
+    """`images` JPEGs split evenly into out/0 and out/1; returns the count per label."""
+    return write_labelled_folder(out, images, seed, size, scene)
 
 
 def main(argv: list[str] | None = None) -> int:

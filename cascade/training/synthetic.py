@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from cascade.evaluation.synthetic import write_labelled_folder
+
 ORANGE = (255, 110, 20)
 WHITE = (245, 245, 245)
 
@@ -56,15 +58,7 @@ def cone_scene(rng: np.random.Generator, label: int, size: tuple[int, int] = (64
 
 def make_cone_folder(out: Path, images: int, seed: int = 0, size: tuple[int, int] = (64, 64)) -> dict[int, int]:
     """`images` JPEGs split evenly into out/0 and out/1 (names carry the seed: sets of two seeds never collide)."""
-    rng = np.random.default_rng(seed)
-    counts = {0: 0, 1: 0}
-    for label in (0, 1):
-        (out / str(label)).mkdir(parents=True, exist_ok=True)
-    for index in range(images):
-        label = index % 2
-        cone_scene(rng, label, size).save(out / str(label) / f"s{seed}-{index:05d}.jpg", format="JPEG", quality=90)
-        counts[label] += 1
-    return counts
+    return write_labelled_folder(out, images, seed, size, cone_scene, prefix=f"s{seed}-")
 
 
 def main(argv: list[str] | None = None) -> int:
