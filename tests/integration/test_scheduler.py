@@ -65,7 +65,7 @@ def test_an_idle_replica_that_does_not_wait_when_idle_starts_a_lone_request_at_o
 
 
 def test_a_replica_that_waits_when_idle_holds_a_lone_request_for_its_window():
-    config = expert_config("a", max_batch=8, max_wait_ms=300.0)
+    config = expert_config("a", max_batch=8, max_wait_ms=1000.0)  # the longest window: room for a busy box
     fake = FakeExpert(config, "cpu", answer=lambda image: 0.9)
     engine = make_engine({"a": fake}, cascade_config([[config]]))
     try:
