@@ -10,7 +10,7 @@
 #     while the models are built, then the hot-reload bench (device memory before, during and after).
 # ONLY="step step ..." runs the named steps alone (the names the dry run prints).
 # Each step has its own time limit; a failing step is logged and the next one runs. Runs from the repository
-# root with `python3 -m ...` (PYTHONPATH must hold the repository and the carried wheels).
+# root with `python3 -m ...` (PYTHONPATH must hold the repository and the carried wheels, pybase64 among them).
 set -u -o pipefail
 PART=${1:?usage: gpu_session.sh level1|production OUT [--dry-run]}
 OUT=${2:?usage: gpu_session.sh level1|production OUT [--dry-run]}
