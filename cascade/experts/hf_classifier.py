@@ -74,6 +74,8 @@ class ClassifierExpert(Expert):
 
     @torch.inference_mode()
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[float | DecodeError]:
+        if self.logits_of is None:  # closed: refuse before decoding anything
+            raise ExpertError(f"expert {self.name} is closed")
         batch = materialise(images, self.device, self.jpeg_decoder)
         if not batch.images:
             return batch.answers([])
@@ -81,8 +83,6 @@ class ClassifierExpert(Expert):
             batch.images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale,
             self.channels_last, resize=self.resize,
         )
-        if self.logits_of is None:
-            raise ExpertError(f"expert {self.name} is closed")
         logits = self.logits_of(pixels).float()
         if logits.shape[-1] == 1:
             probs = torch.sigmoid(logits[:, 0])
