@@ -22,6 +22,7 @@ ResizeMode = Literal["squash", "letterbox", "center_crop"]
 # Backends that resize images to a fixed input themselves (cascade/experts/preprocess.py); ultralytics always
 # letterboxes on its own and the VLMs keep each image's aspect, so `resize` means nothing to them.
 RESIZE_BACKENDS = ("hf_classifier", "zero_shot", "owlv2")
+ASYNC_BACKENDS = ("vlm_vllm", "vlm_remote")  # engines or servers of their own: answered asynchronously
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 ImageFormat = Literal["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]
 DEFAULT_FORMATS: tuple[ImageFormat, ...] = ("JPEG", "PNG", "WEBP")
@@ -64,6 +65,12 @@ class ExpertConfig(Strict):
         "replica starts on what it has at once (no batch window at low load); batches still form from the requests "
         "that arrive while one runs, so under load the batches are as large as with the window.",
     )
+    worker: Literal["thread", "process"] = Field(
+        "thread",
+        description="Where each replica runs: 'thread' in the miner process; 'process' in a worker process of its own "
+        "(model execution and device JPEG decoding leave the miner's interpreter; a dead worker is restarted). "
+        "Synchronous backends only. A process holds a CUDA context of its own: count it in memory_gb.",
+    )
     memory_gb: float = Field(1.0, ge=0.0, le=1024.0, description="Estimated device memory of one replica.")
     weight: float = Field(1.0, ge=0.0, le=100.0, description="Weight of this expert's log-odds in pooling.")
     calibration: Calibration = Field(default_factory=Calibration)
@@ -91,6 +98,11 @@ class ExpertConfig(Strict):
             raise ValueError(
                 f"expert {self.name!r}: resize={self.resize!r} does not apply to backend={self.backend!r} "
                 f"(only {', '.join(RESIZE_BACKENDS)} resize to a fixed input)"
+            )
+        if self.worker == "process" and self.backend in ASYNC_BACKENDS:
+            raise ValueError(
+                f"expert {self.name!r}: worker='process' does not apply to backend={self.backend!r} "
+                "(it runs in an engine or server of its own already)"
             )
         if self.replicas > 1 and self.device != "auto":
             raise ValueError(

@@ -32,7 +32,7 @@ from cascade import consensus
 from cascade.allocator import return_large_blocks
 from cascade.config import CascadeConfig, EngineConfig, ExpertConfig
 from cascade.decode import DecodeError
-from cascade.experts.base import Expert
+from cascade.experts.base import Expert, warm_up
 from cascade.experts.registry import build_expert
 from cascade.levels import Level, Plan
 from cascade.lifetime import RequestPath
@@ -185,7 +185,7 @@ class Engine:
             key = loading.replica = f"{slot.expert}@{slot.device}"
             t0 = time.monotonic()
             loading.stage = "load"
-            expert = loading.current = self._expert_factory(by_name[slot.expert], slot.device)
+            expert = loading.current = self._build(by_name[slot.expert], slot.device)
             expert.load()
             self._device_jpeg(expert)
             loading.load_s[key] = time.monotonic() - t0
@@ -196,6 +196,15 @@ class Engine:
             loading.current = None
             logger.info("loaded {} in {:.2f}s, warm-up {:.2f}s, {:.2f} GB held", key, loading.load_s[key],
                         loading.warmup_s[key], expert.memory_bytes() / 2**30)
+
+    def _build(self, config: ExpertConfig, device: str) -> Expert:
+        """An unloaded replica: in this process (the factory's), or in a worker process of its own (the registry's)."""
+        if config.worker == "process":
+            from cascade.experts.worker import WorkerExpert
+
+            return WorkerExpert(config, device, self.config.decode, self.config.decode.device,
+                                self.config.scheduler.gil_switch_interval_ms / 1000.0)
+        return self._expert_factory(config, device)
 
     def _device_jpeg(self, expert: Expert) -> None:
         """JPEGs decoded on the expert's GPU where `decode.device` and the device allow (docs/decoding.md)."""
@@ -212,16 +221,10 @@ class Engine:
         Returns (total warm-up seconds, slowest full batch seconds); the latter seeds the batcher's
         latency estimate until real batches have been measured.
         """
-        if expert.config.warmup_batches == 0 or expert.is_async:
-            return 0.0, 0.0
-        t0 = time.monotonic()
-        slowest = 0.0
-        for _ in range(expert.config.warmup_batches):
-            for batch in expert.warmup_batches():
-                b0 = time.monotonic()
-                expert.predict_batch(batch)
-                slowest = max(slowest, time.monotonic() - b0)
-        return time.monotonic() - t0, slowest
+        done = expert.warmed_in_load()  # a worker process warms its replica up as it loads it
+        if done is not None:
+            return done
+        return warm_up(expert)
 
     async def _build_serving(self, cascade: CascadeConfig, placed: dict[str, list[Expert]],
                              kept: dict[str, list[MicroBatcher]]) -> ServingCascade:

@@ -33,7 +33,7 @@ from cascade.scheduler import MicroBatcher
 # weight, memory_gb, warmup_batches, expected_latency_ms) is read per answer or only before loading.
 LOAD_FIELDS = frozenset(
     {"name", "backend", "model", "device", "replicas", "dtype", "input_size", "resize", "max_batch", "max_wait_ms",
-     "wait_when_idle", "options"}
+     "wait_when_idle", "worker", "options"}
 )
 
 

@@ -14,6 +14,7 @@ the rest of the batch is answered. Experts without a decoder only ever see array
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -75,6 +76,10 @@ class Expert(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Release the model (the process may keep running with other experts)."""
 
+    def warmed_in_load(self) -> tuple[float, float] | None:
+        """(total, slowest batch) seconds of a warm-up `load` already ran (a worker process), else None."""
+        return None
+
     def warmup_batches(self) -> list[list[np.ndarray]]:
         """Dummy batches run at load: the smallest and largest batch, of mixed sizes (also as JPEGs, for an
         expert that decodes them: the device decoder's first call sets it up)."""
@@ -95,6 +100,20 @@ class Expert(abc.ABC):
                                         for batch in batches]
             batches += encoded  # DeviceJpeg items: this expert takes them (see predict_batch)
         return batches
+
+
+def warm_up(expert: Expert) -> tuple[float, float]:
+    """Run the expert's dummy batches `warmup_batches` times: (total seconds, slowest batch seconds)."""
+    if expert.config.warmup_batches == 0 or expert.is_async:
+        return 0.0, 0.0
+    t0 = time.monotonic()
+    slowest = 0.0
+    for _ in range(expert.config.warmup_batches):
+        for batch in expert.warmup_batches():
+            b0 = time.monotonic()
+            expert.predict_batch(batch)
+            slowest = max(slowest, time.monotonic() - b0)
+    return time.monotonic() - t0, slowest
 
 
 def jpeg_of(array: np.ndarray, quality: int = 75) -> DeviceJpeg:

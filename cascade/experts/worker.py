@@ -1,0 +1,279 @@
+"""A replica that runs in a worker process of its own (`worker: process` in the expert's config).
+
+Why: one Python process drives every GPU through one interpreter lock. Model calls, nvJPEG decoding
+and tensor bookkeeping take that lock between CUDA launches, so a second GPU in the same process
+mostly splits batches, and torchvision keeps a single nvJPEG decoder per process (docs/performance.md).
+As Triton and Ray Serve do, each replica here gets its own process (and so its own interpreter lock,
+CUDA context and nvJPEG decoder); the miner keeps everything that decides (admission, deadlines,
+batching, exits), and sends a batch over a socket pair: the JPEGs' bytes and checked headers, or host
+arrays. To the scheduler this is an asynchronous expert like a vLLM engine: several batches in flight.
+
+Failures: a batch that fails in the worker fails its futures as in-process (an out-of-memory message
+keeps its words, so the scheduler halves batches). A worker that dies, or loses its CUDA context, is
+restarted in the background with a growing pause; meanwhile its batches are refused at once, the
+replica's circuit breaker takes it out of service, and requests are answered by the other levels or
+the prior, in time. The miner process is never ended for a worker's device error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from loguru import logger
+
+from cascade.config import DecodeConfig, ExpertConfig
+from cascade.decode import DecodeError
+from cascade.experts.base import Expert, ExpertError
+from cascade.experts.worker_wire import FrameReader, frame, pack_item, unpack_answer
+
+ANSWER_GRACE_S = 1.0  # past a batch's deadline, its answer is given up on (the engine has answered without it)
+RESTART_PAUSES_S = (0.5, 2.0, 5.0, 15.0, 60.0)  # after the 1st, 2nd, ... failure in a row to come back
+
+
+class _Channel(asyncio.Protocol):
+    """The miner's end of one worker's socket, on the engine's loop: answers resolve their batch's future."""
+
+    def __init__(self, owner: WorkerExpert, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self.owner = owner
+        self.loop = loop
+        self.sock = sock
+        self.reader = FrameReader()
+        self.transport: asyncio.Transport | None = None
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = list(self.reader.feed(data))
+        except ValueError as exc:  # a broken stream: treat as a dead worker
+            self.owner.lost(self, f"{exc}")
+            return
+        for message in messages:
+            future = self.pending.pop(message[1], None)
+            if future is not None and not future.done():
+                future.set_result(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.lost(self, "its socket closed" if exc is None else repr(exc))
+
+    def fail_pending(self, error: Exception) -> None:
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+
+class WorkerExpert(Expert):
+    """The miner's handle on a replica in a worker process (see the module docstring)."""
+
+    is_async = True
+
+    def __init__(self, config: ExpertConfig, device: str, decode: DecodeConfig | None = None,
+                 decode_device: str = "auto", switch_interval_s: float = 0.0005,
+                 load_timeout_s: float = 1800.0) -> None:
+        super().__init__(config, device)
+        self.replica = f"{config.name}@{device}"
+        self._spec = {"config": config.model_dump(mode="json"), "device": device,
+                      "decode": (decode or DecodeConfig()).model_dump(mode="json"), "decode_device": decode_device,
+                      "switch_interval_s": switch_interval_s}
+        self._load_timeout_s = load_timeout_s
+        self._facts: dict[str, Any] = {}
+        self._process: subprocess.Popen[bytes] | None = None
+        self._socket: socket.socket | None = None  # connected, not yet attached to the loop
+        self._channel: _Channel | None = None
+        self._attaching: asyncio.Task[Any] | None = None
+        self._ids = itertools.count()
+        self._closed = False
+        self._down_reason = ""  # why the replica is not serving now ("" while it is)
+        self._restarting: asyncio.Task[None] | None = None
+        self._failures_in_a_row = 0
+        self.restarts = 0
+
+    # -- facts the worker reported at load ------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def takes_jpeg(self) -> bool:
+        return bool(self._facts.get("takes_jpeg"))
+
+    def input_side(self) -> int | None:
+        side = self._facts.get("input_side")
+        return int(side) if side is not None else None
+
+    def memory_bytes(self) -> int:
+        return int(self._facts.get("memory_bytes", 0))
+
+    def warmed_in_load(self) -> tuple[float, float] | None:
+        warm = self._facts.get("warm")
+        return (float(warm[0]), float(warm[1])) if warm else None
+
+    # -- start and stop (any thread but the engine loop: they block) -------------------------------
+    def load(self) -> None:
+        self._spawn()
+
+    def _spawn(self) -> None:
+        mine, theirs = socket.socketpair()
+        env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+               "YOLO_OFFLINE": os.environ.get("YOLO_OFFLINE", "1")}
+        process = subprocess.Popen([sys.executable, "-m", "cascade.experts.worker_main", str(theirs.fileno())],
+                                   pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        theirs.close()
+        try:
+            mine.sendall(frame(("init", self._spec)))
+            kind, facts = self._wait_ready(mine, process)
+        except BaseException:
+            mine.close()
+            _end(process)
+            raise
+        if kind != "ready":
+            mine.close()
+            _end(process)
+            raise ExpertError(f"{self.replica}: the worker process could not load the model: {facts}")
+        mine.setblocking(False)
+        self._facts, self._process, self._socket = facts, process, mine
+        for note in facts.get("notes", []):
+            logger.info("{}", note)
+        logger.info("{}: worker process {} ready (load {:.2f}s, warm-up {:.2f}s)", self.replica, process.pid,
+                    facts["load_s"], facts["warm"][0])
+
+    def _wait_ready(self, sock: socket.socket, process: subprocess.Popen[bytes]) -> tuple[str, Any]:
+        sock.settimeout(1.0)
+        reader = FrameReader()
+        began = time.monotonic()
+        while time.monotonic() - began < self._load_timeout_s:
+            try:
+                data = sock.recv(1 << 16)
+            except TimeoutError:
+                continue
+            if not data:
+                code = process.wait(10)
+                raise ExpertError(f"{self.replica}: the worker process exited with code {code} before it was ready "
+                                  "(its log lines above say why)")
+            for message in reader.feed(data):
+                return message[0], message[1]
+        raise ExpertError(f"{self.replica}: the worker process was not ready within {self._load_timeout_s:.0f}s")
+
+    def close(self) -> None:
+        """End the worker (it would end with the socket anyway) and wait for it: no process outlives this."""
+        self._closed = True
+        channel, sock, process = self._channel, self._socket, self._process
+        self._channel = self._socket = self._process = None
+        if process is not None:
+            _end(process)
+        if channel is not None and channel.transport is not None and channel.loop.is_running():
+            channel.loop.call_soon_threadsafe(channel.transport.close)
+        elif channel is not None:
+            channel.sock.close()  # the loop has stopped: nothing will service its transport again
+        if sock is not None:
+            sock.close()
+
+    # -- batches (engine loop) ---------------------------------------------------------------------
+    async def predict_async(self, images: Sequence[np.ndarray], deadline_s: float) -> list[float]:
+        channel = await self._channel_now()
+        loop = asyncio.get_running_loop()
+        batch_id = next(self._ids)
+        future: asyncio.Future[Any] = loop.create_future()
+        channel.pending[batch_id] = future
+        assert channel.transport is not None
+        channel.transport.write(frame(("batch", batch_id, [pack_item(image) for image in images])))
+        timeout_s = max(0.0, deadline_s - time.monotonic()) + ANSWER_GRACE_S
+        try:
+            message = await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            raise ExpertError(f"{self.replica}: the worker did not answer a batch of {len(images)} "
+                              f"within its deadline") from None
+        finally:
+            channel.pending.pop(batch_id, None)
+        if message[0] == "error":
+            return self._raise_failure(message[2], message[3])
+        self._failures_in_a_row = 0  # a worker that answers is healthy again: the next restart comes quickly
+        answers: list[float | DecodeError] = [unpack_answer(v) for v in message[2]]
+        return answers  # type: ignore[return-value]  # per-image DecodeError answers, as the Expert contract allows
+
+    def _raise_failure(self, kind: str, text: str) -> list[float]:
+        if kind == "fatal":  # the worker ends itself; its restart keeps the miner serving
+            logger.error("{}: the worker lost its device ({}); it is restarted", self.replica, text)
+            # NOTE: not the original words: those would make the scheduler end the whole miner for a restart.
+            raise ExpertError(f"{self.replica}: the worker process lost its device and is being restarted")
+        raise ExpertError(f"{self.replica}: {text}")
+
+    async def _channel_now(self) -> _Channel:
+        if self._closed:
+            raise ExpertError(f"{self.replica} is shut down")
+        if self._channel is None and self._attaching is None and self._socket is not None:
+            sock, self._socket = self._socket, None  # the first batch on a new worker attaches its socket to the loop
+            loop = asyncio.get_running_loop()
+            channel = _Channel(self, loop, sock)
+            self._attaching = loop.create_task(loop.create_unix_connection(lambda: channel, sock=sock))
+            try:
+                await asyncio.shield(self._attaching)
+            finally:
+                self._attaching = None
+            self._channel = channel
+        elif self._channel is None and self._attaching is not None:
+            await asyncio.shield(self._attaching)
+        if self._channel is None:
+            raise ExpertError(f"{self.replica}: the worker process is restarting ({self._down_reason})")
+        return self._channel
+
+    def lost(self, channel: _Channel, why: str) -> None:
+        """The worker's socket ended: fail its batches and, unless closing, start a new worker."""
+        channel.fail_pending(ExpertError(f"{self.replica}: the worker process ended ({why})"))
+        if channel is not self._channel or self._closed:
+            return
+        self._channel = None
+        self._failures_in_a_row += 1
+        process = self._process
+        code = process.poll() if process is not None else None
+        self._down_reason = f"the last one ended with code {code}" if code is not None else why
+        logger.error("{}: worker process {} ended ({}); restarting it", self.replica, self.pid, self._down_reason)
+        if self._restarting is None or self._restarting.done():
+            self._restarting = asyncio.get_running_loop().create_task(self._restart(), name=f"restart-{self.replica}")
+
+    async def _restart(self) -> None:
+        old = self._process
+        if old is not None:
+            await asyncio.to_thread(_end, old)
+        while not self._closed:
+            pause_s = RESTART_PAUSES_S[min(self._failures_in_a_row, len(RESTART_PAUSES_S)) - 1]
+            await asyncio.sleep(pause_s)
+            if self._closed:
+                return
+            try:
+                await asyncio.to_thread(self._spawn)
+            except Exception as exc:  # noqa: BLE001 - keep trying, slower; the replica stays out of service
+                self._failures_in_a_row += 1
+                self._down_reason = f"restart failed: {exc}"
+                logger.error("{}: {}", self.replica, self._down_reason)
+                continue
+            if self._closed:  # closed while it started: end the new one too
+                self.close()
+                return
+            self._down_reason = ""
+            self.restarts += 1
+            logger.info("{}: worker process restarted (pid {})", self.replica, self.pid)
+            return
+
+
+def _end(process: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:
+    """Terminate, wait, kill: the process is gone (and reaped) when this returns."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -1,0 +1,133 @@
+"""An expert replica in a process of its own: `python -m cascade.experts.worker_main FD` (started by the miner).
+
+The miner's `WorkerExpert` (cascade/experts/worker.py) starts this with one end of a socket pair as FD,
+sends the replica's spec, and waits for "ready". Here the replica is built through the same registry as
+in the miner, loaded, given nvJPEG where its device allows (this process drives one device, so every
+GPU gets a decoder of its own), warmed up, and then runs batches in the order they arrive.
+
+Two threads: the reader takes frames off the socket while the main thread runs the model, so the next
+batch is unpickled while the GPU works. The process ends when the socket does: the miner closed it,
+or died (the kernel closes its end), so a worker never outlives its miner. A lost CUDA context ends
+this process after answering the batch with a "fatal" error: the miner starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports transformers or ultralytics (the miner sets these too; a worker started by hand must not
+# reach a model hub or pip either).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+import queue  # after the offline switches, on purpose
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from loguru import logger
+
+from cascade.config import DecodeConfig, ExpertConfig
+from cascade.experts.base import Expert, check_probabilities, warm_up
+from cascade.experts.worker_wire import FrameReader, frame, pack_answer, unpack_item
+from cascade.scheduler import is_fatal_device_error, is_out_of_memory
+
+EXIT_SOCKET_CLOSED = 0
+EXIT_LOAD_FAILED = 1
+EXIT_DEVICE_LOST = 3
+
+
+def _read_forever(sock: socket.socket, reader: FrameReader, inbox: queue.Queue[Any]) -> None:
+    """Reader thread: frames to `inbox`; the end of the socket ends the process at once (even mid-batch)."""
+    while True:
+        try:
+            data = sock.recv(1 << 20)
+        except OSError:
+            data = b""
+        if not data:
+            os._exit(EXIT_SOCKET_CLOSED)
+        for message in reader.feed(data):
+            inbox.put(message)
+
+
+def _first_message(sock: socket.socket, reader: FrameReader) -> Any:
+    while True:
+        data = sock.recv(1 << 20)
+        if not data:
+            sys.exit(EXIT_SOCKET_CLOSED)
+        for message in reader.feed(data):
+            return message
+
+
+def _load(spec: dict[str, Any]) -> tuple[Expert, dict[str, Any]]:
+    from cascade.experts.registry import build_expert
+
+    sys.setswitchinterval(spec["switch_interval_s"])
+    config = ExpertConfig.model_validate(spec["config"])
+    expert = build_expert(config, spec["device"])
+    t0 = time.monotonic()
+    expert.load()
+    notes = []
+    if expert.decodes_jpeg and spec["decode_device"] != "off":
+        from cascade.experts.jpeg import enable_device_jpeg
+
+        note = enable_device_jpeg(expert, spec["decode_device"])
+        if note:
+            notes.append(note)
+    load_s = time.monotonic() - t0
+    warm = warm_up(expert)
+    facts = {"pid": os.getpid(), "takes_jpeg": expert.takes_jpeg(), "input_side": expert.input_side(),
+             "memory_bytes": expert.memory_bytes(), "load_s": load_s, "warm": warm, "notes": notes}
+    return expert, facts
+
+
+def _answer(expert: Expert, batch_id: int, items: list[Any], limits: DecodeConfig) -> tuple[Any, bool]:
+    """The message for one batch, and whether this process must end after sending it (device lost)."""
+    try:
+        images = [unpack_item(item, limits) for item in items]
+        values = check_probabilities(expert.name, expert.predict_batch(images), len(images))  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001 - a failed batch is answered as failed; the miner decides what follows
+        fatal = is_fatal_device_error(exc)
+        kind = "fatal" if fatal else "oom" if is_out_of_memory(exc) else "error"
+        return ("error", batch_id, kind, f"{type(exc).__name__}: {exc}"), fatal
+    return ("result", batch_id, [pack_answer(v) for v in values]), False
+
+
+def serve(fd: int) -> int:
+    sock = socket.socket(fileno=fd)
+    reader = FrameReader()
+    kind, spec = _first_message(sock, reader)
+    assert kind == "init", f"expected init, got {kind!r}"
+    logger.remove()
+    replica = f"{spec['config']['name']}@{spec['device']}"
+    logger.add(sys.stderr, level=spec.get("log_level", "INFO"),
+               format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | worker " + replica + " | {message}")
+    inbox: queue.Queue[Any] = queue.Queue()
+    threading.Thread(target=_read_forever, args=(sock, reader, inbox), name="worker-reader", daemon=True).start()
+    try:
+        expert, facts = _load(spec)
+    except Exception as exc:  # noqa: BLE001 - the miner reports it as this replica's load failure
+        sock.sendall(frame(("failed", f"{type(exc).__name__}: {exc}")))
+        return EXIT_LOAD_FAILED
+    limits = DecodeConfig.model_validate(spec["decode"])
+    sock.sendall(frame(("ready", facts)))
+    while True:
+        _, batch_id, items = inbox.get()
+        message, fatal = _answer(expert, batch_id, items, limits)
+        sock.sendall(frame(message))
+        if fatal:
+            logger.error("device lost ({}): ending this worker for a fresh one", message[3])
+            os._exit(EXIT_DEVICE_LOST)
+
+
+def main() -> int:
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        print("usage: python -m cascade.experts.worker_main FD (started by the miner, not by hand)", file=sys.stderr)
+        return 2
+    return serve(int(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Replicas in worker processes (`worker: process`): the same answers, a dead or hung worker answered around
+in time and restarted, and no worker outliving its miner (closed or killed)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cascade.config import EngineConfig, ExpertConfig, SchedulerConfig
+from cascade.engine import Engine
+from cascade.experts.base import ExpertError
+from cascade.experts.registry import build_expert
+from cascade.experts.worker import WorkerExpert
+from cascade.request import Status
+from cascade.tiny_models import build_tiny_vit
+from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_job, on_loop, wait_for
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_vit(tmp_path_factory.mktemp("models") / "tiny-vit")
+
+
+def vit_config(model: Path, **overrides: object) -> ExpertConfig:
+    fields: dict[str, object] = {"name": "vit", "backend": "hf_classifier", "model": str(model), "device": "cpu",
+                                 "worker": "process", "max_batch": 8, "max_wait_ms": 1.0,
+                                 "options": {"positive_labels": ["Roadwork"]}}
+    fields.update(overrides)
+    return ExpertConfig.model_validate(fields)
+
+
+def gone(pid: int) -> bool:
+    """No such process, or only its exit status left (a zombie that its new parent has not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_worker_replica_answers_as_the_replica_in_process_does_and_ends_with_close(tiny_vit: Path) -> None:
+    config = vit_config(tiny_vit)
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(224, 224), (480, 640), (50, 900)]]
+    local = build_expert(config, "cpu")
+    local.load()
+    expected = local.predict_batch(images)
+    worker = WorkerExpert(config, "cpu")
+    worker.load()
+    pid = worker.pid
+    assert pid is not None and not gone(pid)
+    assert worker.input_side() == local.input_side() and worker.memory_bytes() == local.memory_bytes()
+    assert worker.warmed_in_load() is not None  # warmed up in the worker, before "ready"
+
+    async def run() -> list[list[float]]:
+        deadline_s = time.monotonic() + 30
+        return list(await asyncio.gather(*(worker.predict_async(images, deadline_s) for _ in range(3))))
+
+    try:
+        answers = asyncio.run(run())
+    finally:
+        worker.close()
+    for answer in answers:  # three batches in flight at once, each answered as the in-process replica answers
+        assert answer == pytest.approx(expected, abs=1e-6)
+    assert gone(pid)
+
+
+def test_a_worker_that_cannot_load_says_why_and_leaves_no_process(tmp_path: Path) -> None:
+    worker = WorkerExpert(vit_config(tmp_path / "no-such-model"), "cpu")
+    with pytest.raises(ExpertError, match="worker process could not load the model") as raised:
+        worker.load()
+    assert "no-such-model" in str(raised.value)
+    assert worker.pid is None
+
+
+def test_a_hung_then_killed_worker_is_answered_around_in_time_and_restarted(tiny_vit: Path) -> None:
+    first = FakeExpert(expert_config("first"), "cpu", answer=lambda image: 0.7)
+    cascade = cascade_config([[expert_config("first")], [vit_config(tiny_vit)]], margins=[0.45, 0.45])
+
+    def factory(config: ExpertConfig, device: str) -> FakeExpert:
+        assert config.name == "first", "the worker's replica is built in its own process, not by the factory"
+        return first
+
+    engine = Engine(EngineConfig(cascade=cascade, scheduler=SchedulerConfig(unhealthy_after_failures=5)),
+                    expert_factory=factory)
+    engine.start()
+    worker = engine._experts[-1]
+    assert isinstance(worker, WorkerExpert)
+    vit = engine.path.serving.levels[1].batchers["vit"][0]
+    pid = worker.pid
+    assert pid is not None
+    try:
+        healthy = engine.submit(make_job(mark=1, budget_s=5.0)).result(10)
+        assert healthy.status is Status.EXHAUSTED and not healthy.failures  # both levels answered
+
+        os.kill(pid, signal.SIGSTOP)  # hung: its batch never comes back
+        began = time.monotonic()
+        hung = engine.submit(make_job(mark=2, budget_s=1.5)).result(10)
+        assert time.monotonic() - began < 1.5
+        assert hung.status is Status.DEADLINE and hung.probability == pytest.approx(0.7, abs=1e-6)
+
+        # The hung batch is given up on a grace second after its deadline (a failure, not a wait forever).
+        wait_for(lambda: on_loop(engine, lambda: len(vit._running_since)) == 0, timeout_s=5)
+        jobs = [engine.submit(make_job(mark=10 + i, budget_s=6.0)) for i in range(4)]
+        wait_for(lambda: on_loop(engine, lambda: len(vit._running_since) >= 1 and vit.queued() == 0))
+        began = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        answered = [job.result(10) for job in jobs]
+        assert time.monotonic() - began < 2.0  # at once, not at their 6 s deadline
+        for result in answered:
+            assert result.probability == pytest.approx(0.7, abs=1e-6)  # the first level's answer
+            assert result.status is Status.EXHAUSTED and "vit:error" in result.failures
+
+        wait_for(lambda: worker.restarts == 1, timeout_s=60)
+        assert worker.pid != pid and gone(pid)
+        again = engine.submit(make_job(mark=3, budget_s=5.0)).result(10)
+        assert again.status is Status.EXHAUSTED and not again.failures  # the restarted worker answers
+        restarted = worker.pid
+    finally:
+        engine.close()
+    assert restarted is not None and gone(restarted)
+
+
+_MINER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from cascade.config import CascadeConfig, EngineConfig, ExpertConfig, LevelConfig
+    from cascade.engine import Engine
+    expert = ExpertConfig(name="vit", backend="hf_classifier", model=sys.argv[1], device="cpu", worker="process",
+                          options={"positive_labels": ["Roadwork"]})
+    cascade = CascadeConfig(version="t", levels=[LevelConfig(name="L0", experts=[expert])])
+    engine = Engine(EngineConfig(cascade=cascade))
+    engine.start()
+    print(engine._experts[0].pid, flush=True)
+    time.sleep(600)
+""")
+
+
+def test_a_worker_does_not_outlive_a_killed_miner(tiny_vit: Path) -> None:
+    miner = subprocess.Popen([sys.executable, "-c", _MINER, str(tiny_vit)], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).parents[2])
+    try:
+        assert miner.stdout is not None
+        line = miner.stdout.readline()
+        assert line.strip().isdigit(), f"the miner did not start: {line!r}"
+        pid = int(line)
+        assert not gone(pid)
+        miner.kill()  # SIGKILL: no shutdown code runs in the miner
+        miner.wait(10)
+        wait_for(lambda: gone(pid), timeout_s=10)
+    finally:
+        if miner.poll() is None:
+            miner.kill()

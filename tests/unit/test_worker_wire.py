@@ -1,0 +1,88 @@
+"""The miner-worker wire (frames, items, answers) and how a worker's failures reach the scheduler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from cascade.config import DecodeConfig, ExpertConfig
+from cascade.decode import DecodeError, DeviceJpeg
+from cascade.experts.base import Expert, ExpertError
+from cascade.experts.worker import WorkerExpert
+from cascade.experts.worker_main import _answer
+from cascade.experts.worker_wire import FrameReader, frame, pack_answer, pack_item, unpack_answer, unpack_item
+from cascade.scheduler import is_fatal_device_error, is_out_of_memory
+from cascade.serving import LOAD_FIELDS
+
+messages = st.lists(st.tuples(st.sampled_from(["batch", "result"]), st.integers(0, 2**40),
+                              st.lists(st.floats(0, 1) | st.binary(max_size=300), max_size=5)), min_size=1, max_size=6)
+
+
+@given(messages, st.lists(st.integers(1, 97), min_size=1, max_size=20))
+def test_frames_come_out_whole_however_the_stream_is_cut(sent, cuts):
+    stream = b"".join(frame(m) for m in sent)
+    reader, received, at, i = FrameReader(), [], 0, 0
+    while at < len(stream):
+        step = cuts[i % len(cuts)]
+        received += list(reader.feed(stream[at:at + step]))
+        at, i = at + step, i + 1
+    assert received == sent
+
+
+def test_a_broken_length_prefix_is_refused_not_waited_for():
+    with pytest.raises(ValueError, match="stream broken"):
+        list(FrameReader().feed(b"\xff\xff\xff\xff" + b"x" * 10))
+
+
+def test_items_and_answers_cross_unchanged():
+    limits = DecodeConfig()
+    jpeg = DeviceJpeg(b"\xff\xd8jpeg-bytes", (640, 480), 6, limits, 224)
+    back = unpack_item(pack_item(jpeg), limits)
+    assert isinstance(back, DeviceJpeg)
+    assert (back.data, back.size, back.orientation, back.min_side, back.upright_hw) == (
+        jpeg.data, jpeg.size, 6, 224, (640, 480))
+    array = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    assert np.array_equal(unpack_item(pack_item(array), limits), array)
+    answers = [unpack_answer(pack_answer(v)) for v in (0.25, DecodeError("not a JPEG after all"))]
+    assert answers[0] == 0.25 and isinstance(answers[1], DecodeError) and str(answers[1]) == "not a JPEG after all"
+
+
+class _Failing(Expert):
+    def __init__(self, error: str) -> None:
+        super().__init__(ExpertConfig(name="x", backend="hf_classifier", model="m"), "cuda:0")
+        self.error = error
+
+    def load(self) -> None:
+        pass
+
+    def predict_batch(self, images):
+        raise RuntimeError(self.error)
+
+
+@pytest.mark.parametrize(("error", "kind", "ends"), [
+    ("CUDA error: an illegal memory access was encountered", "fatal", True),
+    ("CUDA out of memory. Tried to allocate 2.00 GiB", "oom", False),
+    ("shape mismatch", "error", False),
+])
+def test_a_worker_answers_a_failed_batch_with_its_kind(error, kind, ends):
+    message, fatal = _answer(_Failing(error), 7, [pack_item(np.zeros((4, 4, 3), np.uint8))], DecodeConfig())
+    assert message[:3] == ("error", 7, kind) and error in message[3] and fatal is ends
+
+
+def test_a_lost_device_in_a_worker_restarts_the_worker_not_the_miner():
+    worker = WorkerExpert(ExpertConfig(name="x", backend="hf_classifier", model="m", worker="process"), "cuda:0")
+    with pytest.raises(ExpertError) as fatal:
+        worker._raise_failure("fatal", "RuntimeError: CUDA error: an illegal memory access was encountered")
+    assert not is_fatal_device_error(fatal.value)  # the scheduler would end the whole miner for these words
+    with pytest.raises(ExpertError) as oom:
+        worker._raise_failure("oom", "OutOfMemoryError: CUDA out of memory")
+    assert is_out_of_memory(oom.value)  # kept: the scheduler halves its batches
+
+
+def test_worker_is_a_load_field_and_only_for_synchronous_backends():
+    assert "worker" in LOAD_FIELDS  # a replica moved into or out of a process is loaded anew on reload
+    with pytest.raises(ValidationError, match="worker='process' does not apply to backend='vlm_remote'"):
+        ExpertConfig(name="v", backend="vlm_remote", model="http://127.0.0.1:8000/v1", worker="process")
