@@ -29,8 +29,6 @@ from cascade.latency import Health, LatencyTracker
 from cascade.request import Request
 from cascade.threads import worker_pool
 
-ASYNC_BATCHES_IN_FLIGHT = 8
-
 
 class Expired(Exception):
     """The item left the queue after its deadline (or could not finish before it): not computed."""
@@ -111,8 +109,8 @@ class MicroBatcher:
         self._successes_since_oom = 0
         self.probing = False
         # Async backends (vLLM, a remote server) batch continuously on their side: keep several of our
-        # batches in flight instead of waiting for each to finish.
-        self._slots = asyncio.Semaphore(ASYNC_BATCHES_IN_FLIGHT) if expert.is_async else None
+        # batches in flight instead of waiting for each to finish (as many as the backend says it uses).
+        self._slots = asyncio.Semaphore(expert.batches_in_flight) if expert.is_async else None
         self._inflight: set[asyncio.Task[None]] = set()
         self._closed = False
         self._task: asyncio.Task[None] | None = None

@@ -22,7 +22,8 @@ mkdir -p "$WORK" "$OUT"
 B="$PY -m cascade.tools.bench"
 GPU_TESTS="tests/integration/test_gpu_decode.py tests/unit/test_preprocess.py tests/integration/test_expert_classifier.py
  tests/integration/test_expert_zero_shot.py tests/integration/test_expert_owlv2.py tests/integration/test_expert_detector.py
- tests/integration/test_expert_vlm_transformers.py tests/integration/test_reload_gpu.py tests/e2e/test_production_bench.py"
+ tests/integration/test_expert_vlm_transformers.py tests/integration/test_reload_gpu.py tests/e2e/test_production_bench.py
+ tests/integration/test_worker_process.py"
 GPU_TESTS=$(echo $GPU_TESTS)
 case "$PART" in
   level1) STEPS=(
@@ -33,11 +34,15 @@ case "$PART" in
     "engine-1gpu-c1|40|$B engine --cascade config/cascade.bench-gpu.yaml --requests 300 --concurrency 1 --json $WORK/engine-1gpu-c1.json"
     "engine-1gpu-idle|70|$B engine --cascade config/cascade.bench-gpu.yaml --idle-dispatch --requests 4000 --concurrency 512 --decode-workers 12 --json $WORK/engine-1gpu-idle.json"
     "engine-1gpu-c1-idle|40|$B engine --cascade config/cascade.bench-gpu.yaml --idle-dispatch --requests 300 --concurrency 1 --json $WORK/engine-1gpu-c1-idle.json"
+    "engine-1gpu-proc|80|$B engine --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 6000 --concurrency 512 --decode-workers 12 --json $WORK/engine-1gpu-proc.json"
+    "engine-1gpu-c1-proc|50|$B engine --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 300 --concurrency 1 --json $WORK/engine-1gpu-c1-proc.json"
+    "engine-2gpu-proc|80|$B engine --cascade config/cascade.bench-gpu-x2.yaml --worker-process --idle-dispatch --requests 8000 --concurrency 512 --decode-workers 16 --json $WORK/engine-2gpu-proc.json"
     "engine-null-1gpu|45|$B engine --cascade config/cascade.bench-gpu.yaml --null-experts --requests 4000 --concurrency 512 --max-in-flight 1024 --decode-workers 12 --json $WORK/engine-null-1gpu.json"
     "baseline|60|$B baseline --model .bench/models/vit-b16 --device cuda:0 --json $WORK/baseline.json"
     "engine-2gpu|65|$B engine --cascade config/cascade.bench-gpu-x2.yaml --requests 5000 --concurrency 512 --decode-workers 16 --json $WORK/engine-2gpu.json"
     "axon-stock|45|$B axon --cascade config/cascade.bench-gpu.yaml --requests 1500 --concurrency 64 --wallets 8 --stock --json $WORK/axon-stock.json"
     "axon-miner|55|$B axon --cascade config/cascade.bench-gpu.yaml --requests 1500 --concurrency 64 --wallets 8 --decode-workers 8 --json $WORK/axon-miner.json"
+    "axon-miner-proc|70|$B axon --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 1500 --concurrency 64 --wallets 8 --decode-workers 8 --json $WORK/axon-miner-proc.json"
   ) ;;
   production) STEPS=(
     "train-bench-bg|5|(CUDA_VISIBLE_DEVICES=1 PYTHON=$PY BENCH_TIMEOUT=170 bash scripts/train_bench.sh $WORK/train > $WORK/train.log 2>&1 &)"

@@ -34,6 +34,9 @@ class Expert(abc.ABC):
     """One loaded model replica on one device."""
 
     is_async: ClassVar[bool] = False
+    # Async backends only: batches the scheduler keeps in flight at once (an engine that batches continuously
+    # wants several; a worker process running one batch at a time wants the next one ready, not a queue).
+    batches_in_flight: ClassVar[int] = 8
     # Backends whose preprocessing runs on the device and can decode a batch's JPEGs there (nvJPEG).
     decodes_jpeg: ClassVar[bool] = False
 

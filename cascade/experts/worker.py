@@ -78,6 +78,9 @@ class WorkerExpert(Expert):
     """The miner's handle on a replica in a worker process (see the module docstring)."""
 
     is_async = True
+    # One batch running and the next one sent: what arrives meanwhile waits in the miner's queue, where it is
+    # ordered by deadline, dropped when expired and gathered into the following (larger) batch.
+    batches_in_flight = 2
 
     def __init__(self, config: ExpertConfig, device: str, decode: DecodeConfig | None = None,
                  decode_device: str = "auto", switch_interval_s: float = 0.0005,

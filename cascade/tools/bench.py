@@ -105,6 +105,8 @@ def bench_cascade(args: argparse.Namespace) -> Any:
             expert.device = args.device
         if getattr(args, "idle_dispatch", False):
             expert.wait_when_idle = False
+        if getattr(args, "worker_process", False):
+            expert.worker = "process"
     return cascade
 
 
@@ -157,6 +159,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         "mode": "engine-burst" if args.burst else "engine",
         "experts": "null (no model: the request path alone)" if args.null_experts else "real",
         "wait_when_idle": not args.idle_dispatch,
+        "worker": "process" if args.worker_process else "thread",
         "cascade": str(args.cascade),
         "requests": len(data),
         "concurrency": "all-at-once" if args.burst else args.concurrency,
@@ -230,6 +233,7 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
     return {
         "mode": ("stock-axon" if getattr(args, "stock", False) else "axon") + ("-sequential" if sequential else ""),
         "header_cache": header_cache,
+        "worker": "process" if getattr(args, "worker_process", False) else "thread",
         "requests": len(data),
         "wallets": len(wallets),
         "concurrency": 1 if sequential else args.concurrency,
@@ -311,12 +315,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--device", default=None, help="override every expert's device")
         p.add_argument("--json", type=Path)
         p.add_argument("--decode-workers", type=int, default=2)
+        p.add_argument("--idle-dispatch", action="store_true",
+                       help="every expert's wait_when_idle off: an idle replica starts at once")
+        p.add_argument("--worker-process", action="store_true",
+                       help="every expert in a worker process of its own (worker: process)")
         if name == "engine":
             p.add_argument("--burst", action="store_true", help="submit everything at once")
             p.add_argument("--budget-s", type=float, default=8.4, help="deadline per request (9 s - margin)")
             p.add_argument("--slow-last-level-s", type=float, default=0.0)
-            p.add_argument("--idle-dispatch", action="store_true",
-                           help="every expert's wait_when_idle off: an idle replica starts at once")
             p.add_argument("--null-experts", action="store_true",
                            help="experts that cost nothing: the request path's own ceiling")
             p.add_argument("--max-in-flight", type=int, default=256)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cascade.config import EngineConfig, ExpertConfig, SchedulerConfig
+from cascade.config import DecodeConfig, EngineConfig, ExpertConfig, SchedulerConfig
 from cascade.engine import Engine
 from cascade.experts.base import ExpertError
 from cascade.experts.registry import build_expert
@@ -160,3 +160,42 @@ def test_a_worker_does_not_outlive_a_killed_miner(tiny_vit: Path) -> None:
     finally:
         if miner.poll() is None:
             miner.kill()
+
+
+@pytest.mark.gpu
+def test_workers_decode_jpegs_on_each_of_their_gpus_as_the_replica_in_process_does(tiny_vit: Path) -> None:
+    """One nvJPEG decoder per process: in-process only the first GPU gets one, a worker per GPU gives each its own."""
+    import torch
+
+    from cascade.decode import DeviceJpeg, decode_or_defer
+    from cascade.experts.jpeg import enable_device_jpeg
+    from tests.factories.jpegs import jpeg_bytes, photo
+
+    items: list[DeviceJpeg] = []
+    for i, (h, w, orientation) in enumerate([(480, 640, 1), (720, 1280, 6), (224, 224, 3)]):
+        deferred = decode_or_defer(jpeg_bytes(photo(h, w, seed=i), orientation=orientation), DecodeConfig())
+        assert isinstance(deferred, DeviceJpeg)
+        items.append(deferred)
+    config = vit_config(tiny_vit, device="cuda:0", dtype="float32", options={"positive_labels": ["Roadwork"],
+                                                                             "cuda_graphs": False})
+    local = build_expert(config, "cuda:0")
+    local.load()
+    enable_device_jpeg(local, "on")
+    assert local.takes_jpeg()
+    expected = local.predict_batch(items)  # type: ignore[arg-type]
+    devices = [f"cuda:{i}" for i in range(min(2, torch.cuda.device_count()))]
+    workers = [WorkerExpert(config.model_copy(update={"device": d}), d, decode_device="on") for d in devices]
+    try:
+        for worker in workers:
+            worker.load()
+            assert worker.takes_jpeg(), f"{worker.replica} has no nvJPEG in its own process"
+
+        async def run() -> list[list[float]]:
+            deadline_s = time.monotonic() + 30
+            return list(await asyncio.gather(*(w.predict_async(items, deadline_s) for w in workers)))  # type: ignore[arg-type]
+
+        for answer in asyncio.run(run()):
+            assert answer == pytest.approx(expected, abs=1e-3)
+    finally:
+        for worker in workers:
+            worker.close()
