@@ -216,20 +216,26 @@ class WorkerExpert(Expert):
         if self._closed:
             raise ExpertError(f"{self.replica} is shut down")
         if self._channel is None and self._attaching is None and self._socket is not None:
-            sock, self._socket = self._socket, None  # the first batch on a new worker attaches its socket to the loop
-            loop = asyncio.get_running_loop()
-            channel = _Channel(self, loop, sock)
-            self._attaching = loop.create_task(loop.create_unix_connection(lambda: channel, sock=sock))
-            try:
-                await asyncio.shield(self._attaching)
-            finally:
-                self._attaching = None
-            self._channel = channel
-        elif self._channel is None and self._attaching is not None:
+            # The first batch on a new worker attaches its socket to the loop; batches meanwhile wait for that.
+            sock, self._socket = self._socket, None
+            self._attaching = asyncio.get_running_loop().create_task(self._attach(sock))
+        if self._channel is None and self._attaching is not None:
             await asyncio.shield(self._attaching)
         if self._channel is None:
             raise ExpertError(f"{self.replica}: the worker process is restarting ({self._down_reason})")
         return self._channel
+
+    async def _attach(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        channel = _Channel(self, loop, sock)
+        try:
+            await loop.create_unix_connection(lambda: channel, sock=sock)
+            self._channel = channel  # before this task is done: whoever waited on it finds the channel
+        except Exception as exc:  # noqa: BLE001 - a socket the loop cannot take: a new worker, as for a dead one
+            sock.close()
+            self._begin_restart(f"its socket could not be attached: {exc!r}")
+        finally:
+            self._attaching = None
 
     def lost(self, channel: _Channel, why: str) -> None:
         """The worker's socket ended: fail its batches and, unless closing, start a new worker."""
@@ -237,6 +243,9 @@ class WorkerExpert(Expert):
         if channel is not self._channel or self._closed:
             return
         self._channel = None
+        self._begin_restart(why)
+
+    def _begin_restart(self, why: str) -> None:
         self._failures_in_a_row += 1
         process = self._process
         code = process.poll() if process is not None else None
