@@ -245,8 +245,11 @@ class Engine:
                     if expert_config.expected_latency_ms is None and seeded:
                         batcher.compute.seed(seeded)
                     batcher.start()
+                    restarts = getattr(expert, "restarts", None)  # a WorkerExpert's count of new processes
                     self.stats.watch_replica(batcher.replica, batcher.queued,
-                                             functools.partial(_takes_requests, batcher), owner=batcher)
+                                             functools.partial(_takes_requests, batcher), owner=batcher,
+                                             restarts=None if restarts is None else functools.partial(
+                                                 getattr, expert, "restarts"))
                     batchers.append(batcher)
                 level.batchers[expert_config.name] = batchers
             levels.append(level)

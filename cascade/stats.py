@@ -74,6 +74,9 @@ class EngineStats:
         self._replica_owner: dict[str, object] = {}  # replica -> the batcher its gauges read
         self._healthy = Gauge(f"{PREFIX}_replica_healthy", "1 while the replica takes requests (healthy, or "
                               "retrying after its cool-down), 0 while unhealthy", ["replica"], registry=r)
+        self._worker_restarts = Gauge(f"{PREFIX}_worker_restarts", "Times a replica's worker process (worker: "
+                                      "process) was restarted after it died or lost its device", ["replica"],
+                                      registry=r)
         self._by_status: dict[str, tuple[Any, Any, Any]] = {}
         self._by_levels: dict[int, Any] = {}
         # Every series a dashboard or an alert reads exists from the start, at zero (no gaps, no "no data").
@@ -146,9 +149,11 @@ class EngineStats:
         self._waiting.set_function(waiting)
 
     def watch_replica(self, replica: str, queued: Callable[[], float], healthy: Callable[[], float],
-                      owner: object = None) -> None:
+                      owner: object = None, restarts: Callable[[], float] | None = None) -> None:
         self._queue_depth.labels(replica).set_function(queued)
         self._healthy.labels(replica).set_function(healthy)
+        if restarts is not None:  # a replica in a worker process
+            self._worker_restarts.labels(replica).set_function(restarts)
         self._replica_owner[replica] = owner
 
     def unwatch_replica(self, replica: str, owner: object) -> None:
@@ -158,6 +163,8 @@ class EngineStats:
         del self._replica_owner[replica]
         self._queue_depth.remove(replica)
         self._healthy.remove(replica)
+        if (replica,) in self._worker_restarts._metrics:  # NOTE: prometheus_client has no public "has this series"
+            self._worker_restarts.remove(replica)
 
     # -- reading back (tests, benchmarks, the summary line) ---------------------------------------
     def samples(self, metric: str, suffix: str = "_total") -> dict[tuple[tuple[str, str], ...], float]:

@@ -121,6 +121,7 @@ def test_a_hung_then_killed_worker_is_answered_around_in_time_and_restarted(tiny
             assert result.status is Status.EXHAUSTED and "vit:error" in result.failures
 
         wait_for(lambda: worker.restarts == 1, timeout_s=60)
+        assert engine.stats.samples("worker_restarts", "") == {(("replica", "vit@cpu"),): 1.0}  # for dashboards
         assert worker.pid != pid and gone(pid)
         again = engine.submit(make_job(mark=3, budget_s=5.0)).result(10)
         assert again.status is Status.EXHAUSTED and not again.failures  # the restarted worker answers
