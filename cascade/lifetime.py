@@ -1,7 +1,7 @@
 """A request's whole life in the engine, owned in one place, in small steps.
 
-`RequestPath.run(job)` is the only owner of a request. It starts the work as a task of its own
-and waits for it until the deadline (less a guard); if time runs out it cancels that task and
+`RequestPath.run(job)` is the only owner of a request. It runs the work in a timeout scope that
+ends at the deadline (less a guard); if time runs out the work is cancelled where it waits and it
 answers with the best it already knows (the pooled answers so far, else the prior). Callers never
 cancel anything: they wait for the answer, which always comes by the deadline.
 
@@ -126,16 +126,15 @@ class RequestPath:
         """The answer by the deadline, always (DecodeError for a payload that is not an acceptable image)."""
         with self.serving.hold() as serving:  # released when answered: the last user frees a retired cascade
             progress = Progress(job, serving)
-            work = asyncio.get_running_loop().create_task(self.answer(job, progress))
-            done, _ = await asyncio.wait({work}, timeout=max(0.0, job.deadline_s - self.guard_s - time.monotonic()))
-            if done:
-                result = work.result()
-            else:
-                work.cancel()  # its finally blocks release the slot, the coalescing entry and queued work
-                work.add_done_callback(_retrieve)
-                # Cancellation unwinds within a loop step or two (no finally block waits on anything):
-                # let it, so the answer also lists what timed out, within the guard kept for this.
-                await asyncio.wait({work}, timeout=self.guard_s / 2)
+            # NOTE: a timeout scope, not a task of its own and a wait: per request that saved a task, a waiter
+            # and a timer handle (~10% of the request path's interpreter time at 1,900 requests/s, py-spy).
+            # The loop's clock is time.monotonic(), as the deadline is.
+            try:
+                async with asyncio.timeout_at(job.deadline_s - self.guard_s):
+                    result = await self.answer(job, progress)
+            except TimeoutError:
+                # The cancellation has unwound the work (its finally blocks released the slot, the coalescing
+                # entry and queued work; none of them waits on anything): answer with the best known.
                 self.stats.deadline_cut()
                 result = self.best(progress, Status.DEADLINE)
             return self.finish(job, result, progress)
@@ -301,7 +300,3 @@ class RequestPath:
         return result
 
 
-def _retrieve(task: asyncio.Task[Result]) -> None:
-    """A cut request's task ends cancelled or with an error nobody waits for any more: mark it seen."""
-    if not task.cancelled():
-        task.exception()
