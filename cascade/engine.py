@@ -34,6 +34,7 @@ from cascade.config import CascadeConfig, EngineConfig, ExpertConfig
 from cascade.decode import DecodeError
 from cascade.experts.base import Expert, warm_up
 from cascade.experts.registry import build_expert
+from cascade.experts.worker import WorkerExpert
 from cascade.levels import Level, Plan
 from cascade.lifetime import RequestPath
 from cascade.observers.base import Observer, ObserverRunner
@@ -200,8 +201,6 @@ class Engine:
     def _build(self, config: ExpertConfig, device: str) -> Expert:
         """An unloaded replica: in this process (the factory's), or in a worker process of its own (the registry's)."""
         if config.worker == "process":
-            from cascade.experts.worker import WorkerExpert
-
             return WorkerExpert(config, device, self.config.decode, self.config.decode.device,
                                 self.config.scheduler.gil_switch_interval_ms / 1000.0)
         return self._expert_factory(config, device)
@@ -245,11 +244,11 @@ class Engine:
                     if expert_config.expected_latency_ms is None and seeded:
                         batcher.compute.seed(seeded)
                     batcher.start()
-                    restarts = getattr(expert, "restarts", None)  # a WorkerExpert's count of new processes
-                    self.stats.watch_replica(batcher.replica, batcher.queued,
-                                             functools.partial(_takes_requests, batcher), owner=batcher,
-                                             restarts=None if restarts is None else functools.partial(
-                                                 getattr, expert, "restarts"))
+                    in_worker = isinstance(expert, WorkerExpert)
+                    self.stats.watch_replica(
+                        batcher.replica, batcher.queued, functools.partial(_takes_requests, batcher), owner=batcher,
+                        restarts=functools.partial(getattr, expert, "restarts") if in_worker else None,
+                        busy_s=functools.partial(getattr, expert, "busy_s") if in_worker else None)
                     batchers.append(batcher)
                 level.batchers[expert_config.name] = batchers
             levels.append(level)

@@ -77,6 +77,9 @@ class EngineStats:
         self._worker_restarts = Gauge(f"{PREFIX}_worker_restarts", "Times a replica's worker process (worker: "
                                       "process) was restarted after it died or lost its device", ["replica"],
                                       registry=r)
+        self._worker_busy = Gauge(f"{PREFIX}_worker_busy_seconds", "Seconds a replica's worker process spent on "
+                                  "the batches it answered (its rate: the share of time the worker is busy)",
+                                  ["replica"], registry=r)
         self._by_status: dict[str, tuple[Any, Any, Any]] = {}
         self._by_levels: dict[int, Any] = {}
         # Every series a dashboard or an alert reads exists from the start, at zero (no gaps, no "no data").
@@ -149,11 +152,13 @@ class EngineStats:
         self._waiting.set_function(waiting)
 
     def watch_replica(self, replica: str, queued: Callable[[], float], healthy: Callable[[], float],
-                      owner: object = None, restarts: Callable[[], float] | None = None) -> None:
+                      owner: object = None, restarts: Callable[[], float] | None = None,
+                      busy_s: Callable[[], float] | None = None) -> None:
         self._queue_depth.labels(replica).set_function(queued)
         self._healthy.labels(replica).set_function(healthy)
-        if restarts is not None:  # a replica in a worker process
+        if restarts is not None and busy_s is not None:  # a replica in a worker process
             self._worker_restarts.labels(replica).set_function(restarts)
+            self._worker_busy.labels(replica).set_function(busy_s)
         self._replica_owner[replica] = owner
 
     def unwatch_replica(self, replica: str, owner: object) -> None:
@@ -165,6 +170,7 @@ class EngineStats:
         self._healthy.remove(replica)
         if (replica,) in self._worker_restarts._metrics:  # NOTE: prometheus_client has no public "has this series"
             self._worker_restarts.remove(replica)
+            self._worker_busy.remove(replica)
 
     # -- reading back (tests, benchmarks, the summary line) ---------------------------------------
     def samples(self, metric: str, suffix: str = "_total") -> dict[tuple[tuple[str, str], ...], float]:

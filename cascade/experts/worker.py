@@ -102,6 +102,7 @@ class WorkerExpert(Expert):
         self._restarting: asyncio.Task[None] | None = None
         self._failures_in_a_row = 0
         self.restarts = 0
+        self.busy_s = 0.0  # seconds the worker spent on answered batches: its rate is how busy the worker is
 
     # -- facts the worker reported at load ------------------------------------------------------
     @property
@@ -202,6 +203,7 @@ class WorkerExpert(Expert):
         if message[0] == "error":
             return self._raise_failure(message[2], message[3])
         self._failures_in_a_row = 0  # a worker that answers is healthy again: the next restart comes quickly
+        self.busy_s += message[3]
         answers: list[float | DecodeError] = [unpack_answer(v) for v in message[2]]
         return answers  # type: ignore[return-value]  # per-image DecodeError answers, as the Expert contract allows
 

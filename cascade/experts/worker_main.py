@@ -85,6 +85,7 @@ def _load(spec: dict[str, Any]) -> tuple[Expert, dict[str, Any]]:
 
 def _answer(expert: Expert, batch_id: int, items: list[Any], limits: DecodeConfig) -> tuple[Any, bool]:
     """The message for one batch, and whether this process must end after sending it (device lost)."""
+    began = time.monotonic()
     try:
         images = [unpack_item(item, limits) for item in items]
         values = check_probabilities(expert.name, expert.predict_batch(images), len(images))  # type: ignore[arg-type]
@@ -92,7 +93,7 @@ def _answer(expert: Expert, batch_id: int, items: list[Any], limits: DecodeConfi
         fatal = is_fatal_device_error(exc)
         kind = "fatal" if fatal else "oom" if is_out_of_memory(exc) else "error"
         return ("error", batch_id, kind, f"{type(exc).__name__}: {exc}"), fatal
-    return ("result", batch_id, [pack_answer(v) for v in values]), False
+    return ("result", batch_id, [pack_answer(v) for v in values], time.monotonic() - began), False
 
 
 def serve(fd: int) -> int:

@@ -113,6 +113,7 @@ def bench_cascade(args: argparse.Namespace) -> Any:
 def run_engine(args: argparse.Namespace) -> dict[str, Any]:
     from cascade.engine import Engine
     from cascade.experts.registry import build_expert
+    from cascade.experts.worker import WorkerExpert
     from cascade.request import Job
 
     cascade = bench_cascade(args)
@@ -150,6 +151,10 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         else:  # closed loop: `concurrency` clients, each sends its next request when answered
             asyncio.run(_closed_loop(submit, len(data), args.concurrency))
         elapsed = max(done_at) - began
+        # How busy each worker process was (worker: process): near 1, the GPU side is the limit; well under 1,
+        # the requests do not reach it fast enough (the request path in this process is).
+        busy = {f"{e.name}@{e.device}": round(e.busy_s / elapsed, 3) for e in engine._experts
+                if isinstance(e, WorkerExpert)}
     finally:
         engine.close()
     latencies = [done_at[i] - arrival[i] for i in range(len(data))]
@@ -171,6 +176,9 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         "skipped_levels": snapshot["skipped_levels"],
         "batch_size_histogram": snapshot["batch_size_histogram"],
         "mean_batch_size": snapshot["mean_batch_size"],
+        # from the miner's side: a worker replica's batch includes its wait behind the batch running before it
+        "mean_batch_ms": {k: round(1000 * v.total / v.n, 2) for k, v in engine.stats.batch_seconds.items() if v.n},
+        "worker_busy_fraction": busy,
         "cold_start_s": startup.total_s,
         "gil_switch_interval_ms": args.gil_switch_ms,
         "decode_ms_per_image": bench_models.decode_cost_ms(data[: min(50, len(data))]),
