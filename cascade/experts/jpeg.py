@@ -15,8 +15,9 @@ file's fault: they fail the batch as before (the scheduler halves its batches or
 
 NOTE: torchvision keeps ONE nvJPEG decoder per process and rebuilds it (leaking the old one's buffers)
 whenever it is called for another device. So the first GPU that decodes keeps nvJPEG for the process;
-experts on other GPUs get host arrays (PIL) and say so at load (`serving.defers_jpegs`). One worker
-process per GPU lifts this.
+experts on other GPUs get host arrays (PIL) and say so at load (`serving.defers_jpegs`). A replica in a worker
+process of its own (`worker: process`, cascade/experts/worker.py) is the only expert of its process: each GPU
+then has its own decoder.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def test_a_worker_replica_answers_as_the_replica_in_process_does_and_ends_with_c
         worker.close()
     for answer in answers:  # three batches in flight at once, each answered as the in-process replica answers
         assert answer == pytest.approx(expected, abs=1e-6)
-    assert worker.busy_s > 0.0  # each answer carries its time in the worker (sn72_worker_busy_seconds)
+    assert worker.busy_s > 0.0  # each answer carries its time in the worker (sn72_miner_worker_busy_seconds)
     assert gone(pid)
 
 
