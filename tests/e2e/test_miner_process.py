@@ -21,6 +21,8 @@ from cascade.tiny_models import build_tiny_vit
 from neurons.client import axon_info, encode_jpeg, make_dendrite, query, synthetic_image
 from neurons.offline import make_wallets, run_miner
 from neurons.protocol import ExtendedImageSynapse
+from tests.factories.engine import wait_for
+from tests.factories.processes import children_of, gone
 
 pytestmark = pytest.mark.slow
 
@@ -118,14 +120,20 @@ def test_metrics_are_exposed_in_prometheus_format(miner):
     assert refusals.get("refused_bad_image", 0) >= 0
 
 
-def test_sigterm_drains_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("worker", ["thread", "process"])
+def test_sigterm_drains_and_exits_cleanly(tmp_path, worker):
     wallets = make_wallets(tmp_path)
     model = build_tiny_vit(tmp_path / "models" / "tiny-vit")
-    with run_miner(tmp_path, wallets.path, wallets.miner, tiny_cascade(model)) as process:
+    cascade = tiny_cascade(model)
+    cascade["levels"][0]["experts"][0]["worker"] = worker
+    with run_miner(tmp_path, wallets.path, wallets.miner, cascade) as process:
+        children = children_of(process.process.pid)
+        assert len(children) == (1 if worker == "process" else 0)  # one worker process per replica
         assert ask((process, wallets), "validator", [encode_jpeg(synthetic_image(6))])[0].status_code == 200
         process.process.send_signal(signal.SIGTERM)
         assert process.process.wait(30) == 0
     assert any("drained" in line for line in process.lines)
+    wait_for(lambda: all(gone(pid) for pid in children), timeout_s=10)  # no worker outlives its miner
 
 
 def test_query_script_reports_latency_and_scores_for_labelled_folders(miner, tmp_path):

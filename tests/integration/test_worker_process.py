@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cascade.config import DecodeConfig, EngineConfig, ExpertConfig, SchedulerConfig
+from cascade.config import CascadeConfig, DecodeConfig, EngineConfig, ExpertConfig, SchedulerConfig
 from cascade.engine import Engine
 from cascade.experts.base import ExpertError
 from cascade.experts.registry import build_expert
@@ -23,6 +23,7 @@ from cascade.experts.worker import WorkerExpert
 from cascade.request import Status
 from cascade.tiny_models import build_tiny_vit
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_job, on_loop, wait_for
+from tests.factories.processes import gone
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +37,6 @@ def vit_config(model: Path, **overrides: object) -> ExpertConfig:
                                  "options": {"positive_labels": ["Roadwork"]}}
     fields.update(overrides)
     return ExpertConfig.model_validate(fields)
-
-
-def gone(pid: int) -> bool:
-    """No such process, or only its exit status left (a zombie that its new parent has not reaped yet)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def test_a_worker_replica_answers_as_the_replica_in_process_does_and_ends_with_close(tiny_vit: Path) -> None:
@@ -130,6 +122,38 @@ def test_a_hung_then_killed_worker_is_answered_around_in_time_and_restarted(tiny
     finally:
         engine.close()
     assert restarted is not None and gone(restarted)
+
+
+def test_reloads_keep_a_worker_for_a_calibration_change_and_end_it_when_its_replica_goes(tiny_vit: Path) -> None:
+    from cascade.config import Calibration
+    from cascade.serving import ReloadKind
+
+    def cascade(**overrides: object) -> CascadeConfig:
+        return cascade_config([[vit_config(tiny_vit, **overrides)]], margins=[0.0])
+
+    engine = Engine(EngineConfig(cascade=cascade()))
+    engine.start()
+    try:
+        worker = engine._experts[0]
+        assert isinstance(worker, WorkerExpert)
+        pid = worker.pid
+        assert pid is not None
+        first = engine.submit(make_job(mark=1)).result(10)
+        assert first.levels_run == 1 and not first.failures
+
+        report = engine.reload(cascade(calibration=Calibration(bias=2.0)))
+        assert report.kind is ReloadKind.CALIBRATION and report.kept == 1
+        again = engine.submit(make_job(mark=1, seed=2)).result(10)
+        assert again.levels_run == 1 and not again.failures and worker.pid == pid  # the same worker serves
+
+        report = engine.reload(cascade(worker="thread"))  # the replica moves into the miner process
+        assert report.kind is ReloadKind.MODELS and report.loaded == ["vit@cpu"] and report.dropped == ["vit@cpu"]
+        wait_for(lambda: gone(pid), timeout_s=30)  # the replaced replica's worker ends once nothing holds it
+        assert not isinstance(engine._experts[-1], WorkerExpert)
+        moved = engine.submit(make_job(mark=1, seed=3)).result(10)
+        assert moved.levels_run == 1 and not moved.failures
+    finally:
+        engine.close()
 
 
 _MINER = textwrap.dedent("""
