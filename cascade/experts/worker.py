@@ -9,8 +9,9 @@ batching, exits), and sends a batch over a socket pair: the JPEGs' bytes and che
 arrays. To the scheduler this is an asynchronous expert like a vLLM engine: several batches in flight.
 
 Failures: a batch that fails in the worker fails its futures as in-process (an out-of-memory message
-keeps its words, so the scheduler halves batches). A worker that dies, or loses its CUDA context, is
-restarted in the background with a growing pause; meanwhile its batches are refused at once, the
+keeps its words, so the scheduler halves batches). A worker that dies, loses its CUDA context, or does
+not answer a batch by its deadline (and a grace second: it is killed) is restarted in the background
+with a growing pause; meanwhile its batches are refused at once, the
 replica's circuit breaker takes it out of service, and requests are answered by the other levels or
 the prior, in time. The miner process is never ended for a worker's device error.
 """
@@ -196,6 +197,7 @@ class WorkerExpert(Expert):
         try:
             message = await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
+            self._replace_hung(channel)
             raise ExpertError(f"{self.replica}: the worker did not answer a batch of {len(images)} "
                               f"within its deadline") from None
         finally:
@@ -213,6 +215,15 @@ class WorkerExpert(Expert):
             # NOTE: not the original words: those would make the scheduler end the whole miner for a restart.
             raise ExpertError(f"{self.replica}: the worker process lost its device and is being restarted")
         raise ExpertError(f"{self.replica}: {text}")
+
+    def _replace_hung(self, channel: _Channel) -> None:
+        """A batch past its deadline and a grace second: the worker is stuck (a hung kernel, a deadlock) or far too
+        slow to be of use. Kill it; its socket's end restarts it like any dead worker (`lost`)."""
+        if channel is not self._channel or self._process is None or self._process.poll() is not None:
+            return
+        logger.error("{}: worker process {} did not answer a batch by its deadline; replacing it", self.replica,
+                     self._process.pid)
+        self._process.kill()  # not waited for here (the loop must not block): the restart reaps it
 
     async def _channel_now(self) -> _Channel:
         if self._closed:

@@ -75,7 +75,7 @@ def test_a_worker_that_cannot_load_says_why_and_leaves_no_process(tmp_path: Path
     assert worker.pid is None
 
 
-def test_a_hung_then_killed_worker_is_answered_around_in_time_and_restarted(tiny_vit: Path) -> None:
+def test_a_hung_or_killed_worker_is_answered_around_in_time_and_replaced(tiny_vit: Path) -> None:
     first = FakeExpert(expert_config("first"), "cpu", answer=lambda image: 0.7)
     cascade = cascade_config([[expert_config("first")], [vit_config(tiny_vit)]], margins=[0.45, 0.45])
 
@@ -89,35 +89,41 @@ def test_a_hung_then_killed_worker_is_answered_around_in_time_and_restarted(tiny
     worker = engine._experts[-1]
     assert isinstance(worker, WorkerExpert)
     vit = engine.path.serving.levels[1].batchers["vit"][0]
-    pid = worker.pid
-    assert pid is not None
+    hung_pid = worker.pid
+    assert hung_pid is not None
     try:
         healthy = engine.submit(make_job(mark=1, budget_s=5.0)).result(10)
         assert healthy.status is Status.EXHAUSTED and not healthy.failures  # both levels answered
 
-        os.kill(pid, signal.SIGSTOP)  # hung: its batch never comes back
+        os.kill(hung_pid, signal.SIGSTOP)  # hung: its batch never comes back
         began = time.monotonic()
         hung = engine.submit(make_job(mark=2, budget_s=1.5)).result(10)
         assert time.monotonic() - began < 1.5
         assert hung.status is Status.DEADLINE and hung.probability == pytest.approx(0.7, abs=1e-6)
+        # A grace second after that batch's deadline the hung worker is killed and a new one started.
+        wait_for(lambda: worker.restarts == 1, timeout_s=60)
+        assert gone(hung_pid) and worker.pid != hung_pid
+        assert engine.stats.samples("worker_restarts", "") == {(("replica", "vit@cpu"),): 1.0}  # for dashboards
+        again = engine.submit(make_job(mark=3, budget_s=5.0)).result(10)
+        assert again.status is Status.EXHAUSTED and not again.failures  # the new worker answers
 
-        # The hung batch is given up on a grace second after its deadline (a failure, not a wait forever).
-        wait_for(lambda: on_loop(engine, lambda: len(vit._running_since)) == 0, timeout_s=5)
+        killed_pid = worker.pid
+        assert killed_pid is not None
+        os.kill(killed_pid, signal.SIGSTOP)  # so that the next batches are surely in flight when it dies
         jobs = [engine.submit(make_job(mark=10 + i, budget_s=6.0)) for i in range(4)]
         wait_for(lambda: on_loop(engine, lambda: len(vit._running_since) >= 1 and vit.queued() == 0))
         began = time.monotonic()
-        os.kill(pid, signal.SIGKILL)
+        os.kill(killed_pid, signal.SIGKILL)
         answered = [job.result(10) for job in jobs]
         assert time.monotonic() - began < 2.0  # at once, not at their 6 s deadline
         for result in answered:
             assert result.probability == pytest.approx(0.7, abs=1e-6)  # the first level's answer
             assert result.status is Status.EXHAUSTED and "vit:error" in result.failures
 
-        wait_for(lambda: worker.restarts == 1, timeout_s=60)
-        assert engine.stats.samples("worker_restarts", "") == {(("replica", "vit@cpu"),): 1.0}  # for dashboards
-        assert worker.pid != pid and gone(pid)
-        again = engine.submit(make_job(mark=3, budget_s=5.0)).result(10)
-        assert again.status is Status.EXHAUSTED and not again.failures  # the restarted worker answers
+        wait_for(lambda: worker.restarts == 2, timeout_s=60)
+        assert gone(killed_pid)
+        last = engine.submit(make_job(mark=4, budget_s=5.0)).result(10)
+        assert last.status is Status.EXHAUSTED and not last.failures
         restarted = worker.pid
     finally:
         engine.close()
