@@ -10,7 +10,7 @@ arrays. To the scheduler this is an asynchronous expert like a vLLM engine: seve
 
 Failures: a batch that fails in the worker fails its futures as in-process (an out-of-memory message
 keeps its words, so the scheduler halves batches). A worker that dies, loses its CUDA context, or does
-not answer a batch by its deadline (and a grace second: it is killed) is restarted in the background
+not answer a batch by its deadline and a grace (then it is killed) is restarted in the background
 with a growing pause; meanwhile its batches are refused at once, the
 replica's circuit breaker takes it out of service, and requests are answered by the other levels or
 the prior, in time. The miner process is never ended for a worker's device error.
@@ -36,7 +36,7 @@ from cascade.decode import DecodeError
 from cascade.experts.base import Expert, ExpertError
 from cascade.experts.worker_wire import FrameReader, frame, pack_item, unpack_answer
 
-ANSWER_GRACE_S = 1.0  # past a batch's deadline, its answer is given up on (the engine has answered without it)
+ANSWER_GRACE_S = 1.0  # past a batch's deadline (at least), its answer is given up on and the worker deemed hung
 RESTART_PAUSES_S = (0.5, 2.0, 5.0, 15.0, 60.0)  # after the 1st, 2nd, ... failure in a row to come back
 
 
@@ -104,6 +104,7 @@ class WorkerExpert(Expert):
         self._failures_in_a_row = 0
         self.restarts = 0
         self.busy_s = 0.0  # seconds the worker spent on answered batches: its rate is how busy the worker is
+        self.batches = 0  # answered batches
 
     # -- facts the worker reported at load ------------------------------------------------------
     @property
@@ -193,7 +194,7 @@ class WorkerExpert(Expert):
         channel.pending[batch_id] = future
         assert channel.transport is not None
         channel.transport.write(frame(("batch", batch_id, [pack_item(image) for image in images])))
-        timeout_s = max(0.0, deadline_s - time.monotonic()) + ANSWER_GRACE_S
+        timeout_s = max(0.0, deadline_s - time.monotonic()) + self.grace_s()
         try:
             message = await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
@@ -206,6 +207,7 @@ class WorkerExpert(Expert):
             return self._raise_failure(message[2], message[3])
         self._failures_in_a_row = 0  # a worker that answers is healthy again: the next restart comes quickly
         self.busy_s += message[3]
+        self.batches += 1
         answers: list[float | DecodeError] = [unpack_answer(v) for v in message[2]]
         return answers  # type: ignore[return-value]  # per-image DecodeError answers, as the Expert contract allows
 
@@ -216,8 +218,13 @@ class WorkerExpert(Expert):
             raise ExpertError(f"{self.replica}: the worker process lost its device and is being restarted")
         raise ExpertError(f"{self.replica}: {text}")
 
+    def grace_s(self) -> float:
+        """How long past a batch's deadline its answer is waited for: it may queue behind the batch running in the
+        worker, so a second, or three of this worker's mean batches where those are longer."""
+        return max(ANSWER_GRACE_S, 3 * self.busy_s / self.batches) if self.batches else ANSWER_GRACE_S
+
     def _replace_hung(self, channel: _Channel) -> None:
-        """A batch past its deadline and a grace second: the worker is stuck (a hung kernel, a deadlock) or far too
+        """A batch past its deadline and the grace: the worker is stuck (a hung kernel, a deadlock) or far too
         slow to be of use. Kill it; its socket's end restarts it like any dead worker (`lost`)."""
         if channel is not self._channel or self._process is None or self._process.poll() is not None:
             return

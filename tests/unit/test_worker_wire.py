@@ -86,3 +86,12 @@ def test_worker_is_a_load_field_and_only_for_synchronous_backends():
     assert "worker" in LOAD_FIELDS  # a replica moved into or out of a process is loaded anew on reload
     with pytest.raises(ValidationError, match="worker='process' does not apply to backend='vlm_remote'"):
         ExpertConfig(name="v", backend="vlm_remote", model="http://127.0.0.1:8000/v1", worker="process")
+
+
+def test_a_slow_model_is_given_longer_than_a_second_before_its_worker_counts_as_hung():
+    worker = WorkerExpert(ExpertConfig(name="x", backend="hf_classifier", model="m", worker="process"), "cuda:0")
+    assert worker.grace_s() == 1.0  # nothing measured yet
+    worker.busy_s, worker.batches = 0.2, 10  # 20 ms batches
+    assert worker.grace_s() == 1.0
+    worker.busy_s, worker.batches = 3.0, 2  # 1.5 s batches: one may wait behind another
+    assert worker.grace_s() == pytest.approx(4.5)
