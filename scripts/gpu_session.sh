@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Every GPU measurement in two bounded commands (one 2-GPU lease each), results tarred into OUT/PART.tgz:
-#   bash scripts/gpu_session.sh level1 OUT [--dry-run]       (9-12 minutes; each step's limit is in STEPS)
+#   bash scripts/gpu_session.sh level1 OUT [--dry-run]       (15-18 minutes; each step's limit is in STEPS)
 #     gpu-marked tests; nvJPEG vs PIL decode; the engine with ViT-B/16 on one GPU (512 clients, and one client
-#     for batch-1 latency; each with and without idle dispatch), with experts that cost nothing (the request
-#     path's ceiling), the subnet's reference pipeline, the engine on two GPUs; the miner beside bittensor's
-#     stock axon through real dendrites. Where one command may run 10 minutes at most, split it with ONLY.
+#     for batch-1 latency; with and without idle dispatch; in threads and in worker processes), with experts that
+#     cost nothing (the request path's ceiling), the subnet's reference pipeline, the engine on two GPUs (threads,
+#     workers); the miner (threads, workers) beside bittensor's stock axon through real dendrites. One command may
+#     run 10 minutes at most: split the steps over two or three commands with ONLY (docs/performance.md has one).
 #   bash scripts/gpu_session.sh production OUT [--dry-run]   (5 minutes on two H200s, at most 9)
 #     the production-size cascade (scripts/prod_bench.sh) on both GPUs, the training bench on the second GPU
 #     while the models are built, then the hot-reload bench (device memory before, during and after).
