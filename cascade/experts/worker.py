@@ -24,9 +24,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from loguru import logger
@@ -134,8 +135,12 @@ class WorkerExpert(Expert):
         env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
                "YOLO_OFFLINE": os.environ.get("YOLO_OFFLINE", "1")}
         process = subprocess.Popen([sys.executable, "-m", "cascade.experts.worker_main", str(theirs.fileno())],
-                                   pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+                                   pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE)
         theirs.close()
+        assert process.stderr is not None
+        threading.Thread(target=relay_log, args=(process.stderr, self.replica), name=f"log-{self.replica}",
+                         daemon=True).start()
         try:
             mine.sendall(frame(("init", self._spec)))
             kind, facts = self._wait_ready(mine, process)
@@ -297,6 +302,27 @@ class WorkerExpert(Expert):
             self.restarts += 1
             logger.info("{}: worker process restarted (pid {})", self.replica, self.pid)
             return
+
+
+_LEVELS = frozenset({"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"})
+
+
+def relay_log(stream: IO[bytes], replica: str) -> None:
+    """A worker's stderr into the miner's log, line by line, until the worker ends (its own thread).
+
+    The worker writes "LEVEL<tab>message"; anything else (a library writing to stderr directly) is logged at
+    INFO as it is. A carriage-return progress line keeps its last state only.
+    """
+    for raw in iter(stream.readline, b""):
+        text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        text = text.rsplit("\r", 1)[-1].strip()
+        if not text:
+            continue
+        level, _, message = text.partition("\t")
+        if level not in _LEVELS or not message:
+            level, message = "INFO", text
+        logger.log(level, "worker {} | {}", replica, message)
+    stream.close()
 
 
 def _end(process: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:

@@ -102,14 +102,15 @@ def serve(fd: int) -> int:
     kind, spec = _first_message(sock, reader)
     assert kind == "init", f"expected init, got {kind!r}"
     logger.remove()
-    replica = f"{spec['config']['name']}@{spec['device']}"
-    logger.add(sys.stderr, level=spec.get("log_level", "INFO"),
-               format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | worker " + replica + " | {message}")
+    # The miner reads these lines from a pipe and logs them as its own (cascade/experts/worker.py `relay_log`):
+    # its sinks, timestamps and file. Only the level and the message travel.
+    logger.add(sys.stderr, level="DEBUG", format="{level}\t{message}", colorize=False)
     inbox: queue.Queue[Any] = queue.Queue()
     threading.Thread(target=_read_forever, args=(sock, reader, inbox), name="worker-reader", daemon=True).start()
     try:
         expert, facts = _load(spec)
     except Exception as exc:  # noqa: BLE001 - the miner reports it as this replica's load failure
+        logger.error("could not load the model: {}: {}", type(exc).__name__, exc)
         sock.sendall(frame(("failed", f"{type(exc).__name__}: {exc}")))
         return EXIT_LOAD_FAILED
     limits = DecodeConfig.model_validate(spec["decode"])

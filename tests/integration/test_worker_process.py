@@ -67,12 +67,21 @@ def test_a_worker_replica_answers_as_the_replica_in_process_does_and_ends_with_c
     assert gone(pid)
 
 
-def test_a_worker_that_cannot_load_says_why_and_leaves_no_process(tmp_path: Path) -> None:
-    worker = WorkerExpert(vit_config(tmp_path / "no-such-model"), "cpu")
-    with pytest.raises(ExpertError, match="worker process could not load the model") as raised:
-        worker.load()
-    assert "no-such-model" in str(raised.value)
-    assert worker.pid is None
+def test_a_worker_that_cannot_load_says_why_in_the_miners_log_and_leaves_no_process(tmp_path: Path) -> None:
+    from loguru import logger
+
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), format="{level} {message}")
+    try:
+        worker = WorkerExpert(vit_config(tmp_path / "no-such-model"), "cpu")
+        with pytest.raises(ExpertError, match="worker process could not load the model") as raised:
+            worker.load()
+        assert "no-such-model" in str(raised.value)
+        assert worker.pid is None
+        # The worker's own log lines reach the miner's sinks (its file, its format), tagged with the replica.
+        wait_for(lambda: any(line.startswith("ERROR worker vit@cpu | could not load the model") for line in lines))
+    finally:
+        logger.remove(sink)
 
 
 def test_a_hung_or_killed_worker_is_answered_around_in_time_and_replaced(tiny_vit: Path) -> None:

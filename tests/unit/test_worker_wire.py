@@ -95,3 +95,21 @@ def test_a_slow_model_is_given_longer_than_a_second_before_its_worker_counts_as_
     assert worker.grace_s() == 1.0
     worker.busy_s, worker.batches = 3.0, 2  # 1.5 s batches: one may wait behind another
     assert worker.grace_s() == pytest.approx(4.5)
+
+
+def test_a_workers_stderr_becomes_the_miners_log_lines_with_their_levels():
+    import io
+
+    from loguru import logger
+
+    from cascade.experts.worker import relay_log
+
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message).rstrip("\n")), format="{level} {message}")
+    try:
+        relay_log(io.BytesIO(b"ERROR\tdevice lost\nWARNING\tslow batch\nsome library output\n"
+                             b"Loading 10%\rLoading 100%\n\n"), "vit@cuda:1")
+    finally:
+        logger.remove(sink)
+    assert lines == ["ERROR worker vit@cuda:1 | device lost", "WARNING worker vit@cuda:1 | slow batch",
+                     "INFO worker vit@cuda:1 | some library output", "INFO worker vit@cuda:1 | Loading 100%"]
