@@ -37,6 +37,7 @@ from cascade.scheduler import is_fatal_device_error, is_out_of_memory
 EXIT_SOCKET_CLOSED = 0
 EXIT_LOAD_FAILED = 1
 EXIT_DEVICE_LOST = 3
+EXIT_STREAM_BROKEN = 4
 
 
 def _read_forever(sock: socket.socket, reader: FrameReader, inbox: queue.Queue[Any]) -> None:
@@ -48,8 +49,12 @@ def _read_forever(sock: socket.socket, reader: FrameReader, inbox: queue.Queue[A
             data = b""
         if not data:
             os._exit(EXIT_SOCKET_CLOSED)
-        for message in reader.feed(data):
-            inbox.put(message)
+        try:
+            for message in reader.feed(data):
+                inbox.put(message)
+        except ValueError as exc:  # a broken stream cannot be resynchronised: end, and the miner starts a new worker
+            logger.error("{}", exc)
+            os._exit(EXIT_STREAM_BROKEN)
 
 
 def _first_message(sock: socket.socket, reader: FrameReader) -> Any:
