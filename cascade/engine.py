@@ -161,7 +161,11 @@ class Engine:
         slots = plan_placement(experts, devices)
         logger.info("{}", describe_plan(slots, experts, devices))
         loading = Loading()
-        self._load(slots, experts, loading)
+        try:
+            self._load(slots, experts, loading)
+        except BaseException:
+            self._discard(loading.take(), "start-up failed")  # worker processes among them end now, not at exit
+            raise
         self._thread.start()
         building = self._build_serving(self.config.cascade, loading.placed, {})
         self.path.serving = asyncio.run_coroutine_threadsafe(building, self._loop).result()
@@ -182,21 +186,31 @@ class Engine:
     def _load(self, slots: Sequence[Any], experts: Sequence[ExpertConfig], loading: Loading) -> None:
         """Build, load and warm each slot's replica into `loading` (raises the first failure as it is)."""
         by_name = {e.name: e for e in experts}
-        for slot in slots:
-            key = loading.replica = f"{slot.expert}@{slot.device}"
-            t0 = time.monotonic()
-            loading.stage = "load"
-            expert = loading.current = self._build(by_name[slot.expert], slot.device)
-            expert.load()
-            self._device_jpeg(expert)
-            loading.load_s[key] = time.monotonic() - t0
-            loading.stage = "warmup"
-            loading.warmup_s[key], self._warm_batch_s[id(expert)] = self._warm_up(expert)
-            self._experts.append(expert)
-            loading.placed.setdefault(slot.expert, []).append(expert)
-            loading.current = None
-            logger.info("loaded {} in {:.2f}s, warm-up {:.2f}s, {:.2f} GB held", key, loading.load_s[key],
-                        loading.warmup_s[key], expert.memory_bytes() / 2**30)
+        # Worker processes load side by side: every one is started first, then each is waited for in turn.
+        starting = {i: self._build(by_name[slot.expert], slot.device) for i, slot in enumerate(slots)
+                    if by_name[slot.expert].worker == "process"}
+        try:
+            for expert in starting.values():
+                assert isinstance(expert, WorkerExpert)
+                expert.start()
+            for i, slot in enumerate(slots):
+                key = loading.replica = f"{slot.expert}@{slot.device}"
+                t0 = time.monotonic()
+                loading.stage = "load"
+                expert = loading.current = starting.pop(i, None) or self._build(by_name[slot.expert], slot.device)
+                expert.load()
+                self._device_jpeg(expert)
+                loading.load_s[key] = time.monotonic() - t0
+                loading.stage = "warmup"
+                loading.warmup_s[key], self._warm_batch_s[id(expert)] = self._warm_up(expert)
+                self._experts.append(expert)
+                loading.placed.setdefault(slot.expert, []).append(expert)
+                loading.current = None
+                logger.info("loaded {} in {:.2f}s, warm-up {:.2f}s, {:.2f} GB held", key, loading.load_s[key],
+                            loading.warmup_s[key], expert.memory_bytes() / 2**30)
+        finally:
+            for expert in starting.values():  # started, never reached: a replica before them failed
+                expert.close()
 
     def _build(self, config: ExpertConfig, device: str) -> Expert:
         """An unloaded replica: in this process (the factory's), or in a worker process of its own (the registry's)."""

@@ -97,6 +97,7 @@ class WorkerExpert(Expert):
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None  # connected, not yet attached to the loop
         self._channel: _Channel | None = None
+        self._starting: tuple[socket.socket, subprocess.Popen[bytes]] | None = None  # started, not yet ready
         self._attaching: asyncio.Task[Any] | None = None
         self._ids = itertools.count()
         self._closed = False
@@ -127,10 +128,16 @@ class WorkerExpert(Expert):
         return (float(warm[0]), float(warm[1])) if warm else None
 
     # -- start and stop (any thread but the engine loop: they block) -------------------------------
+    def start(self) -> None:
+        """Start the worker and send it the replica's spec without waiting for it (`load` waits)."""
+        if self._starting is None and self._process is None:
+            self._starting = self._launch()
+
     def load(self) -> None:
+        self.start()
         self._spawn()
 
-    def _spawn(self) -> None:
+    def _launch(self) -> tuple[socket.socket, subprocess.Popen[bytes]]:
         mine, theirs = socket.socketpair()
         env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
                "YOLO_OFFLINE": os.environ.get("YOLO_OFFLINE", "1")}
@@ -143,6 +150,17 @@ class WorkerExpert(Expert):
                          daemon=True).start()
         try:
             mine.sendall(frame(("init", self._spec)))
+        except BaseException:
+            mine.close()
+            _end(process)
+            raise
+        return mine, process
+
+    def _spawn(self) -> None:
+        """Wait for the started worker (starting one first if none is) to load, warm up and say "ready"."""
+        mine, process = self._starting or self._launch()
+        self._starting = None
+        try:
             kind, facts = self._wait_ready(mine, process)
         except BaseException:
             mine.close()
@@ -181,6 +199,11 @@ class WorkerExpert(Expert):
         self._closed = True
         channel, sock, process = self._channel, self._socket, self._process
         self._channel = self._socket = self._process = None
+        if self._starting is not None:  # started, never waited for
+            starting_sock, starting_process = self._starting
+            self._starting = None
+            starting_sock.close()
+            _end(starting_process)
         if process is not None:
             _end(process)
         if channel is not None and channel.transport is not None and channel.loop.is_running():

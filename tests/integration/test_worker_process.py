@@ -23,7 +23,7 @@ from cascade.experts.worker import WorkerExpert
 from cascade.request import Status
 from cascade.tiny_models import build_tiny_vit
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_job, on_loop, wait_for
-from tests.factories.processes import gone
+from tests.factories.processes import children_of, gone
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,18 @@ def test_a_worker_that_cannot_load_says_why_in_the_miners_log_and_leaves_no_proc
         wait_for(lambda: any(line.startswith("ERROR worker vit@cpu | could not load the model") for line in lines))
     finally:
         logger.remove(sink)
+
+
+def test_workers_start_side_by_side_and_one_that_fails_leaves_no_other_running(tiny_vit: Path,
+                                                                                tmp_path: Path) -> None:
+    before = set(children_of(os.getpid()))
+    good, bad = vit_config(tiny_vit), vit_config(tmp_path / "missing", name="broken")
+    engine = Engine(EngineConfig(cascade=cascade_config([[good, bad]])))
+    with pytest.raises(ExpertError, match="broken@cpu: the worker process could not load the model"):
+        engine.start()
+    # Both were started before either was waited for; whichever the failure left behind was ended with it.
+    wait_for(lambda: set(children_of(os.getpid())) <= before, timeout_s=15)
+    assert not engine.started
 
 
 def test_a_hung_or_killed_worker_is_answered_around_in_time_and_replaced(tiny_vit: Path) -> None:
