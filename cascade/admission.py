@@ -10,24 +10,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(eq=False)
 class _Waiter:
     hotkey: str
     stake: float
     deadline_s: float
     future: asyncio.Future[bool]
+    seq: int = 0
+    queued: bool = True  # still in its hotkey's queue (False once handed a slot or gone)
+
+    def key(self) -> tuple[float, float, int]:
+        """Order within one hotkey's queue: highest stake, earliest deadline, first come."""
+        return (-self.stake, self.deadline_s, self.seq)
+
+    def __lt__(self, other: _Waiter) -> bool:
+        return self.key() < other.key()
 
 
 class Admission:
     """Loop-thread only. `acquire` waits for a slot until the deadline; `release` hands it on.
 
     Every acquire that returns True is matched by exactly one release (the engine's `slot` context).
+    Waiters are kept in one heap per hotkey, so handing a slot on looks at each waiting caller's best request
+    (a few dozen validators at most), not at every waiting request: under a flood the waiting room holds
+    thousands, and a scan of all of them at every release cost more than the requests' own work.
     """
 
     def __init__(self, max_in_flight: int, max_per_hotkey: int, max_waiting: int) -> None:
@@ -36,10 +50,12 @@ class Admission:
         self.max_waiting = max_waiting
         self.in_flight = 0
         self.per_hotkey: Counter[str] = Counter()
-        self._waiting: list[_Waiter] = []
+        self._queues: dict[str, list[_Waiter]] = {}  # hotkey -> heap of its waiters (gone ones removed lazily)
+        self._waiting = 0
+        self._seq = itertools.count()
 
     def waiting(self) -> int:
-        return len(self._waiting)
+        return self._waiting
 
     @contextlib.asynccontextmanager
     async def slot(self, hotkey: str, stake: float, deadline_s: float) -> AsyncIterator[bool]:
@@ -67,14 +83,16 @@ class Admission:
         if self._eligible(hotkey) and not self._waiting:
             self._take(hotkey)
             return True
-        if len(self._waiting) >= self.max_waiting:
+        if self._waiting >= self.max_waiting:
             return False
-        waiter = _Waiter(hotkey, stake, deadline_s, asyncio.get_running_loop().create_future())
-        self._waiting.append(waiter)
+        waiter = _Waiter(hotkey, stake, deadline_s, asyncio.get_running_loop().create_future(), next(self._seq))
+        heapq.heappush(self._queues.setdefault(hotkey, []), waiter)
+        self._waiting += 1
         self._hand_on()
         admitted = False
         try:
-            admitted = await asyncio.wait_for(asyncio.shield(waiter.future), timeout=max(0.0, deadline_s - now_s))
+            async with asyncio.timeout(max(0.0, deadline_s - now_s)):
+                admitted = await asyncio.shield(waiter.future)
             return admitted
         except TimeoutError:
             return False
@@ -84,8 +102,9 @@ class Admission:
 
     def _forget(self, waiter: _Waiter) -> None:
         """A waiter that will not use its slot: out of the room, and any slot it was given handed back."""
-        if waiter in self._waiting:
-            self._waiting.remove(waiter)
+        if waiter.queued:  # left in its heap, skipped when it comes up
+            waiter.queued = False
+            self._waiting -= 1
         if not waiter.future.done():
             waiter.future.cancel()
         elif not waiter.future.cancelled() and waiter.future.result():
@@ -98,14 +117,33 @@ class Admission:
             del self.per_hotkey[hotkey]
         self._hand_on()
 
+    def _head(self, hotkey: str) -> _Waiter | None:
+        """The best waiter still queued for `hotkey` (gone ones at the top are dropped on the way)."""
+        queue = self._queues[hotkey]
+        while queue and not queue[0].queued:
+            heapq.heappop(queue)
+        if not queue:
+            del self._queues[hotkey]
+            return None
+        return queue[0]
+
     def _hand_on(self) -> None:
         """Admit waiting requests while slots are free: fewest in flight for the caller, stake, deadline."""
         while self._waiting and self.in_flight < self.max_in_flight:
-            candidates = [w for w in self._waiting if self.per_hotkey[w.hotkey] < self.max_per_hotkey]
-            if not candidates:
+            best: _Waiter | None = None
+            best_key: tuple[int, float, float, int] | None = None
+            for hotkey in list(self._queues):
+                head = self._head(hotkey)
+                if head is None or self.per_hotkey[hotkey] >= self.max_per_hotkey:
+                    continue
+                key = (self.per_hotkey[hotkey], *head.key())
+                if best_key is None or key < best_key:
+                    best, best_key = head, key
+            if best is None:
                 return
-            best = min(candidates, key=lambda w: (self.per_hotkey[w.hotkey], -w.stake, w.deadline_s))
-            self._waiting.remove(best)
+            heapq.heappop(self._queues[best.hotkey])
+            best.queued = False
+            self._waiting -= 1
             if best.future.done():
                 continue
             self._take(best.hotkey)
