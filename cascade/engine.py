@@ -191,7 +191,6 @@ class Engine:
                     if by_name[slot.expert].worker == "process"}
         try:
             for expert in starting.values():
-                assert isinstance(expert, WorkerExpert)
                 expert.start()
             for i, slot in enumerate(slots):
                 key = loading.replica = f"{slot.expert}@{slot.device}"
@@ -258,11 +257,9 @@ class Engine:
                     if expert_config.expected_latency_ms is None and seeded:
                         batcher.compute.seed(seeded)
                     batcher.start()
-                    in_worker = isinstance(expert, WorkerExpert)
-                    self.stats.watch_replica(
-                        batcher.replica, batcher.queued, functools.partial(_takes_requests, batcher), owner=batcher,
-                        restarts=functools.partial(getattr, expert, "restarts") if in_worker else None,
-                        busy_s=functools.partial(getattr, expert, "busy_s") if in_worker else None)
+                    self.stats.watch_replica(batcher.replica, batcher.queued,
+                                             functools.partial(_takes_requests, batcher), owner=batcher,
+                                             worker=expert if isinstance(expert, WorkerExpert) else None)
                     batchers.append(batcher)
                 level.batchers[expert_config.name] = batchers
             levels.append(level)

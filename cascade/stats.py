@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -34,6 +34,13 @@ class Totals:
 
     total: float
     n: int
+
+
+class WorkerCounters(Protocol):
+    """What a replica in a worker process counts (cascade/experts/worker.py), read at scrape time."""
+
+    restarts: int
+    busy_s: float
 
 
 class EngineStats:
@@ -80,6 +87,7 @@ class EngineStats:
         self._worker_busy = Gauge(f"{PREFIX}_worker_busy_seconds", "Seconds a replica's worker process spent on "
                                   "the batches it answered (its rate: the share of time the worker is busy)",
                                   ["replica"], registry=r)
+        self._worker_replicas: set[str] = set()  # replicas whose worker series exist
         self._by_status: dict[str, tuple[Any, Any, Any]] = {}
         self._by_levels: dict[int, Any] = {}
         # Every series a dashboard or an alert reads exists from the start, at zero (no gaps, no "no data").
@@ -152,13 +160,13 @@ class EngineStats:
         self._waiting.set_function(waiting)
 
     def watch_replica(self, replica: str, queued: Callable[[], float], healthy: Callable[[], float],
-                      owner: object = None, restarts: Callable[[], float] | None = None,
-                      busy_s: Callable[[], float] | None = None) -> None:
+                      owner: object = None, worker: WorkerCounters | None = None) -> None:
         self._queue_depth.labels(replica).set_function(queued)
         self._healthy.labels(replica).set_function(healthy)
-        if restarts is not None and busy_s is not None:  # a replica in a worker process
-            self._worker_restarts.labels(replica).set_function(restarts)
-            self._worker_busy.labels(replica).set_function(busy_s)
+        if worker is not None:  # a replica in a worker process
+            self._worker_restarts.labels(replica).set_function(lambda: worker.restarts)
+            self._worker_busy.labels(replica).set_function(lambda: worker.busy_s)
+            self._worker_replicas.add(replica)
         self._replica_owner[replica] = owner
 
     def unwatch_replica(self, replica: str, owner: object) -> None:
@@ -168,7 +176,8 @@ class EngineStats:
         del self._replica_owner[replica]
         self._queue_depth.remove(replica)
         self._healthy.remove(replica)
-        if (replica,) in self._worker_restarts._metrics:  # NOTE: prometheus_client has no public "has this series"
+        if replica in self._worker_replicas:
+            self._worker_replicas.discard(replica)
             self._worker_restarts.remove(replica)
             self._worker_busy.remove(replica)
 

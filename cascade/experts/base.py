@@ -52,6 +52,9 @@ class Expert(abc.ABC):
         """Whether batches may hand this replica encoded JPEGs (`DeviceJpeg`) to decode on its device."""
         return self.jpeg_decoder is not None
 
+    def start(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Begin loading without waiting for it (a worker process starts on its own); `load` finishes it."""
+
     @abc.abstractmethod
     def load(self) -> None:
         """Load weights and processors onto `self.device`."""

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import numpy as np
 from loguru import logger
@@ -139,11 +138,9 @@ class WorkerExpert(Expert):
 
     def _launch(self) -> tuple[socket.socket, subprocess.Popen[bytes]]:
         mine, theirs = socket.socketpair()
-        env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-               "YOLO_OFFLINE": os.environ.get("YOLO_OFFLINE", "1")}
+        # The environment as it is: the worker sets the offline switches itself before importing anything.
         process = subprocess.Popen([sys.executable, "-m", "cascade.experts.worker_main", str(theirs.fileno())],
-                                   pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE)
+                                   pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
         theirs.close()
         assert process.stderr is not None
         threading.Thread(target=relay_log, args=(process.stderr, self.replica), name=f"log-{self.replica}",
@@ -162,14 +159,12 @@ class WorkerExpert(Expert):
         self._starting = None
         try:
             kind, facts = self._wait_ready(mine, process)
+            if kind != "ready":
+                raise ExpertError(f"{self.replica}: the worker process could not load the model: {facts}")
         except BaseException:
             mine.close()
             _end(process)
             raise
-        if kind != "ready":
-            mine.close()
-            _end(process)
-            raise ExpertError(f"{self.replica}: the worker process could not load the model: {facts}")
         mine.setblocking(False)
         self._facts, self._process, self._socket = facts, process, mine
         for note in facts.get("notes", []):
@@ -232,14 +227,14 @@ class WorkerExpert(Expert):
         finally:
             channel.pending.pop(batch_id, None)
         if message[0] == "error":
-            return self._raise_failure(message[2], message[3])
+            self._raise_failure(message[2], message[3])
         self._failures_in_a_row = 0  # a worker that answers is healthy again: the next restart comes quickly
         self.busy_s += message[3]
         self.batches += 1
         answers: list[float | DecodeError] = [unpack_answer(v) for v in message[2]]
         return answers  # type: ignore[return-value]  # per-image DecodeError answers, as the Expert contract allows
 
-    def _raise_failure(self, kind: str, text: str) -> list[float]:
+    def _raise_failure(self, kind: str, text: str) -> NoReturn:
         if kind == "fatal":  # the worker ends itself; its restart keeps the miner serving
             logger.error("{}: the worker lost its device ({}); it is restarted", self.replica, text)
             # NOTE: not the original words: those would make the scheduler end the whole miner for a restart.

@@ -113,7 +113,6 @@ def bench_cascade(args: argparse.Namespace) -> Any:
 def run_engine(args: argparse.Namespace) -> dict[str, Any]:
     from cascade.engine import Engine
     from cascade.experts.registry import build_expert
-    from cascade.experts.worker import WorkerExpert
     from cascade.request import Job
 
     cascade = bench_cascade(args)
@@ -153,8 +152,8 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         elapsed = max(done_at) - began
         # How busy each worker process was (worker: process): near 1, the GPU side is the limit; well under 1,
         # the requests do not reach it fast enough (the request path in this process is).
-        busy = {f"{e.name}@{e.device}": round(e.busy_s / elapsed, 3) for e in engine._experts
-                if isinstance(e, WorkerExpert)}
+        busy = {dict(labels)["replica"]: round(seconds / elapsed, 3)
+                for labels, seconds in engine.stats.samples("worker_busy_seconds", "").items()}
     finally:
         engine.close()
     latencies = [done_at[i] - arrival[i] for i in range(len(data))]

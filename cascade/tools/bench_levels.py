@@ -25,12 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from cascade.config import load_cascade
+from cascade.config import ASYNC_BACKENDS, load_cascade
 
 GIB = 2**30
 # validators send anything from the old 224 px crops to native dashcam frames
 MIXED_SIZES = ((224, 224), (640, 480), (1280, 720), (1920, 1080), (1024, 768), (800, 600))
-SERVER_BACKENDS = ("vlm_vllm", "vlm_remote")  # engines of their own: measured where they run, not here
 
 
 def mixed_images(count: int) -> list[np.ndarray]:
@@ -179,7 +178,7 @@ def run_levels(args: argparse.Namespace) -> dict[str, Any]:
         for index, level in enumerate(cascade.levels, 1):
             experts, rows = [], {}
             for config in level.experts:
-                if config.backend in SERVER_BACKENDS:
+                if config.backend in ASYNC_BACKENDS:  # engines of their own: measured where they run
                     rows[config.name] = {"backend": config.backend, "skipped": "runs in its own server process"}
                     continue
                 print(f"level {index} {level.name}: loading {config.name} ({config.backend}) on {args.device}",
