@@ -167,6 +167,8 @@ class EngineStats:
             self._worker_restarts.labels(replica).set_function(lambda: worker.restarts)
             self._worker_busy.labels(replica).set_function(lambda: worker.busy_s)
             self._worker_replicas.add(replica)
+        else:  # the same name now in this process (a reload moved it): the old worker's series go
+            self._unwatch_worker(replica)
         self._replica_owner[replica] = owner
 
     def unwatch_replica(self, replica: str, owner: object) -> None:
@@ -176,6 +178,9 @@ class EngineStats:
         del self._replica_owner[replica]
         self._queue_depth.remove(replica)
         self._healthy.remove(replica)
+        self._unwatch_worker(replica)
+
+    def _unwatch_worker(self, replica: str) -> None:
         if replica in self._worker_replicas:
             self._worker_replicas.discard(replica)
             self._worker_restarts.remove(replica)

@@ -179,6 +179,7 @@ def test_reloads_keep_a_worker_for_a_calibration_change_and_end_it_when_its_repl
         assert report.kind is ReloadKind.MODELS and report.loaded == ["vit@cpu"] and report.dropped == ["vit@cpu"]
         wait_for(lambda: gone(pid), timeout_s=30)  # the replaced replica's worker ends once nothing holds it
         assert not isinstance(engine._experts[-1], WorkerExpert)
+        assert engine.stats.samples("worker_restarts", "") == {}  # no series left reading the freed worker
         moved = engine.submit(make_job(mark=1, seed=3)).result(10)
         assert moved.levels_run == 1 and not moved.failures
     finally:
