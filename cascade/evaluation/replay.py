@@ -46,3 +46,14 @@ def level_costs(cascade: CascadeConfig, expert_seconds: dict[str, float]) -> np.
     """Expert-seconds per image of running levels 0..k, for each k (unmeasured experts count 0)."""
     per_level = [sum(expert_seconds.get(e.name, 0.0) for e in level.experts) for level in cascade.levels]
     return np.cumsum(per_level)
+
+
+def mean_cost(costs: np.ndarray, exits: np.ndarray) -> float:
+    """Expert-seconds per image of a replay: the share of images leaving at each level times that level's cost.
+
+    Weighted by shares rather than averaged image by image: when every image leaves at one level the result is
+    that level's cost exactly (a mean of 24 equal floats can be one ulp above it, and report "costs more than
+    running every level").
+    """
+    shares = np.bincount(exits, minlength=costs.size) / exits.size
+    return float(shares @ costs)

@@ -65,13 +65,13 @@ def evaluate(cascade: CascadeConfig, experts: list[str], outputs: np.ndarray, la
         **_block(labels, deployed, {**plain, "late_rate": late_rate, "prior_rate": prior_rate,
                                     "prior": cascade.prior}),
         "exit_levels": {level.name: int(exit_counts[i]) for i, level in enumerate(cascade.levels)},
-        "expert_seconds_per_image": float(costs[exits].mean()),
+        "expert_seconds_per_image": replay.mean_cost(costs, exits),
         "all_levels_expert_seconds_per_image": float(costs[-1]),
     }
     sweep = []
     for margin in SWEEP.tolist():
         uniform = replay.exit_levels([margin] * len(cascade.levels), levels)
-        sweep.append({"exit_margin": margin, "expert_seconds_per_image": float(costs[uniform].mean()),
+        sweep.append({"exit_margin": margin, "expert_seconds_per_image": replay.mean_cost(costs, uniform),
                       "mcc": mcc(labels, replay.answers_at(levels, uniform))})
     probabilities = {name: outputs[:, j] for j, name in enumerate(experts)} | {"deployed": deployed}
     point = (summary["deployed"]["expert_seconds_per_image"], mcc(labels, deployed))
