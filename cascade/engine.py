@@ -92,10 +92,14 @@ class Engine:
         on_fatal: Callable[[str, BaseException], None] | None = None,
         registry: CollectorRegistry | None = None,
         run_every_level: bool = False,
+        worker_factory: ExpertFactory | None = None,
     ) -> None:
         self.config = config
         self._on_fatal = on_fatal or _exit_for_restart
         self._expert_factory = expert_factory
+        # What a worker process builds its replica with (None: the registry). Pickled to the worker by reference, so
+        # a module-level function or a functools.partial of one (benchmarks' stand-in experts); never a closure.
+        self._worker_factory = worker_factory
         self.stats = EngineStats(registry)  # its metrics go into `registry` (the miner's), else a registry of its own
         self.observers = ObserverRunner(list(observers), on_error=self.stats.observer_failed)
         self._decoder = worker_pool(config.scheduler.decode_workers, "decode", config.scheduler.worker_nice)
@@ -212,10 +216,11 @@ class Engine:
                 expert.close()
 
     def _build(self, config: ExpertConfig, device: str) -> Expert:
-        """An unloaded replica: in this process (the factory's), or in a worker process of its own (the registry's)."""
+        """An unloaded replica: in this process (the factory's), or in a worker process of its own (built there by the
+        registry, or by `worker_factory`)."""
         if config.worker == "process":
             return WorkerExpert(config, device, self.config.decode, self.config.decode.device,
-                                self.config.scheduler.gil_switch_interval_ms / 1000.0)
+                                self.config.scheduler.gil_switch_interval_ms / 1000.0, factory=self._worker_factory)
         return self._expert_factory(config, device)
 
     def _device_jpeg(self, expert: Expert) -> None:

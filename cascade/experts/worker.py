@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import pickle
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any, NoReturn
 
 import numpy as np
@@ -85,12 +86,14 @@ class WorkerExpert(Expert):
 
     def __init__(self, config: ExpertConfig, device: str, decode: DecodeConfig | None = None,
                  decode_device: str = "auto", switch_interval_s: float = 0.0005,
-                 load_timeout_s: float = 1800.0) -> None:
+                 load_timeout_s: float = 1800.0, factory: Callable[[ExpertConfig, str], Expert] | None = None) -> None:
         super().__init__(config, device)
         self.replica = f"{config.name}@{device}"
+        # `factory` (None: the registry's build_expert) travels pickled, by reference: the worker imports it.
+        _check_importable(self.replica, factory)
         self._spec = {"config": config.model_dump(mode="json"), "device": device,
                       "decode": (decode or DecodeConfig()).model_dump(mode="json"), "decode_device": decode_device,
-                      "switch_interval_s": switch_interval_s}
+                      "switch_interval_s": switch_interval_s, "factory": factory}
         self._load_timeout_s = load_timeout_s
         self._facts: dict[str, Any] = {}
         self._process: subprocess.Popen[bytes] | None = None
@@ -341,6 +344,19 @@ def relay_log(stream: IO[bytes], replica: str) -> None:
             level, message = "INFO", text
         logger.log(level, "worker {} | {}", replica, message)
     stream.close()
+
+
+def _check_importable(replica: str, factory: Any) -> None:
+    """ExpertError unless the worker can import `factory` by name (pickle sends functions by reference)."""
+    function = getattr(factory, "func", factory)  # a functools.partial's function
+    try:
+        pickle.dumps(factory)
+        importable = getattr(function, "__module__", None) != "__main__"  # another process's __main__ is not ours
+    except (pickle.PicklingError, AttributeError, TypeError):
+        importable = False
+    if not importable:
+        raise ExpertError(f"{replica}: a worker process builds its replica with a factory it can import (a "
+                          f"module-level function or a functools.partial of one, not in __main__), not {factory!r}")
 
 
 def _end(process: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:

@@ -71,7 +71,7 @@ def _load(spec: dict[str, Any]) -> tuple[Expert, dict[str, Any]]:
 
     sys.setswitchinterval(spec["switch_interval_s"])
     config = ExpertConfig.model_validate(spec["config"])
-    expert = build_expert(config, spec["device"])
+    expert = (spec["factory"] or build_expert)(config, spec["device"])
     t0 = time.monotonic()
     expert.load()
     notes = []

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import statistics
 import subprocess
@@ -34,6 +35,7 @@ from typing import Any
 
 from cascade.config import EngineConfig, ExpertConfig, SchedulerConfig, load_cascade
 from cascade.tools import bench_levels, bench_models, bench_report, bench_traffic
+from cascade.tools.bench_stand_in import null_factory
 from neurons.client import encode_jpeg, percentiles, synthetic_image
 
 
@@ -61,29 +63,6 @@ def slowed_factory(delay_s: float, level_experts: set[str]) -> Any:
         return expert
 
     return factory
-
-
-def null_factory(config: ExpertConfig, device: str) -> Any:
-    """An expert that costs nothing: JPEGs stay encoded (as for nvJPEG experts) and every answer is 0.9 at once.
-
-    `engine --null-experts` measures the request path alone (admission, base64, hash, header checks, batching,
-    thread and event-loop hand-offs): the ceiling no model can lift in this process.
-    """
-    from cascade.experts.base import Expert
-
-    class NullExpert(Expert):
-        decodes_jpeg = True
-
-        def load(self) -> None:
-            self.jpeg_decoder = lambda encoded, device: encoded  # marks JPEGs as decoded in the batch: never called
-
-        def predict_batch(self, images: Sequence[Any]) -> list[float]:
-            return [0.9] * len(images)
-
-        def memory_bytes(self) -> int:
-            return 0
-
-    return NullExpert(config, device)
 
 
 async def _closed_loop(submit: Any, total: int, concurrency: int) -> None:
@@ -116,7 +95,10 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
     from cascade.request import Job
 
     cascade = bench_cascade(args)
-    factory: Any = null_factory if args.null_experts else build_expert
+    factory: Any = build_expert
+    if args.null_experts:
+        batch_ms, image_ms = args.null_device_ms
+        factory = functools.partial(null_factory, batch_ms=batch_ms, image_ms=image_ms)
     if args.slow_last_level_s:
         last = cascade.levels[-1]
         for expert in last.experts:
@@ -126,7 +108,8 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
     scheduler = SchedulerConfig(cache_size=0 if not args.cache else 4096, max_in_flight=args.max_in_flight,
                                 max_in_flight_per_hotkey=args.max_in_flight, decode_workers=args.decode_workers,
                                 gil_switch_interval_ms=args.gil_switch_ms)
-    engine = Engine(EngineConfig(cascade=cascade, scheduler=scheduler), expert_factory=factory)
+    engine = Engine(EngineConfig(cascade=cascade, scheduler=scheduler), expert_factory=factory,
+                    worker_factory=factory if args.null_experts else None)
     startup = engine.start()
     data = payloads(args.requests, args.image_size, args.distinct)
     arrival: list[float] = [0.0] * len(data)
@@ -162,6 +145,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
     report = {
         "mode": "engine-burst" if args.burst else "engine",
         "experts": "null (no model: the request path alone)" if args.null_experts else "real",
+        "null_device_ms": list(args.null_device_ms) if args.null_experts else None,
         "wait_when_idle": not args.idle_dispatch,
         "worker": "process" if args.worker_process else "thread",
         "cascade": str(args.cascade),
@@ -332,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--slow-last-level-s", type=float, default=0.0)
             p.add_argument("--null-experts", action="store_true",
                            help="experts that cost nothing: the request path's own ceiling")
+            p.add_argument("--null-device-ms", type=float, nargs=2, default=(0.0, 0.0), metavar=("BATCH", "IMAGE"),
+                           help="with --null-experts: each batch takes BATCH + IMAGE x its size ms off the CPU "
+                           "(a stand-in GPU; ViT-B/16 with nvJPEG on an H200 was ~0.5 ms an image)")
             p.add_argument("--max-in-flight", type=int, default=256)
             p.add_argument("--cache", action="store_true", help="keep the result cache on")
             p.add_argument("--gil-switch-ms", type=float, default=0.5, help="sys.setswitchinterval in ms")

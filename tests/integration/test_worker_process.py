@@ -255,3 +255,27 @@ def test_workers_decode_jpegs_on_each_of_their_gpus_as_the_replica_in_process_do
     finally:
         for worker in workers:
             worker.close()
+
+
+def test_a_worker_builds_its_replica_with_the_engines_worker_factory_when_given_one(tiny_vit: Path) -> None:
+    # The benchmarks' stand-in device (`sn72-bench engine --null-experts --null-device-ms ... --worker-process`):
+    # a module-level factory travels to the worker by name, with its arguments.
+    import functools
+
+    from cascade.tools.bench_stand_in import null_factory
+
+    stand_in = functools.partial(null_factory, batch_ms=5.0, image_ms=1.0)
+    engine = Engine(EngineConfig(cascade=cascade_config([[vit_config(tiny_vit, name="stand-in")]])),
+                    worker_factory=stand_in)
+    engine.start()
+    try:
+        worker = engine._experts[0]
+        assert isinstance(worker, WorkerExpert) and worker.pid is not None and worker.takes_jpeg()
+        result = engine.submit(make_job(mark=1, budget_s=5.0)).result(10)
+        assert result.probability == pytest.approx(0.9, abs=1e-6)  # the stand-in's answer, not the tiny ViT's
+        assert worker.batches == 1 and worker.busy_s >= 0.006  # 5 ms a batch + 1 ms an image, off the CPU
+    finally:
+        engine.close()
+
+    with pytest.raises(ExpertError, match="a factory it can import"):  # a closure cannot reach another process
+        WorkerExpert(vit_config(tiny_vit), "cpu", factory=lambda config, device: build_expert(config, device))
