@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import pickle
+import queue
+import select
 import socket
 import subprocess
 import sys
@@ -35,14 +37,23 @@ from loguru import logger
 from cascade.config import DecodeConfig, ExpertConfig
 from cascade.decode import DecodeError
 from cascade.experts.base import Expert, ExpertError
-from cascade.experts.worker_wire import FrameReader, frame, pack_item, unpack_answer
+from cascade.experts.worker_wire import FrameReader, frame, frame_parts, pack_item, unpack_answer
 
 ANSWER_GRACE_S = 1.0  # past a batch's deadline (at least), its answer is given up on and the worker deemed hung
 RESTART_PAUSES_S = (0.5, 2.0, 5.0, 15.0, 60.0)  # after the 1st, 2nd, ... failure in a row to come back
+SOCKET_BUFFER_BYTES = 16 << 20  # asked for; the kernel grants what its limits allow
 
 
 class _Channel(asyncio.Protocol):
-    """The miner's end of one worker's socket, on the engine's loop: answers resolve their batch's future."""
+    """The miner's end of one worker's socket: answers are read on the engine's loop and resolve their batch's
+    future; batches are written by a thread of the channel's own (`send`).
+
+    NOTE: not through the loop's transport. A batch is megabytes (a JPEG is ~50 KB, a batch 100 of them) and a
+    socket's buffer a few hundred kilobytes, so the transport wrote a buffer's worth per turn of the loop, and a
+    turn under load runs hundreds of requests' callbacks: the worker waited for the rest of its batch (measured:
+    idle 40% of the time at 512 clients, docs/performance.md). The writer blocks in the kernel without the
+    interpreter lock until the worker has read the batch, whatever the loop is doing.
+    """
 
     def __init__(self, owner: WorkerExpert, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
         self.owner = owner
@@ -51,9 +62,37 @@ class _Channel(asyncio.Protocol):
         self.reader = FrameReader()
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[Any]] = {}
+        self._outbox: queue.SimpleQueue[tuple[bytes, bytes] | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_forever, name=f"send-{owner.replica}", daemon=True)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._writer.start()
+
+    def stop_writer(self) -> None:
+        self._outbox.put(None)  # after what is queued: a closing channel does not drop a batch it took
+
+    def send(self, message: Any) -> None:
+        """Queue a message for the worker (any thread); sent whole and in order by the writer thread."""
+        self._outbox.put(frame_parts(message))
+
+    def _write_forever(self) -> None:
+        """Writer thread. The socket is non-blocking (the loop reads it), so a full buffer is waited out in select.
+
+        Ends at connection_lost, or when the socket is gone (the worker died: the loop's reader sees that too and
+        fails the batches).
+        """
+        while (parts := self._outbox.get()) is not None:
+            try:
+                for part in parts:
+                    view = memoryview(part)
+                    while view:
+                        try:
+                            view = view[self.sock.send(view):]
+                        except BlockingIOError:
+                            select.select([], [self.sock], [], 1.0)
+            except (OSError, ValueError):  # ValueError: select on a socket closed meanwhile (its fd is -1)
+                return
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -67,6 +106,7 @@ class _Channel(asyncio.Protocol):
                 future.set_result(message)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.stop_writer()
         self.owner.lost(self, "its socket closed" if exc is None else repr(exc))
 
     def fail_pending(self, error: Exception) -> None:
@@ -141,6 +181,10 @@ class WorkerExpert(Expert):
 
     def _launch(self) -> tuple[socket.socket, subprocess.Popen[bytes]]:
         mine, theirs = socket.socketpair()
+        # Room for a whole batch where the kernel allows (it caps these at net.core.wmem_max/rmem_max): fewer turns
+        # of the writer thread, each of which waits for the interpreter lock.
+        mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
         # The environment as it is: the worker sets the offline switches itself before importing anything.
         process = subprocess.Popen([sys.executable, "-m", "cascade.experts.worker_main", str(theirs.fileno())],
                                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -208,6 +252,7 @@ class WorkerExpert(Expert):
             channel.loop.call_soon_threadsafe(channel.transport.close)
         elif channel is not None:
             channel.sock.close()  # the loop has stopped: nothing will service its transport again
+            channel.stop_writer()
         if sock is not None:
             sock.close()
 
@@ -218,8 +263,7 @@ class WorkerExpert(Expert):
         batch_id = next(self._ids)
         future: asyncio.Future[Any] = loop.create_future()
         channel.pending[batch_id] = future
-        assert channel.transport is not None
-        channel.transport.write(frame(("batch", batch_id, [pack_item(image) for image in images])))
+        channel.send(("batch", batch_id, [pack_item(image) for image in images]))
         timeout_s = max(0.0, deadline_s - time.monotonic()) + self.grace_s()
         try:
             message = await asyncio.wait_for(future, timeout_s)

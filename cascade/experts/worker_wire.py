@@ -27,8 +27,13 @@ MAX_FRAME_BYTES = 1 << 31  # a batch of the largest JPEGs fits; a longer length 
 
 
 def frame(message: Any) -> bytes:
+    return b"".join(frame_parts(message))
+
+
+def frame_parts(message: Any) -> tuple[bytes, bytes]:
+    """The length prefix and the pickle, apart (a batch's megabytes are sent without joining them into a copy)."""
     body = pickle.dumps(message, protocol=5)
-    return _HEADER.pack(len(body)) + body
+    return _HEADER.pack(len(body)), body
 
 
 class FrameReader:

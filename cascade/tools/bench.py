@@ -162,11 +162,20 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         # from the miner's side: a worker replica's batch includes its wait behind the batch running before it
         "mean_batch_ms": {k: round(1000 * v.total / v.n, 2) for k, v in engine.stats.batch_seconds.items() if v.n},
         "worker_busy_fraction": busy,
+        # the kernel's cap on a worker socket's buffer (cascade/experts/worker.py asks for 16 MB)
+        "net_core_wmem_max": _read_int("/proc/sys/net/core/wmem_max") if args.worker_process else None,
         "cold_start_s": startup.total_s,
         "gil_switch_interval_ms": args.gil_switch_ms,
         "decode_ms_per_image": bench_models.decode_cost_ms(data[: min(50, len(data))]),
     }
     return report
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 async def _drive_axon(process: Any, wallets: Sequence[Any], data: list[str], concurrency: int,

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -279,3 +280,38 @@ def test_a_worker_builds_its_replica_with_the_engines_worker_factory_when_given_
 
     with pytest.raises(ExpertError, match="a factory it can import"):  # a closure cannot reach another process
         WorkerExpert(vit_config(tiny_vit), "cpu", factory=lambda config, device: build_expert(config, device))
+
+
+def test_a_batch_larger_than_the_socket_buffer_reaches_the_worker_while_the_engine_loop_is_busy(
+        tiny_vit: Path) -> None:
+    # Under load the engine's loop runs hundreds of requests' callbacks between two of its turns. A batch is
+    # megabytes of JPEGs and a socket buffer a few hundred kilobytes: when the loop fed the socket, the worker got a
+    # buffer's worth per turn and waited for the rest (measured: the worker idle 40% of the time at 512 clients,
+    # docs/performance.md). Now the batch travels on a thread of its own, whatever the loop is doing.
+    import functools
+
+    from cascade.tools.bench_stand_in import null_factory
+
+    stand_in = functools.partial(null_factory, batch_ms=1000.0)
+    worker = WorkerExpert(vit_config(tiny_vit, name="stand-in", warmup_batches=0), "cpu", factory=stand_in)
+    worker.load()
+    rng = np.random.default_rng(0)
+    batch = [rng.integers(0, 256, (1365, 2048, 3), dtype=np.uint8) for _ in range(4)]  # 33 MB, any kernel's buffer
+
+    async def run() -> float:
+        await worker.predict_async(batch[:1], time.monotonic() + 30)  # attaches the worker's socket to this loop
+        task = asyncio.create_task(worker.predict_async(batch, time.monotonic() + 30))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the batch is handed over
+        time.sleep(4.0)  # the loop busy (blocked) for longer than sending 33 MB and the stand-in's 1 s take
+        unblocked = time.monotonic()
+        await task
+        return time.monotonic() - unblocked
+
+    try:
+        waited_s = asyncio.run(run())
+    finally:
+        worker.close()
+    assert worker.batches == 2
+    assert waited_s < 0.5, f"the answer came {waited_s:.2f}s after the loop was free: the batch waited for it"
+    wait_for(lambda: not [t for t in threading.enumerate() if t.name == "send-stand-in@cpu"])  # no writer left
