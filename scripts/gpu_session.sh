@@ -3,7 +3,8 @@
 #   bash scripts/gpu_session.sh level1 OUT [--dry-run]       (15-18 minutes; each step's limit is in STEPS)
 #     gpu-marked tests; nvJPEG vs PIL decode; the engine with ViT-B/16 on one GPU (512 clients, and one client
 #     for batch-1 latency; with and without idle dispatch; in threads and in worker processes), with experts that
-#     cost nothing (the request path's ceiling), the subnet's reference pipeline, the engine on two GPUs (threads,
+#     cost nothing (the request path's ceiling) and with a stand-in device in a worker (the request path in front of
+#     a GPU-like expert, `--null-device-ms`), the subnet's reference pipeline, the engine on two GPUs (threads,
 #     workers); the miner (threads, workers) beside bittensor's stock axon through real dendrites. One command may
 #     run 10 minutes at most: split the steps over two or three commands with ONLY (docs/performance.md has one).
 #   bash scripts/gpu_session.sh production OUT [--dry-run]   (5 minutes on two H200s, at most 9)
@@ -39,6 +40,7 @@ case "$PART" in
     "engine-1gpu-proc-admit-all|80|$B engine --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 6000 --concurrency 512 --max-in-flight 1024 --decode-workers 12 --json $WORK/engine-1gpu-proc-admit-all.json"
     "engine-1gpu-c1-proc|50|$B engine --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 300 --concurrency 1 --json $WORK/engine-1gpu-c1-proc.json"
     "engine-2gpu-proc|100|$B engine --cascade config/cascade.bench-gpu-x2.yaml --worker-process --idle-dispatch --requests 8000 --concurrency 512 --decode-workers 16 --json $WORK/engine-2gpu-proc.json"
+    "engine-standin-proc|60|$B engine --cascade config/cascade.bench-gpu.yaml --null-experts --null-device-ms 3 0.45 --worker-process --idle-dispatch --requests 6000 --concurrency 512 --decode-workers 12 --json $WORK/engine-standin-proc.json"
     "engine-null-1gpu|45|$B engine --cascade config/cascade.bench-gpu.yaml --null-experts --requests 4000 --concurrency 512 --max-in-flight 1024 --decode-workers 12 --json $WORK/engine-null-1gpu.json"
     "baseline|60|$B baseline --model .bench/models/vit-b16 --device cuda:0 --json $WORK/baseline.json"
     "engine-2gpu|65|$B engine --cascade config/cascade.bench-gpu-x2.yaml --requests 5000 --concurrency 512 --decode-workers 16 --json $WORK/engine-2gpu.json"
