@@ -64,9 +64,11 @@ class _Channel(asyncio.Protocol):
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self._outbox: queue.SimpleQueue[tuple[bytes, bytes] | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_forever, name=f"send-{owner.replica}", daemon=True)
+        self._own_socket: socket.socket | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._own_socket = self.sock.dup()  # the writer's (see _write_forever): the worker sees EOF once both close
         self._writer.start()
 
     def stop_writer(self) -> None:
@@ -79,20 +81,23 @@ class _Channel(asyncio.Protocol):
     def _write_forever(self) -> None:
         """Writer thread. The socket is non-blocking (the loop reads it), so a full buffer is waited out in select.
 
-        Ends at connection_lost, or when the socket is gone (the worker died: the loop's reader sees that too and
-        fails the batches).
+        Ends at `stop_writer` (connection_lost, close), or when the worker is gone.
         """
-        while (parts := self._outbox.get()) is not None:
-            try:
-                for part in parts:
-                    view = memoryview(part)
-                    while view:
-                        try:
-                            view = view[self.sock.send(view):]
-                        except BlockingIOError:
-                            select.select([], [self.sock], [], 1.0)
-            except (OSError, ValueError):  # ValueError: select on a socket closed meanwhile (its fd is -1)
-                return
+        # A descriptor of the writer's own, closed only here: the loop may close its socket at any moment, and a
+        # send racing that close could otherwise reach whatever file reused the number (another connection).
+        assert self._own_socket is not None
+        with self._own_socket as sock:
+            while (parts := self._outbox.get()) is not None:
+                try:
+                    for part in parts:
+                        view = memoryview(part)
+                        while view:
+                            try:
+                                view = view[sock.send(view):]
+                            except BlockingIOError:
+                                select.select([], [sock], [], 1.0)
+                except OSError:  # the worker is gone: the loop's reader sees it too and fails the batches
+                    return
 
     def data_received(self, data: bytes) -> None:
         try:
