@@ -62,7 +62,7 @@ class _Channel(asyncio.Protocol):
         self.reader = FrameReader()
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[Any]] = {}
-        self._outbox: queue.SimpleQueue[tuple[bytes, bytes] | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[list[bytes | memoryview] | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_forever, name=f"send-{owner.replica}", daemon=True)
         self._own_socket: socket.socket | None = None
 

@@ -13,7 +13,15 @@ from cascade.decode import DecodeError, DeviceJpeg
 from cascade.experts.base import Expert, ExpertError
 from cascade.experts.worker import WorkerExpert
 from cascade.experts.worker_main import _answer
-from cascade.experts.worker_wire import FrameReader, frame, pack_answer, pack_item, unpack_answer, unpack_item
+from cascade.experts.worker_wire import (
+    FrameReader,
+    frame,
+    frame_parts,
+    pack_answer,
+    pack_item,
+    unpack_answer,
+    unpack_item,
+)
 from cascade.scheduler import is_fatal_device_error, is_out_of_memory
 from cascade.serving import LOAD_FIELDS
 
@@ -32,9 +40,33 @@ def test_frames_come_out_whole_however_the_stream_is_cut(sent, cuts):
     assert received == sent
 
 
+@given(st.lists(st.binary(min_size=1, max_size=4000), min_size=1, max_size=6), st.integers(1, 5000))
+def test_a_batchs_jpegs_and_arrays_travel_out_of_band_and_arrive_whole(jpegs, cut):
+    limits = DecodeConfig()
+    array = np.arange(40 * 30 * 3, dtype=np.uint8).reshape(40, 30, 3)
+    items = [pack_item(DeviceJpeg(data, (64, 48), 1, limits)) for data in jpegs] + [pack_item(array)]
+    parts = frame_parts(("batch", 3, items))
+    header, body = parts[0], parts[1]
+    assert len(parts) == 2 + len(jpegs) + 1  # one buffer per JPEG and one for the array, none copied into the pickle
+    assert len(body) < 1000 + 100 * len(jpegs) and all(data not in body for data in jpegs if len(data) > 16)
+    stream = b"".join(parts)
+    assert len(stream) == len(header) + len(body) + sum(map(len, jpegs)) + array.nbytes
+    reader, received = FrameReader(), []
+    for at in range(0, len(stream), cut):
+        received += list(reader.feed(stream[at:at + cut]))
+    [(kind, batch_id, back)] = received
+    assert (kind, batch_id) == ("batch", 3)
+    unpacked = [unpack_item(item, limits) for item in back]
+    jpegs_back = [image.data for image in unpacked[:-1]]
+    assert jpegs_back == jpegs and all(type(data) is bytes for data in jpegs_back)
+    assert np.array_equal(unpacked[-1], array) and unpacked[-1].flags.writeable  # as the miner's own arrays are
+
+
 def test_a_broken_length_prefix_is_refused_not_waited_for():
     with pytest.raises(ValueError, match="stream broken"):
-        list(FrameReader().feed(b"\xff\xff\xff\xff" + b"x" * 10))
+        list(FrameReader().feed(b"\xff\xff\xff\xff" + b"x" * 10))  # 0x78787878 buffers
+    with pytest.raises(ValueError, match="stream broken: a frame of"):
+        list(FrameReader().feed(b"\x7f\xff\xff\xff\x00\x00\x00\x01\x7f\xff\xff\xff"))  # 4 GB in all
 
 
 def test_items_and_answers_cross_unchanged():
