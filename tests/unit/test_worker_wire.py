@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -145,3 +145,38 @@ def test_a_workers_stderr_becomes_the_miners_log_lines_with_their_levels():
         logger.remove(sink)
     assert lines == ["ERROR worker vit@cuda:1 | device lost", "WARNING worker vit@cuda:1 | slow batch",
                      "INFO worker vit@cuda:1 | some library output", "INFO worker vit@cuda:1 | Loading 100%"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 300_000), min_size=1, max_size=40), st.integers(1, 64))
+def test_the_sending_thread_delivers_every_part_in_order_through_a_small_nonblocking_socket(sizes, read_kib):
+    # Partial sends (a gather larger than the socket's buffer) and a full buffer (BlockingIOError) on the way.
+    import socket
+    import threading
+
+    from cascade.experts.worker import _send_all
+
+    parts = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+    parts.insert(1, memoryview(np.arange(5000, dtype=np.uint16)).cast("B"))  # an array's memory, as numpy sends it
+    expected = b"".join(bytes(part) for part in parts)
+    mine, theirs = socket.socketpair()
+    mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    mine.setblocking(False)
+    received = bytearray()
+
+    def read() -> None:
+        while len(received) < len(expected):
+            chunk = theirs.recv(read_kib * 1024)
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        _send_all(mine, parts)
+        reader.join(10)
+    finally:
+        mine.close()
+        theirs.close()
+    assert bytes(received) == expected
