@@ -19,11 +19,8 @@ the prior, in time. The miner process is never ended for a worker's device error
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import pickle
-import queue
-import select
 import socket
 import subprocess
 import sys
@@ -38,83 +35,12 @@ from loguru import logger
 from cascade.config import DecodeConfig, ExpertConfig
 from cascade.decode import DecodeError
 from cascade.experts.base import Expert, ExpertError
-from cascade.experts.worker_wire import FrameReader, frame, frame_parts, pack_item, unpack_answer
+from cascade.experts.worker_channel import Channel
+from cascade.experts.worker_wire import FrameReader, frame, pack_item, unpack_answer
 
 ANSWER_GRACE_S = 1.0  # past a batch's deadline (at least), its answer is given up on and the worker deemed hung
 RESTART_PAUSES_S = (0.5, 2.0, 5.0, 15.0, 60.0)  # after the 1st, 2nd, ... failure in a row to come back
 SOCKET_BUFFER_BYTES = 16 << 20  # asked for; the kernel grants what its limits allow
-SEND_PARTS_PER_CALL = 512  # within every kernel's IOV_MAX (1,024 on Linux)
-
-
-class _Channel(asyncio.Protocol):
-    """The miner's end of one worker's socket: answers are read on the engine's loop and resolve their batch's
-    future; batches are written by a thread of the channel's own (`send`).
-
-    NOTE: not through the loop's transport. A batch is megabytes (a JPEG is ~50 KB, a batch 100 of them) and a
-    socket's buffer a few hundred kilobytes, so the transport wrote a buffer's worth per turn of the loop, and a
-    turn under load runs hundreds of requests' callbacks: the worker waited for the rest of its batch (measured:
-    idle 40% of the time at 512 clients, docs/performance.md). The writer blocks in the kernel without the
-    interpreter lock until the worker has read the batch, whatever the loop is doing.
-    """
-
-    def __init__(self, owner: WorkerExpert, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-        self.owner = owner
-        self.loop = loop
-        self.sock = sock
-        self.reader = FrameReader()
-        self.transport: asyncio.Transport | None = None
-        self.pending: dict[int, asyncio.Future[Any]] = {}
-        self._outbox: queue.SimpleQueue[list[bytes | memoryview] | None] = queue.SimpleQueue()
-        self._writer = threading.Thread(target=self._write_forever, name=f"send-{owner.replica}", daemon=True)
-        self._own_socket: socket.socket | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self._own_socket = self.sock.dup()  # the writer's (see _write_forever): the worker sees EOF once both close
-        self._writer.start()
-
-    def stop_writer(self) -> None:
-        self._outbox.put(None)  # after what is queued: a closing channel does not drop a batch it took
-
-    def send(self, message: Any) -> None:
-        """Queue a message for the worker (any thread); sent whole and in order by the writer thread."""
-        self._outbox.put(frame_parts(message))
-
-    def _write_forever(self) -> None:
-        """Writer thread. The socket is non-blocking (the loop reads it), so a full buffer is waited out in select.
-
-        Ends at `stop_writer` (connection_lost, close), or when the worker is gone.
-        """
-        # A descriptor of the writer's own, closed only here: the loop may close its socket at any moment, and a
-        # send racing that close could otherwise reach whatever file reused the number (another connection).
-        assert self._own_socket is not None
-        with self._own_socket as sock:
-            while (parts := self._outbox.get()) is not None:
-                try:
-                    _send_all(sock, parts)
-                except OSError:  # the worker is gone: the loop's reader sees it too and fails the batches
-                    return
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            messages = list(self.reader.feed(data))
-        except ValueError as exc:  # a broken stream: treat as a dead worker
-            self.owner.lost(self, f"{exc}")
-            return
-        for message in messages:
-            future = self.pending.pop(message[1], None)
-            if future is not None and not future.done():
-                future.set_result(message)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.stop_writer()
-        self.owner.lost(self, "its socket closed" if exc is None else repr(exc))
-
-    def fail_pending(self, error: Exception) -> None:
-        pending, self.pending = self.pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(error)
 
 
 class WorkerExpert(Expert):
@@ -139,7 +65,7 @@ class WorkerExpert(Expert):
         self._facts: dict[str, Any] = {}
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None  # connected, not yet attached to the loop
-        self._channel: _Channel | None = None
+        self._channel: Channel | None = None
         self._starting: tuple[socket.socket, subprocess.Popen[bytes]] | None = None  # started, not yet ready
         self._attaching: asyncio.Task[Any] | None = None
         self._ids = itertools.count()
@@ -294,7 +220,7 @@ class WorkerExpert(Expert):
         worker, so a second, or three of this worker's mean batches where those are longer."""
         return max(ANSWER_GRACE_S, 3 * self.busy_s / self.batches) if self.batches else ANSWER_GRACE_S
 
-    def _replace_hung(self, channel: _Channel) -> None:
+    def _replace_hung(self, channel: Channel) -> None:
         """A batch past its deadline and the grace: the worker is stuck (a hung kernel, a deadlock) or far too
         slow to be of use. Kill it; its socket's end restarts it like any dead worker (`lost`)."""
         if channel is not self._channel or self._process is None or self._process.poll() is not None:
@@ -303,7 +229,7 @@ class WorkerExpert(Expert):
                      self._process.pid)
         self._process.kill()  # not waited for here (the loop must not block): the restart reaps it
 
-    async def _channel_now(self) -> _Channel:
+    async def _channel_now(self) -> Channel:
         if self._closed:
             raise ExpertError(f"{self.replica} is shut down")
         if self._channel is None and self._attaching is None and self._socket is not None:
@@ -318,7 +244,7 @@ class WorkerExpert(Expert):
 
     async def _attach(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        channel = _Channel(self, loop, sock)
+        channel = Channel(self, loop, sock)
         try:
             await loop.create_unix_connection(lambda: channel, sock=sock)
             self._channel = channel  # before this task is done: whoever waited on it finds the channel
@@ -328,7 +254,7 @@ class WorkerExpert(Expert):
         finally:
             self._attaching = None
 
-    def lost(self, channel: _Channel, why: str) -> None:
+    def lost(self, channel: Channel, why: str) -> None:
         """The worker's socket ended: fail its batches and, unless closing, start a new worker."""
         channel.fail_pending(ExpertError(f"{self.replica}: the worker process ended ({why})"))
         if channel is not self._channel or self._closed:
@@ -389,23 +315,6 @@ def relay_log(stream: IO[bytes], replica: str) -> None:
             level, message = "INFO", text
         logger.log(level, "worker {} | {}", replica, message)
     stream.close()
-
-
-def _send_all(sock: socket.socket, parts: list[bytes | memoryview]) -> None:
-    """Every part, in order, on a non-blocking socket: gathered into as few system calls as the socket's buffer
-    allows (one call per part would wait for the interpreter lock once per JPEG of the batch)."""
-    views = collections.deque(memoryview(part).cast("B") for part in parts)
-    while views:
-        try:
-            sent = sock.sendmsg(list(itertools.islice(views, SEND_PARTS_PER_CALL)))
-        except BlockingIOError:
-            select.select([], [sock], [], 1.0)
-            continue
-        while sent:
-            if sent >= views[0].nbytes:
-                sent -= views.popleft().nbytes
-            else:
-                views[0], sent = views[0][sent:], 0
 
 
 def _check_importable(replica: str, factory: Any) -> None:

@@ -154,7 +154,7 @@ def test_the_sending_thread_delivers_every_part_in_order_through_a_small_nonbloc
     import socket
     import threading
 
-    from cascade.experts.worker import _send_all
+    from cascade.experts.worker_channel import send_all
 
     parts = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
     parts.insert(1, memoryview(np.arange(5000, dtype=np.uint16)).cast("B"))  # an array's memory, as numpy sends it
@@ -174,7 +174,7 @@ def test_the_sending_thread_delivers_every_part_in_order_through_a_small_nonbloc
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        _send_all(mine, parts)
+        send_all(mine, parts)
         reader.join(10)
     finally:
         mine.close()
