@@ -94,7 +94,7 @@ class Channel(asyncio.Protocol):
 def send_all(sock: socket.socket, parts: list[bytes | memoryview]) -> None:
     """Every part, in order, on a non-blocking socket: gathered into as few system calls as the socket's buffer
     allows (one call per part would wait for the interpreter lock once per JPEG of the batch)."""
-    views = collections.deque(memoryview(part).cast("B") for part in parts)
+    views = collections.deque(view for view in (memoryview(part).cast("B") for part in parts) if view.nbytes)
     while views:
         try:
             sent = sock.sendmsg(list(itertools.islice(views, SEND_PARTS_PER_CALL)))
