@@ -122,8 +122,7 @@ class WorkerExpert(Expert):
         try:
             mine.sendall(frame(("init", self._spec)))
         except BaseException:
-            mine.close()
-            _end(process)
+            _abandon(mine, process)
             raise
         return mine, process
 
@@ -136,8 +135,7 @@ class WorkerExpert(Expert):
             if kind != "ready":
                 raise ExpertError(f"{self.replica}: the worker process could not load the model: {facts}")
         except BaseException:
-            mine.close()
-            _end(process)
+            _abandon(mine, process)
             raise
         mine.setblocking(False)
         self._facts, self._process, self._socket = facts, process, mine
@@ -169,17 +167,12 @@ class WorkerExpert(Expert):
         channel, sock, process = self._channel, self._socket, self._process
         self._channel = self._socket = self._process = None
         if self._starting is not None:  # started, never waited for
-            starting_sock, starting_process = self._starting
+            _abandon(*self._starting)
             self._starting = None
-            starting_sock.close()
-            _end(starting_process)
         if process is not None:
             _end(process)
-        if channel is not None and channel.transport is not None and channel.loop.is_running():
-            channel.loop.call_soon_threadsafe(channel.transport.close)
-        elif channel is not None:
-            channel.sock.close()  # the loop has stopped: nothing will service its transport again
-            channel.stop_writer()
+        if channel is not None:
+            channel.close()
         if sock is not None:
             sock.close()
 
@@ -328,6 +321,12 @@ def _check_importable(replica: str, factory: Any) -> None:
     if not importable:
         raise ExpertError(f"{replica}: a worker process builds its replica with a factory it can import (a "
                           f"module-level function or a functools.partial of one, not in __main__), not {factory!r}")
+
+
+def _abandon(sock: socket.socket, process: subprocess.Popen[bytes]) -> None:
+    """A worker given up on before it served: its socket closed and the process ended."""
+    sock.close()
+    _end(process)
 
 
 def _end(process: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:

@@ -47,6 +47,15 @@ class Channel(asyncio.Protocol):
         self._own_socket = self.sock.dup()  # the writer's (see _write_forever): the worker sees EOF once both close
         self._writer.start()
 
+    def close(self) -> None:
+        """From any thread: the transport closed on its loop (connection_lost follows), or here when the loop has
+        stopped (nothing would service the transport again)."""
+        if self.transport is not None and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.transport.close)
+        else:
+            self.sock.close()
+            self.stop_writer()
+
     def stop_writer(self) -> None:
         self._outbox.put(None)  # after what is queued: a closing channel does not drop a batch it took
 
