@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from cascade.calibration import CalibrationFile, check_against, read_calibration
+from cascade.event_loop import EventLoopKind
 from cascade.experts.options import options_model_for
 from cascade.release import DEFAULT_RELEASE, parse_release
 
@@ -200,6 +201,9 @@ class SchedulerConfig(Strict):
     )
     gil_switch_interval_ms: float = Field(
         0.5, ge=0.05, le=100.0, description="Process-wide sys.setswitchinterval (Python's default is 5 ms)."
+    )
+    event_loop: EventLoopKind = Field(
+        "uvloop", description="The engine's event loop: uvloop (cheaper per request) or the standard library's."
     )
 
 

@@ -32,6 +32,7 @@ from cascade import consensus
 from cascade.allocator import return_large_blocks
 from cascade.config import CascadeConfig, EngineConfig, ExpertConfig
 from cascade.decode import DecodeError
+from cascade.event_loop import new_event_loop
 from cascade.experts.base import Expert, warm_up
 from cascade.experts.registry import build_expert
 from cascade.experts.worker import WorkerExpert
@@ -114,7 +115,7 @@ class Engine:
         self._reload_lock = threading.Lock()
         # The GPUs and their free memory, asked at start-up and before each reload (tests simulate some).
         self.devices: Callable[[], list[DeviceInfo]] = visible_devices
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop(config.scheduler.event_loop)
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine-loop", daemon=True)
         self._tasks: set[asyncio.Task[Result]] = set()
         self.startup: StartupReport | None = None

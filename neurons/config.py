@@ -28,6 +28,7 @@ from cascade.config import (
     load_cascade,
     read_yaml,
 )
+from cascade.event_loop import EventLoopKind
 from neurons.config_sources import ENV_PREFIX, LayerError, layered_config
 
 __all__ = ["ENV_PREFIX", "ConfigError", "MinerConfig", "build_parser", "load_config"]
@@ -79,6 +80,9 @@ class AxonConfig(Strict):
     )
     max_concurrent_requests: int = Field(
         128, ge=1, le=100_000, description="Requests processed at once; the rest wait their turn in arrival order."
+    )
+    event_loop: EventLoopKind = Field(
+        "uvloop", description="The HTTP server's event loop: uvloop (cheaper per request) or the standard library's."
     )
 
 

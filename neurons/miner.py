@@ -238,6 +238,7 @@ def serve(config: MinerConfig, wallet: Any, miner: Miner, sock: Any = None) -> A
     """The axon with the miner's handlers behind the HTTP guard, serving on `sock` (bound by start-up); its server."""
     import bittensor as bt
 
+    from cascade.event_loop import uvicorn_loop
     from neurons.server import AxonServer
 
     axon = bt.Axon(
@@ -249,6 +250,7 @@ def serve(config: MinerConfig, wallet: Any, miner: Miner, sock: Any = None) -> A
         max_workers=config.axon.max_workers,
     )
     axon.fast_config.host = config.axon.host
+    axon.fast_config.loop = uvicorn_loop(config.axon.event_loop)  # bittensor asks for "none": the standard loop
     miner.attach(axon)
     server = AxonServer(axon, http_limits(config), config.axon.keep_alive_s, config.axon.max_header_bytes,
                         config.drain_timeout_s, miner.on_connection_closed, miner.on_response, sock)

@@ -29,7 +29,7 @@ GPU_TESTS="tests/integration/test_gpu_decode.py tests/unit/test_preprocess.py te
 GPU_TESTS=$(echo $GPU_TESTS)
 case "$PART" in
   level1) STEPS=(
-    "models|50|$PY -m cascade.tools.make_tiny_models --out .bench/models --device cuda:0 vit-b16"
+    "models|50|[ -d .bench/models/vit-b16 ] || $PY -m cascade.tools.make_tiny_models --out .bench/models --device cuda:0 vit-b16"
     "gpu-tests|120|$PY -m pytest -q -p no:cacheprovider -m gpu --continue-on-collection-errors $GPU_TESTS"
     "decode-bench|80|$PY -m cascade.tools.decode_bench --sections device,engine --json $WORK/decode_bench.json"
     "engine-1gpu|70|$B engine --cascade config/cascade.bench-gpu.yaml --requests 4000 --concurrency 512 --decode-workers 12 --json $WORK/engine-1gpu.json"
@@ -37,16 +37,20 @@ case "$PART" in
     "engine-1gpu-idle|70|$B engine --cascade config/cascade.bench-gpu.yaml --idle-dispatch --requests 4000 --concurrency 512 --decode-workers 12 --json $WORK/engine-1gpu-idle.json"
     "engine-1gpu-c1-idle|40|$B engine --cascade config/cascade.bench-gpu.yaml --idle-dispatch --requests 300 --concurrency 1 --json $WORK/engine-1gpu-c1-idle.json"
     "engine-1gpu-proc|80|$B engine --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 6000 --concurrency 512 --decode-workers 12 --json $WORK/engine-1gpu-proc.json"
+    "engine-1gpu-proc-asyncio|80|$B engine --cascade config/cascade.bench-gpu.yaml --event-loop asyncio --worker-process --idle-dispatch --requests 6000 --concurrency 512 --decode-workers 12 --json $WORK/engine-1gpu-proc-asyncio.json"
     "engine-1gpu-proc-admit-all|80|$B engine --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 6000 --concurrency 512 --max-in-flight 1024 --decode-workers 12 --json $WORK/engine-1gpu-proc-admit-all.json"
     "engine-1gpu-c1-proc|50|$B engine --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 300 --concurrency 1 --json $WORK/engine-1gpu-c1-proc.json"
     "engine-2gpu-proc|100|$B engine --cascade config/cascade.bench-gpu-x2.yaml --worker-process --idle-dispatch --requests 8000 --concurrency 512 --decode-workers 16 --json $WORK/engine-2gpu-proc.json"
+    "engine-2gpu-proc-asyncio|100|$B engine --cascade config/cascade.bench-gpu-x2.yaml --event-loop asyncio --worker-process --idle-dispatch --requests 8000 --concurrency 512 --decode-workers 16 --json $WORK/engine-2gpu-proc-asyncio.json"
     "engine-standin-proc|60|$B engine --cascade config/cascade.bench-gpu.yaml --null-experts --null-device-ms 3 0.45 --worker-process --idle-dispatch --requests 6000 --concurrency 512 --decode-workers 12 --json $WORK/engine-standin-proc.json"
+    "engine-null-1gpu-asyncio|45|$B engine --cascade config/cascade.bench-gpu.yaml --event-loop asyncio --null-experts --requests 4000 --concurrency 512 --max-in-flight 1024 --decode-workers 12 --json $WORK/engine-null-1gpu-asyncio.json"
     "engine-null-1gpu|45|$B engine --cascade config/cascade.bench-gpu.yaml --null-experts --requests 4000 --concurrency 512 --max-in-flight 1024 --decode-workers 12 --json $WORK/engine-null-1gpu.json"
     "baseline|60|$B baseline --model .bench/models/vit-b16 --device cuda:0 --json $WORK/baseline.json"
     "engine-2gpu|65|$B engine --cascade config/cascade.bench-gpu-x2.yaml --requests 5000 --concurrency 512 --decode-workers 16 --json $WORK/engine-2gpu.json"
     "axon-stock|45|$B axon --cascade config/cascade.bench-gpu.yaml --requests 1500 --concurrency 64 --wallets 8 --stock --json $WORK/axon-stock.json"
     "axon-miner|55|$B axon --cascade config/cascade.bench-gpu.yaml --requests 1500 --concurrency 64 --wallets 8 --decode-workers 8 --json $WORK/axon-miner.json"
     "axon-miner-proc|70|$B axon --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 1500 --concurrency 64 --wallets 8 --decode-workers 8 --json $WORK/axon-miner-proc.json"
+    "axon-miner-proc-asyncio|70|$B axon --cascade config/cascade.bench-gpu.yaml --event-loop asyncio --worker-process --idle-dispatch --requests 1500 --concurrency 64 --wallets 8 --decode-workers 8 --json $WORK/axon-miner-proc-asyncio.json"
   ) ;;
   production) STEPS=(
     "train-bench-bg|5|(CUDA_VISIBLE_DEVICES=1 PYTHON=$PY BENCH_TIMEOUT=170 bash scripts/train_bench.sh $WORK/train > $WORK/train.log 2>&1 &)"

@@ -107,7 +107,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         last.exit_margin = 0.5  # never confident: every request that reaches it waits for it
     scheduler = SchedulerConfig(cache_size=0 if not args.cache else 4096, max_in_flight=args.max_in_flight,
                                 max_in_flight_per_hotkey=args.max_in_flight, decode_workers=args.decode_workers,
-                                gil_switch_interval_ms=args.gil_switch_ms)
+                                gil_switch_interval_ms=args.gil_switch_ms, event_loop=args.event_loop)
     engine = Engine(EngineConfig(cascade=cascade, scheduler=scheduler), expert_factory=factory,
                     worker_factory=factory if args.null_experts else None)
     startup = engine.start()
@@ -166,6 +166,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         "net_core_wmem_max": _read_int("/proc/sys/net/core/wmem_max") if args.worker_process else None,
         "cold_start_s": startup.total_s,
         "gil_switch_interval_ms": args.gil_switch_ms,
+        "event_loop": args.event_loop,
         "decode_ms_per_image": bench_models.decode_cost_ms(data[: min(50, len(data))]),
     }
     return report
@@ -220,8 +221,10 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
     write_offline_metagraph(folder / "metagraph.json", 72, miner.hotkey.ss58_address,
                             {w.hotkey.ss58_address: 1000.0 * (i + 1) for i, w in enumerate(wallets)})
     cascade = bench_cascade(args).model_dump(mode="json")
-    extra = {"axon": {"cache_header_schema": header_cache}, "guards": {"rate_per_s": 0.0},
-             "scheduler": {"cache_size": 0, "decode_workers": args.decode_workers}, "log_level": "WARNING"}
+    extra = {"axon": {"cache_header_schema": header_cache, "event_loop": args.event_loop},
+             "guards": {"rate_per_s": 0.0},
+             "scheduler": {"cache_size": 0, "decode_workers": args.decode_workers, "event_loop": args.event_loop},
+             "log_level": "WARNING"}
     data = payloads(args.requests, args.image_size, args.distinct)
     server = (run_stock_axon(folder / "wallets", miner) if getattr(args, "stock", False)
               else run_miner(folder, folder / "wallets", miner, cascade, extra=extra))
@@ -234,6 +237,7 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
         "mode": ("stock-axon" if getattr(args, "stock", False) else "axon") + ("-sequential" if sequential else ""),
         "header_cache": header_cache,
         "worker": "process" if getattr(args, "worker_process", False) else "thread",
+        "event_loop": "asyncio" if getattr(args, "stock", False) else args.event_loop,
         "requests": len(data),
         "wallets": len(wallets),
         "concurrency": 1 if sequential else args.concurrency,
@@ -315,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--device", default=None, help="override every expert's device")
         p.add_argument("--json", type=Path)
         p.add_argument("--decode-workers", type=int, default=2)
+        p.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop",
+                       help="the miner's event loops (engine and HTTP server); the stock axon keeps bittensor's")
         p.add_argument("--idle-dispatch", action="store_true",
                        help="every expert's wait_when_idle off: an idle replica starts at once")
         p.add_argument("--worker-process", action="store_true",

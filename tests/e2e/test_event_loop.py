@@ -26,7 +26,9 @@ class _StaticMetagraph:
         self.snapshot = snapshot
 
 
-def test_a_second_request_is_answered_while_the_first_is_computing(tmp_path):
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_a_second_request_is_answered_while_the_first_is_computing(tmp_path, loop_kind):
+    """On either event loop the miner offers (engine and HTTP server alike; uvloop by default)."""
     from neurons.offline import ensure_wallet
 
     release = threading.Event()
@@ -43,17 +45,21 @@ def test_a_second_request_is_answered_while_the_first_is_computing(tmp_path):
     def factory(cfg: ExpertConfig, device: str) -> FakeExpert:
         return FakeExpert(cfg, device, answer=held_or_quick)
 
-    engine = make_engine({"a": factory}, cascade_config([[config]]))
+    engine = make_engine({"a": factory}, cascade_config([[config]]), event_loop=loop_kind)
     miner_wallet = ensure_wallet(tmp_path, "miner")
     validator = ensure_wallet(tmp_path, "validator")
     snapshot = MetagraphSnapshot.of(72, [Neuron(0, miner_wallet.hotkey.ss58_address, False, 0.0),
                                          Neuron(1, validator.hotkey.ss58_address, True, 100.0)])
     port = free_port()
     miner_config = MinerConfig.model_validate({
-        "cascade_file": "unused.yaml", "axon": {"host": "127.0.0.1", "port": port, "external_ip": "127.0.0.1"},
+        "cascade_file": "unused.yaml",
+        "axon": {"host": "127.0.0.1", "port": port, "external_ip": "127.0.0.1", "event_loop": loop_kind},
     })
     miner = Miner(miner_config, engine, _StaticMetagraph(snapshot))
     server = serve(miner_config, miner_wallet, miner)
+    expected_module = "uvloop" if loop_kind == "uvloop" else "asyncio"
+    assert type(engine._loop).__module__.split(".")[0] == expected_module
+    assert type(server.server.servers[0]).__module__.split(".")[0] == expected_module  # uvicorn's listener
 
     async def scenario():
         dendrite = make_dendrite(validator)
