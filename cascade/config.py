@@ -196,6 +196,11 @@ class SchedulerConfig(Strict):
     cache_size: int = Field(4096, ge=0, le=10_000_000, description="Results kept by image hash (0: off).")
     cache_ttl_s: float = Field(900.0, ge=0.0, le=86_400.0, description="How long a cached result stays valid.")
     decode_workers: int = Field(2, ge=1, le=64, description="Threads that decode images.")
+    inline_check_max_bytes: int = Field(
+        1 << 20, ge=0, le=1 << 26,
+        description="JPEGs for a device decoder up to this size (base64) are checked on the engine's loop, not in "
+        "the decode pool (0: never).",
+    )
     worker_nice: int = Field(
         0, ge=0, le=19, description="Niceness of decode and expert threads: under overload the axon's thread wins."
     )

@@ -218,6 +218,25 @@ def decode_or_defer(
     as libjpeg does.
     """
     image, downscale = _checked_header(data, limits)
+    deferred = _deferred(image, downscale, data, limits, min_side)
+    if deferred is not None:
+        return deferred
+    return _decode_pixels(image, data, limits, downscale, min_side, budget, until_s)
+
+
+def device_jpeg_or_none(data: bytes, limits: DecodeConfig, min_side: int | None = None) -> DeviceJpeg | None:
+    """`decode_or_defer` without the host decode: the checked JPEG left encoded, or None where it needs PIL.
+
+    Reads the header alone (no pixels), so cheap enough for the engine's loop (cascade/lifetime.py).
+    """
+    image, downscale = _checked_header(data, limits)
+    deferred = _deferred(image, downscale, data, limits, min_side)
+    image.close()
+    return deferred
+
+
+def _deferred(image: Image.Image, downscale: bool, data: bytes, limits: DecodeConfig,
+              min_side: int | None) -> DeviceJpeg | None:
     width, height = image.size
     if (
         image.format == "JPEG"
@@ -230,7 +249,7 @@ def decode_or_defer(
         orientation = _orientation(image)
         image.close()
         return DeviceJpeg(data, (width, height), orientation, limits, min_side)
-    return _decode_pixels(image, data, limits, downscale, min_side, budget, until_s)
+    return None
 
 
 def _decode_pixels(

@@ -107,7 +107,8 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         last.exit_margin = 0.5  # never confident: every request that reaches it waits for it
     scheduler = SchedulerConfig(cache_size=0 if not args.cache else 4096, max_in_flight=args.max_in_flight,
                                 max_in_flight_per_hotkey=args.max_in_flight, decode_workers=args.decode_workers,
-                                gil_switch_interval_ms=args.gil_switch_ms, event_loop=args.event_loop)
+                                gil_switch_interval_ms=args.gil_switch_ms, event_loop=args.event_loop,
+                                inline_check_max_bytes=args.inline_check_max_bytes)
     engine = Engine(EngineConfig(cascade=cascade, scheduler=scheduler), expert_factory=factory,
                     worker_factory=factory if args.null_experts else None)
     startup = engine.start()
@@ -167,6 +168,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         "cold_start_s": startup.total_s,
         "gil_switch_interval_ms": args.gil_switch_ms,
         "event_loop": args.event_loop,
+        "inline_check_max_bytes": args.inline_check_max_bytes,
         "decode_ms_per_image": bench_models.decode_cost_ms(data[: min(50, len(data))]),
     }
     return report
@@ -337,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--max-in-flight", type=int, default=256)
             p.add_argument("--cache", action="store_true", help="keep the result cache on")
             p.add_argument("--gil-switch-ms", type=float, default=0.5, help="sys.setswitchinterval in ms")
+            p.add_argument("--inline-check-max-bytes", type=int, default=1 << 20,
+                           help="scheduler.inline_check_max_bytes (0: every payload through the decode pool)")
         else:
             p.add_argument("--wallets", type=int, default=4)
             p.add_argument("--rounds", type=int, default=2, help="roundtrip: alternating runs per setting")

@@ -245,3 +245,64 @@ def test_a_file_no_decoder_reads_answers_alone_and_its_batch_is_answered():
         assert events == ["gpu:8"]  # one batch
     finally:
         engine.close()
+
+
+def _blocked_pool(engine: Engine) -> threading.Event:
+    """Every decode-pool thread held until the returned event is set (a pool that a flood of PNGs has busy)."""
+    release = threading.Event()
+    for _ in range(engine.config.scheduler.decode_workers):
+        engine._decoder.submit(release.wait, 30)
+    return release
+
+
+@pytest.mark.parametrize("inline_limit", [1 << 20, 0])
+def test_a_jpeg_for_the_device_is_checked_on_the_loop_without_waiting_for_the_decode_pool(pil_decodes, inline_limit):
+    """Base64, hash and header of a small JPEG bound for the device decoder are done on the engine's loop: with
+    every decode thread busy it is still answered; with the inline check off (0) it waits for a decode thread."""
+    events: Events = []
+    config = expert_config("gpu", max_batch=1, max_wait_ms=0.0)
+    gpu = DecodingExpert(config, "cpu", CountingDecoder(), events)
+    engine = start({"gpu": gpu}, [[config]], [0.0], decode_workers=1, inline_check_max_bytes=inline_limit)
+    release = _blocked_pool(engine)
+    try:
+        data = jpeg_bytes(photo(480, 640), orientation=6)
+        future = engine.submit(job_of(data))
+        if inline_limit:
+            result = future.result(10)
+            assert gpu.kinds == [["jpeg"]] and pil_decodes == []
+            expected = brightness(cascade.decode.decode_image(data, engine.config.decode).image)
+            assert result.probability == pytest.approx(expected, abs=1e-6)
+        else:
+            with pytest.raises(TimeoutError):
+                future.result(0.5)
+            release.set()
+            assert future.result(10).status is Status.CONFIDENT and gpu.kinds == [["jpeg"]]
+    finally:
+        release.set()
+        engine.close()
+
+
+@pytest.mark.parametrize("kind", ["progressive", "over the inline size"])
+def test_what_the_loop_does_not_check_or_decode_goes_to_the_decode_pool(pil_decodes, kind):
+    """A progressive JPEG needs PIL's pixels, and a JPEG over the inline size is checked in the pool too: neither
+    is answered while every decode thread is busy, both are once one frees (the loop never decodes pixels)."""
+    events: Events = []
+    config = expert_config("gpu", max_batch=1, max_wait_ms=0.0)
+    gpu = DecodingExpert(config, "cpu", CountingDecoder(), events)
+    progressive = kind == "progressive"
+    data = jpeg_bytes(photo(480, 640), progressive=progressive)
+    limit = 1 << 20 if progressive else len(base64.b64encode(data)) - 1
+    engine = start({"gpu": gpu}, [[config]], [0.0], decode_workers=1, inline_check_max_bytes=limit)
+    release = _blocked_pool(engine)
+    try:
+        future = engine.submit(job_of(data))
+        with pytest.raises(TimeoutError):
+            future.result(0.5)
+        assert pil_decodes == [] and events == []
+        release.set()
+        assert future.result(10).status is Status.CONFIDENT
+        assert gpu.kinds == ([["array"]] if progressive else [["jpeg"]])
+        assert pil_decodes == (["pil"] if progressive else [])
+    finally:
+        release.set()
+        engine.close()
