@@ -230,9 +230,8 @@ def device_jpeg_or_none(data: bytes, limits: DecodeConfig, min_side: int | None 
     Reads the header alone (no pixels), so cheap enough for the engine's loop (cascade/lifetime.py).
     """
     image, downscale = _checked_header(data, limits)
-    deferred = _deferred(image, downscale, data, limits, min_side)
-    image.close()
-    return deferred
+    with image:
+        return _deferred(image, downscale, data, limits, min_side)
 
 
 def _deferred(image: Image.Image, downscale: bool, data: bytes, limits: DecodeConfig,

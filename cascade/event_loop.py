@@ -9,24 +9,28 @@ library's loop stays one setting away (`asyncio`), for a platform without uvloop
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import Any, Literal
 
 EventLoopKind = Literal["uvloop", "asyncio"]
 
 
 def new_event_loop(kind: EventLoopKind) -> asyncio.AbstractEventLoop:
-    """A fresh loop of `kind`; uvloop missing is an error that says how to do without it."""
-    if kind == "asyncio":
-        return asyncio.new_event_loop()
+    """A fresh loop of `kind`."""
+    return asyncio.new_event_loop() if kind == "asyncio" else _uvloop().new_event_loop()
+
+
+def uvicorn_loop(kind: EventLoopKind) -> str:
+    """uvicorn's `loop` setting for `kind` (checked here, so a missing uvloop fails before the server starts)."""
+    if kind == "uvloop":
+        _uvloop()
+    return kind
+
+
+def _uvloop() -> Any:
+    """The uvloop module; its absence is an error that says how to do without it."""
     try:
         import uvloop
     except ImportError as exc:
         raise RuntimeError("event_loop is uvloop but uvloop is not installed (it has no Windows build): "
                            "install it, or set event_loop: asyncio") from exc
-    return uvloop.new_event_loop()
-
-
-def uvicorn_loop(kind: EventLoopKind) -> str:
-    """uvicorn's `loop` setting for `kind` (checked here, so a missing uvloop fails before the server starts)."""
-    new_event_loop(kind).close()
-    return kind
+    return uvloop

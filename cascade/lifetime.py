@@ -166,34 +166,29 @@ class RequestPath:
     async def decode(self, payload: str, deadline_s: float,
                      serving: ServingCascade | None = None) -> tuple[bytes, str, Decoded | DeviceJpeg | None]:
         serving = serving or self.serving
+        if serving.defer_jpegs and len(payload) <= self.inline_max_chars and payload.startswith(_JPEG_BASE64):
+            # A JPEG bound for the device decoder, small enough to check here: base64, hash and header on the loop
+            # cost less than the decode pool's round trip (two thread hand-offs, each a wait for the interpreter
+            # lock; +32% requests/s with null experts in a worker on two cores, +7% on two H200s:
+            # docs/performance.md). Pixels, where PIL must make them, are still made in the pool.
+            return self._prepare(payload, deadline_s, serving, header_only=True)
         loop = asyncio.get_running_loop()
-        if not (serving.defer_jpegs and len(payload) <= self.inline_max_chars and payload.startswith(_JPEG_BASE64)):
-            return await loop.run_in_executor(self.decoder, self._prepare, payload, deadline_s, serving)
-        # A JPEG bound for the device decoder, small enough to check here: base64, hash and header on the loop
-        # cost less than the decode pool's round trip (two thread hand-offs, each a wait for the interpreter lock;
-        # +32% requests/s with null experts in a worker on two cores, +7% on two H200s: docs/performance.md).
-        # Pixels, where PIL must make them, are still made in the pool.
-        data = decode_payload(payload, self.config.decode)
-        image_hash = hash_bytes(data)
-        if self.cache.contains(image_hash) or image_hash in serving.coalescer:
-            return data, image_hash, None
-        deferred = device_jpeg_or_none(data, self.config.decode, serving.decode_min_side)
-        if deferred is not None:
-            return data, image_hash, deferred
-        return data, image_hash, await loop.run_in_executor(self.decoder, self._first_pixels, data, deadline_s,
-                                                            serving)
+        return await loop.run_in_executor(self.decoder, self._prepare, payload, deadline_s, serving)
 
-    def _prepare(self, payload: str, deadline_s: float,
-                 serving: ServingCascade) -> tuple[bytes, str, Decoded | DeviceJpeg | None]:
+    def _prepare(self, payload: str, deadline_s: float, serving: ServingCascade,
+                 header_only: bool = False) -> tuple[bytes, str, Decoded | DeviceJpeg | None]:
         """Decoder thread: base64, hash and (unless the image is a likely repeat) pixels, in one hop.
 
         One executor round trip per request instead of three: under load every hop is a wait for the
         GIL. The repeat check reads loop-owned state without a lock; a wrong guess costs one more hop.
+        `header_only` (on the loop): no pixels; None leaves a JPEG that needs them to the pool, as a repeat.
         """
         data = decode_payload(payload, self.config.decode)
         image_hash = hash_bytes(data)
         if self.cache.contains(image_hash) or image_hash in serving.coalescer:
             return data, image_hash, None
+        if header_only:
+            return data, image_hash, device_jpeg_or_none(data, self.config.decode, serving.decode_min_side)
         return data, image_hash, self._first_pixels(data, deadline_s, serving)
 
     def _first_pixels(self, data: bytes, deadline_s: float, serving: ServingCascade) -> Decoded | DeviceJpeg:
@@ -235,7 +230,7 @@ class RequestPath:
                 return shared_result(job, first, Status.COALESCED)
             # Its owner had less time than we have and was cut short: compute the image ourselves.
         with coalescer.own(progress.image_hash, job.deadline_s, lambda: self.best(progress, Status.DEADLINE)) as owner:
-            if decoded is None:  # skipped as a likely repeat, but not answered after all
+            if decoded is None:  # skipped as a likely repeat but not answered after all, or checked on the loop
                 loop = asyncio.get_running_loop()
                 decoded = await loop.run_in_executor(self.decoder, self._first_pixels, data, job.deadline_s,
                                                      progress.serving)

@@ -137,3 +137,14 @@ def test_missing_files_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(["--config", str(write(tmp_path, {})), "--cascade", "gone.yaml"], environ={})
     assert "invalid cascade" in str(info.value) and "gone.yaml" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_both_loops_default_to_uvloop_and_take_the_standard_one_or_refuse_anything_else(tmp_path):
+    miner, engine, _ = load_config(["--config", str(write(tmp_path, {}))], environ={})
+    assert miner.axon.event_loop == "uvloop" and engine.scheduler.event_loop == "uvloop"
+    standard = {"axon": {"event_loop": "asyncio"}, "scheduler": {"event_loop": "asyncio"}}
+    miner, engine, _ = load_config(["--config", str(write(tmp_path, standard))], environ={})
+    assert miner.axon.event_loop == "asyncio" and engine.scheduler.event_loop == "asyncio"
+    with pytest.raises(ConfigError) as info:
+        load_config(["--config", str(write(tmp_path, {"axon": {"event_loop": "trio"}}))], environ={})
+    assert "axon.event_loop" in str(info.value) and "trio" in str(info.value)
