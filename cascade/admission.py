@@ -9,12 +9,9 @@ pushing their requests past their deadlines. The axon's own priority value order
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
-import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 
@@ -38,7 +35,7 @@ class _Waiter:
 class Admission:
     """Loop-thread only. `acquire` waits for a slot until the deadline; `release` hands it on.
 
-    Every acquire that returns True is matched by exactly one release (the engine's `slot` context).
+    Every `try_take` or `acquire` that returns True is matched by exactly one release (the request path's `finally`).
     Waiters are kept in one heap per hotkey, so handing a slot on looks at each waiting caller's best request
     (a few dozen validators at most), not at every waiting request: under a flood the waiting room holds
     thousands, and a scan of all of them at every release cost more than the requests' own work.
@@ -57,15 +54,12 @@ class Admission:
     def waiting(self) -> int:
         return self._waiting
 
-    @contextlib.asynccontextmanager
-    async def slot(self, hotkey: str, stake: float, deadline_s: float) -> AsyncIterator[bool]:
-        """`async with admission.slot(...) as admitted`: the slot, if granted, is released on any exit."""
-        admitted = await self.acquire(hotkey, stake, deadline_s, time.monotonic())
-        try:
-            yield admitted
-        finally:
-            if admitted:
-                self.release(hotkey)
+    def try_take(self, hotkey: str) -> bool:
+        """A slot at once if one is free and nobody waits for one (no coroutine: the common case, per request)."""
+        if self._eligible(hotkey) and not self._waiting:
+            self._take(hotkey)
+            return True
+        return False
 
     def _eligible(self, hotkey: str) -> bool:
         return self.in_flight < self.max_in_flight and self.per_hotkey[hotkey] < self.max_per_hotkey
@@ -80,8 +74,7 @@ class Admission:
         Cancellation (the request's own deadline, enforced by the engine) leaves nothing behind: the
         waiter leaves the room, and a slot granted at the same instant is handed on.
         """
-        if self._eligible(hotkey) and not self._waiting:
-            self._take(hotkey)
+        if self.try_take(hotkey):
             return True
         if self._waiting >= self.max_waiting:
             return False

@@ -9,6 +9,7 @@ probe batch outside any request, so one slow measurement cannot keep it skipped 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
 from collections.abc import Callable
@@ -44,14 +45,26 @@ class Level:
     def replicas(self) -> list[MicroBatcher]:
         return [b for batchers in self.batchers.values() for b in batchers]
 
-    def pick(self, expert: str, now_s: float) -> MicroBatcher | None:
-        """The available replica expected to answer soonest (None: all out of service)."""
-        live = [b for b in self.batchers[expert] if b.available(now_s)]
-        return min(live, key=lambda b: b.expected_latency_s(now_s)) if live else None
+    def choose(self, now_s: float) -> tuple[dict[str, MicroBatcher], float]:
+        """Per expert, the available replica expected to answer soonest (ties: the shorter queue), and the latest
+        of their expected answers. An expert whose replicas are all out of service is left out.
 
-    def choose(self, now_s: float) -> dict[str, MicroBatcher]:
-        picks = {name: self.pick(name, now_s) for name in self.batchers}
-        return {name: batcher for name, batcher in picks.items() if batcher is not None}
+        NOTE: run for every request at every level: one pass over the replicas, each estimate read once.
+        """
+        chosen: dict[str, MicroBatcher] = {}
+        latest_s = 0.0
+        for name, batchers in self.batchers.items():
+            best: MicroBatcher | None = None
+            best_key = (float("inf"), 0)
+            for batcher in batchers:
+                if batcher.available(now_s):
+                    key = (batcher.expected_latency_s(now_s), batcher.queued())
+                    if key < best_key:
+                        best, best_key = batcher, key
+            if best is not None:
+                chosen[name] = best
+                latest_s = max(latest_s, best_key[0])
+        return chosen, latest_s
 
     @staticmethod
     def needs_pixels(chosen: dict[str, MicroBatcher]) -> bool:
@@ -59,10 +72,9 @@ class Level:
         return any(not batcher.takes_jpeg for batcher in chosen.values())
 
     def plan(self, time_left_s: float, now_s: float, probe_image: ImageInput) -> tuple[Plan, dict[str, MicroBatcher]]:
-        chosen = self.choose(now_s)
+        chosen, expected_s = self.choose(now_s)
         if not chosen:
             return Plan.UNAVAILABLE, {}
-        expected_s = max(b.expected_latency_s(now_s) for b in chosen.values())
         if time_left_s > 0 and expected_s <= time_left_s:
             return Plan.RUN, chosen
         for batcher in chosen.values():
@@ -71,23 +83,29 @@ class Level:
         return Plan.TOO_SLOW, {}
 
     async def run(
-        self, chosen: dict[str, MicroBatcher], request: Request, time_left_s: float,
-        on_answer: AnswerSink, on_failure: FailureSink,
-    ) -> bool:
-        """Run the chosen experts together; answers are handed over as each arrives. True if cut short."""
+        self, chosen: dict[str, MicroBatcher], request: Request, on_answer: AnswerSink, on_failure: FailureSink,
+    ) -> None:
+        """Run the chosen experts together until every one has settled; answers are handed over as each arrives.
+
+        The request's deadline scope (cascade/lifetime.py) ends it by cancelling this task: experts still out are
+        then cancelled (dropped unrun if queued, their result discarded if running) and reported as timeouts. No
+        timer of its own: the scope's would fire at the same instant.
+        """
         futures = {batcher.submit(request): name for name, batcher in chosen.items()}
         for future, name in futures.items():
             future.add_done_callback(functools.partial(self._settled, name, on_answer, on_failure))
-        cut_short = True
         try:
-            _, pending = await asyncio.wait(futures, timeout=max(0.0, time_left_s))
-            cut_short = bool(pending)
-        finally:  # also when the request's own deadline cancels us
+            if len(futures) == 1:
+                # One expert (most levels): its future awaited as it is, not through asyncio.wait's set and waiter.
+                with contextlib.suppress(Exception):  # its failure is reported by _settled, as asyncio.wait's is
+                    await next(iter(futures))
+            else:
+                await asyncio.wait(futures)
+        finally:  # the request's deadline cancelled us
             for future, name in futures.items():
-                if not future.done():
-                    future.cancel()  # dropped unrun if still queued; its result discarded if running
+                if future.cancelled() or not future.done():
+                    future.cancel()
                     on_failure(name, "timeout", None)
-        return cut_short
 
     def _settled(
         self, name: str, on_answer: AnswerSink, on_failure: FailureSink, future: asyncio.Future[float]

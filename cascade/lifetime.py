@@ -129,7 +129,8 @@ class RequestPath:
     # -- the lifetime ---------------------------------------------------------------------------
     async def run(self, job: Job) -> Result:
         """The answer by the deadline, always (DecodeError for a payload that is not an acceptable image)."""
-        with self.serving.hold() as serving:  # released when answered: the last user frees a retired cascade
+        serving = self.serving.enter()  # left when answered: the last user frees a retired cascade
+        try:
             progress = Progress(job, serving)
             # NOTE: a timeout scope, not a task of its own and a wait: per request that saved a task, a waiter
             # and a timer handle (~10% of the request path's interpreter time at 1,900 requests/s, py-spy).
@@ -143,13 +144,19 @@ class RequestPath:
                 self.stats.deadline_cut()
                 result = self.best(progress, Status.DEADLINE)
             return self.finish(job, result, progress)
+        finally:
+            serving.leave()
 
     async def answer(self, job: Job, progress: Progress) -> Result:
-        async with self.admission.slot(job.hotkey, job.stake, job.deadline_s) as admitted:
-            if not admitted:
-                self.stats.not_admitted()
-                progress.failures.append("admission")
-                return self.best(progress, Status.PRIOR)
+        # NOTE: no async context manager for the slot: a generator-based one cost ~3% of the loop's time (py-spy).
+        admission = self.admission
+        admitted = admission.try_take(job.hotkey) or await admission.acquire(job.hotkey, job.stake, job.deadline_s,
+                                                                             time.monotonic())
+        if not admitted:
+            self.stats.not_admitted()
+            progress.failures.append("admission")
+            return self.best(progress, Status.PRIOR)
+        try:
             try:
                 data, image_hash, decoded = await self.decode(job.payload, job.deadline_s, progress.serving)
             except DecodeBusy:
@@ -161,6 +168,8 @@ class RequestPath:
                 self.stats.cache_hit()
                 return shared_result(job, cached, Status.CACHED)
             return await self.coalesce_or_compute(job, progress, data, decoded)
+        finally:
+            admission.release(job.hotkey)
 
     # -- steps ----------------------------------------------------------------------------------
     async def decode(self, payload: str, deadline_s: float,
@@ -229,7 +238,8 @@ class RequestPath:
             if shared.serves(first, job.deadline_s):
                 return shared_result(job, first, Status.COALESCED)
             # Its owner had less time than we have and was cut short: compute the image ourselves.
-        with coalescer.own(progress.image_hash, job.deadline_s, lambda: self.best(progress, Status.DEADLINE)) as owner:
+        owner = coalescer.own(progress.image_hash, job.deadline_s)
+        try:
             if decoded is None:  # skipped as a likely repeat but not answered after all, or checked on the loop
                 loop = asyncio.get_running_loop()
                 decoded = await loop.run_in_executor(self.decoder, self._first_pixels, data, job.deadline_s,
@@ -246,6 +256,8 @@ class RequestPath:
                 self.cache.put(progress.image_hash, result)
             owner.publish(result)
             return result
+        finally:  # peers still waiting get the best known if nothing was published (cut short, failed)
+            owner.close(lambda: self.best(progress, Status.DEADLINE))
 
     async def compute(self, request: Request, progress: Progress) -> Result:
         """The levels, cheapest first: exit when confident, stop when the next one cannot finish in time."""
@@ -264,21 +276,17 @@ class RequestPath:
                 self.stats.level_skipped(level.index, plan.value)
                 status = Status.DEADLINE
                 break
-            if request.image is None and level.needs_pixels(chosen):
-                if not await self._host_pixels(request, progress):
-                    status = Status.DEADLINE
-                    break
-                time_left_s = request.deadline_s - time.monotonic() - self.guard_s
-            progress.level = level.index
-            cut_short = await level.run(chosen, request, time_left_s, self._answer_sink(progress),
-                                        self._failure_sink(progress))
-            self.stats.level_ran(level.index, time.monotonic() - now_s)
-            progress.levels_run += 1
-            if progress.refused is not None and not progress.answers:
-                raise progress.refused  # no decoder could read it: refused as the PIL path refuses it
-            if cut_short:
+            if request.image is None and level.needs_pixels(chosen) and not await self._host_pixels(request, progress):
                 status = Status.DEADLINE
                 break
+            progress.level = level.index
+            try:
+                await level.run(chosen, request, self._answer_sink(progress), self._failure_sink(progress))
+            finally:  # a level the deadline cut short counts as run, with what it answered in time
+                self.stats.level_ran(level.index, time.monotonic() - now_s)
+                progress.levels_run += 1
+            if progress.refused is not None and not progress.answers:
+                raise progress.refused  # no decoder could read it: refused as the PIL path refuses it
             if self.routing and progress.answers and pooling.should_exit(
                 level.index, pooling.level_probability(level.index, progress.answers)
             ):

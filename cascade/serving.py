@@ -16,8 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,15 +124,14 @@ class ServingCascade:
         return {name: batchers for level in self.levels for name, batchers in level.batchers.items()}
 
     # -- lifetime (engine loop only) ----------------------------------------------------------
-    @contextmanager
-    def hold(self) -> Iterator[ServingCascade]:
-        """One request's use, from its start to its answer."""
+    def enter(self) -> ServingCascade:
+        """One request's use begins (it computes on this cascade until answered); `leave()` on every exit."""
         self.users += 1
-        try:
-            yield self
-        finally:
-            self.users -= 1
-            self._idle_check()
+        return self
+
+    def leave(self) -> None:
+        self.users -= 1
+        self._idle_check()
 
     def retire(self, on_idle: Callable[[ServingCascade], None]) -> None:
         """Out of service: `on_idle(self)` once no request holds it (at once if none does)."""
