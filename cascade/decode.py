@@ -37,6 +37,7 @@ from PIL import (
 )
 
 from cascade.config import DecodeConfig
+from cascade.jpeg_header import plain_jpeg
 
 # The plugin modules above register their (factory, accept) pair in Image.OPEN on import.
 _PLUGINS = (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, WebPImagePlugin)
@@ -227,8 +228,14 @@ def decode_or_defer(
 def device_jpeg_or_none(data: bytes, limits: DecodeConfig, min_side: int | None = None) -> DeviceJpeg | None:
     """`decode_or_defer` without the host decode: the checked JPEG left encoded, or None where it needs PIL.
 
-    Reads the header alone (no pixels), so cheap enough for the engine's loop (cascade/lifetime.py).
+    Reads the header alone (no pixels), so cheap enough for the engine's loop (cascade/lifetime.py): a plain
+    baseline JPEG by walking its markers (cascade/jpeg_header.py), anything else with Pillow.
     """
+    plain = plain_jpeg(data) if "JPEG" in limits.formats else None
+    if plain is not None:
+        pixels = plain.width * plain.height
+        if pixels <= limits.max_pixels and pixels <= limits.device_max_pixels:  # else Pillow's checks say why
+            return DeviceJpeg(data, (plain.width, plain.height), 1, limits, min_side)
     image, downscale = _checked_header(data, limits)
     with image:
         return _deferred(image, downscale, data, limits, min_side)

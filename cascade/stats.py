@@ -90,6 +90,8 @@ class EngineStats:
         self._worker_replicas: set[str] = set()  # replicas whose worker series exist
         self._by_status: dict[str, tuple[Any, Any, Any]] = {}
         self._by_levels: dict[int, Any] = {}
+        self._level_timers: dict[int, Any] = {}  # level -> its seconds histogram's child (per request: kept)
+        self._outcomes: dict[tuple[str, str], Any] = {}  # (expert, outcome) -> its counter's child
         # Every series a dashboard or an alert reads exists from the start, at zero (no gaps, no "no data").
         for status in Status:
             self._requests.labels(status.value)
@@ -128,7 +130,10 @@ class EngineStats:
         self._skipped.labels(str(level), reason).inc()
 
     def level_ran(self, level: int, seconds: float) -> None:
-        self._level_seconds.labels(str(level)).observe(seconds)
+        timer = self._level_timers.get(level)
+        if timer is None:
+            timer = self._level_timers[level] = self._level_seconds.labels(str(level))
+        timer.observe(seconds)
 
     def deadline_cut(self) -> None:
         self._deadline_cuts.inc()
@@ -143,7 +148,10 @@ class EngineStats:
         self._cache_hits.inc()
 
     def expert_outcome(self, expert: str, outcome: str) -> None:
-        self._expert_outcomes.labels(expert, outcome).inc()
+        counter = self._outcomes.get((expert, outcome))
+        if counter is None:
+            counter = self._outcomes[(expert, outcome)] = self._expert_outcomes.labels(expert, outcome)
+        counter.inc()
 
     def observer_failed(self, observer: str) -> None:
         self._observer_errors.labels(observer).inc()

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cascade.config import EngineConfig, ExpertConfig, SchedulerConfig, load_cascade
+from cascade.event_loop import new_event_loop
 from cascade.tools import bench_levels, bench_models, bench_report, bench_traffic
 from cascade.tools.bench_stand_in import null_factory
 from neurons.client import encode_jpeg, percentiles, synthetic_image
@@ -132,7 +133,9 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
             for future in futures:
                 future.result(args.budget_s + 60)
         else:  # closed loop: `concurrency` clients, each sends its next request when answered
-            asyncio.run(_closed_loop(submit, len(data), args.concurrency))
+            # On the loop the miner's axon would use (axon.event_loop follows scheduler.event_loop's default).
+            with asyncio.Runner(loop_factory=functools.partial(new_event_loop, args.event_loop)) as runner:
+                runner.run(_closed_loop(submit, len(data), args.concurrency))
         elapsed = max(done_at) - began
         # How busy each worker process was (worker: process): near 1, the GPU side is the limit; well under 1,
         # the requests do not reach it fast enough (the request path in this process is).

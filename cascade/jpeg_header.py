@@ -1,0 +1,93 @@
+"""The frame of a plain JPEG, read by walking its markers: the engine loop's fast header check.
+
+Pillow's JPEG plugin reads every segment up to the scan into Python objects (quantization tables as
+lists, APP segments into dictionaries, the MPO index): ~25 us per 640x480 frame, and with the
+base64 and the hash it was the largest share of the engine loop's time per request (py-spy). What
+the device decoder needs to know is much less: one baseline frame, 8-bit, grey or YCbCr, and its
+size. `plain_jpeg` reads that and nothing else.
+
+It only ever says yes for the plain case. Anything it does not recognise or finds out of place
+(progressive or lossless frames, arithmetic coding, CMYK, 12-bit samples, Adobe's untransformed RGB,
+EXIF blocks, whose orientation Pillow reads, MPO indexes, Photoshop blocks, short or overlong segments,
+junk between markers) gives None, and
+the caller reads the header with Pillow as before: the fast path never accepts what Pillow would
+refuse or read differently (tests/unit/test_jpeg_header.py checks both on generated and mutated files).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_SOI = b"\xff\xd8\xff"
+_BASELINE_FRAMES = (0xC0, 0xC1)  # SOF0 baseline, SOF1 extended sequential (Huffman)
+_SKIPPED = frozenset({0xC4, 0xDD, 0xFE} | set(range(0xE0, 0xF0)))  # DHT, DRI, COM, APP0-15: read past
+_DQT, _SOS, _APP0, _APP1, _APP2, _APP13, _APP14 = 0xDB, 0xDA, 0xE0, 0xE1, 0xE2, 0xED, 0xEE
+_READ_BY_PILLOW = frozenset({_APP0, _APP1, _APP2, _APP13, _APP14})  # segments it takes fields from
+_MAX_SEGMENTS = 64  # a camera JPEG has ~10 before the scan; more is not a plain JPEG
+
+
+@dataclass(frozen=True)
+class PlainJpeg:
+    width: int
+    height: int
+    components: int  # 1 (grey) or 3 (YCbCr); no EXIF block, so upright as stored
+
+
+def plain_jpeg(data: bytes) -> PlainJpeg | None:
+    """The frame of a plain baseline JPEG, or None where Pillow should read the header (see the module)."""
+    if not data.startswith(_SOI):
+        return None
+    end = len(data)
+    pos = 2
+    frame: tuple[int, int, int] | None = None
+    for _ in range(_MAX_SEGMENTS):
+        if pos + 4 > end or data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        body, pos = pos + 4, pos + 2 + length
+        if length < 2 or pos > end:
+            return None
+        if marker == _SOS:
+            return None if frame is None else PlainJpeg(*frame)
+        if marker in _BASELINE_FRAMES:
+            if frame is not None or length < 8:
+                return None
+            bits, height, width, components = data[body], data[body + 1] << 8 | data[body + 2], \
+                data[body + 3] << 8 | data[body + 4], data[body + 5]
+            if bits != 8 or components not in (1, 3) or not width or not height or length != 8 + 3 * components:
+                return None
+            frame = (width, height, components)
+        elif marker == _DQT:
+            if not _tables_fit(data, body, pos):
+                return None
+        elif marker in _SKIPPED:
+            if marker in _READ_BY_PILLOW and not _app_is_plain(marker, data[body:pos]):
+                return None
+        else:  # another frame type, a table we do not read past, a stand-alone marker
+            return None
+    return None
+
+
+def _tables_fit(data: bytes, start: int, end: int) -> bool:
+    """Quantization tables that exactly fill their segment (Pillow refuses a short one)."""
+    while start < end:
+        size = 1 + 64 * (1 if data[start] >> 4 == 0 else 2)
+        start += size
+    return start == end
+
+
+def _app_is_plain(marker: int, segment: bytes) -> bool:
+    """A segment Pillow reads nothing from, or only fields it holds; no EXIF, MPO or Photoshop block (Pillow
+    parses those further, and a malformed one can make it refuse the file)."""
+    if marker == _APP0 and segment.startswith(b"JFIF"):
+        return len(segment) >= 12
+    if marker == _APP14 and segment.startswith(b"Adobe"):
+        return len(segment) >= 12 and segment[11] != 0  # transform 0: RGB stored as is, not YCbCr
+    if marker == _APP2 and segment.startswith(b"ICC_PROFILE\0"):
+        return len(segment) >= 14  # Pillow reads the fragment count at byte 13
+    return not (
+        (marker == _APP1 and segment.startswith(b"Exif\0\0"))
+        or (marker == _APP2 and segment.startswith(b"MPF\0"))
+        or (marker == _APP13 and segment.startswith(b"Photoshop 3.0\0"))
+    )
