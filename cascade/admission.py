@@ -54,6 +54,11 @@ class Admission:
     def waiting(self) -> int:
         return self._waiting
 
+    def resize(self, max_in_flight: int) -> None:
+        """A new bound (the cascade's replicas changed): more room admits waiters now; less lets in-flight finish."""
+        self.max_in_flight = max_in_flight
+        self._hand_on()
+
     def try_take(self, hotkey: str) -> bool:
         """A slot at once if one is free and nobody waits for one (no coroutine: the common case, per request)."""
         if self._eligible(hotkey) and not self._waiting:

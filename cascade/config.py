@@ -169,7 +169,14 @@ class CascadeConfig(Strict):
 class SchedulerConfig(Strict):
     """Admission, deadline routing and the result cache."""
 
-    max_in_flight: int = Field(256, ge=1, le=100_000, description="Requests inside the cascade at once.")
+    max_in_flight: int | None = Field(
+        None, ge=1, le=100_000,
+        description="Requests inside the cascade at once; unset: max_in_flight_per_replica per first-level replica.",
+    )
+    max_in_flight_per_replica: int = Field(
+        256, ge=1, le=100_000,
+        description="Room per replica of the first level when max_in_flight is unset: a second GPU doubles it.",
+    )
     max_in_flight_per_hotkey: int = Field(
         64, ge=1, le=100_000, description="A caller beyond this waits behind other callers."
     )

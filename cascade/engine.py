@@ -172,8 +172,7 @@ class Engine:
             self._discard(loading.take(), "start-up failed")  # worker processes among them end now, not at exit
             raise
         self._thread.start()
-        building = self._build_serving(self.config.cascade, loading.placed, {})
-        self.path.serving = asyncio.run_coroutine_threadsafe(building, self._loop).result()
+        asyncio.run_coroutine_threadsafe(self._serve_first(loading.placed), self._loop).result()
         logger.info("JPEGs decoded with both sides >= {} (the largest expert input){}",
                     self.path.serving.decode_min_side or "full",
                     "; for level 1 on its GPUs (nvJPEG)" if self.path.serving.defer_jpegs else "")
@@ -243,6 +242,9 @@ class Engine:
         if done is not None:
             return done
         return warm_up(expert)
+
+    async def _serve_first(self, placed: dict[str, list[Expert]]) -> None:
+        self.path.serve(await self._build_serving(self.config.cascade, placed, {}))
 
     async def _build_serving(self, cascade: CascadeConfig, placed: dict[str, list[Expert]],
                              kept: dict[str, list[MicroBatcher]]) -> ServingCascade:
@@ -326,7 +328,8 @@ class Engine:
     async def _swap(self, cascade: CascadeConfig, placed: dict[str, list[Expert]],
                     kept: dict[str, list[MicroBatcher]]) -> ServingCascade:
         new = await self._build_serving(cascade, placed, kept)
-        old, self.path.serving = self.path.serving, new  # requests from now on start on the new cascade
+        old = self.path.serving
+        self.path.serve(new)  # requests from now on start on the new cascade
         self.config = self.config.model_copy(update={"cascade": cascade})
         self.path.cache.clear()  # its answers are the old cascade's
         self._retiring.append(old)

@@ -100,11 +100,25 @@ class RequestPath:
         self.observers = observers
         self.decoder = decoder
         sched = config.scheduler
-        self.admission = Admission(sched.max_in_flight, sched.max_in_flight_per_hotkey, sched.max_waiting)
+        self.admission = Admission(self.room(self.serving), sched.max_in_flight_per_hotkey, sched.max_waiting)
         self.cache = ResultCache(sched.cache_size, sched.cache_ttl_s)
         self.budget = PixelBudget(config.decode.budget_pixels)
         self.guard_s = sched.answer_guard_ms / 1000.0
         self.inline_max_chars = sched.inline_check_max_bytes
+
+    def serve(self, serving: ServingCascade) -> None:
+        """Put `serving` in service (engine loop): requests from now on start on it; admission fits its replicas."""
+        self.serving = serving
+        self.admission.resize(self.room(serving))
+
+    def room(self, serving: ServingCascade) -> int:
+        """Requests admitted at once: `max_in_flight`, else `max_in_flight_per_replica` per first-level replica (a
+        second GPU needs its own batches in flight; with one GPU's room the two replicas take turns)."""
+        sched = self.config.scheduler
+        if sched.max_in_flight is not None:
+            return sched.max_in_flight
+        replicas = len(serving.levels[0].replicas()) if serving.levels else 1
+        return sched.max_in_flight_per_replica * max(1, replicas)
 
     # The serving cascade's parts, for readers outside the request path (a request uses its own).
     @property

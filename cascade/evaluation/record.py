@@ -215,7 +215,9 @@ def record(
     experts = [e.name for e in cascade.experts()]
     identities = {e.name: model_identity(e) for e in cascade.experts()}
     limits = hashlib.sha256(engine.config.decode.model_dump_json().encode()).hexdigest()[:16]
-    window = min(engine.config.scheduler.max_in_flight, 4 * max(e.max_batch for e in cascade.experts()))
+    sched = engine.config.scheduler
+    room = sched.max_in_flight or sched.max_in_flight_per_replica  # the engine starts on first use: one replica's
+    window = min(room, 4 * max(e.max_batch for e in cascade.experts()))
     rng = np.random.default_rng(seed)
     sample_positions = set(rng.choice(source.size, min(sample_size, source.size), replace=False).tolist())
     rows: dict[int, tuple[str, int, list[float]]] = {}
