@@ -46,6 +46,7 @@ case "$PART" in
     "engine-2gpu-proc-asyncio|100|$B engine --cascade config/cascade.bench-gpu-x2.yaml --event-loop asyncio --worker-process --idle-dispatch --requests 8000 --concurrency 512 --decode-workers 16 --json $WORK/engine-2gpu-proc-asyncio.json"
     "engine-standin-proc|60|$B engine --cascade config/cascade.bench-gpu.yaml --null-experts --null-device-ms 3 0.45 --worker-process --idle-dispatch --requests 6000 --concurrency 512 --decode-workers 12 --json $WORK/engine-standin-proc.json"
     "engine-null-1gpu-asyncio|45|$B engine --cascade config/cascade.bench-gpu.yaml --event-loop asyncio --null-experts --requests 4000 --concurrency 512 --max-in-flight 1024 --decode-workers 12 --json $WORK/engine-null-1gpu-asyncio.json"
+    "engine-null-2proc|50|$B engine --cascade config/cascade.bench-gpu-x2.yaml --null-experts --worker-process --idle-dispatch --requests 12000 --concurrency 512 --max-in-flight 1024 --decode-workers 16 --json $WORK/engine-null-2proc.json"
     "engine-null-1gpu|45|$B engine --cascade config/cascade.bench-gpu.yaml --null-experts --requests 4000 --concurrency 512 --max-in-flight 1024 --decode-workers 12 --json $WORK/engine-null-1gpu.json"
     "baseline|60|$B baseline --model .bench/models/vit-b16 --device cuda:0 --json $WORK/baseline.json"
     "engine-2gpu|65|$B engine --cascade config/cascade.bench-gpu-x2.yaml --requests 5000 --concurrency 512 --decode-workers 16 --json $WORK/engine-2gpu.json"
