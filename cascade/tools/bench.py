@@ -5,6 +5,7 @@
     sn72-bench engine --cascade C --requests 200 --burst --slow-last-level-s 1.5     # deadline stress
     sn72-bench axon --cascade C --requests 200 --concurrency 16 --wallets 4           # through a real axon
     sn72-bench roundtrip --cascade C --requests 200                                   # header cache on vs off
+    sn72-bench axon-vs-stock --cascade C --requests 1500 --concurrency 64 --wallets 8 # stock axon, miner, alternated
     sn72-bench find-batch --cascade C --expert vit --budget-ms 100                    # best max_batch per expert
     sn72-bench backends --cascade C --device cuda:0                                   # batch 1 / 32 per expert
     sn72-bench baseline --model PATH --device cuda:0                                  # natix-style pipeline
@@ -254,6 +255,40 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
     }
 
 
+def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
+    """The stock axon and the miner alternated `--rounds` times on the same traffic; the ratio of their medians.
+
+    One pair of runs is not enough: on one H200 host two pairs a minute apart gave 112% and 73% (the dendrites run
+    on the same host as the servers, and each run is seconds long).
+    """
+    runs: dict[str, list[dict[str, Any]]] = {"stock": [], "miner": []}
+    for _ in range(args.rounds):
+        for name in ("stock", "miner"):
+            args.stock = name == "stock"
+            runs[name].append(run_axon(args))
+    args.stock = False
+    rps = {name: [round(r["throughput_rps"], 1) for r in results] for name, results in runs.items()}
+    p50 = {name: [round(r["latency_ms"]["p50"], 1) for r in results] for name, results in runs.items()}
+    medians = {name: statistics.median(values) for name, values in rps.items()}
+    return {
+        "mode": "axon-vs-stock",
+        "rounds": args.rounds,
+        "requests_per_run": args.requests,
+        "concurrency": args.concurrency,
+        "wallets": args.wallets,
+        "worker": "process" if args.worker_process else "thread",
+        "stock_rps": rps["stock"],
+        "miner_rps": rps["miner"],
+        "stock_p50_ms": p50["stock"],
+        "miner_p50_ms": p50["miner"],
+        "miner_over_stock_per_round": [round(m / s, 3) for m, s in zip(rps["miner"], rps["stock"], strict=True)],
+        "stock_rps_median": medians["stock"],
+        "miner_rps_median": medians["miner"],
+        "miner_over_stock": medians["miner"] / medians["stock"],
+        "status_codes": {name: [r["status_codes"] for r in results] for name, results in runs.items()},
+    }
+
+
 @contextlib.contextmanager
 def run_stock_axon(wallet_path: Path, miner: Any) -> Iterator[Any]:
     """bittensor's stock axon with a trivial forward, in its own process, as the miner runs in its own."""
@@ -316,7 +351,7 @@ def size(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
-    for name in ("engine", "axon", "roundtrip"):
+    for name in ("engine", "axon", "roundtrip", "axon-vs-stock"):
         p = sub.add_parser(name)
         p.add_argument("--cascade", type=Path, required=True)
         p.add_argument("--requests", type=int, default=200)
@@ -349,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                            help="scheduler.inline_check_max_bytes (0: every payload through the decode pool)")
         else:
             p.add_argument("--wallets", type=int, default=4)
-            p.add_argument("--rounds", type=int, default=2, help="roundtrip: alternating runs per setting")
+            p.add_argument("--rounds", type=int, default=2 if name == "roundtrip" else 3,
+                           help="roundtrip, axon-vs-stock: alternating runs per setting")
             p.add_argument("--timeout-s", type=float, default=9.0)
             p.add_argument("--stock", action="store_true",
                            help="axon: bittensor's stock axon, trivial forward, instead of the miner (reference)")
@@ -361,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.mode == "report":
         return bench_report.main([str(args.out)])
-    runners = {"engine": run_engine, "axon": run_axon, "roundtrip": run_roundtrip, "levels": bench_levels.run_levels,
+    runners = {"engine": run_engine, "axon": run_axon, "roundtrip": run_roundtrip, "axon-vs-stock": run_axon_vs_stock,
+               "levels": bench_levels.run_levels,
                "traffic": bench_traffic.run_traffic}
     from cascade.experts.base import ExpertError
     from cascade.placement import PlacementError

@@ -1,0 +1,35 @@
+"""`sn72-bench axon-vs-stock`: bittensor's stock axon and the miner, each in its own process, alternated and driven by
+real dendrites; the report holds every run and the ratio of the medians (issue 16's "80% of the stock axon")."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cascade.tools import bench, make_tiny_models
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_stock_axon_and_the_miner_are_alternated_and_compared(tmp_path):
+    (tmp_path / "config").mkdir()
+    shutil.copy(ROOT / "config" / "cascade.bench-cpu.yaml", tmp_path / "config" / "cascade.bench-cpu.yaml")
+    assert make_tiny_models.main(["--out", str(tmp_path / ".bench" / "models"), "tiny-vit"]) == 0
+    out = tmp_path / "ab.json"
+    assert bench.main(["axon-vs-stock", "--cascade", str(tmp_path / "config" / "cascade.bench-cpu.yaml"),
+                       "--requests", "6", "--concurrency", "2", "--wallets", "2", "--rounds", "2",
+                       "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["mode"] == "axon-vs-stock" and report["rounds"] == 2
+    assert len(report["stock_rps"]) == len(report["miner_rps"]) == 2
+    # every request answered by both servers, in every round
+    assert report["status_codes"] == {"stock": [{"200": 6}] * 2, "miner": [{"200": 6}] * 2}
+    ratio = report["miner_rps_median"] / report["stock_rps_median"]
+    assert report["miner_over_stock"] == pytest.approx(ratio)
+    assert report["miner_over_stock_per_round"] == [round(m / s, 3) for m, s in
+                                                    zip(report["miner_rps"], report["stock_rps"], strict=True)]
