@@ -231,7 +231,8 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
     cascade = bench_cascade(args).model_dump(mode="json")
     extra = {"axon": {"cache_header_schema": header_cache, "event_loop": args.event_loop},
              "guards": {"rate_per_s": 0.0},
-             "scheduler": {"cache_size": 0, "decode_workers": args.decode_workers, "event_loop": args.event_loop},
+             "scheduler": {"cache_size": 0, "decode_workers": args.decode_workers, "event_loop": args.event_loop,
+                           **({"gil_switch_interval_ms": args.gil_switch_ms} if args.gil_switch_ms else {})},
              "log_level": "WARNING"}
     data = payloads(args.requests, args.image_size, args.distinct)
     server = (run_stock_axon(folder / "wallets", miner) if getattr(args, "stock", False)
@@ -387,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--rounds", type=int, default=2 if name == "roundtrip" else 3,
                            help="roundtrip, axon-vs-stock: alternating runs per setting")
             p.add_argument("--timeout-s", type=float, default=9.0)
+            p.add_argument("--gil-switch-ms", type=float, default=None,
+                           help="the miner's scheduler.gil_switch_interval_ms (default: the miner's own)")
             p.add_argument("--stock", action="store_true",
                            help="axon: bittensor's stock axon, trivial forward, instead of the miner (reference)")
     bench_models.add_parsers(sub)
