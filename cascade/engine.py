@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,7 +78,7 @@ def _exit_for_restart(replica: str, exc: BaseException) -> None:
 @dataclass(frozen=True)
 class StartupReport:
     placement: dict[str, list[str]]  # expert -> devices
-    load_s: dict[str, float]  # per replica "name@device"
+    load_s: dict[str, float]  # per replica label ("name@device", "name@device#k" for several on one device)
     warmup_s: dict[str, float]
     total_s: float
 
@@ -190,17 +191,19 @@ class Engine:
     def _load(self, slots: Sequence[Any], experts: Sequence[ExpertConfig], loading: Loading) -> None:
         """Build, load and warm each slot's replica into `loading` (raises the first failure as it is)."""
         by_name = {e.name: e for e in experts}
+        labels = replica_labels(slots)
         # Worker processes load side by side: every one is started first, then each is waited for in turn.
-        starting = {i: self._build(by_name[slot.expert], slot.device) for i, slot in enumerate(slots)
+        starting = {i: self._build(by_name[slot.expert], slot.device, labels[i]) for i, slot in enumerate(slots)
                     if by_name[slot.expert].worker == "process"}
         try:
             for expert in starting.values():
                 expert.start()
             for i, slot in enumerate(slots):
-                key = loading.replica = f"{slot.expert}@{slot.device}"
+                key = loading.replica = labels[i]
                 t0 = time.monotonic()
                 loading.stage = "load"
-                expert = loading.current = starting.pop(i, None) or self._build(by_name[slot.expert], slot.device)
+                expert = loading.current = starting.pop(i, None) or self._build(by_name[slot.expert], slot.device,
+                                                                                  labels[i])
                 expert.load()
                 self._device_jpeg(expert)
                 loading.load_s[key] = time.monotonic() - t0
@@ -215,13 +218,17 @@ class Engine:
             for expert in starting.values():  # started, never reached: a replica before them failed
                 expert.close()
 
-    def _build(self, config: ExpertConfig, device: str) -> Expert:
+    def _build(self, config: ExpertConfig, device: str, label: str) -> Expert:
         """An unloaded replica: in this process (the factory's), or in a worker process of its own (built there by the
         registry, or by `worker_factory`)."""
+        expert: Expert
         if config.worker == "process":
-            return WorkerExpert(config, device, self.config.decode, self.config.decode.device,
-                                self.config.scheduler.gil_switch_interval_ms / 1000.0, factory=self._worker_factory)
-        return self._expert_factory(config, device)
+            expert = WorkerExpert(config, device, self.config.decode, self.config.decode.device,
+                                  self.config.scheduler.gil_switch_interval_ms / 1000.0, factory=self._worker_factory)
+        else:
+            expert = self._expert_factory(config, device)
+        expert.label = label
+        return expert
 
     def _device_jpeg(self, expert: Expert) -> None:
         """JPEGs decoded on the expert's GPU where `decode.device` and the device allow (docs/decoding.md)."""
@@ -312,7 +319,7 @@ class Engine:
                     self._discard(loading.take())
                     raise failure
             load_s = time.monotonic() - began
-            loaded = [f"{e.name}@{e.device}" for e in loading.experts()]
+            loaded = [e.label for e in loading.experts()]
             swap = asyncio.run_coroutine_threadsafe(self._swap(cascade, loading.placed, plan.kept), self._loop)
             while True:
                 try:
@@ -366,13 +373,13 @@ class Engine:
         Empties `experts`: once it returns, nothing of the engine refers to them.
         """
         cuda = any(e.device.startswith("cuda") for e in experts)
-        names = [f"{e.name}@{e.device}" for e in experts]
+        names = [e.label for e in experts]
         while experts:
             expert = experts.pop()
             try:
                 expert.close()
             except Exception as exc:  # noqa: BLE001 - releasing one must not stop releasing the others
-                logger.warning("expert {}@{} failed to close: {!r}", expert.name, expert.device, exc)
+                logger.warning("expert {} failed to close: {!r}", expert.label, exc)
             self._warm_batch_s.pop(id(expert), None)
             if any(e is expert for e in self._experts):
                 self._experts.remove(expert)
@@ -462,6 +469,13 @@ class Engine:
         """healthy / unhealthy / retrying per replica (for metrics)."""
         now_s = time.monotonic()
         return {b.replica: b.health.state(now_s) for level in self.path.levels for b in level.replicas()}
+
+
+def replica_labels(slots: Sequence[Any]) -> list[str]:
+    """Each slot's replica label: name@device, or name@device#k where the device holds several of the expert."""
+    per_device = Counter((slot.expert, slot.device) for slot in slots)
+    return [f"{slot.expert}@{slot.device}" + (f"#{slot.replica}" if per_device[(slot.expert, slot.device)] > 1 else "")
+            for slot in slots]
 
 
 def _takes_requests(batcher: MicroBatcher) -> float:

@@ -44,7 +44,7 @@ class _Item:
     enqueued_s: float = field(compare=False)
 
 
-BatchListener = Callable[[str, str, int, float, str], None]  # expert, device, size, seconds, outcome
+BatchListener = Callable[[str, str, int, float, str], None]  # expert, replica label, size, seconds, outcome
 FatalHandler = Callable[[str, BaseException], None]
 
 # Messages of errors after which the device's context is unusable: every later batch would fail too.
@@ -89,7 +89,7 @@ class MicroBatcher:
         self.expert = expert
         self.name = expert.name
         self.device = expert.device
-        self.replica = f"{self.name}@{self.device}"
+        self.replica = expert.label
         self.max_batch = expert.config.max_batch
         self.takes_jpeg = expert.takes_jpeg()  # may be handed encoded JPEGs (it decodes them on its device)
         self.batch_cap = self.max_batch  # lowered after an out-of-memory error, raised back by successes
@@ -288,7 +288,7 @@ class MicroBatcher:
         if outcome == "ok":
             self.compute.record(elapsed)
         if self._listener is not None:
-            self._listener(self.name, self.device, len(batch), elapsed, outcome)
+            self._listener(self.name, self.replica, len(batch), elapsed, outcome)
 
     def _failed(self, batch: list[_Item], exc: Exception) -> str:
         outcome = "oom" if is_out_of_memory(exc) else "error"

@@ -156,10 +156,9 @@ class EngineStats:
     def observer_failed(self, observer: str) -> None:
         self._observer_errors.labels(observer).inc()
 
-    def record_batch(self, expert: str, device: str, size: int, seconds: float, outcome: str) -> None:
-        key = f"{expert}@{device}"
-        self._batch_size.labels(key).observe(size)
-        self._batch_seconds.labels(key).observe(seconds)
+    def record_batch(self, expert: str, replica: str, size: int, seconds: float, outcome: str) -> None:
+        self._batch_size.labels(replica).observe(size)
+        self._batch_seconds.labels(replica).observe(seconds)
         self._expert_outcomes.labels(expert, f"batch_{outcome}").inc()
 
     # -- live state, read at scrape time ---------------------------------------------------------

@@ -44,6 +44,9 @@ class Expert(abc.ABC):
         self.config = config
         self.device = device
         self.name = config.name
+        # The replica's name in logs and metrics: name@device, with #k added by the engine where one device holds
+        # several replicas of the expert (their queues, health and batches are then told apart).
+        self.label = f"{config.name}@{device}"
         self.options: Any = config.typed_options()
         # (encoded CPU uint8 tensors, device) -> 3xHxW uint8 tensors on it; set by cascade/experts/jpeg.py
         self.jpeg_decoder: Callable[[list[Any], str], list[Any]] | None = None

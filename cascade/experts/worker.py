@@ -55,7 +55,6 @@ class WorkerExpert(Expert):
                  decode_device: str = "auto", switch_interval_s: float = 0.0005,
                  load_timeout_s: float = 1800.0, factory: Callable[[ExpertConfig, str], Expert] | None = None) -> None:
         super().__init__(config, device)
-        self.replica = f"{config.name}@{device}"
         # `factory` (None: the registry's build_expert) travels pickled, by reference: the worker imports it.
         _check_importable(self.replica, factory)
         self._spec = {"config": config.model_dump(mode="json"), "device": device,
@@ -76,6 +75,10 @@ class WorkerExpert(Expert):
         self.restarts = 0
         self.busy_s = 0.0  # seconds the worker spent on answered batches: its rate is how busy the worker is
         self.batches = 0  # answered batches
+
+    @property
+    def replica(self) -> str:
+        return self.label
 
     # -- facts the worker reported at load ------------------------------------------------------
     @property

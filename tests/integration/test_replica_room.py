@@ -97,3 +97,33 @@ def test_a_raised_bound_admits_waiters_at_once():
         return await asyncio.wait_for(waiter, 1.0), admission.in_flight
 
     assert asyncio.run(scenario()) == (True, 2)
+
+
+def test_two_replicas_on_one_device_keep_apart_in_logs_and_metrics():
+    from prometheus_client import generate_latest
+
+    gate = threading.Event()
+    made: list[FakeExpert] = []
+
+    def factory(cfg: ExpertConfig, device: str) -> FakeExpert:
+        made.append(FakeExpert(cfg, device, answer=lambda image: 0.9, gate=gate))
+        return made[-1]
+
+    engine = make_engine({"a": factory}, cascade_config([[replicated(max_batch=1, max_wait_ms=0.0)]]))
+    try:
+        labels = ["a@cpu#0", "a@cpu#1"]
+        assert sorted(engine.queue_depths()) == labels and sorted(engine.startup.load_s) == labels
+        first = engine.submit(make_job(mark=1, budget_s=10))
+        wait_for(lambda: any(expert.started.is_set() for expert in made))
+        second = engine.submit(make_job(mark=2, budget_s=10))  # the other replica: the first one is busy
+        wait_for(lambda: all(expert.started.is_set() for expert in made))
+        gate.set()
+        assert [f.result(10).status for f in (first, second)] == [Status.CONFIDENT, Status.CONFIDENT]
+        exposition = generate_latest(engine.stats.registry).decode()
+        for label in labels:  # each replica's own queue and health series, and its own batches
+            assert f'queue_depth{{replica="{label}"}}' in exposition
+        batches = {dict(key)["replica"]: count for key, count in engine.stats.samples("batch_size", "_count").items()}
+        assert batches == {"a@cpu#0": 1.0, "a@cpu#1": 1.0}
+    finally:
+        gate.set()
+        engine.close()
