@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 from cascade.config import ExpertConfig
 from cascade.request import Status
@@ -17,6 +18,16 @@ from tests.factories.engine import FakeExpert, cascade_config, expert_config, ma
 
 def replicated(name: str = "a", replicas: int = 2, **overrides: object) -> ExpertConfig:
     return expert_config(name, device="auto", replicas=replicas, **overrides)
+
+
+def recording(made: list[FakeExpert], gate: threading.Event | None = None) -> Callable[[ExpertConfig, str], FakeExpert]:
+    """A factory of replicas answering 0.9 (each waiting for `gate` when given), kept in `made` as built."""
+
+    def factory(cfg: ExpertConfig, device: str) -> FakeExpert:
+        made.append(FakeExpert(cfg, device, answer=lambda image: 0.9, gate=gate))
+        return made[-1]
+
+    return factory
 
 
 def test_admission_room_grows_with_the_first_levels_replicas_unless_fixed():
@@ -39,10 +50,7 @@ def test_admission_room_grows_with_the_first_levels_replicas_unless_fixed():
 def test_requests_waiting_for_room_are_admitted_when_a_reload_adds_replicas():
     gate = threading.Event()
     made: list[FakeExpert] = []
-
-    def factory(cfg: ExpertConfig, device: str) -> FakeExpert:
-        made.append(FakeExpert(cfg, device, answer=lambda image: 0.9, gate=gate))
-        return made[-1]
+    factory = recording(made, gate)
 
     engine = make_engine({"a": factory, "b": factory}, cascade_config([[replicated(replicas=1, max_batch=1)]]),
                          max_in_flight_per_replica=1)
@@ -64,10 +72,7 @@ def test_requests_waiting_for_room_are_admitted_when_a_reload_adds_replicas():
 
 def test_requests_arriving_together_are_shared_between_idle_replicas():
     made: list[FakeExpert] = []
-
-    def factory(cfg: ExpertConfig, device: str) -> FakeExpert:
-        made.append(FakeExpert(cfg, device, answer=lambda image: 0.9))
-        return made[-1]
+    factory = recording(made)
 
     # A long batching window: every request below is queued before either replica starts a batch, so both
     # replicas' estimates are equal the whole time (0 batches ahead) and only their queues differ.
@@ -104,10 +109,7 @@ def test_two_replicas_on_one_device_keep_apart_in_logs_and_metrics():
 
     gate = threading.Event()
     made: list[FakeExpert] = []
-
-    def factory(cfg: ExpertConfig, device: str) -> FakeExpert:
-        made.append(FakeExpert(cfg, device, answer=lambda image: 0.9, gate=gate))
-        return made[-1]
+    factory = recording(made, gate)
 
     engine = make_engine({"a": factory}, cascade_config([[replicated(max_batch=1, max_wait_ms=0.0)]]))
     try:
