@@ -19,15 +19,13 @@ FULL_ANSWERS = (Status.CONFIDENT, Status.EXHAUSTED)
 @dataclass(eq=False)
 class Shared:
     deadline_s: float  # the owner's
-    result: Result | None = None  # once the owner has published
     # Made for the first peer only: most images have none, and a future per request is loop time for nothing.
+    # NOTE: no peer can arrive after the owner publishes: publishing and unregistering happen in one loop step.
     future: asyncio.Future[Result] | None = None
     peers: int = 0  # requests waiting for it now
 
     async def wait(self) -> Result:
         """The owner's result; our own cancellation (deadline) never cancels the shared computation."""
-        if self.result is not None:
-            return self.result
         if self.future is None:
             self.future = asyncio.get_running_loop().create_future()
         self.peers += 1
@@ -40,11 +38,9 @@ class Shared:
         """Whether the owner's result is the best a peer with `deadline_s` could hope for."""
         return result.status in FULL_ANSWERS or self.deadline_s >= deadline_s
 
-    def settle(self, result: Result) -> None:
-        if self.result is None:
-            self.result = result
-            if self.future is not None and not self.future.done():
-                self.future.set_result(result)
+    def settled(self) -> bool:
+        """Whether no peer waits for a result any more (none ever did, or one was handed over)."""
+        return self.future is None or self.future.done()
 
 
 class Owner:
@@ -56,14 +52,16 @@ class Owner:
         self.shared = shared
 
     def publish(self, result: Result) -> None:
-        self.shared.settle(result)
+        future = self.shared.future
+        if future is not None and not future.done():
+            future.set_result(result)
 
     def close(self, fallback: Callable[[], Result]) -> None:
         """Unregister; peers still waiting get `fallback()` if nothing was published (called only then)."""
         if self._pending.get(self._image_hash) is self.shared:
             del self._pending[self._image_hash]
-        if self.shared.result is None and self.shared.future is not None:
-            self.shared.settle(fallback())
+        if not self.shared.settled():
+            self.publish(fallback())
 
 
 class Coalescer:

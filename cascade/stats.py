@@ -88,10 +88,9 @@ class EngineStats:
                                   "the batches it answered (its rate: the share of time the worker is busy)",
                                   ["replica"], registry=r)
         self._worker_replicas: set[str] = set()  # replicas whose worker series exist
-        self._by_status: dict[str, tuple[Any, Any, Any]] = {}
-        self._by_levels: dict[int, Any] = {}
-        self._level_timers: dict[int, Any] = {}  # level -> its seconds histogram's child (per request: kept)
-        self._outcomes: dict[tuple[str, str], Any] = {}  # (expert, outcome) -> its counter's child
+        # NOTE: labelled children used per request are looked up once and kept (`_child`): `labels()` takes a lock
+        # and builds a key on every call, which was half the cost of recording an answer.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # (id of the metric, labels) -> child
         # Every series a dashboard or an alert reads exists from the start, at zero (no gaps, no "no data").
         for status in Status:
             self._requests.labels(status.value)
@@ -101,21 +100,11 @@ class EngineStats:
 
     # -- events (engine threads) -----------------------------------------------------------------
     def answered(self, status: str, levels_run: int, latency_s: float, budget_s: float, late: bool) -> None:
-        # NOTE: the labelled children are looked up once and kept: `labels()` takes a lock and builds a key on
-        # every call, which was half the cost of recording an answer.
-        children = self._by_status.get(status)
-        if children is None:
-            children = self._by_status[status] = (self._requests.labels(status), self._latency.labels(status),
-                                                  self._budget.labels(status))
-        requests, latency, budget = children
-        requests.inc()
-        latency.observe(latency_s)
+        self._child(self._requests, status).inc()
+        self._child(self._latency, status).observe(latency_s)
         if budget_s > 0:
-            budget.observe(latency_s / budget_s)
-        levels = self._by_levels.get(levels_run)
-        if levels is None:
-            levels = self._by_levels[levels_run] = self._levels_run.labels(str(levels_run))
-        levels.inc()
+            self._child(self._budget, status).observe(latency_s / budget_s)
+        self._child(self._levels_run, str(levels_run)).inc()
         if late:
             self._late.inc()
 
@@ -130,10 +119,7 @@ class EngineStats:
         self._skipped.labels(str(level), reason).inc()
 
     def level_ran(self, level: int, seconds: float) -> None:
-        timer = self._level_timers.get(level)
-        if timer is None:
-            timer = self._level_timers[level] = self._level_seconds.labels(str(level))
-        timer.observe(seconds)
+        self._child(self._level_seconds, str(level)).observe(seconds)
 
     def deadline_cut(self) -> None:
         self._deadline_cuts.inc()
@@ -148,10 +134,15 @@ class EngineStats:
         self._cache_hits.inc()
 
     def expert_outcome(self, expert: str, outcome: str) -> None:
-        counter = self._outcomes.get((expert, outcome))
-        if counter is None:
-            counter = self._outcomes[(expert, outcome)] = self._expert_outcomes.labels(expert, outcome)
-        counter.inc()
+        self._child(self._expert_outcomes, expert, outcome).inc()
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once (series removed elsewhere are replica gauges, never these)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observer_failed(self, observer: str) -> None:
         self._observer_errors.labels(observer).inc()

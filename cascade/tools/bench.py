@@ -30,12 +30,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from cascade.config import EngineConfig, ExpertConfig, SchedulerConfig, load_cascade
-from cascade.event_loop import new_event_loop
+from cascade.event_loop import EventLoopKind, new_event_loop
 from cascade.tools import bench_levels, bench_models, bench_report, bench_traffic
 from cascade.tools.bench_stand_in import null_factory
 from neurons.client import encode_jpeg, percentiles, synthetic_image
@@ -220,8 +221,12 @@ async def _drive_axon(process: Any, wallets: Sequence[Any], data: list[str], con
     return latencies, codes, elapsed
 
 
-def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bool = False) -> dict[str, Any]:
+def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bool = False,
+             stock: bool | None = None) -> dict[str, Any]:
+    """Through a real axon: the miner, or bittensor's stock axon (`stock`, else `--stock`)."""
     from neurons.offline import ensure_wallet, run_miner, write_offline_metagraph
+
+    stock = getattr(args, "stock", False) if stock is None else stock
 
     folder = Path(tempfile.mkdtemp(prefix="sn72-bench-"))
     miner = ensure_wallet(folder / "wallets", "miner")
@@ -235,7 +240,7 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
                            **({"gil_switch_interval_ms": args.gil_switch_ms} if args.gil_switch_ms else {})},
              "log_level": "WARNING"}
     data = payloads(args.requests, args.image_size, args.distinct)
-    server = (run_stock_axon(folder / "wallets", miner) if getattr(args, "stock", False)
+    server = (run_stock_axon(folder / "wallets", miner) if stock
               else run_miner(folder, folder / "wallets", miner, cascade, extra=extra))
     with server as process:
         # one warm-up round trip per wallet (dendrite sessions, first-request paths)
@@ -243,10 +248,10 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
         latencies, codes, elapsed = asyncio.run(
             _drive_axon(process, wallets, data, args.concurrency, args.timeout_s, sequential))
     return {
-        "mode": ("stock-axon" if getattr(args, "stock", False) else "axon") + ("-sequential" if sequential else ""),
+        "mode": ("stock-axon" if stock else "axon") + ("-sequential" if sequential else ""),
         "header_cache": header_cache,
         "worker": "process" if getattr(args, "worker_process", False) else "thread",
-        "event_loop": "asyncio" if getattr(args, "stock", False) else args.event_loop,
+        "event_loop": "asyncio" if stock else args.event_loop,
         "requests": len(data),
         "wallets": len(wallets),
         "concurrency": 1 if sequential else args.concurrency,
@@ -265,9 +270,7 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {"stock": [], "miner": []}
     for _ in range(args.rounds):
         for name in ("stock", "miner"):
-            args.stock = name == "stock"
-            runs[name].append(run_axon(args))
-    args.stock = False
+            runs[name].append(run_axon(args, stock=name == "stock"))
     rps = {name: [round(r["throughput_rps"], 1) for r in results] for name, results in runs.items()}
     p50 = {name: [round(r["latency_ms"]["p50"], 1) for r in results] for name, results in runs.items()}
     medians = {name: statistics.median(values) for name, values in rps.items()}
@@ -362,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--device", default=None, help="override every expert's device")
         p.add_argument("--json", type=Path)
         p.add_argument("--decode-workers", type=int, default=2)
-        p.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop",
+        p.add_argument("--event-loop", choices=typing.get_args(EventLoopKind), default="uvloop",
                        help="the miner's event loops (engine and HTTP server); the stock axon keeps bittensor's")
         p.add_argument("--idle-dispatch", action="store_true",
                        help="every expert's wait_when_idle off: an idle replica starts at once")
