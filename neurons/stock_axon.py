@@ -1,9 +1,12 @@
 """The reference for axon throughput: bittensor's stock axon with a trivial forward (benchmarks only).
 
-    python -m neurons.stock_axon --wallet.path P --wallet.name miner --port N
+    python -m neurons.stock_axon --wallet.path P --wallet.name miner --port N [--hotkey-once]
 
 It answers every `ImageSynapse` with 0.5 and nothing else: no guards, no decoding, no model. The
 miner's own path through the axon is measured against it (`sn72-bench axon --stock`).
+
+As shipped, bittensor-wallet reads and parses the hotkey file on every `wallet.hotkey`, which the axon does twice
+per request; the miner reads it once. `--hotkey-once` gives the stock axon the same fix, a stricter reference.
 
 No `from __future__ import annotations`: `Axon.attach` inspects the forward's real annotation classes.
 """
@@ -19,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wallet.path", dest="wallet_path", required=True)
     parser.add_argument("--wallet.name", dest="wallet_name", default="miner")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--hotkey-once", action="store_true",
+                        help="unlock the hotkey once at start-up (as the miner does) instead of per access")
     args = parser.parse_args(argv)
 
     import bittensor as bt
@@ -27,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     from neurons.protocol import ImageSynapse
 
     wallet = bt.Wallet(name=args.wallet_name, hotkey="default", path=args.wallet_path)
+    if args.hotkey_once:
+        wallet.unlock_hotkey()
     axon = bt.Axon(wallet=wallet, port=args.port, ip="127.0.0.1", external_ip="127.0.0.1")
     axon.fast_config.host = "127.0.0.1"
 

@@ -240,7 +240,7 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
                            **({"gil_switch_interval_ms": args.gil_switch_ms} if args.gil_switch_ms else {})},
              "log_level": "WARNING"}
     data = payloads(args.requests, args.image_size, args.distinct)
-    server = (run_stock_axon(folder / "wallets", miner) if stock
+    server = (run_stock_axon(folder / "wallets", miner, args.stock_hotkey_once) if stock
               else run_miner(folder, folder / "wallets", miner, cascade, extra=extra))
     with server as process:
         # one warm-up round trip per wallet (dendrite sessions, first-request paths)
@@ -252,6 +252,7 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
         "header_cache": header_cache,
         "worker": "process" if getattr(args, "worker_process", False) else "thread",
         "event_loop": "asyncio" if stock else args.event_loop,
+        **({"stock_hotkey": "once" if args.stock_hotkey_once else "per access"} if stock else {}),
         "requests": len(data),
         "wallets": len(wallets),
         "concurrency": 1 if sequential else args.concurrency,
@@ -281,6 +282,7 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "wallets": args.wallets,
         "worker": "process" if args.worker_process else "thread",
+        "stock_hotkey": "once" if args.stock_hotkey_once else "per access",
         "stock_rps": rps["stock"],
         "miner_rps": rps["miner"],
         "stock_p50_ms": p50["stock"],
@@ -294,15 +296,20 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def run_stock_axon(wallet_path: Path, miner: Any) -> Iterator[Any]:
-    """bittensor's stock axon with a trivial forward, in its own process, as the miner runs in its own."""
+def run_stock_axon(wallet_path: Path, miner: Any, hotkey_once: bool = False) -> Iterator[Any]:
+    """bittensor's stock axon with a trivial forward, in its own process, as the miner runs in its own.
+
+    `hotkey_once`: the stock axon unlocks its hotkey at start-up as the miner does (bittensor as shipped re-reads the
+    key file on every access, twice per request), so the miner is measured against a reference without that cost.
+    """
     from neurons.miner import READY_LINE
     from neurons.offline import MinerProcess, free_port
 
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "neurons.stock_axon", "--wallet.path", str(wallet_path), "--wallet.name", miner.name,
-         "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         "--port", str(port), *(["--hotkey-once"] if hotkey_once else [])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     for line in process.stdout:
         if line.startswith(READY_LINE):
@@ -395,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                            help="the miner's scheduler.gil_switch_interval_ms (default: the miner's own)")
             p.add_argument("--stock", action="store_true",
                            help="axon: bittensor's stock axon, trivial forward, instead of the miner (reference)")
+            p.add_argument("--stock-hotkey-once", action="store_true",
+                           help="the stock axon reads its hotkey once, as the miner does (as shipped it re-reads "
+                           "the key file twice per request): the stricter reference")
     bench_models.add_parsers(sub)
     bench_levels.add_parser(sub)
     bench_traffic.add_parser(sub)

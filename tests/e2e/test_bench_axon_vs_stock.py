@@ -35,3 +35,24 @@ def test_the_stock_axon_and_the_miner_are_alternated_and_compared(tmp_path):
     assert report["miner_over_stock"] == pytest.approx(ratio)
     assert report["miner_over_stock_per_round"] == [round(m / s, 3) for m, s in
                                                     zip(report["miner_rps"], report["stock_rps"], strict=True)]
+
+
+@pytest.mark.parametrize("hotkey_once", [True, False])
+def test_the_stricter_stock_reference_reads_its_hotkey_once(tmp_path, hotkey_once):
+    """`--stock-hotkey-once`: the stock axon signs from the key it loaded at start-up, as the miner does; as shipped
+    it reads the key file on every request, so moving the file away breaks it (the cost the option removes)."""
+    import asyncio
+
+    from neurons.offline import ensure_wallet
+
+    miner = ensure_wallet(tmp_path / "wallets", "miner")
+    caller = ensure_wallet(tmp_path / "wallets", "validator0")
+    data = bench.payloads(3, (64, 48))
+    with bench.run_stock_axon(tmp_path / "wallets", miner, hotkey_once=hotkey_once) as process:
+        key_file = tmp_path / "wallets" / "miner" / "hotkeys" / "default"
+        key_file.rename(key_file.with_suffix(".moved"))
+        _, codes, _ = asyncio.run(bench._drive_axon(process, [caller], data, 1, 9.0, True))
+    if hotkey_once:
+        assert codes == {"200": 3}
+    else:
+        assert "200" not in codes and sum(codes.values()) == 3
