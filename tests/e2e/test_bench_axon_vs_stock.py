@@ -3,6 +3,7 @@ real dendrites; the report holds every run and the ratio of the medians (issue 1
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cascade.tools import bench, make_tiny_models
+from neurons.offline import ensure_wallet
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,10 +43,6 @@ def test_the_stock_axon_and_the_miner_are_alternated_and_compared(tmp_path):
 def test_the_stricter_stock_reference_reads_its_hotkey_once(tmp_path, hotkey_once):
     """`--stock-hotkey-once`: the stock axon signs from the key it loaded at start-up, as the miner does; as shipped
     it reads the key file on every request, so moving the file away breaks it (the cost the option removes)."""
-    import asyncio
-
-    from neurons.offline import ensure_wallet
-
     miner = ensure_wallet(tmp_path / "wallets", "miner")
     caller = ensure_wallet(tmp_path / "wallets", "validator0")
     data = bench.payloads(3, (64, 48))
