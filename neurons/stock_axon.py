@@ -15,6 +15,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
 
     axon.attach(forward_fn=forward)
     axon.start()
+    # `start` returns before uvicorn has bound the port (its server runs in a thread): say ready only once it has.
+    deadline = time.monotonic() + 30.0
+    while not axon.fast_server.started:
+        if time.monotonic() > deadline:
+            print("error: the stock axon's server did not start within 30 s", file=sys.stderr)
+            return 1
+        time.sleep(0.005)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
