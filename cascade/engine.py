@@ -16,31 +16,29 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import gc
 import os
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
 from cascade import consensus
 from cascade.allocator import return_large_blocks
-from cascade.config import CascadeConfig, EngineConfig, ExpertConfig
+from cascade.config import CascadeConfig, EngineConfig
 from cascade.decode import DecodeError
 from cascade.event_loop import new_event_loop
-from cascade.experts.base import Expert, warm_up
+from cascade.experts.base import Expert
 from cascade.experts.registry import build_expert
 from cascade.experts.worker import WorkerExpert
 from cascade.levels import Level, Plan
 from cascade.lifetime import RequestPath
 from cascade.observers.base import Observer, ObserverRunner
 from cascade.placement import DeviceInfo, visible_devices
+from cascade.replicas import ExpertFactory, Replicas, freeze_heap
 from cascade.request import Job, Result
 from cascade.scheduler import MicroBatcher
 from cascade.serving import (
@@ -58,8 +56,6 @@ from cascade.serving import (
 )
 from cascade.stats import EngineStats
 from cascade.threads import worker_pool
-
-ExpertFactory = Callable[[ExpertConfig, str], Expert]
 
 FATAL_EXIT_CODE = 70  # EX_SOFTWARE: pm2 (autorestart) starts a fresh process with a fresh CUDA context
 
@@ -98,18 +94,13 @@ class Engine:
     ) -> None:
         self.config = config
         self._on_fatal = on_fatal or _exit_for_restart
-        self._expert_factory = expert_factory
-        # What a worker process builds its replica with (None: the registry). Pickled to the worker by reference, so
-        # a module-level function or a functools.partial of one (benchmarks' stand-in experts); never a closure.
-        self._worker_factory = worker_factory
+        self.replicas = Replicas(config, expert_factory, worker_factory)
         self.stats = EngineStats(registry)  # its metrics go into `registry` (the miner's), else a registry of its own
         self.observers = ObserverRunner(list(observers), on_error=self.stats.observer_failed)
         self._decoder = worker_pool(config.scheduler.decode_workers, "decode", config.scheduler.worker_nice)
         # Eval mode (cascade/evaluation): every level runs on every image, neither exit nor skip.
         self.path = RequestPath(config, self.stats, self.observers, self._decoder, run_every_level)
         self.stats.watch_admission(lambda: self.path.admission.in_flight, self.path.admission.waiting)
-        self._experts: list[Expert] = []
-        self._warm_batch_s: dict[int, float] = {}  # id(expert) -> slowest warm-up batch
         self._retiring: list[ServingCascade] = []  # replaced, freed once no request holds them
         self._freeing: set[asyncio.Task[None]] = set()
         self._unfreed = 0  # replaced cascades whose replicas are not yet released
@@ -168,9 +159,9 @@ class Engine:
         logger.info("{}", describe_plan(slots, experts, devices))
         loading = Loading()
         try:
-            self._load(slots, experts, loading)
+            self.replicas.load(slots, experts, loading)
         except BaseException:
-            self._discard(loading.take(), "start-up failed")  # worker processes among them end now, not at exit
+            self.replicas.discard(loading.take(), "start-up failed")  # worker processes among them end now, not at exit
             raise
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._serve_first(loading.placed), self._loop).result()
@@ -187,68 +178,6 @@ class Engine:
         freeze_heap()
         logger.info("engine ready: cold start {:.2f}s", self.startup.total_s)
         return self.startup
-
-    def _load(self, slots: Sequence[Any], experts: Sequence[ExpertConfig], loading: Loading) -> None:
-        """Build, load and warm each slot's replica into `loading` (raises the first failure as it is)."""
-        by_name = {e.name: e for e in experts}
-        labels = replica_labels(slots)
-        # Worker processes load side by side: every one is started first, then each is waited for in turn.
-        starting = {i: self._build(by_name[slot.expert], slot.device, labels[i]) for i, slot in enumerate(slots)
-                    if by_name[slot.expert].worker == "process"}
-        try:
-            for expert in starting.values():
-                expert.start()
-            for i, slot in enumerate(slots):
-                key = loading.replica = labels[i]
-                t0 = time.monotonic()
-                loading.stage = "load"
-                expert = loading.current = starting.pop(i, None) or self._build(by_name[slot.expert], slot.device,
-                                                                                  labels[i])
-                expert.load()
-                self._device_jpeg(expert)
-                loading.load_s[key] = time.monotonic() - t0
-                loading.stage = "warmup"
-                loading.warmup_s[key], self._warm_batch_s[id(expert)] = self._warm_up(expert)
-                self._experts.append(expert)
-                loading.placed.setdefault(slot.expert, []).append(expert)
-                loading.current = None
-                logger.info("loaded {} in {:.2f}s, warm-up {:.2f}s, {:.2f} GB held", key, loading.load_s[key],
-                            loading.warmup_s[key], expert.memory_bytes() / 2**30)
-        finally:
-            for expert in starting.values():  # started, never reached: a replica before them failed
-                expert.close()
-
-    def _build(self, config: ExpertConfig, device: str, label: str) -> Expert:
-        """An unloaded replica: in this process (the factory's), or in a worker process of its own (built there by the
-        registry, or by `worker_factory`)."""
-        expert: Expert
-        if config.worker == "process":
-            expert = WorkerExpert(config, device, self.config.decode, self.config.decode.device,
-                                  self.config.scheduler.gil_switch_interval_ms / 1000.0, factory=self._worker_factory)
-        else:
-            expert = self._expert_factory(config, device)
-        expert.label = label
-        return expert
-
-    def _device_jpeg(self, expert: Expert) -> None:
-        """JPEGs decoded on the expert's GPU where `decode.device` and the device allow (docs/decoding.md)."""
-        if expert.decodes_jpeg and self.config.decode.device != "off":
-            from cascade.experts.jpeg import enable_device_jpeg  # imports torch: only for backends that have it
-
-            note = enable_device_jpeg(expert, self.config.decode.device)
-            if note:
-                logger.info("{}", note)
-
-    def _warm_up(self, expert: Expert) -> tuple[float, float]:
-        """Dummy batches, so the first real request is as fast as the hundredth.
-
-        Returns (total warm-up seconds, slowest full batch seconds); the latter seeds the batcher's
-        latency estimate until real batches have been measured.
-        """
-        done = expert.warmed_in_load()  # a worker process warms its replica up as it loads it
-        if done is not None:
-            return done
-        return warm_up(expert)
 
     async def _serve_first(self, placed: dict[str, list[Expert]]) -> None:
         self.path.serve(await self._build_serving(self.config.cascade, placed, {}))
@@ -268,7 +197,7 @@ class Engine:
                 batchers = []
                 for expert in placed[expert_config.name]:
                     batcher = MicroBatcher(expert, sched, self.stats.record_batch, self._on_fatal)
-                    seeded = self._warm_batch_s.get(id(expert), 0.0)
+                    seeded = self.replicas.warm_batch_s(expert)
                     if expert_config.expected_latency_ms is None and seeded:
                         batcher.compute.seed(seeded)
                     batcher.start()
@@ -312,11 +241,11 @@ class Engine:
                                         + ("" if fits_alone else " (nor without it)"), restart_fits=fits_alone) from exc
                 failure = None
                 try:
-                    self._load(slots, plan.to_load, loading)
+                    self.replicas.load(slots, plan.to_load, loading)
                 except Exception as exc:  # noqa: BLE001 - whatever fails, the serving cascade stays: say why
                     failure = ReloadRefused(loading.stage, f"{loading.replica}: {exc!r}")
                 if failure is not None:  # raised out here, its traceback (which holds the replica) is gone
-                    self._discard(loading.take())
+                    self.replicas.discard(loading.take())
                     raise failure
             load_s = time.monotonic() - began
             loaded = [e.label for e in loading.experts()]
@@ -327,7 +256,7 @@ class Engine:
                     break
                 except concurrent.futures.TimeoutError:
                     if not self.started and swap.cancel():  # closed meanwhile: the swap never ran
-                        self._discard(loading.take())
+                        self.replicas.discard(loading.take())
                         raise ReloadRefused("closed", "the engine stopped before the new cascade went in") from None
             return ReloadReport(plan.kind, new.version, loaded, sum(len(b) for b in plan.kept.values()), plan.dropped,
                                 load_s, time.monotonic() - began)
@@ -360,42 +289,12 @@ class Engine:
             self.stats.unwatch_replica(batcher.replica, batcher)
         experts = [b.expert for b in gone]
         self._retiring.remove(old)
-        del gone, old  # the experts' last references are now `experts`, which _discard empties
+        del gone, old  # the experts' last references are now `experts`, which `discard` empties
         try:
             if experts:  # a calibration swap keeps every replica: nothing to release, no collection
-                await asyncio.get_running_loop().run_in_executor(None, self._discard, experts, "replaced")
+                await asyncio.get_running_loop().run_in_executor(None, self.replicas.discard, experts, "replaced")
         finally:
             self._unfreed -= 1
-
-    def _discard(self, experts: list[Expert], why: str = "refused reload") -> None:
-        """Release experts' models and hand their device memory back (not on the loop: it collects garbage).
-
-        Empties `experts`: once it returns, nothing of the engine refers to them.
-        """
-        cuda = any(e.device.startswith("cuda") for e in experts)
-        names = [e.label for e in experts]
-        while experts:
-            expert = experts.pop()
-            try:
-                expert.close()
-            except Exception as exc:  # noqa: BLE001 - releasing one must not stop releasing the others
-                logger.warning("expert {} failed to close: {!r}", expert.label, exc)
-            self._warm_batch_s.pop(id(expert), None)
-            if any(e is expert for e in self._experts):
-                self._experts.remove(expert)
-            del expert
-        # Model objects in reference cycles would keep their device memory until a later collection.
-        # NOTE: a full collection holds the GIL for ~0.1-0.2 s with torch loaded: once per model reload.
-        # The heap was frozen after loading (freeze_heap): unfreeze so the freed models' cycles are seen.
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
-        if cuda:
-            import torch
-
-            torch.cuda.empty_cache()
-        if names:
-            logger.info("freed {} ({})", ", ".join(names), why)
 
     def retiring(self) -> int:
         """Replaced cascades not yet freed (requests still hold them, or their models are being released)."""
@@ -424,8 +323,7 @@ class Engine:
             self.path.budget.close()
             self._decoder.shutdown(wait=True, cancel_futures=True)
             self.observers.close()
-            for expert in list(self._experts):
-                expert.close()
+            self.replicas.close()
 
     # -- public API -----------------------------------------------------------------------------
     def submit(self, job: Job) -> concurrent.futures.Future[Result]:
@@ -471,27 +369,9 @@ class Engine:
         return {b.replica: b.health.state(now_s) for level in self.path.levels for b in level.replicas()}
 
 
-def replica_labels(slots: Sequence[Any]) -> list[str]:
-    """Each slot's replica label: name@device, or name@device#k where the device holds several of the expert."""
-    per_device = Counter((slot.expert, slot.device) for slot in slots)
-    return [f"{slot.expert}@{slot.device}" + (f"#{slot.replica}" if per_device[(slot.expert, slot.device)] > 1 else "")
-            for slot in slots]
-
-
 def _takes_requests(batcher: MicroBatcher) -> float:
     """1.0 while the replica takes requests (healthy or due its retry), for the health gauge."""
     return 0.0 if batcher.health.state(time.monotonic()) == "unhealthy" else 1.0
-
-
-def freeze_heap() -> None:
-    """Collect once, then keep everything alive now (models, libraries) out of later collections.
-
-    With torch and transformers loaded a full collection scans millions of objects: 0.1-0.3 s with the
-    GIL held, every few thousand requests, which stalled every request in flight (measured: 30 requests
-    at 0.3-0.5 s in a 3,000-request run). Frozen objects are still freed by reference counting.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def _settle(answer: concurrent.futures.Future[Result], result: Result | None, exc: BaseException | None) -> None:

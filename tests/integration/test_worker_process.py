@@ -108,7 +108,7 @@ def test_a_hung_or_killed_worker_is_answered_around_in_time_and_replaced(tiny_vi
     engine = Engine(EngineConfig(cascade=cascade, scheduler=SchedulerConfig(unhealthy_after_failures=5)),
                     expert_factory=factory)
     engine.start()
-    worker = engine._experts[-1]
+    worker = engine.replicas.experts[-1]
     assert isinstance(worker, WorkerExpert)
     vit = engine.path.serving.levels[1].batchers["vit"][0]
     hung_pid = worker.pid
@@ -164,7 +164,7 @@ def test_reloads_keep_a_worker_for_a_calibration_change_and_end_it_when_its_repl
     engine = Engine(EngineConfig(cascade=cascade()))
     engine.start()
     try:
-        worker = engine._experts[0]
+        worker = engine.replicas.experts[0]
         assert isinstance(worker, WorkerExpert)
         pid = worker.pid
         assert pid is not None
@@ -179,7 +179,7 @@ def test_reloads_keep_a_worker_for_a_calibration_change_and_end_it_when_its_repl
         report = engine.reload(cascade(worker="thread"))  # the replica moves into the miner process
         assert report.kind is ReloadKind.MODELS and report.loaded == ["vit@cpu"] and report.dropped == ["vit@cpu"]
         wait_for(lambda: gone(pid), timeout_s=30)  # the replaced replica's worker ends once nothing holds it
-        assert not isinstance(engine._experts[-1], WorkerExpert)
+        assert not isinstance(engine.replicas.experts[-1], WorkerExpert)
         assert engine.stats.samples("worker_restarts", "") == {}  # no series left reading the freed worker
         moved = engine.submit(make_job(mark=1, seed=3)).result(10)
         assert moved.levels_run == 1 and not moved.failures
@@ -197,7 +197,7 @@ _MINER = textwrap.dedent("""
     cascade = CascadeConfig(version="t", levels=[LevelConfig(name="L0", experts=[expert])])
     engine = Engine(EngineConfig(cascade=cascade))
     engine.start()
-    print(engine._experts[0].pid, flush=True)
+    print(engine.replicas.experts[0].pid, flush=True)
     time.sleep(600)
 """)
 
@@ -270,7 +270,7 @@ def test_a_worker_builds_its_replica_with_the_engines_worker_factory_when_given_
                     worker_factory=stand_in)
     engine.start()
     try:
-        worker = engine._experts[0]
+        worker = engine.replicas.experts[0]
         assert isinstance(worker, WorkerExpert) and worker.pid is not None and worker.takes_jpeg()
         result = engine.submit(make_job(mark=1, budget_s=5.0)).result(10)
         assert result.probability == pytest.approx(0.9, abs=1e-6)  # the stand-in's answer, not the tiny ViT's
