@@ -103,6 +103,7 @@ class Level:
                 await asyncio.wait(futures)
         finally:  # the request's deadline cancelled us
             for future, name in futures.items():
+                # A future awaited directly was cancelled with this task (`_settled` reports nothing for it).
                 if future.cancelled() or not future.done():
                     future.cancel()
                     on_failure(name, "timeout", None)

@@ -282,7 +282,7 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "wallets": args.wallets,
         "worker": "process" if args.worker_process else "thread",
-        "stock_hotkey": "once" if args.stock_hotkey_once else "per access",
+        "stock_hotkey": runs["stock"][0]["stock_hotkey"],
         "stock_rps": rps["stock"],
         "miner_rps": rps["miner"],
         "stock_p50_ms": p50["stock"],
