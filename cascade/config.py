@@ -13,9 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from cascade.calibration import CalibrationFile, check_against, read_calibration
+from cascade.calibration import CalibrationFile, Identity, check_against, read_calibration
 from cascade.event_loop import EventLoopKind
 from cascade.experts.options import options_model_for
+from cascade.model_identity import content_identity
 from cascade.release import DEFAULT_RELEASE, parse_release
 
 Backend = Literal["hf_classifier", "zero_shot", "detector", "owlv2", "vlm_transformers", "vlm_vllm", "vlm_remote"]
@@ -126,6 +127,24 @@ class LevelConfig(Strict):
     )
 
 
+class AnswerConfig(Strict):
+    """What the validator is sent, from the cascade's calibrated probability (cascade/answer.py, docs/answers.md).
+
+    Validators score only the binarised answer, and a consensus task's label is the rounded mean of the raw
+    answers, this miner's own included: a confident answer pulls that label to its side and costs nothing on a
+    known-answer task. The calibrated probability still drives exits, metrics and active learning.
+    """
+
+    policy: Literal["calibrated", "decisive"] = Field(
+        "decisive",
+        description="calibrated: send the cascade's probability; decisive: send decisive_value on the side of the "
+        "decision (1 - decisive_value for 'no roadwork'). Answers from the prior are sent as they are.",
+    )
+    decisive_value: float = Field(
+        0.99, gt=0.5, le=1.0, description="The confident value a decisive answer sends for 'roadwork'."
+    )
+
+
 class CascadeConfig(Strict):
     """The ordered levels, cheapest first, and the answer given when no level could answer in time."""
 
@@ -135,6 +154,7 @@ class CascadeConfig(Strict):
         0.5, ge=0.0, le=1.0, description="Answer when nothing finished in time (validators round 0.5 down)."
     )
     levels: list[LevelConfig] = Field(..., min_length=1)
+    answer: AnswerConfig = Field(default_factory=AnswerConfig)
     calibration: Path | None = Field(
         None,
         description="Fitted calibration file (JSON from `sn72-eval --fit`), relative to this YAML. Its temperatures,"
@@ -307,7 +327,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def load_cascade(path: Path) -> CascadeConfig:
     """A cascade YAML file; relative model paths and the calibration file are resolved against its folder.
 
-    A calibration that does not fit the cascade (other experts, levels or models) is a ValueError.
+    A calibration that does not fit the cascade (other experts, levels, or weights other than those it was fitted
+    for) is a ValueError.
     """
     data = read_yaml(path)
     config = CascadeConfig.model_validate(data)
@@ -324,12 +345,15 @@ def base_version(version: str) -> str:
     return version.split("+cal.", 1)[0]
 
 
-def apply_calibration(config: CascadeConfig, calibration: CalibrationFile, short_hash: str) -> None:
+def apply_calibration(config: CascadeConfig, calibration: CalibrationFile, short_hash: str,
+                      identity: Identity = content_identity) -> None:
     """Serve a fitted calibration: its expert calibrations and exit margins replace the YAML's, its
-    per-level weights reach `consensus.Pooling`, and the effective version becomes `version+cal.<hash>`."""
+    per-level weights reach `consensus.Pooling`, and the effective version becomes `version+cal.<hash>`.
+
+    `identity` names a model by content (the fit passes the identities it already computed)."""
     members = [(level.name, [(e.name, str(e.backend), e.model) for e in level.experts]) for level in config.levels]
     try:
-        check_against(calibration, members)
+        check_against(calibration, members, identity)
     except ValueError as exc:
         raise ValueError(f"calibration {config.calibration} does not fit this cascade: {exc}") from exc
     for expert in config.experts():

@@ -6,15 +6,15 @@
 
 The set is an image folder (0/ and 1/, or none/ and roadwork/), a CSV (path,label), a parquet file,
 a `datasets` folder written by save_to_disk, or an active-learning store (its labelled records).
-Outputs go to --out: report.json, report.txt, reliability.png, cost_vs_mcc.png (and with --fit the
-calibration file). Every expert's raw output is cached in --cache, so a rerun or a refit on the same
-images runs no model.
+Outputs go to --out: report.json, report.txt, reliability.png, cost_vs_mcc.png. With --fit also a
+candidate: calibration.json and candidate.yaml (the cascade serving it), which only sn72-promote puts in
+service, after judging it against the served cascade. Every expert's raw output is cached in --cache,
+so a rerun or a refit on the same images runs no model.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,8 +28,9 @@ from cascade.calibration import FitSource
 from cascade.config import CascadeConfig, format_validation_error, load_cascade
 from cascade.evaluation import distort, fit, plots, record, report
 from cascade.evaluation.datasets import KINDS, EvalError, open_source
+from cascade.evaluation.reward import ConsensusModel
 from cascade.experts.base import ExpertError
-from cascade.release import bump_release
+from cascade.promotion.candidate import write_candidate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,9 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--holdout", type=float, default=0.3, help="share of the set held out from fitting (--fit)")
     parser.add_argument("--max-mcc-loss", type=float, default=0.01,
                         help="MCC the fitted exits may lose against running every level (--fit)")
+    parser.add_argument("--min-fit-images", type=int, default=fit.MIN_FIT_IMAGES,
+                        help=f"refuse to fit on fewer images (a quarter of it per class; default {fit.MIN_FIT_IMAGES})")
+    parser.add_argument("--fit-resamples", type=int, default=200,
+                        help="resamples behind each fitted parameter's interval and each choice (default 200)")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds of the fit's choices (default 5)")
+    parser.add_argument("--confidence", type=float, default=0.95, help="coverage of the fit's intervals")
+    parser.add_argument("--consensus-share", type=float, default=0.1,
+                        help="share of scored rounds that are consensus tasks in the reward estimate (default 0.1)")
     parser.add_argument("--calibration-out", type=Path,
-                        help="where --fit writes the calibration (default: the file the cascade names, "
-                             "else OUT/calibration.json)")
+                        help="where --fit writes the candidate calibration (default OUT/calibration.json; never "
+                             "the file the cascade serves: sn72-promote installs it)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -70,6 +79,10 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--max-mcc-loss must lie between 0 and 1, got {args.max_mcc_loss}")
     if args.latency_sample < 0 or args.reward_trials < 1 or args.deadline_s <= 0:
         parser.error("--latency-sample must be >= 0, --reward-trials >= 1 and --deadline-s > 0")
+    if args.min_fit_images < 40 or args.fit_resamples < 20 or args.folds < 2 or not 0.5 < args.confidence < 1.0:
+        parser.error("--min-fit-images must be >= 40, --fit-resamples >= 20, --folds >= 2, --confidence in (0.5, 1)")
+    if not 0.0 <= args.consensus_share <= 1.0:
+        parser.error(f"--consensus-share must lie between 0 and 1, got {args.consensus_share}")
 
 
 def _load(path: Path) -> CascadeConfig:
@@ -99,8 +112,19 @@ def _complete_costs(experts: list[str], measured: dict[str, float], notes: list[
     return {name: 1.0 for name in experts}
 
 
+def _calibration_out(args: argparse.Namespace, cascade: CascadeConfig) -> Path:
+    """Where --fit writes its candidate calibration: never the file the cascade serves."""
+    path = Path(args.calibration_out or args.out / "calibration.json").resolve()
+    if cascade.calibration is not None and path == cascade.calibration:
+        raise EvalError(f"--fit writes a candidate, never the calibration the cascade serves ({path}): give another "
+                        "--calibration-out, then judge it with sn72-promote, which installs it")
+    return path
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cascade = _load(args.cascade)
+    if args.fit:
+        _calibration_out(args, cascade)  # before any model runs
     source = open_source(args.data, args.format, args.split, args.image_column, args.label_column)
     progress = not args.no_progress
     args.out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +149,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rates = {"late_rate": latency["late_rate"], "prior_rate": latency["prior_rate"]} if latency else {}
     if not latency:
         notes.append("no latency sample: the reward assumes no late answers and no answers from the prior")
-    shared = {"expert_seconds": costs, "trials": args.reward_trials, "seed": args.seed, **rates}
+    shared = {"expert_seconds": costs, "trials": args.reward_trials, "seed": args.seed,
+              "consensus_model": ConsensusModel(share=args.consensus_share), **rates}
     counts = {str(c): int((recording.labels == c).sum()) for c in (0, 1)}
     fit_summary: dict[str, Any] | None = None
     if args.fit:
@@ -175,28 +200,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _fit(args: argparse.Namespace, cascade: CascadeConfig, described: str, kind: str, recording: record.Recording,
          fit_rows: np.ndarray, held_rows: np.ndarray, counts: dict[str, int], costs: dict[str, float],
          split: str) -> tuple[CascadeConfig, dict[str, Any]]:
-    path = args.calibration_out or cascade.calibration or args.out / "calibration.json"
+    path = _calibration_out(args, cascade)
+    part = recording.subset(fit_rows)
     source = FitSource(dataset=described, kind=kind, distortion=args.distort, images=int(recording.labels.size),
                        counts=counts, fit_images=int(fit_rows.size), held_out_images=int(held_rows.size),
-                       split=split, seed=args.seed, max_mcc_loss=args.max_mcc_loss, expert_seconds=costs)
-    part = recording.subset(fit_rows)
+                       split=split, seed=args.seed, max_mcc_loss=args.max_mcc_loss, expert_seconds=costs,
+                       fit_sha256=sorted(set(part.hashes)))
+    settings = fit.FitSettings(max_mcc_loss=args.max_mcc_loss, folds=args.folds, bootstrap=args.fit_resamples,
+                               confidence=args.confidence, seed=args.seed)
     result = fit.fit_cascade(cascade, part.experts, part.outputs, part.labels, source=source, expert_seconds=costs,
-                             path=Path(path).resolve())
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(result.text)
-    if cascade.calibration is not None and Path(path).resolve() == cascade.calibration:
-        # The cascade serves the file just rewritten: its release changes with it.
-        release = bump_release(args.cascade)
-        steps = [f"the cascade already names {path}: it serves the new calibration at its next start"
-                 + f"; release bumped to {release}"]
-    else:
-        relative = os.path.relpath(Path(path).resolve(), args.cascade.resolve().parent)
-        steps = [f"to serve it, add `calibration: {relative}` to {args.cascade}"]
+                             path=path, settings=settings, min_images=args.min_fit_images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(result.text)
+    candidate = write_candidate(args.cascade, args.out, path)
+    steps = [f"candidate: {candidate} (serving {path}); nothing served changed",
+             f"judge it against the served cascade: sn72-promote --cascade {args.cascade} --candidate {candidate} "
+             "--judge JUDGE-SET"]
     margins = result.margins
-    summary = {"calibration": str(path), "fit_images": int(fit_rows.size), "split": split,
-               "max_mcc_loss": args.max_mcc_loss, "reference_mcc": margins.reference_mcc, "mcc": margins.mcc,
-               "cost_s": margins.cost_s, "all_levels_cost_s": margins.all_levels_cost_s,
-               "fitted_version": result.cascade.version, "next_steps": steps}
+    summary = {"calibration": str(path), "candidate": str(candidate), "fit_images": int(fit_rows.size),
+               "split": split, "max_mcc_loss": args.max_mcc_loss, "reference_mcc": margins.reference_mcc,
+               "mcc": margins.mcc, "cost_s": margins.cost_s, "all_levels_cost_s": margins.all_levels_cost_s,
+               "fitted_version": result.cascade.version, "report": result.report,
+               "notes": result.calibration.source.notes, "next_steps": steps}
     return result.cascade, summary
 
 

@@ -57,10 +57,11 @@ class Recording:
     startup_s: float  # of which loading and warming the experts (0: no model was needed)
     expert_seconds: dict[str, float]  # per image, measured in batches (missing: never measured)
     sample: list[bytes] = field(default_factory=list)  # payloads for the latency sample
+    hashes: list[str] = field(default_factory=list)  # sha256 of each image's stored bytes (before any distortion)
 
     def subset(self, rows: np.ndarray) -> Recording:
         return dataclasses.replace(self, names=[self.names[i] for i in rows], labels=self.labels[rows],
-                                   outputs=self.outputs[rows])
+                                   outputs=self.outputs[rows], hashes=[self.hashes[i] for i in rows])
 
 
 def model_identity(expert: ExpertConfig) -> str:
@@ -221,6 +222,7 @@ def record(
     rng = np.random.default_rng(seed)
     sample_positions = set(rng.choice(source.size, min(sample_size, source.size), replace=False).tolist())
     rows: dict[int, tuple[str, int, list[float]]] = {}
+    originals: dict[int, str] = {}  # position -> sha256 of the stored bytes (the data roles' name of the image)
     skipped: list[Skipped] = []
     sample: list[bytes] = []
     pending: deque[tuple[int, str, int, str, Future[Result]]] = deque()
@@ -250,13 +252,15 @@ def record(
         for position, item in enumerate(source.items()):
             bar.update(1)
             try:
-                data = distort.apply(distortion, item.read(), seed)
+                stored = item.read()
+                data = distort.apply(distortion, stored, seed)
             except (OSError, ValueError) as exc:
                 skipped.append(Skipped(item.name, f"cannot read: {exc}"))
                 continue
             if position in sample_positions:
                 sample.append(data)
             sha = hashlib.sha256(data).hexdigest()
+            originals[position] = sha if data is stored else hashlib.sha256(stored).hexdigest()
             refused = cache.refusal(sha, limits)
             if refused is not None:
                 skipped.append(Skipped(item.name, refused))
@@ -290,6 +294,7 @@ def record(
         startup_s=engine.startup_s,
         expert_seconds=costs,
         sample=sample,
+        hashes=[originals[k] for k in sorted(rows)],
     )
 
 

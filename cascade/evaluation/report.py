@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 
 from cascade import consensus
-from cascade.config import CascadeConfig
+from cascade.answer import shaped_probability
+from cascade.config import AnswerConfig, CascadeConfig
 from cascade.evaluation import replay
+from cascade.evaluation.fit_parameters import raw_logits
 from cascade.evaluation.metrics import binary_metrics
-from cascade.evaluation.reward import estimate_reward
+from cascade.evaluation.reward import ConsensusModel, estimate_reward
 from cascade.evaluation.scoring import mcc
 
 SWEEP = np.round(np.arange(0.0, 0.5 + 1e-9, 0.05), 2)
@@ -39,17 +41,39 @@ def _block(labels: np.ndarray, probabilities: np.ndarray, reward_args: dict[str,
     return block
 
 
+POLICIES = ("calibrated", "decisive")
+
+
+def population(cascade: CascadeConfig, experts: list[str], outputs: np.ndarray) -> np.ndarray:
+    """(images, experts): each expert's calibrated log-odds, which the simulated other miners start from."""
+    by_name = {e.name: e for e in cascade.experts()}
+    raw = raw_logits(outputs)
+    return np.column_stack([raw[:, j] / by_name[name].calibration.temperature + by_name[name].calibration.bias
+                            for j, name in enumerate(experts)])
+
+
+def shaped_answers(probabilities: np.ndarray, answer: AnswerConfig) -> np.ndarray:
+    """What validators would be sent for each answered image under `answer`'s policy."""
+    return np.array([shaped_probability(float(p), True, answer) for p in probabilities])
+
+
 def evaluate(cascade: CascadeConfig, experts: list[str], outputs: np.ndarray, labels: np.ndarray, *,
              expert_seconds: dict[str, float], late_rate: float = 0.0, prior_rate: float = 0.0,
-             trials: int = 2000, seed: int = 0) -> Evaluation:
-    """Every metric of every expert, every level (all images run to it) and the deployed cascade."""
+             trials: int = 2000, seed: int = 0, consensus_model: ConsensusModel | None = None) -> Evaluation:
+    """Every metric of every expert, every level (all images run to it) and the deployed cascade.
+
+    Rewards model consensus tasks (`consensus_model`, default ConsensusModel()); the deployed cascade's reward is
+    given under the cascade's answer policy and under each policy (`reward_by_policy`).
+    """
+    consensus_model = consensus_model or ConsensusModel()
     pooling = consensus.Pooling.from_config(cascade)
     levels = replay.level_probabilities(cascade, pooling, experts, outputs)
     margins = replay.pooling_margins(pooling)
     exits = replay.exit_levels(margins, levels)
     deployed = replay.answers_at(levels, exits)
     costs = replay.level_costs(cascade, expert_seconds)
-    plain = {"trials": trials, "seed": seed}
+    plain: dict[str, Any] = {"trials": trials, "seed": seed, "consensus": consensus_model,
+             "population": population(cascade, experts, outputs)}
     summary: dict[str, Any] = {
         "images": int(labels.size),
         "experts": {name: {**_block(labels, outputs[:, j], plain), "expert_seconds_per_image":
@@ -61,13 +85,22 @@ def evaluate(cascade: CascadeConfig, experts: list[str], outputs: np.ndarray, la
         ],
     }
     exit_counts = np.bincount(exits, minlength=len(cascade.levels))
+    served: dict[str, Any] = {**plain, "late_rate": late_rate, "prior_rate": prior_rate, "prior": cascade.prior}
+    by_policy = {}
+    for policy in POLICIES:
+        answer = cascade.answer.model_copy(update={"policy": policy})
+        estimate = estimate_reward(labels, shaped_answers(deployed, answer), **served)
+        by_policy[policy] = None if estimate is None else estimate.as_dict()
     summary["deployed"] = {
-        **_block(labels, deployed, {**plain, "late_rate": late_rate, "prior_rate": prior_rate,
-                                    "prior": cascade.prior}),
+        **_block(labels, deployed, served),
         "exit_levels": {level.name: int(exit_counts[i]) for i, level in enumerate(cascade.levels)},
         "expert_seconds_per_image": replay.mean_cost(costs, exits),
         "all_levels_expert_seconds_per_image": float(costs[-1]),
+        "answer_policy": cascade.answer.policy,
+        "reward_by_policy": by_policy,
+        "consensus": consensus_model.as_dict(),
     }
+    summary["deployed"]["reward"] = by_policy[cascade.answer.policy]
     sweep = []
     for margin in SWEEP.tolist():
         uniform = replay.exit_levels([margin] * len(cascade.levels), levels)
@@ -116,6 +149,11 @@ def format_evaluation(title: str, summary: dict[str, Any]) -> str:
     exits = ", ".join(f"{name} {count}" for name, count in deployed["exit_levels"].items())
     lines.append(f"exits (replayed): {exits}; expert-ms per image {deployed['expert_seconds_per_image'] * 1000:.2f}"
                  f" (every level: {deployed['all_levels_expert_seconds_per_image'] * 1000:.2f})")
+    policies = ", ".join(f"{policy} {_number((estimate or {}).get('mean'))}"
+                         for policy, estimate in deployed.get("reward_by_policy", {}).items())
+    if policies:
+        lines.append(f"reward by answer policy (consensus tasks {deployed['consensus']['share']:.0%} of rounds): "
+                     f"{policies}; served: {deployed['answer_policy']}")
     blocks = [*(("expert " + name, block) for name, block in summary["experts"].items()),
               *((f"level {i + 1}", level) for i, level in enumerate(summary["levels"])), ("deployed", deployed)]
     lines += [f"note ({name}): {note}" for name, block in blocks for note in block["notes"]]
@@ -149,5 +187,30 @@ def format_report(report: dict[str, Any]) -> str:
                   f"MCC every level {fit['reference_mcc']:.3f}, with the fitted exits {fit['mcc']:.3f} "
                   f"(bound {fit['max_mcc_loss']}); expert-ms per image {fit['cost_s'] * 1000:.2f} "
                   f"(every level {fit['all_levels_cost_s'] * 1000:.2f})"]
+        lines += [f"  {line}" for line in fit_lines(fit["report"])]
+        lines += [f"  note: {note}" for note in fit.get("notes", [])]
         lines += [f"  {line}" for line in fit["next_steps"]]
     return "\n".join(lines) + "\n"
+
+
+def _interval(block: dict[str, Any]) -> str:
+    return f"{block['estimate']:.3f} [{block['low']:.3f}, {block['high']:.3f}]"
+
+
+def fit_lines(fit_report: dict[str, Any]) -> list[str]:
+    """What a fit chose, why, and every fitted parameter with its interval."""
+    parameters = fit_report["parameters"]
+    structure = fit_report["structure"]
+    lines = [f"structure: {structure['kind']} ({structure['reason']})",
+             f"intervals: {fit_report['settings']['confidence']:.0%}, from {parameters['resamples']} refits on "
+             f"resampled fit sets; choices cross-validated on {fit_report['settings']['folds']} folds"]
+    for name, block in parameters["experts"].items():
+        lines.append(f"expert {name}: temperature {_interval(block['temperature'])}, bias {_interval(block['bias'])}")
+    for index, block in enumerate(parameters["levels"]):
+        weights = ", ".join(f"{name} {_interval(w)}" for name, w in block["weights"].items())
+        threshold = block["threshold"]
+        lines.append(f"level {index + 1}: weights {weights}; intercept {_interval(block['intercept'])}")
+        lines.append(f"  threshold: best cut {_interval(threshold)}, used {threshold['used']:.3f} "
+                     f"({threshold['reason']}); exit margin {block['exit_margin']}")
+    lines.append(f"exit margins {fit_report['margins']['chosen']}: {fit_report['margins']['reason']}")
+    return lines

@@ -62,7 +62,8 @@ def fitted(tmp_path_factory):
     write_cascade(root)
     make_labelled_folder(root / "set", IMAGES, seed=3)
     (root / "set" / "1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
-    assert run_cli(root, root / "set", "--fit", "--latency-sample", "6") == 0
+    # 56 fit images: below the default floor of 200, allowed here to see the tool's whole path quickly
+    assert run_cli(root, root / "set", "--fit", "--latency-sample", "6", "--min-fit-images", "40") == 0
     return root, json.loads((root / "out" / "report.json").read_text())
 
 
@@ -95,14 +96,34 @@ def test_every_report_field_is_present_and_consistent(fitted):
         assert (root / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (root / "out" / "report.txt").read_text()
     assert "deployed cascade" in table and "skipped 1/broken.jpg: image: " in table
-    assert "add `calibration: out/calibration.json` to" in table
+    assert f"candidate: {root / 'out' / 'candidate.yaml'}" in table and "nothing served changed" in table
+    assert "sn72-promote --cascade" in table and "structure: " in table and "temperature " in table
 
 
-def test_the_written_calibration_is_served_through_the_normal_config_path_exactly_as_fitted(fitted):
+def test_the_fit_writes_a_candidate_and_never_the_served_cascade(fitted, capsys):
     root, report = fitted
-    served = write_cascade(root, "served.yaml", calibration="out/calibration.json")
+    assert yaml.safe_load((root / "cascade.yaml").read_text()).get("calibration") is None
+    assert "release" not in yaml.safe_load((root / "cascade.yaml").read_text())  # nothing bumped
+    calibration = json.loads((root / "out" / "calibration.json").read_text())
+    assert calibration["format"] == 2 and len(calibration["source"]["fit_sha256"]) == 56
+    assert all(fit["weights"].startswith("sha256:") for fit in calibration["experts"].values())
+    assert set(calibration["report"]) >= {"structure", "parameters", "margins", "settings"}
+    # a served cascade that already names a calibration is never overwritten by a fit
+    served = write_cascade(root, "serving.yaml", calibration="out/calibration.json")
+    before = (root / "out" / "calibration.json").read_bytes()
+    argv = [str(root / "set"), "--cascade", str(served), "--out", str(root / "o2"), "--cache", str(root / "cache"),
+            "--fit", "--min-fit-images", "40", "--latency-sample", "0", "--no-progress",
+            "--calibration-out", str(root / "out" / "calibration.json")]
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    assert "never the calibration the cascade serves" in capsys.readouterr().err
+    assert (root / "out" / "calibration.json").read_bytes() == before and not (root / "o2").exists()
+
+
+def test_the_candidate_is_served_through_the_normal_config_path_exactly_as_fitted(fitted):
+    root, report = fitted
     miner = root / "miner.yaml"
-    miner.write_text(yaml.safe_dump({"cascade_file": served.name}))
+    miner.write_text(yaml.safe_dump({"cascade_file": "out/candidate.yaml"}))
     _, engine_config, _ = load_config(["--config", str(miner)], environ={})
     cascade = engine_config.cascade
     assert cascade.version == report["fit"]["fitted_version"] and cascade.version.startswith("e2e-1+cal.")
@@ -159,7 +180,7 @@ def test_one_class_only_says_mcc_is_undefined_and_cannot_be_fitted(fitted, capsy
     assert "undef" in (root / "one" / "report.txt").read_text()
     capsys.readouterr()
     assert run_cli(root, root / "positives", "--latency-sample", "0", "--fit", out="one-fit") == 2
-    assert "error: fitting needs at least 5 images of each class" in capsys.readouterr().err
+    assert "error: fitting needs at least 200 labelled images (50 of each class)" in capsys.readouterr().err
 
 
 def test_bad_input_is_a_one_line_error(fitted, tmp_path, capsys):

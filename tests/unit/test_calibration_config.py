@@ -16,6 +16,7 @@ from loguru import logger
 from cascade import consensus
 from cascade.calibration import threshold_map
 from cascade.config import Calibration, load_cascade
+from cascade.model_identity import content_identity
 from neurons.config import ConfigError, load_config
 from tests.factories.engine import cascade_config, expert_config
 
@@ -31,15 +32,29 @@ CASCADE = {
 }
 
 
-def calibration(**changes) -> dict:
+def make_models(folder: Path) -> dict[str, str]:
+    """The local models the cascade names (b: a folder, c: a weights file), and each expert's content identity."""
+    (folder / "sub" / "models" / "b").mkdir(parents=True, exist_ok=True)
+    (folder / "sub" / "models" / "b" / "config.json").write_text('{"model_type": "clip"}')
+    (folder / "weights").mkdir(exist_ok=True)
+    (folder / "weights" / "c.pt").write_bytes(b"detector weights")
+    return {"a": "name:org/a", "b": content_identity(str(folder / "sub" / "models" / "b")),
+            "c": content_identity(str(folder / "weights" / "c.pt"))}
+
+
+def calibration(folder: Path, **changes) -> dict:
+    identity = make_models(folder)
     data = {
-        "format": 1, "created": "2026-01-01T00:00:00+00:00", "cascade_version": "v1",
+        "format": 2, "created": "2026-01-01T00:00:00+00:00", "cascade_version": "v1",
         "source": {"dataset": "folder:x", "kind": "folder", "distortion": "native", "images": 10,
                    "counts": {"0": 5, "1": 5}, "fit_images": 7, "held_out_images": 3, "split": "30% held out",
                    "seed": 0, "max_mcc_loss": 0.01},
-        "experts": {"a": {"temperature": 2.0, "bias": 0.5, "backend": "hf_classifier", "model": "org/a"},
-                    "b": {"temperature": 1.0, "bias": 0.0, "backend": "zero_shot", "model": "b"},
-                    "c": {"temperature": 4.0, "bias": -1.0, "backend": "detector", "model": "c.pt"}},
+        "experts": {"a": {"temperature": 2.0, "bias": 0.5, "backend": "hf_classifier", "model": "org/a",
+                          "weights": identity["a"]},
+                    "b": {"temperature": 1.0, "bias": 0.0, "backend": "zero_shot", "model": "b",
+                          "weights": identity["b"]},
+                    "c": {"temperature": 4.0, "bias": -1.0, "backend": "detector", "model": "c.pt",
+                          "weights": identity["c"]}},
         "levels": [{"name": "fast", "weights": {"a": 1.5}, "intercept": 0.2, "threshold": 0.6, "exit_margin": 0.4},
                    {"name": "slow", "weights": {"a": 0.5, "b": 1.0, "c": 0.25}, "intercept": -0.1,
                     "exit_margin": 0.5}],
@@ -49,6 +64,9 @@ def calibration(**changes) -> dict:
 
 
 def write(folder: Path, cal: dict | None = None, cascade: dict | None = None) -> Path:
+    """The cascade (in `folder`/sub/, so its ../weights/c.pt lands in `folder`/weights) and its calibration."""
+    folder = folder / "sub"
+    folder.mkdir(exist_ok=True)
     cascade = dict(cascade or CASCADE)
     if cal is not None:
         (folder / "cal.json").write_text(json.dumps(cal))
@@ -65,12 +83,12 @@ def sigmoid(z: float) -> float:
 def test_a_calibration_is_applied_and_changes_the_version(tmp_path):
     plain = load_cascade(write(tmp_path))
     assert plain.fitted() is None and plain.version == "v1"
-    loaded = load_cascade(write(tmp_path, calibration()))
-    assert loaded.calibration == (tmp_path / "cal.json").resolve()
+    loaded = load_cascade(write(tmp_path, calibration(tmp_path)))
+    assert loaded.calibration == (tmp_path / "sub" / "cal.json").resolve()
     assert loaded.version.startswith("v1+cal.") and len(loaded.version) == len("v1+cal.") + 8
     assert loaded.levels[0].experts[0].calibration == Calibration(temperature=2.0, bias=0.5)
     assert [level.exit_margin for level in loaded.levels] == [0.4, 0.5]
-    other = calibration()
+    other = calibration(tmp_path)
     other["levels"][0]["intercept"] = 0.3
     assert load_cascade(write(tmp_path, other)).version not in (loaded.version, "v1")
 
@@ -91,35 +109,37 @@ def test_a_calibration_is_applied_and_changes_the_version(tmp_path):
     ("change", "message"),
     [
         (lambda c: c["experts"].pop("c"), r"experts differ: missing \['c'\]"),
-        (lambda c: c["experts"]["b"].update(model="b2"), "expert 'b' was fitted as zero_shot 'b2'"),
+        (lambda c: c["experts"]["b"].update(weights="sha256:" + "0" * 64),
+         r"expert 'b' was fitted for the weights sha256:000000000000 \(b\), but b now holds sha256:"),
         (lambda c: c["experts"]["a"].update(backend="zero_shot"), "expert 'a' was fitted as zero_shot"),
         (lambda c: c["levels"][1].update(name="other"), "levels differ"),
         (lambda c: c["levels"][1]["weights"].pop("a"), "level 'slow' weighs"),
         (lambda c: c["levels"][0].update(exit_margin=0.7), r"levels\.0\.exit_margin"),
-        (lambda c: c.update(format=2), "format 2; this code reads format 1"),
+        (lambda c: c.update(format=3), "format 3; this code reads format 2"),
+        (lambda c: c.update(format=1), "format 1 names models by path only"),
     ],
 )
 def test_a_calibration_that_does_not_fit_is_a_clear_error(tmp_path, change, message):
-    cal = calibration()
+    cal = calibration(tmp_path)
     change(cal)
     with pytest.raises(ValueError, match=message):
         load_cascade(write(tmp_path, cal))
 
 
 def test_unreadable_calibration_files_name_the_file(tmp_path):
-    path = write(tmp_path, calibration())
-    (tmp_path / "cal.json").write_text("{not json")
+    path = write(tmp_path, calibration(tmp_path))
+    (tmp_path / "sub" / "cal.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"cal\.json: not JSON"):
         load_cascade(path)
-    (tmp_path / "cal.json").unlink()
+    (tmp_path / "sub" / "cal.json").unlink()
     with pytest.raises(ValueError, match=r"cal\.json: cannot read it"):
         load_cascade(path)
 
 
 def test_the_miner_config_names_a_bad_calibration_in_one_error(tmp_path):
-    write(tmp_path, calibration(experts={}))
+    write(tmp_path, calibration(tmp_path, experts={}))
     miner = tmp_path / "miner.yaml"
-    miner.write_text(yaml.safe_dump({"cascade_file": "cascade.yaml"}))
+    miner.write_text(yaml.safe_dump({"cascade_file": "sub/cascade.yaml"}))
     with pytest.raises(ConfigError, match=r"invalid cascade in .*cascade\.yaml: calibration .*does not fit"):
         load_config(["--config", str(miner)], environ={})
 
@@ -127,9 +147,9 @@ def test_the_miner_config_names_a_bad_calibration_in_one_error(tmp_path):
 def test_the_miner_logs_which_calibration_it_serves(tmp_path, capsys):
     from neurons.miner import run
 
-    write(tmp_path, calibration())
+    write(tmp_path, calibration(tmp_path))
     miner = tmp_path / "miner.yaml"
-    miner.write_text(yaml.safe_dump({"cascade_file": "cascade.yaml"}))
+    miner.write_text(yaml.safe_dump({"cascade_file": "sub/cascade.yaml"}))
     try:
         # --check also checks the wallet, the chain and the models, none of which exist here: exit 2 after the log line
         assert run(["--config", str(miner), "--check"]) == 2
@@ -137,7 +157,7 @@ def test_the_miner_logs_which_calibration_it_serves(tmp_path, capsys):
         logger.remove()
         logger.add(sys.stderr)
     err = capsys.readouterr().err
-    assert f"calibration {(tmp_path / 'cal.json').resolve()}" in err and "version v1+cal." in err
+    assert f"calibration {(tmp_path / 'sub' / 'cal.json').resolve()}" in err and "version v1+cal." in err
 
 
 def test_a_named_but_unloaded_calibration_is_refused():
@@ -174,3 +194,32 @@ def test_the_threshold_map_is_monotone_and_puts_the_threshold_on_one_half(p, q, 
         assert threshold_map(p, t) <= 0.5
     elif p > t + 1e-12:
         assert threshold_map(p, t) > 0.5
+
+
+def test_a_model_retrained_in_place_unbinds_its_calibration_everywhere_it_is_loaded(tmp_path):
+    """The defect: a calibration named its model by the last path component, and every trained model is
+    OUT/model, so a stale calibration passed load_cascade (--check, start-up, reload). Now the weights decide."""
+    path = write(tmp_path, calibration(tmp_path))
+    assert load_cascade(path).fitted() is not None
+    (tmp_path / "weights" / "c.pt").write_bytes(b"retrained detector weights")  # same path, other weights
+    with pytest.raises(ValueError, match=r"expert 'c' was fitted for the weights sha256:\w{12} \(c\.pt\), but c\.pt "
+                                         r"now holds sha256:\w{12}: fit the calibration again"):
+        load_cascade(path)
+    miner = tmp_path / "miner.yaml"
+    miner.write_text(yaml.safe_dump({"cascade_file": "sub/cascade.yaml"}))
+    with pytest.raises(ConfigError, match="was fitted for the weights"):
+        load_config(["--config", str(miner)], environ={})
+
+
+def test_descriptive_files_and_a_moved_folder_keep_the_binding(tmp_path):
+    path = write(tmp_path, calibration(tmp_path))
+    folder = tmp_path / "sub" / "models" / "b"
+    (folder / "README.md").write_text("a new model card")  # describes the model, does not change its answers
+    (folder / "sn72_train.json").write_text("{}")
+    assert load_cascade(path).fitted() is not None
+    (tmp_path / "moved").mkdir()
+    folder.rename(tmp_path / "moved" / "b")  # the same weights somewhere else: still the model fitted for
+    moved = json.loads(json.dumps(CASCADE))
+    moved["levels"][1]["experts"][0]["model"] = "../moved/b"
+    cal = json.loads((tmp_path / "sub" / "cal.json").read_text())
+    assert load_cascade(write(tmp_path, cal, moved)).fitted() is not None
