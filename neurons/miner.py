@@ -31,6 +31,7 @@ from typing import Any
 
 from loguru import logger
 
+from cascade.answer import shaped
 from cascade.config import EngineConfig
 from cascade.decode import DecodeError
 from cascade.request import Job, Result
@@ -144,7 +145,9 @@ class Miner:
                                             job.request_id, exc)
             synapse.prediction = self.engine.config.cascade.prior
             return synapse
-        synapse.prediction = float(result.probability)
+        # The calibrated probability stays the engine's (exits, metrics, active learning); the caller gets the
+        # answer shaped to how validators score it (cascade/answer.py).
+        synapse.prediction = float(shaped(result, self.engine.config.cascade.answer))
         self.outcomes.add(f"answered_{result.status.value}")
         return synapse
 
@@ -267,8 +270,13 @@ def run(argv: list[str] | None = None) -> int:
     try:
         return _run(argv)
     except startup.StartupError as exc:
+        # Plain `error: ...` lines on a terminal or to a caller; under pm2 (it sets `pm_id`), whose copy of the
+        # log is the record and adds no time (`time: false`), stamped like every other line.
+        from datetime import datetime
+
+        stamp = f"{datetime.now():%Y-%m-%d %H:%M:%S.%f}"[:-3] + " | ERROR    | " if "pm_id" in os.environ else ""
         for line in str(exc).splitlines():
-            print(f"error: {line}", file=sys.stderr, flush=True)
+            print(f"{stamp}error: {line}", file=sys.stderr, flush=True)
             if logs_configured():  # the log file has the line too (stderr has it already, plain)
                 logger.bind(file_only=True).error("start-up failed: {}", line)
         return exc.code
