@@ -27,10 +27,11 @@ from loguru import logger
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cascade.config import ActiveLearningConfig
+from cascade.consensus import sigmoid
 from cascade.observers import al_export
 from cascade.observers.al_store import AddOutcome, AddResult, ALStore, Reason, Sample, StoreError
 from cascade.observers.base import Finished, Observer
-from cascade.request import Status
+from cascade.request import ExpertAnswer, Status
 
 _CUT_SHORT = (Status.DEADLINE, Status.PRIOR)
 
@@ -38,7 +39,8 @@ _CUT_SHORT = (Status.DEADLINE, Status.PRIOR)
 def select(finished: Finished, config: ActiveLearningConfig, rng: random.Random) -> Reason | None:
     """Why this request is worth keeping, the most informative reason first; None: not kept.
 
-    The random draw happens only when no other reason applies, so it samples "the rest".
+    The random draw happens only when no other reason applies, so it samples "the rest". Disagreement compares
+    the experts' calibrated, weighted answers (`weighted_probability`), not their raw probabilities.
     """
     if finished.image_bytes is None:
         return None
@@ -48,14 +50,22 @@ def select(finished: Finished, config: ActiveLearningConfig, rng: random.Random)
     if config.keep_deadline_cut and result.status in _CUT_SHORT:
         return Reason.DEADLINE
     if len(result.answers) >= 2:
-        probabilities = [answer.probability for answer in result.answers]
-        if max(probabilities) - min(probabilities) > config.disagreement:
+        # What each expert contributes to the pooled answer, not its raw output: an expert whose calibration or
+        # weight makes it uninformative (a random-weight model answering 0.02 to everything, fitted to T >> 1 or
+        # weight 0) sits at 0.5 here and can no longer make every request look like a disagreement.
+        opinions = [weighted_probability(answer) for answer in result.answers]
+        if max(opinions) - min(opinions) > config.disagreement:
             return Reason.DISAGREEMENT
     if abs(result.probability - 0.5) < config.uncertain_band:
         return Reason.UNCERTAIN
     if config.sample_rate > 0.0 and rng.random() < config.sample_rate:
         return Reason.SAMPLE
     return None
+
+
+def weighted_probability(answer: ExpertAnswer) -> float:
+    """sigmoid(weight * calibrated logit): the expert's answer as the pooling counts it (0.5: no evidence)."""
+    return sigmoid(answer.weight * answer.logit)
 
 
 def to_sample(finished: Finished, reason: Reason, created_at: float) -> Sample:
