@@ -49,6 +49,7 @@ class Replicas:
         # Worker processes load side by side: every one is started first, then each is waited for in turn.
         starting = {i: self._build(by_name[slot.expert], slot.device, labels[i]) for i, slot in enumerate(slots)
                     if by_name[slot.expert].worker == "process"}
+        loaded: list[Expert] = []
         try:
             for expert in starting.values():
                 expert.start()
@@ -64,10 +65,12 @@ class Replicas:
                 loading.stage = "warmup"
                 loading.warmup_s[key], self._warm_batch_s[id(expert)] = self._warm_up(expert)
                 self.experts.append(expert)
+                loaded.append(expert)
                 loading.placed.setdefault(slot.expert, []).append(expert)
                 loading.current = None
                 logger.info("loaded {} in {:.2f}s, warm-up {:.2f}s, {:.2f} GB held", key, loading.load_s[key],
                             loading.warmup_s[key], expert.memory_bytes() / 2**30)
+            log_preprocessing(by_name, loaded)
         finally:
             for expert in starting.values():  # started, never reached: a replica before them failed
                 expert.close()
@@ -140,6 +143,29 @@ class Replicas:
         if done is not None:
             return done
         return warm_up(expert)
+
+
+def log_preprocessing(configs: dict[str, ExpertConfig], loaded: Sequence[Expert]) -> None:
+    """One line per expert (its replicas share a config): backend, model, devices, input size, and the resize mode
+    it serves and where that came from. A mode other than the training one costs accuracy silently, so the operator
+    should be able to read it in the log (docs/resize.md)."""
+    replicas: dict[str, list[Expert]] = {}
+    for expert in loaded:
+        replicas.setdefault(expert.name, []).append(expert)
+    for name, experts in replicas.items():
+        config, first = configs[name], experts[0]
+        devices = Counter(e.device for e in experts)
+        where = ", ".join(device if n == 1 else f"{device} x{n}" for device, n in devices.items())
+        # Set by the backends that resize on their own terms (cascade/experts/preprocess.py `Preprocessing`).
+        preprocessing = getattr(first, "preprocessing", None)
+        if preprocessing is not None:
+            how = preprocessing.describe()
+        elif isinstance(first, WorkerExpert):
+            how = "input and resize chosen in its worker process (see its log lines)"
+        else:
+            side = first.input_side()
+            how = f"input {'full size' if side is None else f'<= {side} px'}, resize by the backend itself"
+        logger.info("expert {}: backend {}, model {}, on {}, {}", name, config.backend, config.model, where, how)
 
 
 def replica_labels(slots: Sequence[Any]) -> list[str]:

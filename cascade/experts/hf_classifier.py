@@ -15,7 +15,7 @@ import torch
 from cascade.decode import DecodeError
 from cascade.experts.base import Expert, ExpertError, parameter_bytes, torch_dtype
 from cascade.experts.jpeg import materialise
-from cascade.experts.preprocess import batch_tensor, processor_geometry, recorded_resize, resolve_resize
+from cascade.experts.preprocess import batch_tensor, choose_resize, preprocessing, processor_geometry, recorded_resize
 
 
 def roadwork_indices(id2label: dict[int, str], names: Sequence[str], indices: Sequence[int]) -> list[int]:
@@ -59,7 +59,8 @@ class ClassifierExpert(Expert):
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.size_hw, self.mean, self.std, self.rescale = processor_geometry(processor, self.config.input_size)
-        self.resize = resolve_resize(self.name, self.config.resize, recorded_resize(self.config.model))
+        self.resize, source = choose_resize(self.name, self.config.resize, recorded_resize(self.config.model))
+        self.preprocessing = preprocessing(self.size_hw, self.resize, source)  # logged once per expert by the engine
         id2label = {int(k): v for k, v in self.model.config.id2label.items()}
         self.num_labels = len(id2label)
         self.positive = roadwork_indices(id2label, self.options.positive_labels, self.options.positive_indices)

@@ -39,7 +39,14 @@ from cascade.decode import DecodeError
 from cascade.experts.base import Expert, ExpertError, parameter_bytes, torch_dtype
 from cascade.experts.detector import noisy_or
 from cascade.experts.jpeg import materialise
-from cascade.experts.preprocess import Pixels, batch_tensor, processor_geometry, recorded_resize, resolve_resize
+from cascade.experts.preprocess import (
+    Pixels,
+    batch_tensor,
+    choose_resize,
+    preprocessing,
+    processor_geometry,
+    recorded_resize,
+)
 
 
 def image_score(
@@ -87,7 +94,9 @@ class OWLv2Expert(Expert):
             raise ExpertError(f"expert {self.name}: {self.config.model!r} has no OWLv2 processor (tokenizer + images)")
         self.model = model.to(self.device).eval()
         self.size_hw, self.mean, self.std, self.rescale = processor_geometry(image_processor, self.config.input_size)
-        self.resize = resolve_resize(self.name, self.config.resize, recorded_resize(self.config.model), "letterbox")
+        self.resize, source = choose_resize(self.name, self.config.resize, recorded_resize(self.config.model),
+                                            "letterbox")
+        self.preprocessing = preprocessing(self.size_hw, self.resize, source)  # logged once per expert by the engine
         vision = self.model.config.vision_config
         patch = int(vision.patch_size)
         if self.size_hw[0] % patch or self.size_hw[1] % patch:

@@ -244,13 +244,42 @@ def recorded_resize(model: str) -> ResizeMode | None:
         raise ExpertError(f"cannot read the resize mode of {model!r} from {path}: {exc}") from exc
 
 
+# Where an expert's resize mode came from, as the load log says it.
+RESIZE_SOURCES = {"config": "the cascade YAML", "model": f"the model folder's {PREPROCESS_FILE}",
+                  "default": "the backend's default"}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What an expert's images become before its model sees them; the engine logs it once per expert at load,
+    because a mode that differs from the training one costs accuracy without any error to show for it."""
+
+    input: str  # the model's input, e.g. "224x224" (or how a variable input is bounded)
+    resize: str  # a ResizeMode, or what stands in for one
+    source: str  # a key of RESIZE_SOURCES
+
+    def describe(self) -> str:
+        return f"input {self.input}, resize {self.resize} (from {RESIZE_SOURCES[self.source]})"
+
+
+def preprocessing(size_hw: tuple[int, int], resize: ResizeMode, source: str) -> Preprocessing:
+    return Preprocessing(f"{size_hw[0]}x{size_hw[1]}", resize, source)
+
+
 def resolve_resize(
     expert: str, configured: ResizeMode | None, recorded: ResizeMode | None, default: ResizeMode = "squash"
 ) -> ResizeMode:
     """The YAML's mode if set (warning when the model folder recorded another), else the recorded one, else
     the backend's default."""
+    return choose_resize(expert, configured, recorded, default)[0]
+
+
+def choose_resize(
+    expert: str, configured: ResizeMode | None, recorded: ResizeMode | None, default: ResizeMode = "squash"
+) -> tuple[ResizeMode, str]:
+    """`resolve_resize`'s mode and where it came from (a key of RESIZE_SOURCES)."""
     if configured is None:
-        return recorded or default
+        return (recorded, "model") if recorded is not None else (default, "default")
     if recorded is not None and recorded != configured:
         logger.warning(
             "expert {}: resize={} from the config overrides the model's recorded {} ({}): the model will see "
@@ -260,7 +289,7 @@ def resolve_resize(
             recorded,
             PREPROCESS_FILE,
         )
-    return configured
+    return configured, "config"
 
 
 def processor_geometry(

@@ -31,7 +31,15 @@ from cascade.config import ResizeMode
 from cascade.decode import DecodeError
 from cascade.experts.base import Expert, ExpertError, parameter_bytes, torch_dtype
 from cascade.experts.jpeg import materialise
-from cascade.experts.preprocess import Pixels, batch_tensor, processor_geometry, recorded_resize, resolve_resize
+from cascade.experts.preprocess import (
+    Pixels,
+    Preprocessing,
+    batch_tensor,
+    choose_resize,
+    preprocessing,
+    processor_geometry,
+    recorded_resize,
+)
 
 
 def _embeddings(output: Any) -> torch.Tensor:
@@ -78,7 +86,16 @@ class ZeroShotExpert(Expert):
             self.patch_size = int(getattr(image_processor, "patch_size", 16))
             self.max_num_patches = int(getattr(image_processor, "max_num_patches", 256))
         self.size_hw, self.mean, self.std, self.rescale = processor_geometry(image_processor, self.config.input_size)
-        self.resize = self._resize_mode()
+        self.resize, source = self._resize_mode()
+        # logged once per expert by the engine
+        if not self.naflex:
+            self.preprocessing = preprocessing(self.size_hw, self.resize, source)
+        elif self.config.input_size is not None:  # every image squashed onto one square patch grid
+            side = max(self.patch_size, self.config.input_size // self.patch_size * self.patch_size)
+            self.preprocessing = Preprocessing(f"{side}x{side}", "squash", "default")
+        else:
+            self.preprocessing = Preprocessing(f"<= {self.max_num_patches} patches of {self.patch_size}",
+                                               "none: each image keeps its aspect (NaFlex)", "default")
         # Fixed-grid towers (CLIP, SigLIP) learned position embeddings for one size; another input size needs them
         # interpolated, which transformers does on request.
         vision_config = getattr(self.model.config, "vision_config", None)
@@ -99,11 +116,12 @@ class ZeroShotExpert(Expert):
             f"<= {self.max_num_patches} patches of {self.patch_size}" if self.naflex else self.size_hw,
         )
 
-    def _resize_mode(self) -> ResizeMode:
-        """NaFlex keeps each image's aspect on its own patch grid: a resize mode cannot apply there."""
+    def _resize_mode(self) -> tuple[ResizeMode, str]:
+        """The mode and where it came from. NaFlex keeps each image's aspect on its own patch grid: a resize mode
+        cannot apply there."""
         recorded = recorded_resize(self.config.model)
         if not self.naflex:
-            return resolve_resize(self.name, self.config.resize, recorded)
+            return choose_resize(self.name, self.config.resize, recorded)
         if self.config.resize is not None:
             raise ExpertError(
                 f"expert {self.name}: resize={self.config.resize!r} does not apply to a SigLIP2 NaFlex model, "
@@ -111,7 +129,7 @@ class ZeroShotExpert(Expert):
             )
         if recorded not in (None, "squash"):
             logger.warning("expert {}: recorded resize {} ignored: NaFlex keeps image aspects", self.name, recorded)
-        return "squash"
+        return "squash", "default"
 
     @torch.inference_mode()
     def _encode_text(self, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
