@@ -327,24 +327,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
-    if (args.csv is None) == (args.ref is None) or (args.ref is not None and args.value is None):
-        print("error: give either `label REF 0|1` or `label --csv FILE`", file=sys.stderr)
-        return 2
-    with _reader(args) as store:
-        if args.csv is not None:
-            labels, errors = al_export.parse_label_csv(store, args.csv)
-        else:
-            record_id = al_export.resolve(store, args.ref)
-            labels = [] if record_id is None else [(record_id, args.value)]
-            errors = [] if record_id is not None else [f"no record with id or sha256 {args.ref!r}"]
-        for error in errors:
-            print(f"error: {error}", file=sys.stderr)
-        if errors and not args.skip_bad:
-            print(f"no label applied ({len(errors)} bad rows; fix them or pass --skip-bad)", file=sys.stderr)
-            return 2
-        changed = al_export.apply_labels(store, labels)
-    print(f"labelled {len(labels)} records ({changed} changed){f', skipped {len(errors)} bad rows' if errors else ''}")
-    return 0
+    # Imported here: labelling reads sets with the eval tool's readers, which the miner (that imports this
+    # module for its observer) must not load.
+    from cascade.observers import al_label
+
+    return al_label.cmd_label(args)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -394,10 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", parents=[common], help="one record, by id or sha256")
     show.add_argument("ref")
     show.set_defaults(func=_cmd_show)
-    label = commands.add_parser("label", parents=[common], help="`label REF 0|1` or `label --csv FILE`")
-    label.add_argument("ref", nargs="?")
-    label.add_argument("value", nargs="?", type=int, choices=[0, 1])
-    label.add_argument("--csv", type=Path, help="rows `image_hash_or_id,label`")
+    label = commands.add_parser("label", parents=[common],
+                                help="`label REF 0|1`, `label --csv FILE` or `label --folder DIR`")
+    label.add_argument("ref", nargs="?", help="a record id, an image's sha256, or an image file")
+    label.add_argument("value", nargs="?", type=int, choices=[0, 1], help="1 = roadwork, 0 = none")
+    label.add_argument("--csv", type=Path, help="rows `ref,label`: ref an id, a sha256 or an image path (relative to "
+                                                "the CSV); header optional")
+    label.add_argument("--folder", type=Path, help="a labelled set as sn72-eval reads it: 0/ and 1/ or none/ and "
+                                                   "roadwork/ subfolders, a path,label CSV, parquet, datasets folder")
     label.add_argument("--skip-bad", action="store_true", help="apply the good rows even if some are bad")
     label.set_defaults(func=_cmd_label)
     export = commands.add_parser("export", parents=[common], help="image folder or parquet for training")

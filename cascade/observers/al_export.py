@@ -146,8 +146,10 @@ def summary(store: ALStore) -> dict[str, Any]:
 # ----- labels -------------------------------------------------------------------------------------
 
 
-def apply_labels(store: ALStore, labels: Sequence[tuple[int, int]], source: str = "manual") -> int:
-    """Set labels by record id, all or nothing; returns how many changed. Unknown id: KeyError."""
+def apply_labels(store: ALStore, labels: Sequence[tuple[int, int]], source: str = "manual",
+                 missing: list[int] | None = None) -> int:
+    """Set labels by record id, all or nothing; returns how many changed. An unknown id is a KeyError, or, when
+    `missing` is given, appended there and skipped (a running miner may evict a record between lookup and label)."""
     changed = 0
     with store.transaction():
         for record_id, value in labels:
@@ -155,46 +157,13 @@ def apply_labels(store: ALStore, labels: Sequence[tuple[int, int]], source: str 
                 raise ValueError(f"label must be 0 or 1, got {value!r}")
             old = store.db.execute("SELECT label FROM samples WHERE id = ?", (record_id,)).fetchone()
             if old is None:
-                raise KeyError(record_id)
+                if missing is None:
+                    raise KeyError(record_id)
+                missing.append(record_id)
+                continue
             changed += int(old["label"] != value)
             store.db.execute("UPDATE samples SET label = ?, label_source = ? WHERE id = ?", (value, source, record_id))
     return changed
-
-
-def parse_label_csv(store: ALStore, path: Path) -> tuple[list[tuple[int, int]], list[str]]:
-    """Rows `image_hash_or_id,label` -> (record id, label) pairs, and one message per bad row, with its
-    line number. A header row, blank lines and `#` comments are skipped."""
-    labels: dict[int, tuple[int, int]] = {}  # id -> (label, line)
-    errors: list[str] = []
-    first = True
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            for row in reader:
-                line, cells = reader.line_num, [cell.strip() for cell in row]
-                if not any(cells) or cells[0].startswith("#"):
-                    continue
-                header, first = first and cells[-1].lower() == "label", False
-                if header:
-                    continue
-                if len(cells) != 2:
-                    errors.append(f"line {line}: expected 2 fields (image_hash_or_id,label), got {len(cells)}")
-                    continue
-                ref, value = cells
-                if value not in ("0", "1"):
-                    errors.append(f"line {line}: label must be 0 or 1, got {value!r}")
-                    continue
-                record_id = resolve(store, ref)
-                if record_id is None:
-                    errors.append(f"line {line}: no record with id or sha256 {ref!r}")
-                elif record_id in labels and labels[record_id][0] != int(value):
-                    errors.append(f"line {line}: record {record_id} was labelled {labels[record_id][0]} on line "
-                                  f"{labels[record_id][1]}")
-                else:
-                    labels[record_id] = (int(value), line)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        errors.append(f"cannot read {path}: {exc}")
-    return [(record_id, value) for record_id, (value, _) in labels.items()], errors
 
 
 def prune(
