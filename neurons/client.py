@@ -1,11 +1,13 @@
 """Talking to a miner the way validators do: a real bittensor dendrite, `ImageSynapse`, a timeout.
 
 Shared by sn72-query, sn72-bench and the end-to-end tests. Also the scoring
-arithmetic validators apply (np.round binarisation, MCC, accuracy) and latency percentiles.
+arithmetic validators apply (np.round binarisation, MCC, accuracy), latency percentiles, and the pacing and
+429 retries a client needs to stay under the miner's per-hotkey rate limit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import time
@@ -92,6 +94,46 @@ async def query(
     message = str(response.dendrite.status_message or "") if response.dendrite is not None else ""
     prediction = float(response.prediction) if response.prediction is not None else -1.0
     return Outcome(prediction, status, message, elapsed)
+
+
+RATE_LIMITED = 429  # what the miner answers a hotkey over its guards.rate_per_s / burst (neurons/miner.py)
+
+
+class Pacer:
+    """Request start times at most `rate_per_s` a second over every task that shares it (0: unpaced).
+
+    The miner refuses a hotkey over its rate (`guards.rate_per_s`, 5/s by default, after a `burst` of 40) with
+    429; a fast model answers far faster than that, so an unpaced client ends up measuring the guard, not the model.
+    """
+
+    def __init__(self, rate_per_s: float) -> None:
+        self.interval_s = 1.0 / rate_per_s if rate_per_s > 0 else 0.0
+        self._next_s = float("-inf")
+
+    async def wait(self) -> None:
+        if not self.interval_s:
+            return
+        now = asyncio.get_running_loop().time()
+        start = max(now, self._next_s)  # read and reserved with no await between: one slot per caller
+        self._next_s = start + self.interval_s
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+async def query_paced(
+    dendrite: Any, axon: Any, image_b64: str, timeout_s: float, pacer: Pacer, retries: int = 3,
+    backoff_s: float = 0.5,
+) -> tuple[Outcome, int]:
+    """One request started through `pacer`; a 429 is retried up to `retries` times, after `backoff_s`, then twice
+    that, and so on (each retry paced too). Returns the last outcome and how many 429 answers were retried."""
+    retried = 0
+    while True:
+        await pacer.wait()
+        outcome = await query(dendrite, axon, image_b64, timeout_s)
+        if outcome.status_code != RATE_LIMITED or retried >= retries:
+            return outcome, retried
+        await asyncio.sleep(backoff_s * 2**retried)
+        retried += 1
 
 
 def percentiles(values: Sequence[float], points: Sequence[float] = (50, 90, 95, 99)) -> dict[str, float]:
