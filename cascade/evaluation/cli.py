@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reward-trials", type=int, default=2000, help="resampled windows per reward estimate")
     parser.add_argument("--seed", type=int, default=0, help="seeds the split, distortions, samples and resampling")
     parser.add_argument("--fit", action="store_true", help="fit the calibration on part of the set")
-    parser.add_argument("--holdout", type=float, default=0.3, help="share of the set held out from fitting (--fit)")
+    parser.add_argument("--holdout", type=float, default=0.3,
+                        help="share of the set held out from fitting to report on (--fit); 0: fit on every image "
+                             "(the report is then on the fit set itself: judge the candidate with sn72-promote)")
     parser.add_argument("--max-mcc-loss", type=float, default=0.01,
                         help="MCC the fitted exits may lose against running every level (--fit)")
     parser.add_argument("--min-fit-images", type=int, default=fit.MIN_FIT_IMAGES,
@@ -73,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if not 0.0 < args.holdout < 1.0:
-        parser.error(f"--holdout must lie between 0 and 1, got {args.holdout}")
+    if not 0.0 <= args.holdout < 1.0:
+        parser.error(f"--holdout must lie in [0, 1), got {args.holdout}")
     if not 0.0 <= args.max_mcc_loss <= 1.0:
         parser.error(f"--max-mcc-loss must lie between 0 and 1, got {args.max_mcc_loss}")
     if args.latency_sample < 0 or args.reward_trials < 1 or args.deadline_s <= 0:
@@ -153,7 +155,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "consensus_model": ConsensusModel(share=args.consensus_share), **rates}
     counts = {str(c): int((recording.labels == c).sum()) for c in (0, 1)}
     fit_summary: dict[str, Any] | None = None
-    if args.fit:
+    if args.fit and args.holdout == 0.0:
+        fit_rows, held_rows = np.arange(recording.labels.size), np.arange(0)
+        evaluated_on = (f"the fit set itself ({fit_rows.size} images, --holdout 0): the fitted figures are "
+                        "optimistic; sn72-promote judges the candidate on a judge set")
+        fitted, fit_summary = _fit(args, cascade, source.describe(), source.kind, recording, fit_rows, held_rows,
+                                   counts, costs, evaluated_on)
+        evaluations = {
+            "before (as configured, fit set)": report.evaluate(cascade, recording.experts, recording.outputs,
+                                                               recording.labels, **shared),
+            "after (fitted, on its own fit set)": report.evaluate(fitted, recording.experts, recording.outputs,
+                                                                  recording.labels, **shared),
+        }
+    elif args.fit:
         fit_rows, held_rows = _split(recording.labels, args.holdout, args.seed)
         evaluated_on = (f"held out: {held_rows.size} of {recording.labels.size} images ({args.holdout:.0%}, "
                         f"stratified, seed {args.seed}); fitted on the other {fit_rows.size}")

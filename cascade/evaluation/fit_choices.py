@@ -115,7 +115,7 @@ def choose_structure(names: list[str], labels: np.ndarray, cv: CrossValidated, s
     single = {name: _answers(cv.experts[:, j]) for j, name in enumerate(names)}
     scores = {name: weighted_mcc(labels, answers, weights) for name, answers in single.items()}
     best = max(scores, key=lambda name: scores[name])
-    paired = {"rounds": settings.bootstrap, "confidence": settings.confidence, "seed": settings.seed}
+    paired: dict[str, Any] = {"rounds": settings.bootstrap, "confidence": settings.confidence, "seed": settings.seed}
     for name in reversed(names):  # deepest first
         if not paired_difference(labels, single[best], single[name], **paired).above_zero:
             best = name

@@ -15,8 +15,9 @@ from pathlib import Path
 from ruamel.yaml import YAML
 
 
-def write_candidate(served: Path, out: Path, calibration: Path | None, models: dict[str, str] | None = None) -> Path:
-    """Write OUT/candidate.yaml from the served cascade `served`; returns its path."""
+def write_candidate(served: Path, out: Path, calibration: Path | None, models: dict[str, str] | None = None,
+                    name: str = "candidate.yaml") -> Path:
+    """Write OUT/`name` from the served cascade `served`; returns its path."""
     yaml_rt = YAML()
     yaml_rt.preserve_quotes = True
     yaml_rt.width = 4096
@@ -38,6 +39,6 @@ def write_candidate(served: Path, out: Path, calibration: Path | None, models: d
     buffer = io.StringIO()
     buffer.write(f"# Candidate written from {served} by a fit; serve it only through sn72-promote.\n")
     yaml_rt.dump(data, buffer)
-    path = out / "candidate.yaml"
+    path = out / name
     path.write_text(buffer.getvalue())
     return path

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     prepared_s = time.monotonic() - began
     clock = StepClock(args.skip_steps)
     recipe = Recipe(model=str(model), epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.batch_size,
-                    patience=0, precision=args.precision, workers=args.workers, learning_rate=1e-4)
+                    patience=0, precision=args.precision, workers=args.workers, learning_rate=1e-4,
+                    fit_share=0.0)  # a benchmark of training steps: no calibration set to keep
     inputs = Inputs(data=[images], out=args.out / "run", device=args.device, overwrite=True, judge=False,
                     progress=not args.no_progress)
     try:

@@ -1,8 +1,9 @@
 """The model folder's record of how it was made: `README.md` (a Hugging Face model card) and `sn72_train.json`.
 
 The card says what an operator or a reviewer of the submitted repository needs: the base model, the data
-sources and their counts, the held-out MCC and accuracy before and after (the eval tool's numbers), the
-recipe, the resize mode and the date. `sn72_train.json` holds the same, for tools.
+sources and their counts per role, the MCC and accuracy before and after on the early-stopping and fit images
+(the eval tool's numbers), the verdict, the recipe, the resize mode and the date. `sn72_train.json` holds the
+same, for tools.
 """
 
 from __future__ import annotations
@@ -41,23 +42,28 @@ def write_card(folder: Path, record: dict[str, Any]) -> None:
         f"Fine-tuned from `{base}` on {record['created']} by `sn72-train`. P(roadwork) is the softmax mass of "
         f"class {record['positive_class']} `{record['positive_label']}`; the cascade serves this folder as an "
         "`hf_classifier` expert as it is.", "",
-        "## Held-out result", "",
-        f"Held out: {record['heldout_from']}. Judged by the eval tool (`cascade.evaluation`) through the "
-        "miner's engine; confusion is tn/fp/fn/tp after the validators' rounding.", "",
+        "## Results", "",
+        f"Early stopping (dev): {record['dev_from']}; these images chose the checkpoint, so they flatter it. "
+        f"Calibration fit: {record['fit_from']}; neither model learnt from these. Judged by the eval tool "
+        "(`cascade.evaluation`) through the miner's engine; confusion is tn/fp/fn/tp after the validators' rounding.",
+        "",
         "| model | images | MCC | accuracy | ROC AUC | Brier | confusion |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for title, block in record["judged"].items():
-        lines.append(_metrics_row(title, block))
+    for part, blocks in record["judged"].items():
+        for title, block in blocks.items():
+            lines.append(_metrics_row(f"{title} ({part})", block))
+    if record.get("verdict"):
+        lines += ["", f"Verdict: {record['verdict']['text']}."]
     if record.get("agreement_max_abs") is not None:
         lines += ["", f"The engine's answers and the trainer's on the held-out images differ by at most "
                       f"{record['agreement_max_abs']:.2e} (train and serve see the same pixels)."]
-    lines += ["", "## Data", "", "| source | labelled | unreadable | duplicates | conflicting labels | "
-              "train (0/1) | held out (0/1) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "## Data", "", "| source | labelled | unreadable | duplicates | conflicting labels | excluded | "
+              "train (0/1) | dev (0/1) | fit (0/1) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in record["data"]:
         lines.append(f"| `{c['source']}` | {c['labelled']} | {c['unreadable']} | {c['duplicates']} | "
-                     f"{c['conflicting']} | {c['train']['0']}/{c['train']['1']} | "
-                     f"{c['heldout']['0']}/{c['heldout']['1']} |")
+                     f"{c['conflicting']} | {c['excluded']} | {c['train']['0']}/{c['train']['1']} | "
+                     f"{c['dev']['0']}/{c['dev']['1']} | {c['fit']['0']}/{c['fit']['1']} |")
     augment = ", ".join(recipe["augment"]) + f" (p={recipe['augment_p']})" if recipe["augment"] else "none"
     weights = record.get("class_weights")
     lines += [
@@ -66,7 +72,7 @@ def write_card(folder: Path, record: dict[str, Any]) -> None:
         "YAML sets another)",
         f"- {'full fine-tune' if recipe['mode'] == 'full' else 'linear probe (backbone frozen)'}; "
         f"{recipe['epochs']:g} epochs planned, {run['epochs_run']:.2f} run"
-        f"{' (stopped early)' if run['stopped_early'] else ''}; best checkpoint by held-out {recipe['best_metric']}",
+        f"{' (stopped early)' if run['stopped_early'] else ''}; best checkpoint by dev {recipe['best_metric']}",
         f"- batch {recipe['batch_size']}; AdamW lr {recipe['learning_rate']:g}, cosine decay after "
         f"{recipe['warmup_ratio']:.0%} linear warm-up; weight decay {recipe['weight_decay']:g}",
         f"- label smoothing {recipe['label_smoothing']:g}; class weighting "
@@ -75,7 +81,7 @@ def write_card(folder: Path, record: dict[str, Any]) -> None:
         f"- {run['train_images']} training images, {run['train_seconds']:.1f} s of training on {run['device']}",
         "", "## Serving", "", "```yaml",
         f"- name: {record['name']}", "  backend: hf_classifier", f"  model: {record['folder']}", "```", "",
-        "A changed model needs the cascade's calibration refitted: `sn72-train --out RUN --refit --cascade C` "
-        "(or `sn72-eval --cascade C HELD_OUT --fit`).", "",
+        "A changed model needs the cascade's calibration fitted again, as a candidate: `sn72-train --out RUN --refit "
+        "--cascade C`; `sn72-promote` then judges it against the served cascade on a frozen judge set.", "",
     ]
     (folder / "README.md").write_text("\n".join(lines))

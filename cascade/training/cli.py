@@ -1,14 +1,18 @@
 """`sn72-train` / `python -m cascade.train`: fine-tune the hf_classifier expert on labelled images.
 
-    sn72-train al-store/ --out runs/ft1                                  # the subnet's ViT-B/16, 20% held out
-    sn72-train al-store/ roadwork-train/ --heldout roadwork-test/ --preset sn72-convnextv2 --out runs/ft2
-    sn72-train --out runs/ft2 --refit --cascade config/cascade.production.yaml   # refit the cascade serving it
+    sn72-train al-store/ --out runs/ft1                                  # the subnet's ViT-B/16
+    sn72-train al-store/ roadwork-train/ --dev roadwork-dev/ --preset sn72-convnextv2 --out runs/ft2
+    sn72-train --out runs/ft2 --refit --cascade config/cascade.production.yaml   # a candidate for the cascade
     sn72-train ... --out runs/ft2 --resume                               # continue from the last checkpoint
 
-DATA and --heldout take what the eval tool reads: image folders (0/ and 1/, or none/ and roadwork/), CSV
-(path,label), parquet, `datasets` folders written by save_to_disk, active-learning stores (their labelled
-records). The model folder (OUT/model) records its resize mode and carries a model card; the eval tool's
-report on the held-out images before and after is in OUT/eval. Flags set explicitly win over a --preset.
+Each labelled image has one role: train; dev (early stopping: --dev, else --holdout of the data); fit (the
+candidate calibration of --refit: --fit-data, else --fit-share of the data). Dev and fit are drawn only from
+images the starting model never trained on (its recorded lineage); --exclude keeps images (a judge set) out of
+every role. DATA and the sets take what the eval tool reads: image folders (0/ and 1/, or none/ and roadwork/),
+CSV (path,label), parquet, `datasets` folders written by save_to_disk, active-learning stores (their labelled
+records). The model folder (OUT/model) records its resize mode, its data lineage and a model card; the eval
+tool's report before and after is in OUT/eval. Exit 3: the new model is worse than its start on the fit images
+(no candidate). Flags set explicitly win over a --preset.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from cascade.training.recipe import AUGMENTATIONS, DEFAULT_MODEL, PRESETS, Recip
 
 _RECIPE_FLAGS = ("model", "mode", "resize", "epochs", "batch_size", "eval_batch_size", "learning_rate",
                  "weight_decay", "warmup_ratio", "label_smoothing", "class_weighting", "patience", "best_metric",
-                 "holdout", "augment", "augment_p", "precision", "seed", "workers")
+                 "holdout", "fit_share", "augment", "augment_p", "precision", "seed", "workers")
+WORSE_THAN_START = 3  # the run finished, but its model is no candidate
 
 
 def _augmentations(text: str) -> list[str]:
@@ -42,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, nargs="*", help="labelled sets to train on")
     parser.add_argument("--out", type=Path, required=True, help="the run's folder (model/, checkpoints/, eval/ ...)")
-    parser.add_argument("--heldout", type=Path, nargs="+", default=[], metavar="DATA",
-                        help="labelled sets to judge on (default: --holdout of DATA); must share no image with DATA")
+    parser.add_argument("--dev", "--heldout", dest="dev", type=Path, nargs="+", default=[], metavar="DATA",
+                        help="labelled sets for early stopping (default: --holdout of DATA); no image of DATA")
+    parser.add_argument("--fit-data", dest="fit", type=Path, nargs="+", default=[], metavar="DATA",
+                        help="labelled sets for the candidate calibration (default: --fit-share of DATA)")
+    parser.add_argument("--exclude", type=Path, nargs="+", default=[], metavar="DATA",
+                        help="images in no role at all (e.g. the frozen judge set of sn72-promote)")
     parser.add_argument("--format", choices=KINDS, default="auto", help="what DATA is (default: detected)")
     parser.add_argument("--split", help="split of a saved DatasetDict")
     parser.add_argument("--image-column", default="image", help="image column of parquet / datasets sets")
@@ -65,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weigh the loss by inverse class frequency (default off)")
     recipe.add_argument("--patience", type=int, help="epochs without improvement before stopping (default 3; 0: off)")
     recipe.add_argument("--best-metric", choices=["loss", "mcc"], help="held-out metric that picks the kept model")
-    recipe.add_argument("--holdout", type=float, help="share held out when no --heldout is given (default 0.2)")
+    recipe.add_argument("--holdout", type=float, help="share for early stopping without --dev (default 0.2)")
+    recipe.add_argument("--fit-share", type=float,
+                        help="share kept for the calibration fit without --fit-data (default 0.2; 0: none)")
     recipe.add_argument("--augment", type=_augmentations, metavar="NAMES",
                         help=f"comma-separated distortions while training (default none): {', '.join(AUGMENTATIONS)}")
     recipe.add_argument("--augment-p", type=float, help="chance an image is distorted per epoch (default 0.5)")
@@ -76,9 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue OUT's run from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds an earlier run")
     parser.add_argument("--no-eval", action="store_true", help="skip the eval tool's before/after report")
-    parser.add_argument("--refit", action="store_true", help="then refit the calibration of --cascade and bump it")
-    parser.add_argument("--cascade", type=Path, help="the cascade YAML serving OUT/model (for --refit)")
-    parser.add_argument("--refit-data", type=Path, help="labelled set to refit on (default OUT/heldout)")
+    parser.add_argument("--refit", action="store_true",
+                        help="then make a candidate: --cascade with OUT/model and a calibration fitted on the fit set")
+    parser.add_argument("--cascade", type=Path, help="the served cascade YAML (for --refit; it is not changed)")
+    parser.add_argument("--expert", help="the expert of --cascade that OUT/model replaces (default: the one serving "
+                                         "the run's base model, or the only hf_classifier)")
+    parser.add_argument("--refit-data", type=Path, help="labelled set to fit the candidate on (default OUT/fit)")
+    parser.add_argument("--min-fit-images", type=int, default=200,
+                        help="refuse to fit the candidate on fewer images (default 200)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -91,7 +107,9 @@ def _recipe(args: argparse.Namespace) -> Recipe:
 
 
 def run(args: argparse.Namespace) -> list[str]:
-    """Train (when DATA is given) and refit (when asked); the lines to print."""
+    """Train (when DATA is given) and make a candidate (when asked); the lines to print."""
+    from cascade.training.refit import NotACandidate
+
     lines: list[str] = []
     seed = args.seed or 0
     if args.data:
@@ -99,15 +117,19 @@ def run(args: argparse.Namespace) -> list[str]:
 
         recipe = _recipe(args)
         seed = recipe.seed
-        inputs = Inputs(data=args.data, out=args.out, heldout=args.heldout, kind=args.format, split=args.split,
-                        image_column=args.image_column, label_column=args.label_column, device=args.device,
-                        resume=args.resume, overwrite=args.overwrite, judge=not args.no_eval,
-                        progress=not args.no_progress)
-        lines += train(recipe, inputs).lines
+        inputs = Inputs(data=args.data, out=args.out, dev=args.dev, fit=args.fit, exclude=args.exclude,
+                        kind=args.format, split=args.split, image_column=args.image_column,
+                        label_column=args.label_column, device=args.device, resume=args.resume,
+                        overwrite=args.overwrite, judge=not args.no_eval, progress=not args.no_progress)
+        outcome = train(recipe, inputs)
+        lines += outcome.lines
+        if outcome.worse:
+            raise NotACandidate("\n".join(lines))
     if args.refit:
         from cascade.training.refit import refit
 
-        lines += refit(args.out, args.cascade, args.refit_data, seed=seed, progress=not args.no_progress)
+        lines += refit(args.out, args.cascade, args.refit_data, expert=args.expert, seed=seed,
+                       progress=not args.no_progress, min_fit_images=args.min_fit_images)
     return lines
 
 
@@ -118,16 +140,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give labelled DATA to train on (or --refit to refit the cascade serving OUT/model)")
     if args.refit and args.cascade is None:
         parser.error("--refit needs --cascade C (the cascade YAML that serves OUT/model)")
-    if not args.data and (args.resume or args.heldout):
-        parser.error("--resume and --heldout need the DATA of the run")
+    if not args.data and (args.resume or args.dev or args.fit or args.exclude):
+        parser.error("--resume, --dev, --fit-data and --exclude need the DATA of the run")
     logger.remove()
     logger.add(sys.stderr, level="INFO")  # loading the model and reading the data come before any progress bar
     if args.no_progress:
         from transformers.utils.logging import disable_progress_bar
 
         disable_progress_bar()  # transformers' and the hub's own bars (loading weights, writing shards)
+    from cascade.training.refit import NotACandidate
+
     try:
         lines = run(args)
+    except NotACandidate as exc:
+        print(str(exc))
+        return WORSE_THAN_START
     except TrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

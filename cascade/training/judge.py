@@ -1,7 +1,7 @@
 """The eval tool's verdict on a model folder: served as the only expert of a one-level cascade, through the
 real engine in eval mode (cascade/evaluation/record.py), scored by cascade/evaluation/report.py.
 
-The trainer calls this on the held-out images before training (the starting model, in the run's resize
+The trainer calls this on the early-stopping and fit images before training (the starting model, in the run's resize
 mode) and after (the output folder exactly as the miner would load it), and writes both side by side.
 """
 
@@ -25,11 +25,11 @@ EXPERT = "candidate"
 
 @dataclass
 class Verdict:
-    """One model judged on the held-out folder."""
+    """One model judged on one folder of images (early-stopping or fit)."""
 
     title: str
     evaluation: report.Evaluation
-    names: list[str]  # held-out file names (relative to the folder), in the order of `probabilities`
+    names: list[str]  # file names (relative to the folder), in the order of `probabilities`
     probabilities: np.ndarray  # the expert's raw P(roadwork) per image, as the engine answered
     skipped: int
     seconds_per_1000_images: float
@@ -45,12 +45,12 @@ def one_expert_cascade(model: Path, resize: ResizeMode, device: str) -> CascadeC
     return CascadeConfig(version="sn72-train", levels=[LevelConfig(name="model", exit_margin=0.5, experts=[expert])])
 
 
-def judge(title: str, model: Path, resize: ResizeMode, device: str, heldout: Path, cache: Path, *, seed: int = 0,
+def judge(title: str, model: Path, resize: ResizeMode, device: str, folder: Path, cache: Path, *, seed: int = 0,
           progress: bool = True, reward_trials: int = 1000) -> Verdict:
-    """Record the model's answers on every held-out image through the engine and score them."""
+    """Record the model's answers on every image of `folder` through the engine and score them."""
     cascade = one_expert_cascade(model, resize, device)
     try:
-        source = open_source(heldout, "folder")
+        source = open_source(folder, "folder")
         engine = record.EvalEngine(cascade)
         output_cache = record.OutputCache(cache)
         try:
@@ -59,9 +59,9 @@ def judge(title: str, model: Path, resize: ResizeMode, device: str, heldout: Pat
             engine.close()
             output_cache.close()
     except (EvalError, ExpertError) as exc:
-        raise TrainError(f"judging {model} on {heldout}: {exc}") from exc
+        raise TrainError(f"judging {model} on {folder}: {exc}") from exc
     if recording.labels.size == 0:
-        raise TrainError(f"judging {model}: no held-out image could be run ({len(recording.skipped)} skipped)")
+        raise TrainError(f"judging {model}: no image of {folder} could be run ({len(recording.skipped)} skipped)")
     costs = recording.expert_seconds or {EXPERT: 1.0}
     evaluation = report.evaluate(cascade, recording.experts, recording.outputs, recording.labels,
                                  expert_seconds=costs, trials=reward_trials, seed=seed)
@@ -70,18 +70,18 @@ def judge(title: str, model: Path, resize: ResizeMode, device: str, heldout: Pat
     return Verdict(title, evaluation, recording.names, recording.outputs[:, 0], len(recording.skipped), per_1000)
 
 
-def write_verdicts(folder: Path, verdicts: list[Verdict], heldout_from: str) -> dict[str, Any]:
+def write_verdicts(folder: Path, verdicts: list[Verdict], described: str) -> dict[str, Any]:
     """report.json, report.txt and reliability.png of the verdicts, side by side."""
     folder.mkdir(parents=True, exist_ok=True)
     result = {
         "tool": "sn72-train",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "held_out": heldout_from,
+        "sets": described,
         "evaluations": {v.title: v.evaluation.summary for v in verdicts},
         "skipped": {v.title: v.skipped for v in verdicts},
     }
     report.write_json(result, folder / "report.json")
-    lines = [f"held out: {heldout_from}", ""]
+    lines = [described, ""]
     for verdict in verdicts:
         lines += [report.format_evaluation(verdict.title, verdict.evaluation.summary), ""]
     (folder / "report.txt").write_text("\n".join(lines))

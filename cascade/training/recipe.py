@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cascade.config import ResizeMode
 
@@ -45,7 +45,10 @@ class Recipe(BaseModel):
     class_weighting: bool = Field(False, description="Weigh the loss by inverse class frequency (sklearn balanced).")
     patience: int = Field(3, ge=0, le=1000, description="Evaluations without improvement before stopping (0: never).")
     best_metric: BestMetric = Field("loss", description="What early stopping and the kept model are judged by.")
-    holdout: float = Field(0.2, gt=0.0, lt=1.0, description="Share held out (stratified) without a held-out set.")
+    holdout: float = Field(0.2, gt=0.0, lt=1.0,
+                           description="Share held out for early stopping (stratified) without a --dev set.")
+    fit_share: float = Field(0.2, ge=0.0, lt=1.0, description="Share held out for the calibration fit (--refit) "
+                             "without a --fit-data set; 0: none.")
     augment: list[str] = Field(default_factory=list, description="Distortions applied while training (distort.py).")
     augment_p: float = Field(0.5, ge=0.0, le=1.0, description="Chance an image is distorted in an epoch.")
     precision: Precision = Field("auto", description="auto: bf16 on a CUDA device that has it, else fp32.")
@@ -59,6 +62,13 @@ class Recipe(BaseModel):
         if unknown:
             raise ValueError(f"unknown augmentation {unknown}; known: {', '.join(AUGMENTATIONS)}")
         return value
+
+    @model_validator(mode="after")
+    def _room_to_train(self) -> Recipe:
+        if self.holdout + self.fit_share > 0.8:
+            raise ValueError(f"holdout ({self.holdout}) and fit_share ({self.fit_share}) leave less than 20% of the "
+                             "data to train on")
+        return self
 
 
 _SN72: dict[str, Any] = {

@@ -1,13 +1,17 @@
 """One training run, start to finish: data, starting model, transformers `Trainer`, the model folder, verdicts.
 
     OUT/
-      model/          the HF model folder the cascade serves (weights, processor, sn72_preprocess.json,
-                      README.md model card, sn72_train.json)
+      model/          the HF model folder a cascade can serve (weights, processor, sn72_preprocess.json,
+                      README.md model card, sn72_train.json, sn72_data.json: the images it and its base learnt)
       checkpoints/    the Trainer's checkpoints (one per epoch, the best and the last kept): --resume
-      heldout/        the held-out images as 0/ + 1/ (the eval tool and --refit read them)
-      heldout-predictions.csv   the trainer's P(roadwork) per held-out image, and the engine's
-      eval/           the eval tool's report on the held-out images, before and after
-      split.json      content hashes of the training and held-out images (checked by --resume and --refit)
+      dev/            the early-stopping images as 0/ + 1/ (they chose the checkpoint)
+      fit/            the calibration's fit images as 0/ + 1/ (never trained on: --refit fits on them)
+      dev-predictions.csv   the trainer's P(roadwork) per early-stopping image, and the engine's
+      eval/           the eval tool's report, before and after, on the dev and the fit images
+      split.json      content hashes of the train, dev and fit images (checked by --resume and --refit)
+
+The verdict compares the new model with its start on the fit images (clean for both: neither learnt from them),
+paired; a new model worse than its start is said to be so and is not a candidate for the cascade.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import numpy as np
 from loguru import logger
 
 from cascade.config import ResizeMode
+from cascade.evaluation import roles
+from cascade.evaluation.bootstrap import paired_difference
 from cascade.experts.base import ExpertError
 from cascade.experts.preprocess import recorded_resize, write_preprocess_record
 from cascade.training import card, data, judge
@@ -48,7 +54,9 @@ class Inputs:
 
     data: list[Path]
     out: Path
-    heldout: list[Path] = field(default_factory=list)
+    dev: list[Path] = field(default_factory=list)  # early stopping (default: --holdout of the data)
+    fit: list[Path] = field(default_factory=list)  # the calibration fit (default: --fit-share of the data)
+    exclude: list[Path] = field(default_factory=list)  # images in no role (a frozen judge set)
     kind: str = "auto"
     split: str | None = None
     image_column: str = "image"
@@ -65,10 +73,11 @@ class Outcome:
     model: Path
     record: dict[str, Any]
     split: data.Split
-    trainer_probabilities: dict[str, float]  # held-out file name -> P(roadwork) from the trainer
-    engine_probabilities: dict[str, float]  # held-out file name -> P(roadwork) from the engine (judged only)
+    trainer_probabilities: dict[str, float]  # dev file name -> P(roadwork) from the trainer
+    engine_probabilities: dict[str, float]  # dev file name -> P(roadwork) from the engine (judged only)
     train_seconds: float
     lines: list[str]  # the summary printed at the end
+    worse: bool = False  # worse than its start on the verdict's set: not a candidate
 
 
 def resolve_device(requested: str) -> str:
@@ -114,19 +123,34 @@ def start_out(inputs: Inputs, split: data.Split, resumed: bool) -> None:
         data.check_resumed_split(split_file, split)
         return
     shutil.rmtree(inputs.out / "checkpoints", ignore_errors=True)
-    shutil.rmtree(inputs.out / "eval", ignore_errors=True)  # an earlier model's verdicts (refit/ may be served)
+    shutil.rmtree(inputs.out / "eval", ignore_errors=True)  # an earlier model's verdicts
+    shutil.rmtree(inputs.out / "candidate", ignore_errors=True)  # a candidate made for an earlier model
     inputs.out.mkdir(parents=True, exist_ok=True)
     data.write_split(split_file, split)
 
 
-def read_data(inputs: Inputs, recipe: Recipe, side: int) -> data.Split:
+def _hashes(paths: list[Path], inputs: Inputs) -> frozenset[str]:
+    found: set[str] = set()
+    for path in paths:
+        try:
+            found |= set(roles.source_hashes(path, inputs.kind, inputs.split, inputs.image_column,
+                                             inputs.label_column))
+        except roles.EvalError as exc:
+            raise TrainError(str(exc)) from exc
+    return frozenset(found)
+
+
+def read_data(inputs: Inputs, recipe: Recipe, side: int, base: roles.Lineage) -> data.Split:
     def read(paths: list[Path]) -> tuple[list[data.Example], list[data.SourceCount]]:
         return data.read_sources(paths, kind=inputs.kind, split=inputs.split, image_column=inputs.image_column,
                                  label_column=inputs.label_column, min_side=side, progress=inputs.progress)
 
     examples, counts = read(inputs.data)
-    heldout, heldout_counts = read(inputs.heldout) if inputs.heldout else (None, None)
-    return data.split_examples(examples, counts, heldout, heldout_counts, recipe.holdout, recipe.seed)
+    dev, dev_counts = read(inputs.dev) if inputs.dev else (None, None)
+    fit, fit_counts = read(inputs.fit) if inputs.fit else (None, None)
+    return data.split_examples(examples, counts, dev=dev, dev_counts=dev_counts, fit=fit, fit_counts=fit_counts,
+                               dev_share=recipe.holdout, fit_share=recipe.fit_share, seed=recipe.seed,
+                               base_seen=frozenset(base.seen), exclude=_hashes(inputs.exclude, inputs))
 
 
 def _training_arguments(recipe: Recipe, inputs: Inputs, device: str, precision: str) -> Any:
@@ -203,55 +227,88 @@ def train(recipe: Recipe, inputs: Inputs, callbacks: Sequence[Any] = ()) -> Outc
     info = inspect_model(recipe.model)
     try:
         resize: ResizeMode = recipe.resize or recorded_resize(recipe.model) or "squash"
-    except ExpertError as exc:
+        base = roles.model_lineage(recipe.model)
+    except (ExpertError, roles.EvalError) as exc:
         raise TrainError(str(exc)) from exc
-    split = read_data(inputs, recipe, info.geometry.side)
+    split = read_data(inputs, recipe, info.geometry.side, base)
     for line in split.table():
         logger.info(line)
     start_out(inputs, split, resumed=resume_from is not None)
     start = load_starting_model(info, recipe.mode, recipe.seed)
-    names = data.write_heldout(inputs.out / "heldout", split.heldout)
-    judged: dict[str, judge.Verdict] = {}
+    names = data.write_heldout(inputs.out / "dev", split.dev)
+    data.write_heldout(inputs.out / "fit", split.fit)
+    parts = [part for part in ("dev", "fit") if getattr(split, part)]
+    judged: dict[str, dict[str, judge.Verdict]] = {part: {} for part in parts}
     if inputs.judge:
-        judged["before"] = _judge_start(start, resize, device, inputs, recipe.seed)
+        for part, verdict in _judge_start(start, resize, device, inputs, recipe.seed, parts).items():
+            judged[part]["before"] = verdict
     train_set = PixelSet(split.train, start, resize, recipe.augment, recipe.augment_p, recipe.seed)
-    heldout_set = PixelSet(split.heldout, start, resize)
+    dev_set = PixelSet(split.dev, start, resize)
     weights = class_weights([e.label for e in split.train], start) if recipe.class_weighting else None
     trainer = Trainer(
         model=start.model, args=_training_arguments(recipe, inputs, device, precision), train_dataset=train_set,
-        eval_dataset=heldout_set, compute_loss_func=make_loss(weights, recipe.label_smoothing),
+        eval_dataset=dev_set, compute_loss_func=make_loss(weights, recipe.label_smoothing),
         compute_metrics=make_metrics(start), callbacks=_callbacks(recipe, train_set, callbacks),
     )
-    logger.info("training {} on {} images ({} held out), {} on {}, resize {}", recipe.model, len(split.train),
-                len(split.heldout), precision, device, resize)
+    logger.info("training {} on {} images ({} for early stopping, {} kept for the calibration fit), {} on {}, "
+                "resize {}", recipe.model, len(split.train), len(split.dev), len(split.fit), precision, device, resize)
     began = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     train_seconds = time.monotonic() - began
     _best_model(trainer)
-    predicted = trainer.predict(heldout_set)
+    predicted = trainer.predict(dev_set)
     trainer_p = positive_probability(np.asarray(predicted.predictions, dtype=np.float64), start.positive)
-    trainer_probabilities = {names[e.sha256]: float(p) for e, p in zip(split.heldout, trainer_p, strict=True)}
+    trainer_probabilities = {names[e.sha256]: float(p) for e, p in zip(split.dev, trainer_p, strict=True)}
     new = inputs.out / "model.new"
     _save_folder(new, trainer.model, start.processor, resize)
     engine_probabilities: dict[str, float] = {}
     if inputs.judge:
-        judged["after"] = judge.judge("after", new, resize, _eval_device(device), inputs.out / "heldout",
-                                      inputs.out / "eval-cache", seed=recipe.seed, progress=inputs.progress)
-        engine_probabilities = dict(zip(judged["after"].names, judged["after"].probabilities.tolist(), strict=True))
-        judge.write_verdicts(inputs.out / "eval", list(judged.values()), split.heldout_from)
-    _write_predictions(inputs.out / "heldout-predictions.csv", trainer_probabilities, engine_probabilities)
+        for part in parts:
+            judged[part]["after"] = judge.judge(f"after, {part}", new, resize, _eval_device(device),
+                                                inputs.out / part, inputs.out / "eval-cache", seed=recipe.seed,
+                                                progress=inputs.progress)
+        engine_probabilities = dict(zip(judged["dev"]["after"].names, judged["dev"]["after"].probabilities.tolist(),
+                                        strict=True))
+        judge.write_verdicts(inputs.out / "eval", [v for part in parts for v in judged[part].values()],
+                             f"early stopping (dev): {split.dev_from}; calibration fit: {split.fit_from}")
+    _write_predictions(inputs.out / "dev-predictions.csv", trainer_probabilities, engine_probabilities)
     state = trainer.state
     record = _record(recipe, inputs, start, split, resize, judged, trainer_probabilities, engine_probabilities,
                      weights, {"epochs_run": float(state.epoch or 0.0),
                                "stopped_early": float(state.epoch or 0.0) < recipe.epochs - 1e-6,
                                "best_checkpoint": state.best_model_checkpoint, "best_metric": state.best_metric,
-                               "trainer_heldout": _trainer_metrics(predicted.metrics or {}),
+                               "trainer_dev": _trainer_metrics(predicted.metrics or {}),
                                "train_seconds": train_seconds, "train_images": len(split.train),
                                "device": device, "precision": precision})
+    record["verdict"] = _verdict(judged, recipe.seed)
     card.write_card(new, record)
+    roles.write_lineage(new, (e.sha256 for e in split.train), (e.sha256 for e in split.dev), base, recipe.model)
     _swap_in(new, inputs.out / "model")
+    worse = bool(record["verdict"] and record["verdict"]["worse"])
     return Outcome(inputs.out / "model", record, split, trainer_probabilities, engine_probabilities, train_seconds,
-                   _summary(record, inputs))
+                   _summary(record, inputs), worse)
+
+
+def _verdict(judged: dict[str, dict[str, judge.Verdict]], seed: int) -> dict[str, Any] | None:
+    """The new model against its start, paired, on the fit images (neither learnt from them), else on the dev
+    images (which chose the checkpoint: they flatter the new model)."""
+    part = "fit" if "fit" in judged and len(judged["fit"]) == 2 else "dev"
+    if len(judged.get(part, {})) != 2:
+        return None
+    before, after = judged[part]["before"], judged[part]["after"]
+    position = {name: i for i, name in enumerate(before.names)}
+    shared = [name for name in after.names if name in position]
+    rows_after = [after.names.index(name) for name in shared]
+    rows_before = [position[name] for name in shared]
+    labels = after.evaluation.labels[rows_after]
+    difference = paired_difference(labels, np.round(after.probabilities[rows_after]).astype(int),
+                                   np.round(before.probabilities[rows_before]).astype(int), "mcc", seed=seed)
+    caveat = "" if part == "fit" else " (early-stopping images: they chose the checkpoint, so this flatters it)"
+    worse = difference.estimate < 0.0
+    text = (f"new model minus its start, MCC on the {len(shared)} {part} images{caveat}: {difference.text()}; "
+            + ("worse than its start: not a candidate for the cascade" if worse else
+               "better beyond noise" if difference.above_zero else "not better beyond noise"))
+    return {"set": part, "images": len(shared), "mcc_difference": difference.as_dict(), "worse": worse, "text": text}
 
 
 def _best_model(trainer: Any) -> None:
@@ -277,13 +334,14 @@ def _eval_device(device: str) -> str:
     return "cuda:0" if device == "cuda" else "cpu"
 
 
-def _judge_start(start: StartingModel, resize: ResizeMode, device: str, inputs: Inputs, seed: int) -> judge.Verdict:
+def _judge_start(start: StartingModel, resize: ResizeMode, device: str, inputs: Inputs, seed: int,
+                 parts: list[str]) -> dict[str, judge.Verdict]:
     """The starting model (its new head included) judged the way the output will be: saved, then served."""
     folder = inputs.out / "start-model"
     _save_folder(folder, start.model, start.processor, resize)
     try:
-        return judge.judge("before", folder, resize, _eval_device(device), inputs.out / "heldout",
-                           inputs.out / "eval-cache", seed=seed, progress=inputs.progress)
+        return {part: judge.judge(f"before, {part}", folder, resize, _eval_device(device), inputs.out / part,
+                                  inputs.out / "eval-cache", seed=seed, progress=inputs.progress) for part in parts}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -298,7 +356,7 @@ def _write_predictions(path: Path, trainer: dict[str, float], engine: dict[str, 
 
 
 def _record(recipe: Recipe, inputs: Inputs, start: StartingModel, split: data.Split, resize: ResizeMode,
-            judged: dict[str, judge.Verdict], trainer_p: dict[str, float], engine_p: dict[str, float],
+            judged: dict[str, dict[str, judge.Verdict]], trainer_p: dict[str, float], engine_p: dict[str, float],
             weights: Any, run: dict[str, Any]) -> dict[str, Any]:
     shared = [name for name in trainer_p if name in engine_p]
     agreement = max((abs(trainer_p[n] - engine_p[n]) for n in shared), default=None)
@@ -307,8 +365,10 @@ def _record(recipe: Recipe, inputs: Inputs, start: StartingModel, split: data.Sp
         "name": inputs.out.resolve().name, "folder": str((inputs.out / "model").resolve()),
         "created": datetime.now(UTC).isoformat(timespec="seconds"), "base_model": recipe.model,
         "recipe": recipe.model_dump(), "resize": resize, "positive_class": start.positive, "positive_label": label,
-        "head": start.notes, "heldout_from": split.heldout_from, "data": [c.as_dict() for c in split.counts],
-        "judged": {title: verdict.metrics for title, verdict in judged.items()},
+        "head": start.notes, "dev_from": split.dev_from, "fit_from": split.fit_from,
+        "data": [c.as_dict() for c in split.counts],
+        "judged": {part: {when: verdict.metrics for when, verdict in verdicts.items()}
+                   for part, verdicts in judged.items()},
         "agreement_max_abs": agreement,
         "class_weights": None if weights is None else [float(weights[start.negative]), float(weights[start.positive])],
         "run": run,
@@ -321,15 +381,22 @@ def _summary(record: dict[str, Any], inputs: Inputs) -> list[str]:
              f"trained on {run['train_images']} images in {run['train_seconds']:.1f} s on {run['device']} "
              f"({run['precision']}), {run['epochs_run']:.2f} epochs"
              + (" (stopped early)" if run["stopped_early"] else "")]
-    trainer = run["trainer_heldout"]
+    trainer = run["trainer_dev"]
     if "mcc" in trainer:
-        lines.append(f"held-out, the trainer's view of the kept model: MCC {trainer['mcc']:.3f}, "
+        lines.append(f"early-stopping images, the trainer's view of the kept model: MCC {trainer['mcc']:.3f}, "
                      f"accuracy {trainer['accuracy']:.3f}")
-    for title, block in record["judged"].items():
-        mcc = "undef" if block["mcc"] is None else f"{block['mcc']:.3f}"
-        lines.append(f"held-out {title}: MCC {mcc}, accuracy {block['accuracy']:.3f} ({block['n']} images)")
+    for part, blocks in record["judged"].items():
+        for title, block in blocks.items():
+            mcc = "undef" if block["mcc"] is None else f"{block['mcc']:.3f}"
+            lines.append(f"{part} images, {title}: MCC {mcc}, accuracy {block['accuracy']:.3f} ({block['n']} images)")
     if record["agreement_max_abs"] is not None:
-        lines.append(f"engine vs trainer on the held-out images: max |dp| {record['agreement_max_abs']:.2e}")
-    lines.append("the model changed: the cascade's calibration must be refitted "
-                 f"(sn72-train --out {inputs.out} --refit --cascade C)")
+        lines.append(f"engine vs trainer on the dev images: max |dp| {record['agreement_max_abs']:.2e}")
+    verdict = record.get("verdict")
+    if verdict:
+        lines.append(verdict["text"])
+    if verdict and verdict["worse"]:
+        lines.append("no candidate: the model folder is kept for inspection only")
+    else:
+        lines.append("make a candidate for the cascade (a calibration fitted on the fit images): "
+                     f"sn72-train --out {inputs.out} --refit --cascade C; then judge it with sn72-promote")
     return lines

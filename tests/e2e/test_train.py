@@ -26,8 +26,8 @@ from cascade.training.synthetic import make_cone_folder
 
 pytestmark = pytest.mark.slow
 
-IMAGES = 600  # 300 of each class, 72x48: a cone can be told from clutter by its shape and stripes, not colour
-ACCURACY_AFTER = 0.80  # the stated bar on the 120 held-out images (a random tiny ViT sits at 0.5)
+IMAGES = 800  # 400 of each class, 72x48 (480 train, 160 early stopping, 160 fit): a cone is told by its shape
+ACCURACY_AFTER = 0.80  # the stated bar on the 160 early-stopping and 160 fit images (a random tiny ViT sits at 0.5)
 # 6 epochs at a high learning rate: the tiny ViT ends at 0.875-0.925 held-out accuracy for seeds 0-2 (docs/training.md)
 RECIPE_FLAGS = ["--epochs", "6", "--lr", "3e-3", "--resize", "letterbox", "--no-progress"]
 
@@ -75,21 +75,25 @@ def engine_answers(cascade: Path, files: list[Path]) -> list[float]:
 
 def test_the_tiny_classifier_goes_from_chance_to_the_stated_accuracy(trained):
     _, record = trained
-    before, after = record["judged"]["before"], record["judged"]["after"]
-    assert before["n"] == after["n"] == 120 and after["positives"] == 60
-    assert 0.35 <= before["accuracy"] <= 0.65 and abs(before["mcc"]) < 0.2, before
-    assert after["accuracy"] >= ACCURACY_AFTER and after["mcc"] >= 0.6, after
+    for part in ("dev", "fit"):
+        before, after = record["judged"][part]["before"], record["judged"][part]["after"]
+        assert before["n"] == after["n"] == 160 and after["positives"] == 80
+        assert 0.35 <= before["accuracy"] <= 0.65 and abs(before["mcc"]) < 0.2, before
+        assert after["accuracy"] >= ACCURACY_AFTER and after["mcc"] >= 0.6, after
     # the trainer's own judgement of the kept model and the eval tool's agree (the same images, the same pixels)
-    assert record["run"]["trainer_heldout"]["accuracy"] == pytest.approx(after["accuracy"])
+    assert record["run"]["trainer_dev"]["accuracy"] == pytest.approx(record["judged"]["dev"]["after"]["accuracy"])
     assert record["agreement_max_abs"] < 1e-5
+    verdict = record["verdict"]
+    assert verdict["set"] == "fit" and verdict["images"] == 160 and not verdict["worse"]
+    assert verdict["mcc_difference"]["low"] > 0 and "better beyond noise" in verdict["text"]
 
 
 def test_the_folder_is_served_as_an_hf_classifier_with_the_trainers_pixels(trained):
     root, _ = trained
-    with (root / "run" / "heldout-predictions.csv").open() as handle:
+    with (root / "run" / "dev-predictions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 120
-    files = [root / "run" / "heldout" / row["path"] for row in rows]
+    assert len(rows) == 160
+    files = [root / "run" / "dev" / row["path"] for row in rows]
     trainer = [float(row["trainer_probability"]) for row in rows]
     # resize is not set in the YAML: the mode recorded in the folder (letterbox) is the one served
     served = engine_answers(write_cascade(root, "served.yaml", "./run/model"), files)
@@ -108,51 +112,89 @@ def test_the_model_folder_carries_its_processor_resize_mode_and_card(trained):
     assert json.loads((model / "config.json").read_text())["id2label"] == {"0": "None", "1": "Roadwork"}
     card = (model / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: image-classification\n")
-    for needle in (f"Fine-tuned from `{root / 'models' / 'tiny-vit'}`", "| before | 120 |", "| after | 120 |",
-                   f"| `folder:{root / 'cones'}` | 600 | 0 | 0 | 0 | 240/240 | 60/60 |",
+    for needle in (f"Fine-tuned from `{root / 'models' / 'tiny-vit'}`", "| before (dev) | 160 |",
+                   "| after (fit) | 160 |", "Verdict: new model minus its start, MCC on the 160 fit images",
+                   f"| `folder:{root / 'cones'}` | 800 | 0 | 0 | 0 | 0 | 240/240 | 80/80 | 80/80 |",
                    "resize mode: `letterbox`", "6 epochs planned", "cosine decay after 10% linear warm-up",
                    "augmentation: none", "class weighting off", "backend: hf_classifier"):
         assert needle in card, needle
     assert record["recipe"]["learning_rate"] == 3e-3 and record["created"][:4].isdigit()
     assert record["data"][0]["train"] == {"0": 240, "1": 240}
     report = json.loads((root / "run" / "eval" / "report.json").read_text())
-    assert list(report["evaluations"]) == ["before", "after"]
-    assert report["evaluations"]["after"]["experts"]["candidate"]["accuracy"] == record["judged"]["after"]["accuracy"]
+    assert list(report["evaluations"]) == ["before, dev", "after, dev", "before, fit", "after, fit"]
+    assert (report["evaluations"]["after, fit"]["experts"]["candidate"]["accuracy"]
+            == record["judged"]["fit"]["after"]["accuracy"])
+    lineage = json.loads((model / "sn72_data.json").read_text())
+    split = json.loads((root / "run" / "split.json").read_text())
+    assert lineage["trained"] == split["train"] and lineage["early_stopping"] == split["dev"]
+    assert not set(split["fit"]) & (set(split["train"]) | set(split["dev"])) and len(split["fit"]) == 160
     assert "expert candidate" in (root / "run" / "eval" / "report.txt").read_text()
     assert (root / "run" / "eval" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert not (root / "run" / "start-model").exists() and not (root / "run" / "model.new").exists()
 
 
-def test_refit_fits_the_serving_cascade_on_heldout_images_and_bumps_its_release(trained, capsys):
+def test_refit_makes_a_candidate_and_changes_nothing_served(trained, capsys):
+    """The defects: --refit bumped the release even when nothing served changed, and wrote its calibration into the
+    file the cascade names (inside an earlier run's folder). Now it writes a candidate in its own folder only."""
     root, _ = trained
-    cascade = write_cascade(root, "refit.yaml", "./run/model")
+    cascade = write_cascade(root, "refit.yaml", "./models/tiny-vit")  # serves the run's base model
+    served_bytes = cascade.read_bytes()
     capsys.readouterr()
-    assert cli.main(["--out", str(root / "run"), "--refit", "--cascade", str(cascade), "--no-progress"]) == 0
+    assert cli.main(["--out", str(root / "run"), "--refit", "--cascade", str(cascade), "--min-fit-images", "40",
+                     "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert f"{cascade}: release 0.1.0 -> 0.1.1" in out and "fit: wrote" in out
-    assert (root / "run" / "refit" / "calibration.json").is_file()
-    assert yaml.safe_load(cascade.read_text())["release"] == "0.1.1"
-    # a cascade that serves the calibration: the eval bumps the release itself, once
-    served = yaml.safe_load(cascade.read_text())
-    served["calibration"] = "run/refit/calibration.json"
-    cascade.write_text(yaml.safe_dump(served, sort_keys=False))
-    assert cli.main(["--out", str(root / "run"), "--refit", "--cascade", str(cascade), "--no-progress"]) == 0
-    assert "release 0.1.1 -> 0.1.2" in capsys.readouterr().out
-    assert yaml.safe_load(cascade.read_text())["release"] == "0.1.2"
+    candidate = root / "run" / "candidate" / "candidate.yaml"
+    assert f"candidate: {candidate} (ft serving {(root / 'run' / 'model').resolve()})" in out
+    assert f"sn72-promote --cascade {cascade} --candidate {candidate}" in out
+    assert cascade.read_bytes() == served_bytes  # release, calibration, model: all as they were
+    loaded = load_cascade(candidate)
+    assert loaded.experts()[0].model == str((root / "run" / "model").resolve()) and loaded.fitted() is not None
+    assert loaded.release == "0.1.0"
+    calibration = json.loads((root / "run" / "candidate" / "calibration.json").read_text())
+    split = json.loads((root / "run" / "split.json").read_text())
+    assert sorted(calibration["source"]["fit_sha256"]) == split["fit"]  # fitted on the fit images, all of them
+    # a served cascade naming an earlier run's calibration: that file is never written by a later refit
+    earlier = root / "earlier.json"
+    earlier.write_bytes((root / "run" / "candidate" / "calibration.json").read_bytes())
+    serving = write_cascade(root, "serving.yaml", "./run/model")
+    data = yaml.safe_load(serving.read_text())
+    data["calibration"] = "earlier.json"
+    serving.write_text(yaml.safe_dump(data, sort_keys=False))
+    before = earlier.read_bytes()
+    assert cli.main(["--out", str(root / "run"), "--refit", "--cascade", str(serving), "--min-fit-images", "40",
+                     "--no-progress"]) == 0
+    assert earlier.read_bytes() == before and yaml.safe_load(serving.read_text())["release"] == "0.1.0"
 
 
-def test_refit_refuses_training_images_and_a_cascade_that_does_not_serve_the_model(trained, capsys):
+def test_refit_refuses_training_images_a_small_fit_set_and_an_unknown_expert(trained, capsys):
     root, _ = trained
-    cascade = write_cascade(root, "refit-guard.yaml", "./run/model")
+    cascade = write_cascade(root, "refit-guard.yaml", "./models/tiny-vit")
     capsys.readouterr()
     assert cli.main(["--out", str(root / "run"), "--refit", "--cascade", str(cascade), "--refit-data",
                      str(root / "cones"), "--no-progress"]) == 2
-    assert "are training images of" in capsys.readouterr().err
-    other = write_cascade(root, "other.yaml", "./models/tiny-vit")
-    assert cli.main(["--out", str(root / "run"), "--refit", "--cascade", str(other), "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert "has no expert serving" in err and "set `model: ./run/model`" in err
-    assert yaml.safe_load(other.read_text())["release"] == "0.1.0"
+    assert "are images" in capsys.readouterr().err
+    assert cli.main(["--out", str(root / "run"), "--refit", "--cascade", str(cascade), "--no-progress"]) == 2
+    assert "fitting needs at least 200 labelled images (50 of each class)" in capsys.readouterr().err
+    assert cli.main(["--out", str(root / "run"), "--refit", "--cascade", str(cascade), "--expert", "nope",
+                     "--no-progress"]) == 2
+    assert "--expert nope: " in capsys.readouterr().err
+    assert yaml.safe_load(cascade.read_text())["release"] == "0.1.0"
+
+
+def test_a_model_trained_from_a_trained_model_is_never_judged_on_its_base_models_images(trained, tmp_path):
+    """The defect: 'before' was inflated when the data held the base model's own training images (its split.json
+    was not consulted). Train again from the run's model on its own data plus new images."""
+    root, _ = trained
+    make_cone_folder(tmp_path / "new", 200, seed=21, size=(72, 48))
+    code = cli.main([str(root / "cones"), str(tmp_path / "new"), "--model", str(root / "run" / "model"), "--out",
+                     str(tmp_path / "second"), "--epochs", "1", "--no-eval", "--no-progress"])
+    assert code == 0
+    first = json.loads((root / "run" / "split.json").read_text())
+    second = json.loads((tmp_path / "second" / "split.json").read_text())
+    held = set(second.get("dev", second.get("heldout", []))) | set(second.get("fit", []))
+    assert held and not held & set(first["train"]), "a judging image of the second run trained the first"
+    lineage = json.loads((tmp_path / "second" / "model" / "sn72_data.json").read_text())
+    assert set(first["train"]) <= set(lineage["trained"])  # the base model's lineage travels on
 
 
 def test_training_from_an_active_learning_store_labelled_through_its_cli(task, tmp_path, capsys):
@@ -175,8 +217,8 @@ def test_training_from_an_active_learning_store_labelled_through_its_cli(task, t
     source = record["data"][0]
     assert source["source"].startswith("al:") and source["labelled"] == 50 and source["unreadable"] == 0
     assert "10 unlabelled records left out (label them with scripts/al.py label)" in source["notes"]
-    assert sum(source["train"].values()) == 40 and sum(source["heldout"].values()) == 10
-    assert record["judged"] == {} and record["run"]["train_images"] == 40
+    assert (sum(source["train"].values()), sum(source["dev"].values()), sum(source["fit"].values())) == (30, 10, 10)
+    assert record["judged"] == {"dev": {}, "fit": {}} and record["run"]["train_images"] == 30
 
 
 def test_a_backbone_without_a_roadwork_head_gets_one_and_is_served(task, tmp_path):
@@ -193,7 +235,7 @@ def test_a_backbone_without_a_roadwork_head_gets_one_and_is_served(task, tmp_pat
     tuned = load_file(tmp_path / "run" / "model" / "model.safetensors")
     vision = [k for k in tuned if "vision_model" in k and "embeddings" in k]
     assert vision and all(bool((tuned[k] == start[k]).all()) for k in vision)  # probe: the backbone is frozen
-    files = sorted((tmp_path / "run" / "heldout").rglob("*.jpg"))[:4]
+    files = sorted((tmp_path / "run" / "dev").rglob("*.jpg"))[:4]
     answers = engine_answers(write_cascade(tmp_path, "clip.yaml", str(tmp_path / "run" / "model")), files)
     assert all(0.0 <= p <= 1.0 for p in answers) and len(set(answers)) > 1
 
@@ -209,7 +251,7 @@ def test_the_sn72_preset_trains_with_its_recipe_on_an_unbalanced_set(task, tmp_p
     recipe = record["recipe"]
     assert (recipe["weight_decay"], recipe["label_smoothing"], recipe["best_metric"]) == (0.05, 0.05, "mcc")
     assert record["resize"] == "letterbox" and record["base_model"] == str(task / "models" / "tiny-vit")
-    assert record["class_weights"] == pytest.approx([40 / (2 * 24), 40 / (2 * 16)])  # balanced, on 24 + 16 trained
+    assert record["class_weights"] == pytest.approx([30 / (2 * 18), 30 / (2 * 12)])  # balanced, on 18 + 12 trained
     card = (tmp_path / "run" / "model" / "README.md").read_text()
     assert "class weighting on (none 0.833, roadwork 1.250)" in card and "label smoothing 0.05" in card
     assert json.loads((tmp_path / "run" / "model" / "sn72_preprocess.json").read_text()) == {"resize": "letterbox"}
@@ -230,8 +272,10 @@ class CrashAfterFirstCheckpoint:
 
 def test_resume_continues_from_the_checkpoint_to_the_same_weights(task, tmp_path, capsys):
     make_cone_folder(tmp_path / "small", 120, seed=3, size=(72, 48))
+    # no fit share: 96 training images, six full batches an epoch (a resumed run over a short last batch ended
+    # 0.02 away from the straight one here: see the closing note of issue 24)
     recipe = Recipe(model=str(task / "models" / "tiny-vit"), epochs=3, learning_rate=3e-3, patience=0,
-                    batch_size=16, augment=["jpeg", "noise"])
+                    batch_size=16, augment=["jpeg", "noise"], fit_share=0.0)
     straight = train(recipe, Inputs(data=[tmp_path / "small"], out=tmp_path / "a", judge=False, progress=False))
     assert straight.record["run"]["epochs_run"] == 3.0
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -240,7 +284,7 @@ def test_resume_continues_from_the_checkpoint_to_the_same_weights(task, tmp_path
     assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["checkpoint-6"]
     assert not (tmp_path / "b" / "model").exists()
     base = [str(tmp_path / "small"), "--model", recipe.model, "--epochs", "3", "--lr", "3e-3", "--patience", "0",
-            "--batch-size", "16", "--augment", "jpeg,noise", "--no-eval", "--no-progress"]
+            "--batch-size", "16", "--augment", "jpeg,noise", "--fit-share", "0", "--no-eval", "--no-progress"]
     capsys.readouterr()
     assert cli.main([*base, "--out", str(tmp_path / "b")]) == 2
     assert "holds an earlier run (checkpoints): --resume continues it" in capsys.readouterr().err

@@ -48,19 +48,54 @@ def test_each_source_is_counted_duplicates_kept_once_and_conflicting_labels_left
 
 def test_the_split_is_stratified_seeded_and_counted_per_source(cones):
     examples, counts = data.read_sources([cones], progress=False)
-    split = data.split_examples(examples, counts, None, None, holdout=0.25, seed=3)
-    again = data.split_examples(examples, [data.SourceCount(counts[0].source)], None, None, holdout=0.25, seed=3)
-    other = data.split_examples(examples, [data.SourceCount(counts[0].source)], None, None, holdout=0.25, seed=4)
-    held = [e.sha256 for e in split.heldout]
-    assert held == [e.sha256 for e in again.heldout] and held != [e.sha256 for e in other.heldout]
-    assert len(split.heldout) == 10 and sum(e.label for e in split.heldout) == 5
-    assert not {e.sha256 for e in split.train} & set(held)
-    assert counts[0].train == {0: 15, 1: 15} and counts[0].heldout == {0: 5, 1: 5}
-    assert split.heldout_from == "25% of the data held out (10 images, stratified, seed 3)"
-    assert any("15/15" in line for line in split.table())
+    split = data.split_examples(examples, counts, dev_share=0.25, fit_share=0.25, seed=3)
+    again = data.split_examples(examples, [data.SourceCount(counts[0].source)], dev_share=0.25, fit_share=0.25,
+                                seed=3)
+    other = data.split_examples(examples, [data.SourceCount(counts[0].source)], dev_share=0.25, fit_share=0.25,
+                                seed=4)
+    dev, fit = [e.sha256 for e in split.dev], [e.sha256 for e in split.fit]
+    assert dev == [e.sha256 for e in again.dev] and fit == [e.sha256 for e in again.fit]
+    assert (dev, fit) != ([e.sha256 for e in other.dev], [e.sha256 for e in other.fit])
+    assert len(split.dev) == len(split.fit) == 10 and sum(e.label for e in split.dev) == sum(e.label for e in split.fit)
+    train = {e.sha256 for e in split.train}
+    assert len(train) == 20 and not train & set(dev) and not train & set(fit) and not set(dev) & set(fit)
+    assert counts[0].train == {0: 10, 1: 10} and counts[0].dev == {0: 5, 1: 5} and counts[0].fit == {0: 5, 1: 5}
+    assert split.dev_from == "25% of the data: 10 images, stratified, seed 3"
+    assert split.fit_from == "25% of the data: 10 images, stratified, seed 3"
+    assert any("10/10" in line for line in split.table())
+    none = data.split_examples(examples, [data.SourceCount(counts[0].source)], dev_share=0.25, fit_share=0.0)
+    assert none.fit == [] and "--refit needs --fit-data" in none.fit_from and len(none.train) == 30
 
 
-def test_the_replay_guard_refuses_a_heldout_set_that_shares_an_image(cones, tmp_path):
+def test_the_starting_models_own_training_images_are_never_dev_or_fit_images(cones):
+    """The defect: 'before' was inflated when the data held the base model's training images (its split.json was
+    not consulted). Dev and fit are now drawn only from images new to the starting model."""
+    examples, counts = data.read_sources([cones], progress=False)
+    base_seen = frozenset(e.sha256 for e in examples[:24])  # the base model trained on 24 of the 40
+    split = data.split_examples(examples, counts, dev_share=0.2, fit_share=0.2, seed=0, base_seen=base_seen)
+    assert not {e.sha256 for e in split.dev + split.fit} & base_seen
+    assert base_seen <= {e.sha256 for e in split.train} and len(split.dev) == len(split.fit) == 3  # 20% of 16 new
+    assert "20% of the 16 images new to the starting model (24 it trained on stayed in training)" in split.dev_from
+    # an explicit set that holds them is refused, naming the lineage
+    with pytest.raises(TrainError, match="shares 3 of its 20 images with the starting model's own training images"):
+        data.split_examples(examples[::2], [data.SourceCount(counts[0].source)], dev=examples[1::2],
+                            dev_counts=[data.SourceCount(counts[0].source)], seed=0,
+                            base_seen=frozenset(e.sha256 for e in examples[1:7:2]))
+    # too few new images for both sets
+    with pytest.raises(TrainError, match="3 of the 40 images are new to the starting model: too few"):
+        data.split_examples(examples, [data.SourceCount(counts[0].source)], seed=0,
+                            base_seen=frozenset(e.sha256 for e in examples[:37]))
+
+
+def test_excluded_images_have_no_role(cones):
+    examples, counts = data.read_sources([cones], progress=False)
+    judge = frozenset(e.sha256 for e in examples[::4])
+    split = data.split_examples(examples, counts, seed=0, exclude=judge)
+    assert not {e.sha256 for e in split.train + split.dev + split.fit} & judge
+    assert counts[0].excluded == 10 and len(split.train) + len(split.dev) + len(split.fit) == 30
+
+
+def test_the_replay_guard_refuses_a_dev_set_that_shares_an_image(cones, tmp_path):
     heldout = tmp_path / "heldout"
     make_cone_folder(heldout, 10, seed=2)
     shared = sorted((cones / "0").glob("*.jpg"))[3]
@@ -68,42 +103,46 @@ def test_the_replay_guard_refuses_a_heldout_set_that_shares_an_image(cones, tmp_
     examples, counts = data.read_sources([cones], progress=False)
     held, held_counts = data.read_sources([heldout], progress=False)
     with pytest.raises(TrainError) as error:
-        data.split_examples(examples, counts, held, held_counts, holdout=0.2, seed=0)
+        data.split_examples(examples, counts, dev=held, dev_counts=held_counts, seed=0)
     message = str(error.value)
     assert "shares 1 of its 11 images with the training images (same content hash)" in message
     assert "0/copied-under-another-name.jpg" in message and f"0/{shared.name}" in message
+    with pytest.raises(TrainError, match=r"the fit set \(--fit-data\) shares 1 of its 11 images with the training"):
+        data.split_examples(examples, counts, fit=held, fit_counts=held_counts, seed=0)
     (heldout / "0" / "copied-under-another-name.jpg").unlink()
     held, held_counts = data.read_sources([heldout], progress=False)
-    split = data.split_examples(examples, counts, held, held_counts, holdout=0.2, seed=0)
-    assert len(split.train) == 40 and len(split.heldout) == 10 and split.heldout_from.startswith("held-out set ")
+    split = data.split_examples(examples, counts, dev=held, dev_counts=held_counts, fit_share=0.2, seed=0)
+    assert len(split.train) == 32 and len(split.dev) == 10 and len(split.fit) == 8
+    assert split.dev_from.startswith("the set ")
 
 
 def test_one_class_or_too_few_images_are_clear_errors(cones, tmp_path):
     shutil.copytree(cones / "1", tmp_path / "positives" / "1")
     examples, counts = data.read_sources([tmp_path / "positives"], progress=False)
     with pytest.raises(TrainError, match=r"the training data holds only class 1 \(20 images\)"):
-        data.split_examples(examples, counts, None, None, holdout=0.2, seed=0)
+        data.split_examples(examples, counts, seed=0)
     few = tmp_path / "few"
-    make_cone_folder(few, 3, seed=5)
+    make_cone_folder(few, 5, seed=5)
     examples, counts = data.read_sources([few], progress=False)
-    with pytest.raises(TrainError, match="cannot hold 20% of 3 images out with both classes on each side"):
-        data.split_examples(examples, counts, None, None, holdout=0.2, seed=0)
+    with pytest.raises(TrainError, match="5 images: too few to hold 2 out for early stopping and 2 for the calibr"):
+        data.split_examples(examples, counts, seed=0)
     (tmp_path / "empty" / "0").mkdir(parents=True)
     with pytest.raises(TrainError, match="no labelled images in it"):
         data.read_sources([tmp_path / "empty"], progress=False)
 
 
-def test_the_heldout_folder_holds_exactly_the_heldout_bytes_and_the_split_record_guards_resume(cones, tmp_path):
+def test_the_role_folders_hold_exactly_their_bytes_and_the_split_record_guards_resume(cones, tmp_path):
     examples, counts = data.read_sources([cones], progress=False)
-    split = data.split_examples(examples, counts, None, None, holdout=0.2, seed=0)
-    names = data.write_heldout(tmp_path / "heldout", split.heldout)
-    source = open_source(tmp_path / "heldout")
+    split = data.split_examples(examples, counts, seed=0)
+    names = data.write_heldout(tmp_path / "dev", split.dev)
+    source = open_source(tmp_path / "dev")
     read_back = {hashlib.sha256(item.read()).hexdigest(): item.label for item in source.items()}
-    assert read_back == {e.sha256: e.label for e in split.heldout}
-    assert all(names[e.sha256] == f"{e.label}/{e.sha256}.jpg" for e in split.heldout)
+    assert read_back == {e.sha256: e.label for e in split.dev}
+    assert all(names[e.sha256] == f"{e.label}/{e.sha256}.jpg" for e in split.dev)
     data.write_split(tmp_path / "split.json", split)
+    assert data.read_split(tmp_path / "split.json")["fit"] == sorted(e.sha256 for e in split.fit)
     data.check_resumed_split(tmp_path / "split.json", split)
-    shifted = data.split_examples(examples, [data.SourceCount(counts[0].source)], None, None, holdout=0.2, seed=1)
+    shifted = data.split_examples(examples, [data.SourceCount(counts[0].source)], seed=1)
     with pytest.raises(TrainError, match=r"--resume: the train images differ from the checkpoint's \(\d+ new"):
         data.check_resumed_split(tmp_path / "split.json", shifted)
 
