@@ -76,14 +76,14 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     semaphore, pacer = asyncio.Semaphore(args.concurrency), Pacer(args.rate)
 
     async def one(request: Sent) -> None:
-        try:
-            data = request.image.read()
-        except OSError as exc:
-            request.unreadable = f"unreadable image: {exc.strerror or exc}"
-            print(f"{request.image.name}\t{request.unreadable}", file=sys.stderr)
-            return
-        request.sha256 = hashlib.sha256(data).hexdigest()
-        async with semaphore:
+        async with semaphore:  # read inside: only `concurrency` images are held at once, whatever the set's size
+            try:
+                data = request.image.read()
+            except OSError as exc:
+                request.unreadable = f"unreadable image: {exc.strerror or exc}"
+                print(f"{request.image.name}\t{request.unreadable}", file=sys.stderr)
+                return
+            request.sha256 = hashlib.sha256(data).hexdigest()
             request.outcome, request.retried = await query_paced(
                 dendrite, axon, base64.b64encode(data).decode(), args.timeout, pacer, args.retries, args.backoff)
         if args.verbose:
