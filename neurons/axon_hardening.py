@@ -1,4 +1,4 @@
-"""Malformed requests get a 4xx from the stock axon instead of a 500.
+"""Malformed requests get a 4xx from the stock axon instead of a 500; the nonce rule no header can weaken.
 
 bittensor 10.5's axon answers about fifteen kinds of malformed request with 500 "Internal Server
 Error" (docs/security.md): headers that do not parse (its `SynapseParsingError` is not one of its
@@ -9,6 +9,9 @@ exceptions from the body check). Three small replacements, made before the axon 
 - its middleware's header parsing raises a `SynapseException` carrying status 400;
 - its body check answers 400 with a short reason (never echoing the request back);
 - FastAPI's own 422 for an unparseable body becomes the same 400.
+
+Its `default_verify` is replaced too (issue 25): the same signature check over the same signed string, with the
+nonce rule of neurons/nonces.py instead of one that an unsigned version header switches off.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import json
 from typing import Any
 
 from bittensor.core.axon import AxonMiddleware
-from bittensor.core.errors import SynapseException
+from bittensor.core.errors import SynapseDendriteNoneException, SynapseException
 from bittensor.core.synapse import Synapse, TerminalInfo
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.middleware import Middleware
+
+from neurons.nonces import NonceRecord
 
 
 class MalformedRequest(SynapseException):
@@ -70,6 +75,47 @@ def strict_body_check(axon: Any) -> Any:
     return verify_body_integrity
 
 
+class NotVerified(Exception):
+    """Signature or nonce refused: the axon's verify step answers 401 with this message."""
+
+
+def strict_verify(axon: Any, record: NonceRecord) -> Any:
+    """bittensor's `default_verify`, exactly as strict on the signature, with `record`'s nonce rule.
+
+    The signed string is bittensor's: `nonce.dendrite_hotkey.axon_hotkey.uuid.body_hash`. What bittensor decides
+    from the unsigned `bt_header_dendrite_version` header (whether the age window applies) is not read at all.
+    """
+    from bittensor_wallet import Keypair
+
+    # Read once: the key file is not re-read per request (docs/performance.md), and the miner's hotkey is fixed.
+    axon_hotkey = axon.wallet.hotkey.ss58_address
+
+    async def verify(synapse: Synapse) -> None:
+        # No await below: the nonce check and its record happen in one step of the event loop, so two copies of
+        # one request cannot both pass.
+        dendrite = synapse.dendrite
+        if dendrite is None:
+            raise SynapseDendriteNoneException(synapse=synapse)
+        keypair = Keypair(ss58_address=dendrite.hotkey)  # a missing or malformed hotkey raises: 401
+        # The record is keyed by the public key, not its spelling: one key written with other ss58 prefixes is
+        # still one signer (for the memory bound and its floor).
+        public_key, nonce = keypair.public_key, dendrite.nonce
+        if public_key is None or nonce is None:
+            raise NotVerified("missing hotkey or nonce")
+        signer = public_key.hex()
+        refusal = record.refusal(signer, dendrite.uuid, nonce)
+        if refusal is not None:
+            raise NotVerified(refusal)
+        if not dendrite.signature:
+            raise NotVerified("missing signature")
+        message = f"{nonce}.{dendrite.hotkey}.{axon_hotkey}.{dendrite.uuid}.{synapse.computed_body_hash}"
+        if not keypair.verify(message, dendrite.signature):
+            raise NotVerified("signature mismatch")
+        record.accept(signer, dendrite.uuid, nonce)  # only a verified request changes state
+
+    return verify
+
+
 async def _validation_error_as_400(request: Any, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=400, content={"message": "request body is not a valid synapse"})
 
@@ -79,8 +125,9 @@ async def _http_exception_as_message(request: Any, exc: Exception) -> JSONRespon
     return JSONResponse(status_code=exc.status_code, content={"message": exc.detail})
 
 
-def harden(axon: Any) -> None:
-    """Apply the three replacements; call before `attach` (it captures the body check) and before serving.
+def harden(axon: Any, nonces: NonceRecord | None = None) -> None:
+    """Apply the replacements; call before `attach` (it captures the body check and, for routes attached without
+    a verify function, `default_verify`) and before serving. `nonces`: the nonce rule's settings (defaults if None).
 
     The `/Synapse` ping route is removed: attach it again (with a blacklist) if it should be served.
     """
@@ -89,6 +136,10 @@ def harden(axon: Any) -> None:
         Middleware(HardenedAxonMiddleware, **m.kwargs) if m.cls is AxonMiddleware else m for m in app.user_middleware
     ]
     axon.verify_body_integrity = strict_body_check(axon)
+    # bittensor's own record (`axon.nonces`, one entry per hotkey and uuid, never pruned) is no longer written;
+    # ours stays reachable for its size.
+    axon.nonce_record = nonces if nonces is not None else NonceRecord()
+    axon.default_verify = strict_verify(axon, axon.nonce_record)
     # The default `/Synapse` ping route was attached with the stock body check: the caller re-attaches it.
     for router in (axon.router, app.router):
         router.routes = [route for route in router.routes if getattr(route, "path", None) != "/Synapse"]

@@ -30,6 +30,7 @@ from cascade.config import (
 )
 from cascade.event_loop import EventLoopKind
 from neurons.config_sources import ENV_PREFIX, LayerError, layered_config
+from neurons.nonces import DEFAULT_FUTURE_S, DEFAULT_MAX_AGE_S, DEFAULT_MAX_ENTRIES
 
 __all__ = ["ENV_PREFIX", "ConfigError", "MinerConfig", "build_parser", "load_config"]
 
@@ -83,6 +84,20 @@ class AxonConfig(Strict):
     )
     event_loop: EventLoopKind = Field(
         "uvloop", description="The HTTP server's event loop: uvloop (cheaper per request) or the standard library's."
+    )
+    nonce_max_age_s: float = Field(
+        DEFAULT_MAX_AGE_S, gt=0.0, le=3600.0,
+        description="A request signed longer ago than this (its nonce, by our clock) is refused (401), whatever its "
+        "headers claim: bittensor's 4 s allowance plus the 12 s timeout cap.",
+    )
+    nonce_future_s: float = Field(
+        DEFAULT_FUTURE_S, ge=0.0, le=3600.0,
+        description="How far ahead of ours a caller's clock may run (nonces beyond: 401).",
+    )
+    nonce_record_size: int = Field(
+        DEFAULT_MAX_ENTRIES, ge=64, le=10_000_000,
+        description="Verified nonces remembered to refuse replays (~220 bytes each); past it the busiest caller's "
+        "oldest are dropped and its older nonces refused.",
     )
 
 

@@ -48,6 +48,9 @@ from neurons.reload import RESTART_EXIT_CODE, Reloader
 
 READY_LINE = "MINER READY"  # printed once the axon serves; scripts and tests wait for it
 _ANSWER_GRACE_S = 0.05  # the engine answers by its deadline; this is only the last guard's slack
+# Before the listener is bound: a request signed earlier was meant for a previous process, whose record of used
+# nonces is gone, so it is refused rather than replayable here (neurons/nonces.py).
+_STARTED_NS = time.time_ns()
 
 
 class Miner:
@@ -82,7 +85,8 @@ class Miner:
 
     # -- verification, then the per-hotkey rate limit ---------------------------------------------
     async def _verify(self, synapse: Any) -> None:
-        """The stock signature and nonce check, with the unsigned timeout capped first; then charge the bucket."""
+        """The signature and nonce check (axon_hardening.strict_verify), the unsigned timeout capped first for the
+        deadline; then charge the bucket."""
         synapse.timeout = sane_timeout(synapse.timeout, self.config.deadline.timeout_cap_s)
         try:
             await self._axon.default_verify(synapse)
@@ -191,9 +195,12 @@ class Miner:
         import bittensor as bt
 
         from neurons.axon_hardening import harden
+        from neurons.nonces import NonceRecord
 
         self._axon = axon
-        harden(axon)
+        limits = self.config.axon
+        harden(axon, NonceRecord(limits.nonce_max_age_s, limits.nonce_future_s, limits.nonce_record_size,
+                                 not_before_ns=_STARTED_NS))
         for cls in (ImageSynapse, ExtendedImageSynapse):
             forward, blacklist_fn, verify_fn = self.handlers(cls)
             axon.attach(forward_fn=forward, blacklist_fn=blacklist_fn, verify_fn=verify_fn)
