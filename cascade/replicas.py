@@ -161,7 +161,7 @@ def log_preprocessing(configs: dict[str, ExpertConfig], loaded: Sequence[Expert]
         if preprocessing is not None:
             how = preprocessing.describe()
         elif isinstance(first, WorkerExpert):
-            how = "input and resize chosen in its worker process, not reported back to this one"
+            how = first.reported_preprocessing() or "input and resize chosen in its worker process (not reported)"
         else:
             side = first.input_side()
             how = f"input {'full size' if side is None else f'<= {side} px'}, resize by the backend itself"

@@ -95,6 +95,11 @@ class WorkerExpert(Expert):
     def memory_bytes(self) -> int:
         return int(self._facts.get("memory_bytes", 0))
 
+    def reported_preprocessing(self) -> str | None:
+        """The input size and resize mode the worker's expert serves, as its own process described them."""
+        described = self._facts.get("preprocessing")
+        return str(described) if described else None
+
     def warmed_in_load(self) -> tuple[float, float] | None:
         warm = self._facts.get("warm")
         return (float(warm[0]), float(warm[1])) if warm else None

@@ -83,8 +83,10 @@ def _load(spec: dict[str, Any]) -> tuple[Expert, dict[str, Any]]:
             notes.append(note)
     load_s = time.monotonic() - t0
     warm = warm_up(expert)
+    described = getattr(expert, "preprocessing", None)  # the input size and resize mode it serves, for the log
     facts = {"pid": os.getpid(), "takes_jpeg": expert.takes_jpeg(), "input_side": expert.input_side(),
-             "memory_bytes": expert.memory_bytes(), "load_s": load_s, "warm": warm, "notes": notes}
+             "memory_bytes": expert.memory_bytes(), "load_s": load_s, "warm": warm, "notes": notes,
+             "preprocessing": described.describe() if described is not None else None}
     return expert, facts
 
 

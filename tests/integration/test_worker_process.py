@@ -85,6 +85,21 @@ def test_a_worker_that_cannot_load_says_why_in_the_miners_log_and_leaves_no_proc
         logger.remove(sink)
 
 
+def test_a_worker_process_expert_logs_the_resize_mode_its_worker_serves(tiny_vit: Path) -> None:
+    from loguru import logger
+
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), format="{message}")
+    engine = Engine(EngineConfig(cascade=cascade_config([[vit_config(tiny_vit)]])))
+    try:
+        engine.start()
+    finally:
+        engine.close()
+        logger.remove(sink)
+    logged = [line for line in lines if line.startswith("expert vit: backend hf_classifier")]
+    assert len(logged) == 1 and "input 32x32, resize squash (from " in logged[0], logged
+
+
 def test_workers_start_side_by_side_and_one_that_fails_leaves_no_other_running(tiny_vit: Path,
                                                                                 tmp_path: Path) -> None:
     before = set(children_of(os.getpid()))
