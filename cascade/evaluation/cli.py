@@ -161,11 +161,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "optimistic; sn72-promote judges the candidate on a judge set")
         fitted, fit_summary = _fit(args, cascade, source.describe(), source.kind, recording, fit_rows, held_rows,
                                    counts, costs, evaluated_on)
+        # Both judged with one crowd of simulated miners (the fitted experts'): only the cascade differs.
+        crowd = report.population(fitted, recording.experts, recording.outputs)
         evaluations = {
             "before (as configured, fit set)": report.evaluate(cascade, recording.experts, recording.outputs,
-                                                               recording.labels, **shared),
+                                                               recording.labels, crowd=crowd, **shared),
             "after (fitted, on its own fit set)": report.evaluate(fitted, recording.experts, recording.outputs,
-                                                                  recording.labels, **shared),
+                                                                  recording.labels, crowd=crowd, **shared),
         }
     elif args.fit:
         fit_rows, held_rows = _split(recording.labels, args.holdout, args.seed)
@@ -174,9 +176,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fitted, fit_summary = _fit(args, cascade, source.describe(), source.kind, recording, fit_rows, held_rows,
                                    counts, costs, evaluated_on)
         held = recording.subset(held_rows)
+        crowd = report.population(fitted, held.experts, held.outputs)
         evaluations = {
-            "before (as configured)": report.evaluate(cascade, held.experts, held.outputs, held.labels, **shared),
-            "after (fitted)": report.evaluate(fitted, held.experts, held.outputs, held.labels, **shared),
+            "before (as configured)": report.evaluate(cascade, held.experts, held.outputs, held.labels, crowd=crowd,
+                                                      **shared),
+            "after (fitted)": report.evaluate(fitted, held.experts, held.outputs, held.labels, crowd=crowd, **shared),
         }
     else:
         evaluated_on = f"all {recording.labels.size} images (no fit in this run)"

@@ -153,9 +153,10 @@ def fit_cascade(cascade: CascadeConfig, experts: list[str], outputs: np.ndarray,
             cascade.levels, level_columns, served.level_weights, served.intercepts, thresholds, margins.margins,
             strict=True)
     ]
-    for block, why, margin in zip(intervals["levels"], threshold_reports, margins.margins, strict=True):
+    for block, why, level_fit in zip(intervals["levels"], threshold_reports, level_fits, strict=True):
         block["threshold"] = {**block["threshold"], **why}
-        block["exit_margin"] = margin
+        block["exit_margin"] = level_fit.exit_margin
+        block["served"] = {"weights": level_fit.weights, "intercept": level_fit.intercept}  # what the file serves
     report = {
         "settings": {"max_mcc_loss": settings.max_mcc_loss, "folds": settings.folds,
                      "resamples": settings.bootstrap, "confidence": settings.confidence, "min_images": min_images},

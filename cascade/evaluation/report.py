@@ -13,6 +13,7 @@ from cascade import consensus
 from cascade.answer import shaped_probability
 from cascade.config import AnswerConfig, CascadeConfig
 from cascade.evaluation import replay
+from cascade.evaluation.bootstrap import metric_interval
 from cascade.evaluation.fit_parameters import raw_logits
 from cascade.evaluation.metrics import binary_metrics
 from cascade.evaluation.reward import ConsensusModel, estimate_reward
@@ -34,6 +35,9 @@ class Evaluation:
 
 def _block(labels: np.ndarray, probabilities: np.ndarray, reward_args: dict[str, Any]) -> dict[str, Any]:
     block = binary_metrics(labels, probabilities).as_dict()
+    if block["mcc"] is not None:  # how far the figure could move on another set of this size
+        block["mcc_interval"] = metric_interval(labels, np.round(probabilities).astype(int), rounds=1000,
+                                                seed=reward_args.get("seed", 0)).as_dict()
     estimate = estimate_reward(labels, probabilities, **reward_args)
     block["reward"] = estimate.as_dict() if estimate is not None else None
     if estimate is None:
@@ -59,11 +63,14 @@ def shaped_answers(probabilities: np.ndarray, answer: AnswerConfig) -> np.ndarra
 
 def evaluate(cascade: CascadeConfig, experts: list[str], outputs: np.ndarray, labels: np.ndarray, *,
              expert_seconds: dict[str, float], late_rate: float = 0.0, prior_rate: float = 0.0,
-             trials: int = 2000, seed: int = 0, consensus_model: ConsensusModel | None = None) -> Evaluation:
+             trials: int = 2000, seed: int = 0, consensus_model: ConsensusModel | None = None,
+             crowd: np.ndarray | None = None) -> Evaluation:
     """Every metric of every expert, every level (all images run to it) and the deployed cascade.
 
-    Rewards model consensus tasks (`consensus_model`, default ConsensusModel()); the deployed cascade's reward is
-    given under the cascade's answer policy and under each policy (`reward_by_policy`).
+    Rewards model consensus tasks (`consensus_model`, default ConsensusModel()) whose other miners start from
+    `crowd` ((images, k) log-odds; default: this cascade's calibrated experts; give two evaluations the same crowd
+    to compare them); the deployed cascade's reward is given under its answer policy and under each
+    (`reward_by_policy`).
     """
     consensus_model = consensus_model or ConsensusModel()
     pooling = consensus.Pooling.from_config(cascade)
@@ -73,7 +80,7 @@ def evaluate(cascade: CascadeConfig, experts: list[str], outputs: np.ndarray, la
     deployed = replay.answers_at(levels, exits)
     costs = replay.level_costs(cascade, expert_seconds)
     plain: dict[str, Any] = {"trials": trials, "seed": seed, "consensus": consensus_model,
-             "population": population(cascade, experts, outputs)}
+                             "population": population(cascade, experts, outputs) if crowd is None else crowd}
     summary: dict[str, Any] = {
         "images": int(labels.size),
         "experts": {name: {**_block(labels, outputs[:, j], plain), "expert_seconds_per_image":
@@ -146,6 +153,10 @@ def format_evaluation(title: str, summary: dict[str, Any]) -> str:
     lines += [_row(f"level {i + 1} {level['name']}", level) for i, level in enumerate(summary["levels"])]
     deployed = summary["deployed"]
     lines.append(_row("deployed cascade", deployed))
+    if deployed.get("mcc_interval"):
+        interval = deployed["mcc_interval"]
+        lines.append(f"deployed MCC {interval['estimate']:.3f}, 95% interval [{interval['low']:.3f}, "
+                     f"{interval['high']:.3f}] (stratified bootstrap of these {deployed['n']} images)")
     exits = ", ".join(f"{name} {count}" for name, count in deployed["exit_levels"].items())
     lines.append(f"exits (replayed): {exits}; expert-ms per image {deployed['expert_seconds_per_image'] * 1000:.2f}"
                  f" (every level: {deployed['all_levels_expert_seconds_per_image'] * 1000:.2f})")
@@ -206,10 +217,16 @@ def fit_lines(fit_report: dict[str, Any]) -> list[str]:
              f"resampled fit sets; choices cross-validated on {fit_report['settings']['folds']} folds"]
     for name, block in parameters["experts"].items():
         lines.append(f"expert {name}: temperature {_interval(block['temperature'])}, bias {_interval(block['bias'])}")
+    single = structure["kind"] == "single"
     for index, block in enumerate(parameters["levels"]):
         weights = ", ".join(f"{name} {_interval(w)}" for name, w in block["weights"].items())
         threshold = block["threshold"]
-        lines.append(f"level {index + 1}: weights {weights}; intercept {_interval(block['intercept'])}")
+        if single:
+            served = ", ".join(f"{name} {w:g}" for name, w in block["served"]["weights"].items())
+            lines.append(f"level {index + 1}: serves weights {served} (one expert alone); the pooled fit was "
+                         f"{weights}; intercept {_interval(block['intercept'])}")
+        else:
+            lines.append(f"level {index + 1}: weights {weights}; intercept {_interval(block['intercept'])}")
         lines.append(f"  threshold: best cut {_interval(threshold)}, used {threshold['used']:.3f} "
                      f"({threshold['reason']}); exit margin {block['exit_margin']}")
     lines.append(f"exit margins {fit_report['margins']['chosen']}: {fit_report['margins']['reason']}")
