@@ -3,6 +3,7 @@
 
     sn72-make-tiny-models --out .demo/models            # all of them
     sn72-make-tiny-models --out .demo/models tiny-vit   # just one
+    sn72-make-tiny-models --out .demo/models small-cnn  # a ResNet of 702k parameters that learns on a CPU (112 px)
     sn72-make-tiny-models --out bench-models vit-b16    # a real-size ViT-B/16 (random weights)
     sn72-make-tiny-models --out bench-models owlv2-base # a real-size OWLv2 B/16 at 960 px (random)
     sn72-make-tiny-models --out .bench/models --device cuda:0 --production full   # the production cascade, on a GPU
