@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -93,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                             os.link(file, train / str(label) / file.name)
             out = root / f"run{size}"
             command = [python, "-m", "cascade.train", str(train), "--heldout", str(root / "heldout"), "--model",
-                       str(model), "--out", str(out), *RECIPE, "--seed", str(seed), "--no-eval", "--no-progress",
-                       "--overwrite"]
+                       str(model), "--out", str(out), *RECIPE, "--seed", str(seed), "--no-eval", "--no-progress"]
+            shutil.rmtree(out, ignore_errors=True)  # a fresh run each time (no --overwrite: stable flags only)
             began = time.monotonic()
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             wall = time.monotonic() - began
