@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from cascade.config import EngineConfig, SchedulerConfig, load_cascade
@@ -113,8 +114,15 @@ def test_the_small_cnn_learns_the_street_task(small_cnn, tmp_path):
     make_street_folder(tmp_path / "judge", HELDOUT_IMAGES, seed=2, sizes=SMALL)
     before, _ = judged_accuracy(small_cnn, tmp_path / "judge")
     assert 0.4 <= before <= 0.6, before  # random weights: chance
-    code = cli.main([str(tmp_path / "train"), "--heldout", str(tmp_path / "heldout"), "--model", str(small_cnn),
-                     "--out", str(tmp_path / "run"), *RECIPE])
+    # NOTE: one torch thread. On the shared 2-core box, two threads wait at every parallel region for a partner that
+    # other work has descheduled: the same run took 31 s or 277 s with two, 20 s with one (docs/training.md agrees).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = cli.main([str(tmp_path / "train"), "--heldout", str(tmp_path / "heldout"), "--model", str(small_cnn),
+                         "--out", str(tmp_path / "run"), *RECIPE])
+    finally:
+        torch.set_num_threads(threads)
     assert code == 0
     after, answers = judged_accuracy(tmp_path / "run" / "model", tmp_path / "judge")
     assert after >= ACCURACY_AFTER, (before, after)
