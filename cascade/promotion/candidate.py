@@ -34,6 +34,10 @@ def write_candidate(served: Path, out: Path, calibration: Path | None, models: d
     out.mkdir(parents=True, exist_ok=True)
     if calibration is not None:
         data["calibration"] = os.path.relpath(calibration.resolve(), out.resolve())
+    elif "calibration" in data and models:
+        # The served calibration is bound to the weights it was fitted for (cascade/model_identity.py): with new
+        # weights the unfitted candidate serves the YAML's own calibration until a fit writes one.
+        del data["calibration"]
     elif "calibration" in data:
         data["calibration"] = str((base / str(data["calibration"])).resolve())
     buffer = io.StringIO()
