@@ -249,7 +249,6 @@ def listening(pid: int) -> bool:
 
 def demo_setup(folder: Path, pm2_binary: str) -> tuple[Pm2, str]:
     """A one-model CPU cascade, wallets and an offline metagraph under `folder`, started by a private pm2."""
-    sys.path.insert(0, str(ROOT))
     os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1")  # before transformers is imported
     from cascade.tiny_models import build_tiny_vit
     from neurons.offline import free_port, make_wallets
