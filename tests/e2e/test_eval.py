@@ -101,7 +101,7 @@ def test_every_report_field_is_present_and_consistent(fitted):
 
 
 def test_the_fit_writes_a_candidate_and_never_the_served_cascade(fitted, capsys):
-    root, report = fitted
+    root, _ = fitted
     assert yaml.safe_load((root / "cascade.yaml").read_text()).get("calibration") is None
     assert "release" not in yaml.safe_load((root / "cascade.yaml").read_text())  # nothing bumped
     calibration = json.loads((root / "out" / "calibration.json").read_text())

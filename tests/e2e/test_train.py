@@ -4,10 +4,8 @@ is a one-line error."""
 
 from __future__ import annotations
 
-import base64
 import csv
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +13,13 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from cascade.config import EngineConfig, SchedulerConfig, load_cascade
-from cascade.engine import Engine
-from cascade.request import Job
+from cascade.config import load_cascade
 from cascade.tiny_models import build_tiny_clip, build_tiny_owlv2, build_tiny_vit
 from cascade.training import bench, cli
 from cascade.training.recipe import Recipe
 from cascade.training.run import Inputs, train
 from cascade.training.synthetic import make_cone_folder
+from tests.factories.engine import expert_answers
 
 pytestmark = pytest.mark.slow
 
@@ -58,19 +55,7 @@ def write_cascade(root: Path, name: str, model: str, **expert: Any) -> Path:
 
 
 def engine_answers(cascade: Path, files: list[Path]) -> list[float]:
-    """The raw answer of the cascade's one expert to each file, through the real engine."""
-    engine = Engine(EngineConfig(cascade=load_cascade(cascade), scheduler=SchedulerConfig(cache_size=0)))
-    engine.start()
-    try:
-        answers = []
-        for file in files:
-            now = time.monotonic()
-            job = Job(payload=base64.b64encode(file.read_bytes()).decode(), arrival_s=now, deadline_s=now + 30)
-            result = engine.submit(job).result(60)
-            answers.append(result.answers[0].probability)
-        return answers
-    finally:
-        engine.close()
+    return expert_answers(cascade, files)
 
 
 def test_the_tiny_classifier_goes_from_chance_to_the_stated_accuracy(trained):

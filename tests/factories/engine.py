@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -119,3 +120,23 @@ def make_job(payload: str | None = None, budget_s: float = 5.0, hotkey: str = "h
         payload = marked_payload(mark, seed if seed is not None else mark)
     return Job(payload=payload, hotkey=hotkey, stake=stake, arrival_s=now, deadline_s=now + budget_s)
 
+
+
+def expert_answers(cascade_file: Path, files: Sequence[Path]) -> list[float]:
+    """The raw answer of a cascade file's first expert to each image file, one request at a time through the real
+    engine (result cache off)."""
+    import base64
+
+    from cascade.config import load_cascade
+
+    engine = Engine(EngineConfig(cascade=load_cascade(cascade_file), scheduler=SchedulerConfig(cache_size=0)))
+    engine.start()
+    try:
+        answers = []
+        for file in files:
+            now = time.monotonic()
+            job = Job(payload=base64.b64encode(file.read_bytes()).decode(), arrival_s=now, deadline_s=now + 30)
+            answers.append(engine.submit(job).result(60).answers[0].probability)
+        return answers
+    finally:
+        engine.close()

@@ -4,21 +4,17 @@ chance."""
 
 from __future__ import annotations
 
-import base64
 import json
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from cascade.config import EngineConfig, SchedulerConfig, load_cascade
-from cascade.engine import Engine
-from cascade.request import Job
 from cascade.tiny_models import BUILDERS, build_small_cnn
 from cascade.training import cli
 from cascade.training.streets import make_street_folder, scaled_sizes
+from tests.factories.engine import expert_answers
 
 SMALL = scaled_sizes(240)
 # The street task in the suite: 400 small images to train on (sn72-train keeps a share of them for its calibration
@@ -43,17 +39,7 @@ def engine_answers(root: Path, model: Path, files: list[Path]) -> list[float]:
          "warmup_batches": 1}]}]}
     path = root / "cascade.yaml"
     path.write_text(yaml.safe_dump(cascade, sort_keys=False))
-    engine = Engine(EngineConfig(cascade=load_cascade(path), scheduler=SchedulerConfig(cache_size=0)))
-    engine.start()
-    try:
-        answers = []
-        for file in files:
-            now = time.monotonic()
-            job = Job(payload=base64.b64encode(file.read_bytes()).decode(), arrival_s=now, deadline_s=now + 30)
-            answers.append(engine.submit(job).result(60).answers[0].probability)
-        return answers
-    finally:
-        engine.close()
+    return expert_answers(path, files)
 
 
 def test_the_small_cnn_is_a_few_hundred_thousand_parameters_with_the_baselines_labels(small_cnn):
