@@ -16,6 +16,7 @@ import numpy as np
 
 from cascade.config import CascadeConfig, ExpertConfig, LevelConfig, ResizeMode
 from cascade.evaluation import plots, record, report
+from cascade.evaluation.bootstrap import paired_difference
 from cascade.evaluation.datasets import EvalError, open_source
 from cascade.experts.base import ExpertError
 from cascade.training.recipe import TrainError
@@ -87,3 +88,25 @@ def write_verdicts(folder: Path, verdicts: list[Verdict], described: str) -> dic
     (folder / "report.txt").write_text("\n".join(lines))
     plots.reliability_diagram({v.title: v.evaluation for v in verdicts}, folder / "reliability.png")
     return result
+
+
+def against_start(judged: dict[str, dict[str, Verdict]], seed: int) -> dict[str, Any] | None:
+    """The new model against its start, paired, on the fit images (neither learnt from them), else on the dev
+    images (which chose the checkpoint: they flatter the new model)."""
+    part = "fit" if "fit" in judged and len(judged["fit"]) == 2 else "dev"
+    if len(judged.get(part, {})) != 2:
+        return None
+    before, after = judged[part]["before"], judged[part]["after"]
+    position = {name: i for i, name in enumerate(before.names)}
+    shared = [name for name in after.names if name in position]
+    rows_after = [after.names.index(name) for name in shared]
+    rows_before = [position[name] for name in shared]
+    labels = after.evaluation.labels[rows_after]
+    difference = paired_difference(labels, np.round(after.probabilities[rows_after]).astype(int),
+                                   np.round(before.probabilities[rows_before]).astype(int), "mcc", seed=seed)
+    caveat = "" if part == "fit" else " (early-stopping images: they chose the checkpoint, so this flatters it)"
+    worse = difference.estimate < 0.0
+    text = (f"new model minus its start, MCC on the {len(shared)} {part} images{caveat}: {difference.text()}; "
+            + ("worse than its start: not a candidate for the cascade" if worse else
+               "better beyond noise" if difference.above_zero else "not better beyond noise"))
+    return {"set": part, "images": len(shared), "mcc_difference": difference.as_dict(), "worse": worse, "text": text}

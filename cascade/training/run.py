@@ -31,7 +31,6 @@ from loguru import logger
 
 from cascade.config import ResizeMode
 from cascade.evaluation import roles
-from cascade.evaluation.bootstrap import paired_difference
 from cascade.experts.base import ExpertError
 from cascade.experts.preprocess import recorded_resize, write_preprocess_record
 from cascade.training import card, data, judge
@@ -280,35 +279,13 @@ def train(recipe: Recipe, inputs: Inputs, callbacks: Sequence[Any] = ()) -> Outc
                                "trainer_dev": _trainer_metrics(predicted.metrics or {}),
                                "train_seconds": train_seconds, "train_images": len(split.train),
                                "device": device, "precision": precision})
-    record["verdict"] = _verdict(judged, recipe.seed)
+    record["verdict"] = judge.against_start(judged, recipe.seed)
     card.write_card(new, record)
     roles.write_lineage(new, (e.sha256 for e in split.train), (e.sha256 for e in split.dev), base, recipe.model)
     _swap_in(new, inputs.out / "model")
     worse = bool(record["verdict"] and record["verdict"]["worse"])
     return Outcome(inputs.out / "model", record, split, trainer_probabilities, engine_probabilities, train_seconds,
                    _summary(record, inputs), worse)
-
-
-def _verdict(judged: dict[str, dict[str, judge.Verdict]], seed: int) -> dict[str, Any] | None:
-    """The new model against its start, paired, on the fit images (neither learnt from them), else on the dev
-    images (which chose the checkpoint: they flatter the new model)."""
-    part = "fit" if "fit" in judged and len(judged["fit"]) == 2 else "dev"
-    if len(judged.get(part, {})) != 2:
-        return None
-    before, after = judged[part]["before"], judged[part]["after"]
-    position = {name: i for i, name in enumerate(before.names)}
-    shared = [name for name in after.names if name in position]
-    rows_after = [after.names.index(name) for name in shared]
-    rows_before = [position[name] for name in shared]
-    labels = after.evaluation.labels[rows_after]
-    difference = paired_difference(labels, np.round(after.probabilities[rows_after]).astype(int),
-                                   np.round(before.probabilities[rows_before]).astype(int), "mcc", seed=seed)
-    caveat = "" if part == "fit" else " (early-stopping images: they chose the checkpoint, so this flatters it)"
-    worse = difference.estimate < 0.0
-    text = (f"new model minus its start, MCC on the {len(shared)} {part} images{caveat}: {difference.text()}; "
-            + ("worse than its start: not a candidate for the cascade" if worse else
-               "better beyond noise" if difference.above_zero else "not better beyond noise"))
-    return {"set": part, "images": len(shared), "mcc_difference": difference.as_dict(), "worse": worse, "text": text}
 
 
 def _best_model(trainer: Any) -> None:
