@@ -86,7 +86,9 @@ def _cascade(model: Path, name: str, bias: float, device: str, size: str) -> dic
     expert = {"name": name, "backend": "hf_classifier", "model": str(model), "device": device,
               "max_batch": 32 if size == "base" else 8, "max_wait_ms": 2.0, "warmup_batches": 1,
               "memory_gb": 1.0, "calibration": {"bias": bias}, "options": {"positive_labels": ["Roadwork"]}}
-    return {"version": f"bench-{name}", "levels": [{"name": "only", "exit_margin": 0.3, "experts": [expert]}]}
+    # calibrated answers: which cascade answered is read off the answer's value (bias +-12)
+    return {"version": f"bench-{name}", "answer": {"policy": "calibrated"},
+            "levels": [{"name": "only", "exit_margin": 0.3, "experts": [expert]}]}
 
 
 def _median(values: list[float]) -> float | None:

@@ -54,6 +54,7 @@ def cascade_for(base: dict[str, Any], version: str, level1: escalation.Escalatio
     before the last level (margin 0.5), so what leaves level 1 goes all the way."""
     cascade = yaml.safe_load(yaml.safe_dump(base))
     cascade["version"] = version
+    cascade["answer"] = {"policy": "calibrated"}  # the fit reads level 1's probability off the answers sent
     for level in cascade["levels"][1:]:
         level["exit_margin"] = 0.5
     first = cascade["levels"][0]

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from cascade.calibration import CalibrationFile, ExpertFit, FitSource, LevelFit, digest
+from cascade.model_identity import content_identity
 from cascade.tiny_models import build_tiny_vit
 from neurons.client import encode_jpeg, synthetic_image
 from neurons.loadtest import SustainedLoad, Timed, scrape
@@ -37,8 +38,9 @@ def expert(name: str, model: Path, bias: float = 0.0, **fields: Any) -> dict[str
 
 
 def cascade(*experts: dict[str, Any], **top: Any) -> dict[str, Any]:
-    return {"version": "reload-e2e", "levels": [{"name": "only", "exit_margin": 0.3, "experts": list(experts)}],
-            **top}
+    # calibrated answers: the test tells the old cascade from the new one by the answer's value
+    return {"version": "reload-e2e", "answer": {"policy": "calibrated"},
+            "levels": [{"name": "only", "exit_margin": 0.3, "experts": list(experts)}], **top}
 
 
 def write_calibration(path: Path, expert_name: str, model: Path, bias: float) -> str:
@@ -46,7 +48,8 @@ def write_calibration(path: Path, expert_name: str, model: Path, bias: float) ->
                        fit_images=7, held_out_images=3, split="random", seed=0, max_mcc_loss=0.0)
     fitted = CalibrationFile(
         created="2026-01-01T00:00:00Z", cascade_version="reload-e2e", source=source,
-        experts={expert_name: ExpertFit(temperature=1.0, bias=bias, backend="hf_classifier", model=model.name)},
+        experts={expert_name: ExpertFit(temperature=1.0, bias=bias, backend="hf_classifier", model=model.name,
+                                        weights=content_identity(str(model)))},
         levels=[LevelFit(name="only", weights={expert_name: 1.0}, exit_margin=0.3)],
     )
     text = fitted.to_json()

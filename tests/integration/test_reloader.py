@@ -18,6 +18,7 @@ from cascade.calibration import CalibrationFile, ExpertFit, FitSource, LevelFit
 from cascade.config import EngineConfig, load_cascade
 from cascade.consensus import logit, sigmoid
 from cascade.engine import Engine
+from cascade.model_identity import content_identity
 from cascade.placement import GIB, DeviceInfo
 from neurons.reload import Reloader
 from tests.factories.engine import FakeExpert, make_job, wait_for
@@ -40,7 +41,7 @@ def calibration_file(path: Path, bias: float) -> Path:
                        fit_images=7, held_out_images=3, split="random", seed=0, max_mcc_loss=0.0)
     fitted = CalibrationFile(created="2026-01-01T00:00:00Z", cascade_version="v1", source=source,
                              experts={"a": ExpertFit(temperature=1.0, bias=bias, backend="hf_classifier",
-                                                     model="fake/a")},
+                                                     model="fake/a", weights=content_identity("fake/a"))},
                              levels=[LevelFit(name="only", weights={"a": 1.0}, exit_margin=0.3)])
     path.write_text(fitted.to_json())
     return path
