@@ -30,6 +30,7 @@ from cascade.decode import DecodeError
 from cascade.engine import Engine
 from cascade.evaluation import distort
 from cascade.evaluation.datasets import EvalError, Source
+from cascade.model_identity import content_identity
 from cascade.request import Job, Result, Status
 
 FAR_DEADLINE_S = 86_400.0  # eval mode: no request ever runs out of time
@@ -68,29 +69,16 @@ def model_identity(expert: ExpertConfig) -> str:
     """What makes an expert's output what it is: backend, weights, preprocessing (input size, resize mode),
     numeric type.
 
-    Local weights are fingerprinted by file names, sizes and modification times (a rebuilt model is a
-    new identity); a hub id by the snapshot revision in the local cache when there is one.
+    The weights are named by content (cascade/model_identity.py, as a calibration names them): a local model
+    rebuilt or retrained in place is a new identity even when its files keep their names, sizes and times; a hub id
+    by the snapshot revision in the local cache when there is one.
     """
     import torch
 
-    path = Path(expert.model)
-    weights: Any
-    if path.exists():
-        files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
-        weights = [(str(f.relative_to(path.parent)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    else:
-        weights = expert.model
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(expert.model, "config.json")
-            if isinstance(cached, str):
-                weights = f"{expert.model}@{Path(cached).parent.name}"  # snapshots/<revision>/config.json
-        except Exception:  # noqa: BLE001 - not a hub id (an ultralytics asset name): the name is the identity
-            pass
     identity = {
-        "backend": expert.backend, "weights": weights, "dtype": expert.dtype, "input_size": expert.input_size,
-        "resize": expert.resize, "options": expert.options, "device": expert.device, "cuda": torch.cuda.is_available(),
+        "backend": expert.backend, "weights": content_identity(expert.model), "dtype": expert.dtype,
+        "input_size": expert.input_size, "resize": expert.resize, "options": expert.options, "device": expert.device,
+        "cuda": torch.cuda.is_available(),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
