@@ -31,6 +31,7 @@ from cascade.evaluation.fit_choices import (
     FitSettings,
     MarginChoice,
     choose_margins,
+    choose_single_cut,
     choose_structure,
     choose_threshold,
     cross_validate,
@@ -74,6 +75,11 @@ class FitResult:
     cascade: CascadeConfig  # a copy of the cascade serving this calibration
     margins: MarginChoice
     report: dict[str, Any]  # also in the file: what was chosen, why, and each parameter's interval
+
+
+def _home(level_columns: list[list[int]], column: int) -> int:
+    """The level at which an expert first answers."""
+    return next(level for level, columns in enumerate(level_columns) if column in columns)
 
 
 def _with_calibration(cascade: CascadeConfig, calibration: CalibrationFile, path: Path, text: str,
@@ -125,8 +131,13 @@ def fit_cascade(cascade: CascadeConfig, experts: list[str], outputs: np.ndarray,
     weights = balanced_weights(labels)
     fitted_thresholds = [best_threshold(labels, pooled[:, level], weights) for level in range(len(level_columns))]
     thresholds, threshold_reports = [], []
+    alone = structure.column if structure.kind == "single" else (0 if len(experts) == 1 else None)
     for level, fitted in enumerate(fitted_thresholds):
-        used, why = choose_threshold(level, labels, fitted, cv, settings)
+        if alone is not None and level == _home(level_columns, alone):
+            used, why = choose_single_cut(level, labels, fitted, cv, outputs[:, alone],
+                                          float(served.pooled(np.zeros((1, len(experts))))[0, level]), settings)
+        else:
+            used, why = choose_threshold(level, labels, fitted, cv, settings)
         thresholds.append(used)
         threshold_reports.append(why)
     mapped = np.column_stack([threshold_map(pooled[:, level], t) for level, t in enumerate(thresholds)])

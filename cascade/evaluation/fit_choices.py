@@ -29,6 +29,7 @@ from cascade.evaluation.bootstrap import (
     upper_bound,
 )
 from cascade.evaluation.fit_parameters import (
+    THRESHOLD_RANGE,
     Parameters,
     balanced_mcc_rows,
     balanced_weights,
@@ -146,6 +147,35 @@ def choose_threshold(level: int, labels: np.ndarray, fitted: float, cv: CrossVal
     if gain.above_zero:
         return fitted, {**report, "used": fitted, "reason": f"beats 0.5 beyond noise (MCC {gain.text()})"}
     return 0.5, {**report, "used": 0.5, "reason": f"does not beat 0.5 beyond noise (MCC {gain.text()}): no map"}
+
+
+def choose_single_cut(level: int, labels: np.ndarray, fitted: float, cv: CrossValidated, raw_outputs: np.ndarray,
+                      raw_cut: float, settings: FitSettings) -> tuple[float, dict[str, Any]]:
+    """Where one expert answering alone decides: its own raw decision (p > 0.5) unless the data shows better.
+
+    Calibration (temperature, bias) moves the point where the calibrated answer crosses 0.5; `raw_cut` is the
+    calibrated value at the expert's raw 0.5, so a threshold map onto it keeps the raw decision exactly. The
+    calibrated 0.5 and the MCC-best cut each replace it only when they beat the raw decision on held folds beyond
+    noise (the best cut first).
+    """
+    raw = _answers(np.asarray(raw_outputs) > 0.5)
+    paired: dict[str, Any] = {"rounds": settings.bootstrap, "confidence": settings.confidence,
+                              "seed": settings.seed + level}
+    best = paired_difference(labels, _answers(cv.mapped_last[level]), raw, **paired)
+    calibrated = paired_difference(labels, _answers(cv.pooled[:, level]), raw, **paired)
+    report = {"fitted": fitted, "raw_cut": raw_cut, "best_cut_over_raw": best.as_dict(),
+              "calibrated_over_raw": calibrated.as_dict(), "fold_thresholds": [fold[level] for fold in cv.thresholds]}
+    low, high = THRESHOLD_RANGE
+    if fitted != 0.5 and best.above_zero:
+        return fitted, {**report, "used": fitted, "reason": f"the best cut beats the raw decision beyond noise "
+                                                            f"(MCC {best.text()})"}
+    if calibrated.above_zero:
+        return 0.5, {**report, "used": 0.5, "reason": f"the calibrated 0.5 beats the raw decision beyond noise "
+                                                      f"(MCC {calibrated.text()})"}
+    cut = float(np.clip(raw_cut, low, high))
+    return cut, {**report, "used": cut, "reason": f"neither the calibrated 0.5 ({calibrated.text()}) nor the best cut "
+                                                  f"({best.text()}) beats the raw decision beyond noise: the expert's "
+                                                  "own p > 0.5 decides"}
 
 
 @dataclass(frozen=True)

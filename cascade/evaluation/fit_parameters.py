@@ -77,9 +77,27 @@ def fit_expert(raw: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> tupl
 
 
 def fit_level(calibrated: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
-    """Pooling weights (one per column) and an intercept."""
-    model = LogisticRegression(C=1.0).fit(calibrated, labels, sample_weight=weights)
-    return np.clip(model.coef_[0], -100.0, 100.0), float(np.clip(model.intercept_[0], -30.0, 30.0))
+    """Pooling weights (one per column, never negative) and an intercept.
+
+    A column the regression would weigh negatively (an expert no better than chance, or inverted) is dropped and
+    the rest refitted: pooling must not turn an expert's answer around, which calibration already declined to do.
+    """
+    kept = np.ones(calibrated.shape[1], dtype=bool)
+    coefficients = np.zeros(calibrated.shape[1])
+    intercept = 0.0
+    while kept.any():
+        model = LogisticRegression(C=1.0).fit(calibrated[:, kept], labels, sample_weight=weights)
+        coefficients[:] = 0.0
+        coefficients[kept] = model.coef_[0]
+        intercept = float(model.intercept_[0])
+        negative = kept & (coefficients < 0.0)
+        if not negative.any():
+            break
+        kept &= ~negative
+    if not kept.any():  # nothing weighs positively: the level says what the class balance says
+        coefficients[:] = 0.0
+        intercept = 0.0
+    return np.clip(coefficients, 0.0, 100.0), float(np.clip(intercept, -30.0, 30.0))
 
 
 def best_threshold(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray | None = None) -> float:

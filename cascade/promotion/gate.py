@@ -109,8 +109,14 @@ def reward_interval(labels: np.ndarray, served: Side, candidate: Side, model: Co
                     settings: GateSettings) -> tuple[Interval, dict[str, Any]]:
     """Candidate minus served in the reward estimate (each under its own answer policy), paired."""
     answers = {side.title: shaped_answers(side.deployed, side.cascade.answer) for side in (served, candidate)}
-    # The other miners of consensus tasks start from the served experts: the same crowd for both sides.
-    crowd = population(served.cascade, served.recording.experts, served.recording.outputs)
+    # The other miners of consensus tasks start from both sides' experts alike: one crowd for both, which favours
+    # neither (a crowd of the served experts alone agreed with the served answers, an outside review found).
+    columns: dict[tuple[str, str], np.ndarray] = {}
+    for side in (served, candidate):
+        block = population(side.cascade, side.recording.experts, side.recording.outputs)
+        for j, name in enumerate(side.recording.experts):
+            columns[(side.cascade.version, name)] = block[:, j]
+    crowd = np.column_stack([columns[key] for key in sorted(columns)])  # in an order that does not name the roles
     common: dict[str, Any] = {"consensus": model, "population": crowd, "prior": served.cascade.prior}
     estimates = {}
     for side in (served, candidate):

@@ -66,10 +66,14 @@ def test_random_models_keep_the_raw_decision_no_map_and_no_early_exit(seed):
     cascade = cascade_config([[expert_config("cheap")], [expert_config("big")]])
     result = fit_cascade(cascade, ["cheap", "big"], outputs, labels, source=source(), expert_seconds=COSTS_S,
                          path=Path("/nonexistent/c.json"))  # the defaults, as `sn72-eval --fit` runs
-    assert [level.threshold for level in result.calibration.levels] == [0.5, 0.5]
     assert [level.exit_margin for level in result.calibration.levels] == [0.5, 0.5], result.report["margins"]
-    # pooling two know-nothings beats neither beyond noise: the last one answers alone, never cut short
+    # pooling two know-nothings beats neither beyond noise: the last one answers alone, never cut short, and its
+    # own raw decision (p > 0.5) stands: neither the calibrated 0.5 nor a best cut beats it beyond noise
     assert result.report["structure"]["kind"] == "single"
+    assert result.calibration.levels[0].threshold == 0.5
+    pooling = consensus.Pooling.from_config(result.cascade)
+    served = replay.level_probabilities(result.cascade, pooling, ["cheap", "big"], outputs)[:, -1]
+    assert np.array_equal(np.round(served), (outputs[:, 1] > 0.5).astype(float))
 
 
 def heteroscedastic(n: int, seed: int, spread: float, centre: float) -> tuple[np.ndarray, np.ndarray]:
@@ -86,12 +90,21 @@ def test_a_threshold_map_is_used_only_when_it_beats_one_half_held_out():
     strong = fit([["cheap"]], outputs, labels)
     threshold = strong.report["parameters"]["levels"][0]["threshold"]
     assert strong.calibration.levels[0].threshold == threshold["used"] == pytest.approx(threshold["estimate"])
-    assert 0.55 < threshold["used"] < 0.7 and threshold["cv_gain_over_half"]["low"] > 0
-    # 300 images of a milder case: the best cut on the data sits away from 0.5, but it does not beat 0.5 held out
+    assert 0.55 < threshold["used"] < 0.7 and threshold["best_cut_over_raw"]["low"] > 0
+    # 300 images whose raw decision is near the best: the best cut on the data sits away from it, but beats neither
+    # the calibrated 0.5 nor the expert's own raw decision held out: the raw decision stands
     for seed in range(3):
-        outputs, labels = heteroscedastic(300, seed=seed, spread=1.5, centre=1.0)
-        weak = fit([["cheap"]], outputs, labels).report["parameters"]["levels"][0]["threshold"]
-        assert weak["estimate"] != 0.5 and weak["used"] == 0.5 and weak["cv_gain_over_half"]["low"] <= 0
+        rng = np.random.default_rng(seed)
+        labels = np.repeat([0, 1], 150)
+        scores = np.where(labels == 1, rng.normal(1.0, 1.5, 300), rng.normal(-1.0, 1.0, 300))
+        outputs = (1.0 / (1.0 + np.exp(-scores)))[:, None]
+        result = fit([["cheap"]], outputs, labels)
+        weak = result.report["parameters"]["levels"][0]["threshold"]
+        assert weak["estimate"] != 0.5 and weak["used"] == pytest.approx(weak["raw_cut"])
+        assert weak["best_cut_over_raw"]["low"] <= 0
+        pooling = consensus.Pooling.from_config(result.cascade)
+        served = replay.level_probabilities(result.cascade, pooling, ["cheap"], outputs)[:, 0]
+        assert np.array_equal(served > 0.5, outputs[:, 0] > 0.5)
 
 
 def test_pooling_that_does_not_beat_the_best_expert_answers_with_that_expert_alone():
@@ -108,6 +121,16 @@ def test_pooling_that_does_not_beat_the_best_expert_answers_with_that_expert_alo
     fit_big = result.calibration.experts["big"]
     alone = 1 / (1 + np.exp(-(raw_logits(outputs[:, 1]) / fit_big.temperature + fit_big.bias)))
     assert np.allclose(served, threshold_map(alone, levels[1].threshold), atol=1e-9)
+
+
+def test_pooling_never_turns_an_inverted_expert_around():
+    """An expert whose answers are inverted gets the largest temperature; pooling must not give it a negative
+    weight and serve its answers turned around (found by an outside review on flipped labels)."""
+    outputs, labels = simulate(1000, {"cheap": 1.0, "big": 1.0}, seed=12)
+    outputs[:, 0] = 1.0 - outputs[:, 0]  # inverted
+    result = fit([["cheap"], ["big"]], outputs, labels)
+    for level in result.calibration.levels:
+        assert all(w >= 0.0 for w in level.weights.values()), level.weights
 
 
 def test_three_independent_experts_are_pooled():
