@@ -131,10 +131,10 @@ def fit_cascade(cascade: CascadeConfig, experts: list[str], outputs: np.ndarray,
     weights = balanced_weights(labels)
     fitted_thresholds = [best_threshold(labels, pooled[:, level], weights) for level in range(len(level_columns))]
     thresholds, threshold_reports = [], []
-    alone = structure.column if structure.kind == "single" else (0 if len(experts) == 1 else None)
+    answering = structure.column if structure.kind == "single" else (0 if len(experts) == 1 else None)
     for level, fitted in enumerate(fitted_thresholds):
-        if alone is not None and level == _home(level_columns, alone):
-            used, why = choose_single_cut(level, labels, fitted, cv, outputs[:, alone],
+        if answering is not None and level == _home(level_columns, answering):
+            used, why = choose_single_cut(level, labels, fitted, cv, outputs[:, answering],
                                           float(served.pooled(np.zeros((1, len(experts))))[0, level]), settings)
         else:
             used, why = choose_threshold(level, labels, fitted, cv, settings)
