@@ -21,6 +21,7 @@ def write_candidate(served: Path, out: Path, calibration: Path | None, models: d
     yaml_rt = YAML()
     yaml_rt.preserve_quotes = True
     yaml_rt.width = 4096
+    yaml_rt.indent(mapping=2, sequence=4, offset=2)
     data = yaml_rt.load(served.read_text())
     base = served.resolve().parent
     models = models or {}

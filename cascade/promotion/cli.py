@@ -1,6 +1,6 @@
 """`sn72-promote`: serve a candidate only when it beats what is served beyond noise, on a frozen judge set.
 
-    sn72-promote --cascade config/cascade.production.yaml --candidate runs/ft2/candidate/cascade.yaml \\
+    sn72-promote --cascade config/cascade.production.yaml --candidate runs/ft2/candidate/candidate.yaml \\
         --judge judge-set/
 
 A candidate is a cascade YAML that `sn72-eval --fit` or `sn72-train --refit` wrote into its own output folder
@@ -9,7 +9,9 @@ engine (eval mode, outputs cached); the paired differences in MCC, accuracy and 
 with bootstrap intervals. When the candidate is better beyond noise the served cascade is edited (calibration,
 models, release) and the command to reload is printed: exit 0. Otherwise nothing changes: exit 3 with the reason.
 Bad input (a judge set that shares images with a model's training or a calibration's fit, a judge set other than
-the frozen one, a candidate that changes more than models and calibration): exit 2.
+the frozen one or smaller than --min-judge-images, a candidate already judged on another judge set, a candidate
+that changes more than models and calibration): exit 2. Every look, dry runs included, is recorded beside the
+served cascade (promotions/<stem>/: judge.json, verdicts.jsonl).
 """
 
 from __future__ import annotations
@@ -29,8 +31,7 @@ from cascade.evaluation.datasets import KINDS, EvalError, open_source
 from cascade.evaluation.report import write_json
 from cascade.evaluation.roles import cascade_roles, check_disjoint, source_hashes
 from cascade.experts.base import ExpertError
-from cascade.promotion import gate, install
-from cascade.promotion.judge_set import check_frozen
+from cascade.promotion import gate, install, judge_set
 from cascade.promotion.text import format_verdict
 
 PROMOTED, REFUSED, BAD_INPUT = 0, 3, 2
@@ -54,10 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency-sample", type=int, default=50,
                         help="requests per side through the normal path, for late answers and the prior (0: none)")
     parser.add_argument("--deadline-s", type=float, default=8.4, help="their deadline (default 8.4 s)")
-    parser.add_argument("--history", type=Path,
-                        help="promotion records, frozen judge set (default: promotions/<stem>/ beside --cascade)")
-    parser.add_argument("--new-judge", action="store_true", help="start a new frozen judge set (the old is kept)")
-    parser.add_argument("--dry-run", action="store_true", help="compare and report; change nothing")
+    parser.add_argument("--min-judge-images", type=int, default=judge_set.MIN_JUDGE_IMAGES,
+                        help=f"refuse a smaller judge set (a quarter of it per class; default "
+                             f"{judge_set.MIN_JUDGE_IMAGES})")
+    parser.add_argument("--new-judge", action="store_true",
+                        help="start a new frozen judge set (the old is kept); never for a candidate already judged")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="compare and report; change nothing served (the look is recorded like any other)")
     parser.add_argument("--cache", type=Path, default=Path(".eval-cache"), help="the eval tool's output cache")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -76,14 +80,18 @@ def _load(path: Path, what: str) -> CascadeConfig:
 def run(args: argparse.Namespace) -> tuple[int, list[str], dict[str, Any]]:
     served, candidate = _load(args.cascade, "served cascade"), _load(args.candidate, "candidate")
     plan = install.changes(args.cascade, served, args.candidate, candidate)
-    history = args.history or args.cascade.resolve().parent / "promotions" / args.cascade.stem
+    # Always beside the served cascade: a history elsewhere would be a fresh, unfrozen judge.
+    history = args.cascade.resolve().parent / "promotions" / args.cascade.stem
     source = open_source(args.judge, args.format, args.split, args.image_column, args.label_column)
     judged = source_hashes(args.judge, args.format, args.split, args.image_column, args.label_column)
     roles, notes = cascade_roles(served, "served")
     candidate_roles, candidate_notes = cascade_roles(candidate, "candidate")
     check_disjoint(judged, {**roles, **candidate_roles})
-    lines = [check_frozen(history, judged, source.describe(), args.new_judge) if not args.dry_run
-             else f"judge set: {len(judged)} images of {source.describe()} (dry run: not frozen)"]
+    judge_set.check_size(judged, args.min_judge_images)
+    who, which = judge_set.candidate_fingerprint(candidate), judge_set.fingerprint(set(judged))
+    if args.new_judge:
+        judge_set.check_not_rescued(history, who, which)
+    lines = [judge_set.check_frozen(history, judged, source.describe(), args.new_judge)]
     lines += [f"note: {note}" for note in [*notes, *candidate_notes]]
     settings = gate.GateSettings(metric=args.metric, confidence=args.confidence, rounds=args.bootstrap,
                                  consensus_share=args.consensus_share, latency_sample=args.latency_sample,
@@ -98,6 +106,7 @@ def run(args: argparse.Namespace) -> tuple[int, list[str], dict[str, Any]]:
     nothing = not plan["models"] and not plan["calibration_changed"]
     if verdict.promote and nothing:
         verdict.promote, verdict.reason = False, "promoting would change nothing served"
+    judge_set.log_verdict(history, who, which, verdict.promote, verdict.reason, args.dry_run)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     record_folder = history / f"{stamp}-{'promoted' if verdict.promote and not args.dry_run else 'refused'}"
     result: dict[str, Any] = {

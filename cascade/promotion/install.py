@@ -25,6 +25,7 @@ from ruamel.yaml import YAML
 from cascade.calibration import digest
 from cascade.config import CascadeConfig, load_cascade
 from cascade.evaluation.datasets import EvalError
+from cascade.promotion.served import mark_served
 from cascade.release import next_release
 
 _IGNORED_TOP = {"version", "release", "calibration"}
@@ -83,6 +84,7 @@ def install(served_path: Path, plan: dict[str, Any], history: Path) -> dict[str,
     yaml_rt = YAML()
     yaml_rt.preserve_quotes = True
     yaml_rt.width = 4096
+    yaml_rt.indent(mapping=2, sequence=4, offset=2)  # "  - name:" as the project's YAMLs are written
     data = yaml_rt.load(served_path.read_text())
     written: dict[str, str] = {}
     for level in data["levels"]:
@@ -90,6 +92,7 @@ def install(served_path: Path, plan: dict[str, Any], history: Path) -> dict[str,
             if expert["name"] in plan["models"]:
                 expert["model"] = _relative(plan["models"][expert["name"]], folder)
                 written[f"model of {expert['name']}"] = str(expert["model"])
+                mark_served(Path(plan["models"][expert["name"]]), served_path)
     text = plan["calibration"]
     if text is None:
         if "calibration" in data:

@@ -103,7 +103,9 @@ def refit(out: Path, cascade_path: Path, refit_data: Path | None = None, *, expe
         result = cli.run(cli.build_parser().parse_args(argv))
     except (EvalError, ExpertError, OSError) as exc:
         raise TrainError(f"--refit: {exc}") from exc
-    lines += report.format_report(result).rstrip("\n").split("\n")
+    # the eval's own next steps name the unfitted copy; the ones below name the served cascade
+    lines += [line for line in report.format_report(result).rstrip("\n").split("\n")
+              if "unfitted.yaml" not in line]
     lines.append(f"candidate: {folder / 'candidate.yaml'} ({replaced.name} serving {model}); {cascade_path} is "
                  "unchanged")
     lines.append(f"judge it: sn72-promote --cascade {cascade_path} --candidate {folder / 'candidate.yaml'} "

@@ -33,6 +33,7 @@ from cascade.config import ResizeMode
 from cascade.evaluation import roles
 from cascade.experts.base import ExpertError
 from cascade.experts.preprocess import recorded_resize, write_preprocess_record
+from cascade.promotion.served import serving_cascades
 from cascade.training import card, data, judge
 from cascade.training.model import (
     PixelSet,
@@ -101,6 +102,11 @@ def check_out(inputs: Inputs) -> Path | None:
     """Check OUT against --resume/--overwrite (changing nothing); the checkpoint to resume from, if resuming."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    serving = serving_cascades(inputs.out / "model") if (inputs.out / "model").is_dir() else []
+    if serving:
+        raise TrainError(f"{inputs.out / 'model'} is served by {', '.join(map(str, serving))}: overwriting it would "
+                         "unbind that cascade's calibration (the miner would refuse it at its next start or reload); "
+                         "train into a new --out and promote the result")
     checkpoints = inputs.out / "checkpoints"
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if inputs.resume:

@@ -123,18 +123,29 @@ def test_judge_sets_that_overlap_a_role_or_differ_from_the_frozen_one_are_refuse
     shutil.copytree(root / "run" / "fit", fit_only)
     assert promote(served, candidate, fit_only) == 2
     assert "images of fitting of the candidate calibration" in capsys.readouterr().err
-    # freeze a judge set with a dry run refused? a dry run freezes nothing; a real run does
+    # a dry run changes nothing served, but it is a look like any other: it freezes the judge set
     assert promote(served, candidate, root / "judge", "--dry-run") == 0
-    assert not (served.parent / "promotions" / "served" / "judge.json").exists()
+    history = served.parent / "promotions" / "served"
+    assert json.loads((history / "judge.json").read_text())["uses"] == 1
     assert served.read_text() == SERVED.replace("./models/tiny-vit", "../models/tiny-vit")
-    assert promote(served, candidate, root / "judge") == 0
+    # shopping (found by an outside review): another judge set, by dry run or for real, is refused ...
     make_cone_folder(root / "roles" / "other-judge", 240, seed=51, size=(72, 48))
     capsys.readouterr()
-    assert promote(served, candidate, root / "roles" / "other-judge") == 2
-    assert "differs from the frozen one" in capsys.readouterr().err
-    assert promote(served, candidate, root / "roles" / "other-judge", "--new-judge") == 3  # already served
-    history = served.parent / "promotions" / "served"
-    assert len(list(history.glob("judge.*.json"))) == 1  # the old frozen set kept beside the new one
+    for extra in ((), ("--dry-run",)):
+        assert promote(served, candidate, root / "roles" / "other-judge", *extra) == 2
+        assert "differs from the frozen one" in capsys.readouterr().err
+    # ... and a new judge set cannot rescue a candidate already judged on the frozen one
+    assert promote(served, candidate, root / "roles" / "other-judge", "--new-judge") == 2
+    assert "a new judge set cannot rescue it" in capsys.readouterr().err
+    assert not list(history.glob("judge.*.json"))  # the frozen set is still the one in force
+    # ... nor a judge set too small to tell chance from a gain
+    small = root / "roles" / "small-judge"
+    make_cone_folder(small, 40, seed=61, size=(72, 48))
+    assert promote(served, candidate, small) == 2
+    assert "the gate needs at least 200 (50 of each class)" in capsys.readouterr().err
+    assert promote(served, candidate, root / "judge") == 0
+    assert json.loads((history / "judge.json").read_text())["uses"] == 2
+    assert len((history / "verdicts.jsonl").read_text().splitlines()) == 2
 
 
 def test_a_candidate_that_changes_more_than_models_and_calibration_is_refused(trained, capsys):
@@ -148,3 +159,21 @@ def test_a_candidate_that_changes_more_than_models_and_calibration_is_refused(tr
     capsys.readouterr()
     assert promote(served, candidate, root / "judge") == 2
     assert "changes more than experts' models and the calibration" in capsys.readouterr().err
+
+
+def test_a_served_model_folder_is_never_overwritten_by_training(trained, capsys):
+    """An outside review retrained the served run with --overwrite: the miner then refused its own cascade at the
+    next start. Promotion notes which cascade serves a folder; training refuses to overwrite it."""
+    root = trained
+    served = served_copy(root, "overwrite")
+    candidate = root / "run" / "candidate" / "candidate.yaml"
+    assert promote(served, candidate, root / "judge") == 0
+    before = (root / "run" / "model" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert train_cli.main([str(root / "cones"), "--model", str(root / "models" / "tiny-vit"), "--out",
+                           str(root / "run"), "--overwrite", "--epochs", "1", "--no-eval", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{root / 'run' / 'model'} is served by " in err and str(served.resolve()) in err
+    assert "train into a new --out" in err
+    assert (root / "run" / "model" / "model.safetensors").read_bytes() == before
+    assert load_cascade(served).fitted() is not None  # still loads: the weights are the ones it was fitted for
