@@ -11,6 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from cascade.evaluation.bootstrap import metric_interval
 from cascade.evaluation.datasets import FOLDER_LAYOUTS, EvalError, detect_kind, open_source, parse_label
 from cascade.evaluation.scoring import accuracy, mcc
 
@@ -95,8 +98,13 @@ def label_scores(pairs: Sequence[tuple[int, float | None]]) -> dict[str, object]
 
     mcc_answered, accuracy_answered = scores(answered)
     mcc_charged, accuracy_charged = scores(charged)
-    return {
+    result: dict[str, object] = {
         "labelled": len(pairs), "labelled_answered": len(answered), "labelled_missed": len(pairs) - len(answered),
         "mcc": mcc_answered, "accuracy": accuracy_answered,
         "mcc_misses_wrong": mcc_charged, "accuracy_misses_wrong": accuracy_charged,
     }
+    labels = np.array([y for y, _ in charged], dtype=int)
+    if np.unique(labels).size == 2:  # how far the figure could move on another set of this size
+        answers = np.round(np.array([p for _, p in charged])).astype(int)
+        result["mcc_misses_wrong_interval"] = metric_interval(labels, answers, rounds=1000).as_dict()
+    return result

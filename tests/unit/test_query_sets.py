@@ -100,3 +100,12 @@ def test_the_pacer_spaces_request_starts_across_tasks() -> None:
     assert all(b - a >= 0.04 for a, b in itertools.pairwise(paced))  # a timer may fire ~1 ms early
     unpaced = asyncio.run(starts(0.0, 6))
     assert unpaced[-1] - unpaced[0] < 0.25  # no spacing at all (generous: the box is shared)
+
+
+def test_the_mcc_with_misses_charged_comes_with_its_interval():
+    pairs = [(i % 2, float(i % 2) if i % 5 else None) for i in range(200)]  # every fifth request missed
+    scores = label_scores(pairs)
+    interval = scores["mcc_misses_wrong_interval"]
+    assert isinstance(interval, dict)
+    assert interval["estimate"] == scores["mcc_misses_wrong"] and interval["low"] < interval["estimate"] < 1.0
+    assert "mcc_misses_wrong_interval" not in label_scores([(1, 0.9), (1, 0.2)])  # one class: no MCC to bound
