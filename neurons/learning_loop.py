@@ -1,6 +1,6 @@
 """`sn72-loop`: the whole learning loop on a generated task, offline, with the operator's own commands.
 
-    sn72-loop --out runs/loop --seeds 0 1 2            # ~10-20 minutes a seed on a 2-core CPU
+    sn72-loop --out runs/loop --seeds 0 1 2            # ~4-16 minutes a seed on a 2-core CPU
     sn72-loop --out runs/loop-small --small --seeds 0  # small images and sets: a few minutes
 
 Per seed, on generated street scenes (cascade/training/streets.py) and a small CNN (cascade/tiny_models.py):
