@@ -82,6 +82,11 @@ class AxonConfig(Strict):
     max_concurrent_requests: int = Field(
         128, ge=1, le=100_000, description="Requests processed at once; the rest wait their turn in arrival order."
     )
+    max_concurrent_requests_per_ip: int | None = Field(
+        None, ge=1, le=100_000,
+        description="Of max_concurrent_requests, at most this many held by one address (default: half), so one caller "
+        "cannot crowd out the rest; raise it for a load test sent from one machine.",
+    )
     event_loop: EventLoopKind = Field(
         "uvloop", description="The HTTP server's event loop: uvloop (cheaper per request) or the standard library's."
     )

@@ -13,11 +13,13 @@ import time
 from collections import deque
 from typing import Any
 
+_HOUR_NS = 3600 * 1_000_000_000
+
 
 def sane_timeout(value: Any, cap_s: float) -> float:
     try:
         seconds = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
         return cap_s
     return min(seconds, cap_s) if math.isfinite(seconds) and seconds > 0 else cap_s
 
@@ -26,8 +28,10 @@ def nonce_age_s(nonce: Any) -> float | None:
     """Seconds since the caller signed, by our clock (None: not a timestamp nonce)."""
     if not isinstance(nonce, int) or isinstance(nonce, bool):
         return None
-    age_s = (time.time_ns() - nonce) / 1e9
-    return age_s if -3600.0 < age_s < 3600.0 else None
+    age_ns = time.time_ns() - nonce
+    # Compared as integers first: a nonce of hundreds of digits (unsigned headers can claim anything) is no
+    # timestamp, and its age would not even fit a float (OverflowError, a 500 before any check).
+    return age_ns / 1e9 if -_HOUR_NS < age_ns < _HOUR_NS else None
 
 
 def sent_before_arrival_s(nonce: Any, arrival_s: float, trust_s: float, now_s: float | None = None) -> float:

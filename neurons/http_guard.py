@@ -1,16 +1,19 @@
-"""The HTTP layer in front of the axon: connection limits, timeouts, body limits, arrival stamps.
+"""The HTTP layer in front of the axon: request refusals, body limits, fair request slots, one report per response.
 
 bittensor's axon runs uvicorn with no header or body read timeout, no connection cap and no body
 size limit (SN72.md). Two pieces close those gaps without touching bittensor's own code:
 
-- `guarded_protocol(...)` subclasses uvicorn's h11 protocol: a per-address and a total connection
-  cap (at the total cap the connection idle longest is closed first), a deadline for a request's
-  headers, and the arrival stamp: the monotonic time the request's first byte was read, put into
-  the ASGI scope so deadlines count the time a request waited behind others in this process.
-- `HttpGuard` is plain ASGI middleware around the axon's app: it refuses a body over the size
-  limit before reading it, bounds the time to receive a body, exposes the request's state to the
-  handlers through a context variable, and reports every response (status, when it left) so late
-  answers are counted where the client would see them.
+- `guarded_protocol(...)` (neurons/http_connections.py) subclasses uvicorn's h11 protocol: connection caps,
+  a header deadline, and marks on each request's scope (arrival time, caller address, upgrade asked,
+  client gone).
+- `HttpGuard` is plain ASGI middleware around the axon's app. Before the app sees a request it refuses
+  what the stock axon answers badly (500, or a closed connection): protocol upgrades, methods other than
+  POST and GET, paths that cannot name a synapse, bodies declared over the size limit, and every request
+  while the miner is not ready (no app yet). Then it gives the request its turn (neurons/request_slots.py),
+  bounds the time to receive its body from that turn, exposes the request's state to the handlers through
+  a context variable, and reports every request to its listener exactly once, when it is over: its
+  status (499 if the client went away first) and when the response left, so late answers are counted
+  where the client would see them.
 """
 
 from __future__ import annotations
@@ -18,38 +21,37 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import re
 import resource
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from neurons.deadlines import client_deadline, sane_timeout, sent_before_arrival_s
+from neurons.http_connections import ARRIVAL_KEY, CALLER_KEY, GONE_KEY, UPGRADE_KEY, ConnectionEvent, guarded_protocol
+from neurons.http_limits import HttpLimits
+from neurons.request_slots import RequestSlots
 
-ARRIVAL_KEY = "sn72.arrival_s"  # scope key set by the protocol, read by the middleware
+__all__ = ["CLIENT_GONE", "CURRENT", "ConnectionEvent", "HttpGuard", "HttpLimits", "RequestState", "ResponseListener",
+           "guarded_protocol", "raise_fd_limit"]
+
 _DEADLINE_HEADERS = (b"timeout", b"bt_header_dendrite_nonce")
 CLIENT_GONE = 499  # the status nginx uses for "the client closed the connection before the answer"
+NOT_READY = "the miner is starting (its models are loading): not serving yet"
+# The axon's routes are `/<synapse class name>`: anything else is no route, and some such paths (a NUL, bytes
+# that are not UTF-8) made the stock axon fail while writing its 404 (500, or the connection closed).
+_ROUTE = re.compile(r"/[A-Za-z_][A-Za-z0-9_]{0,127}")
+_METHODS = ("POST", "GET")  # GET stays the axon's (400/401 without a body); HEAD closed the connection unanswered
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class HttpLimits:
-    max_request_bytes: int
-    header_timeout_s: float
-    body_timeout_s: float
-    max_connections: int
-    max_connections_per_ip: int
-    max_concurrent_requests: int = 128
-    timeout_cap_s: float = 12.0
-    nonce_trust_s: float = 4.0
+Refusal = tuple[int, str, str]  # status, message for the caller, outcome for the counters
 
 
 @dataclass
@@ -64,113 +66,10 @@ class RequestState:
     status: int = 0
     answered_s: float = 0.0  # monotonic: when the handler had its answer (the rest is the response path)
     finished_s: float = 0.0
-    violation: tuple[int, str, str] | None = None  # the HTTP layer's own refusal: (status, message, outcome)
+    violation: Refusal | None = None  # the HTTP layer's own refusal
 
 
 CURRENT: contextvars.ContextVar[RequestState | None] = contextvars.ContextVar("sn72_request", default=None)
-
-ConnectionEvent = Callable[[str], None]  # reason of a connection the layer closed
-
-
-def guarded_protocol(limits: HttpLimits, on_close: ConnectionEvent) -> type[H11Protocol]:
-    """An h11 protocol class with connection caps, a header deadline and arrival stamps."""
-    per_ip: Counter[str] = Counter()
-    idle: dict[Any, None] = {}  # connections waiting for a request, oldest first
-
-    class GuardedH11Protocol(H11Protocol):
-        _counted = False
-        _ip = "?"
-        _header_timer: asyncio.TimerHandle | None = None
-        _request_started_s: float | None = None
-        _stamped: Any = None
-        _served = 0  # requests completed on this connection
-        _draining = False
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._ip = self.client[0] if self.client else "?"
-            if per_ip[self._ip] >= limits.max_connections_per_ip:
-                on_close("connections_per_ip")
-                transport.abort()
-                return
-            if len(self.connections) > limits.max_connections and not self._evict_idle():
-                on_close("connections_total")
-                transport.abort()
-                return
-            per_ip[self._ip] += 1
-            self._counted = True
-            self._wait_for_request()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._counted:
-                self._counted = False
-                per_ip[self._ip] -= 1
-                if per_ip[self._ip] <= 0:
-                    del per_ip[self._ip]
-            idle.pop(self, None)
-            self._cancel_header_timer()
-            super().connection_lost(exc)
-
-        def data_received(self, data: bytes) -> None:
-            if self._request_started_s is None and self._between_requests():
-                self._request_started_s = time.monotonic()
-            super().data_received(data)
-            scope = self.scope
-            if scope is not None and scope is not self._stamped:  # a request's headers are complete
-                self._stamped = scope
-                scope[ARRIVAL_KEY] = self._request_started_s or time.monotonic()  # type: ignore[literal-required]
-                self._request_started_s = None
-                self._cancel_header_timer()
-                idle.pop(self, None)
-                if self._draining:
-                    self.cycle.keep_alive = False  # answer it, then close
-
-        def on_response_complete(self) -> None:
-            self._served += 1
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._wait_for_request()
-
-        def shutdown(self) -> None:
-            """Graceful shutdown: a connection accepted for a request that has not fully arrived yet gets it
-            answered (within the header deadline); idle keep-alive connections close at once."""
-            fresh = self._served == 0 or self._request_started_s is not None
-            if self._between_requests() and fresh and not self.transport.is_closing():
-                self._draining = True  # the header deadline still closes it if nothing comes
-                return
-            super().shutdown()
-
-        # -- helpers ----------------------------------------------------------------------------
-        def _between_requests(self) -> bool:
-            return self.cycle is None or self.cycle.response_complete
-
-        def _wait_for_request(self) -> None:
-            idle[self] = None
-            self._cancel_header_timer()
-            self._header_timer = self.loop.call_later(limits.header_timeout_s, self._header_timeout)
-
-        def _cancel_header_timer(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def _header_timeout(self) -> None:
-            self._header_timer = None
-            if self._between_requests() and not self.transport.is_closing():
-                on_close("header_timeout")
-                self.transport.abort()
-
-        def _evict_idle(self) -> bool:
-            """Close the connection that has waited longest without sending a request."""
-            for victim in idle:
-                if victim is not self:
-                    idle.pop(victim)
-                    on_close("evicted_idle")
-                    victim.transport.abort()
-                    return True
-            return False
-
-    return GuardedH11Protocol
 
 
 ResponseListener = Callable[[RequestState], None]
@@ -197,60 +96,114 @@ class ServiceTime:
         return ordered[min(len(ordered) - 1, int(self._quantile * len(ordered)))]
 
 
+class _ErrorLog:
+    """A failure inside the app is logged with its traceback, at most once a minute per kind: a caller that found
+    a way to trigger one must not be able to flood the log with it (it is counted per response as well)."""
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        self._interval_s = interval_s
+        self._last_s: dict[str, float] = {}
+
+    def error(self, exc: BaseException, state: RequestState) -> None:
+        kind = type(exc).__qualname__
+        now_s = time.monotonic()
+        if now_s - self._last_s.get(kind, -self._interval_s) >= self._interval_s:
+            self._last_s[kind] = now_s
+            logger.opt(exception=exc).error("request to {} failed inside the axon: {!r} (answered 500; logged once a "
+                                            "minute per kind, counted as error_500)", state.path[:64], exc)
+
+
 class HttpGuard:
-    """ASGI middleware: body size and time limits, the request's shared state, response reporting."""
+    """ASGI middleware: refusals before the app, fair turns, body limits, the request's shared state, one report
+    per request. `app` None: the miner is not ready yet, and every request is refused 503 until `open`."""
 
     def __init__(self, app: Any, limits: HttpLimits, on_response: ResponseListener) -> None:
         self.app = app
         self.limits = limits
         self.on_response = on_response
-        # NOTE: the axon's single event loop shares itself among every request it has started: with a
-        # thousand at once, each advances a step in turn and all of them finish at the end, late. A
-        # bounded number at a time, in arrival order, turns that into first come, first served.
-        self._running = asyncio.Semaphore(limits.max_concurrent_requests)
+        self.slots = RequestSlots(limits.max_concurrent_requests, limits.requests_per_ip)
         self.service = ServiceTime()  # how long an answered request takes from its turn to its response
         self.active = 0  # requests inside the app now (for draining and metrics)
-        self.waiting = 0  # requests waiting for their turn
+        self._errors = _ErrorLog()
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for their turn."""
+        return self.slots.waiting
+
+    def open(self, app: Any, on_response: ResponseListener | None = None) -> None:
+        """Start serving `app` (the miner is ready); `on_response` replaces the listener if given."""
+        if on_response is not None:
+            self.on_response = on_response
+        self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if self.app is not None:
+                await self.app(scope, receive, send)
             return
         state = RequestState(arrival_s=scope.get(ARRIVAL_KEY) or time.monotonic(), path=scope.get("path", ""))
         token = CURRENT.set(state)
         try:
-            refusal = self._check_length(scope)
-            if refusal is not None:
-                state.violation = refusal
-                await self._send_refusal(send, state)
-                return
-            self.waiting += 1
-            try:
-                await self._running.acquire()
-            finally:
-                self.waiting -= 1
-            try:
-                started_s = time.monotonic()
-                if started_s + self.service.estimate_s() > self._claimed_deadline(scope, state.arrival_s):
-                    # It waited its turn until too late for any answer to reach the caller in time: say
-                    # so at once, and do not push the requests behind it past their deadlines too.
-                    state.violation = (408, "request waited past its timeout", "late_skipped")
-                    await self._send_refusal(send, state)
-                    return
-                self.active += 1
-                try:
-                    await self.app(scope, self._guarded_receive(receive, state), self._guarded_send(send, state))
-                finally:
-                    self.active -= 1
-                    if not state.finished_s:  # no response went out: the caller went away first
-                        state.status, state.finished_s = CLIENT_GONE, time.monotonic()
-                    elif state.status == 200:
-                        self.service.record(state.finished_s - started_s)
-                        self.on_response(state)
-            finally:
-                self._running.release()
+            await self._handle(scope, receive, send, state)
+        except Exception as exc:  # a failure inside the app is a 500, logged and counted, never silent
+            self._errors.error(exc, state)
+            if state.status:  # the response had started: all that is left is to close the connection
+                raise
+            await self._send_refusal(send, state, (500, "internal error", "error_500"))
         finally:
+            self._report(scope, state)
             CURRENT.reset(token)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, state: RequestState) -> None:
+        refusal = self._refusal_before_turn(scope)
+        if refusal is not None:
+            await self._send_refusal(send, state, refusal)
+            return
+        async with self.slots.turn(scope.get(CALLER_KEY) or "?"):
+            turn_s = time.monotonic()
+            if GONE_KEY in scope:
+                return  # its client left while it waited: nothing to answer (reported as 499)
+            if turn_s + self.service.estimate_s() > self._claimed_deadline(scope, state.arrival_s):
+                # It waited its turn until too late for any answer to reach the caller in time: say so at once,
+                # and do not push the requests behind it past their deadlines too.
+                await self._send_refusal(send, state, (408, "request waited past its timeout", "late_skipped"))
+                return
+            self.active += 1
+            try:
+                await self.app(scope, self._guarded_receive(receive, state, turn_s), self._guarded_send(send, state))
+            finally:
+                self.active -= 1
+            if state.status == 200 and state.finished_s and GONE_KEY not in scope:
+                self.service.record(state.finished_s - turn_s)
+
+    def _refusal_before_turn(self, scope: Scope) -> Refusal | None:
+        """What the stock axon would answer badly, and everything while the miner is not ready: refused at once."""
+        if scope.get(UPGRADE_KEY):
+            return 400, "protocol upgrades are not served", "refused_upgrade"
+        if scope.get("method") not in _METHODS:
+            return 405, "method not allowed: POST /ImageSynapse", "refused_method"
+        if not _ROUTE.fullmatch(scope.get("path", "")):
+            return 404, "no such route: POST /ImageSynapse", "refused_bad_path"
+        refusal = self._check_length(scope)
+        if refusal is not None:
+            return refusal
+        if self.app is None:
+            return 503, NOT_READY, "refused_not_ready"
+        return None
+
+    def _report(self, scope: Scope, state: RequestState) -> None:
+        """Tell the listener how the request ended, once: its status, or 499 if the client left before its answer."""
+        gone_s = scope.get(GONE_KEY)
+        if gone_s is not None:
+            state.status = CLIENT_GONE
+            state.finished_s = max(state.finished_s, gone_s)
+        elif not state.finished_s:  # the app returned without answering: uvicorn answers 500
+            state.status, state.finished_s = 500, time.monotonic()
+        try:
+            self.on_response(state)
+        except Exception as exc:  # noqa: BLE001 - a listener's failure must not fail the request (it is over)
+            logger.opt(exception=exc).error("the response listener failed: {!r}", exc)
 
     def _claimed_deadline(self, scope: Scope, arrival_s: float) -> float:
         """The caller's deadline from its (not yet verified) headers: used only to skip work for a caller
@@ -264,7 +217,7 @@ class HttpGuard:
         timeout_s = sane_timeout(headers.get(b"timeout", b"").decode("latin-1"), self.limits.timeout_cap_s)
         return client_deadline(arrival_s, timeout_s, before_s)
 
-    def _check_length(self, scope: Scope) -> tuple[int, str, str] | None:
+    def _check_length(self, scope: Scope) -> Refusal | None:
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
@@ -276,10 +229,12 @@ class HttpGuard:
                             "refused_body_too_large")
         return None
 
-    def _guarded_receive(self, receive: Receive, state: RequestState) -> Receive:
+    def _guarded_receive(self, receive: Receive, state: RequestState, turn_s: float) -> Receive:
+        """The body must arrive within body_timeout_s of the request's turn: the time it waited for a slot is not
+        the caller's to answer for (its body may have been sent whole long before)."""
         received = 0
         body_done = False
-        until_s = state.arrival_s + self.limits.body_timeout_s
+        until_s = turn_s + self.limits.body_timeout_s
 
         async def guarded() -> Message:
             nonlocal received, body_done
@@ -312,29 +267,30 @@ class HttpGuard:
             if message["type"] == "http.response.start":
                 if state.violation is not None:
                     replaced = True
-                    await self._send_refusal(send, state)
+                    await self._send_refusal(send, state, state.violation)
                     return
                 state.status = int(message["status"])
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 await send(message)
                 state.finished_s = time.monotonic()
-                self.on_response(state)
                 return
             await send(message)
 
         return guarded
 
-    async def _send_refusal(self, send: Send, state: RequestState) -> None:
-        assert state.violation is not None
-        status, text, _ = state.violation
+    async def _send_refusal(self, send: Send, state: RequestState, refusal: Refusal) -> None:
+        """The layer's own answer (reported by `_report` like any other); the connection is closed after it."""
+        state.violation = refusal
+        status, text, _ = refusal
         body = json.dumps({"message": text}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]
+        if status == 405:
+            headers.append((b"allow", ", ".join(_METHODS).encode()))
+        state.status = status
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        state.status = status
         state.finished_s = time.monotonic()
-        self.on_response(state)
 
 
 def raise_fd_limit(wanted: int = 65536) -> int:

@@ -168,11 +168,9 @@ class Miner:
         return synapse
 
     # -- HTTP-layer events ----------------------------------------------------------------------
-    def on_connection_closed(self, reason: str) -> None:
-        self.outcomes.add(f"closed_{reason}")
-
     def on_response(self, state: RequestState) -> None:
-        """Every response as it leaves: late ones (past the caller's deadline) are counted here."""
+        """Every request once, when it is over (the HTTP guard reports each exactly once, 499 if its client left first):
+        late ones (past the caller's deadline) are counted here."""
         if state.violation is not None:
             self.outcomes.add(state.violation[2])
             if state.violation[2] == "late_skipped":
@@ -241,15 +239,31 @@ def http_limits(config: MinerConfig) -> HttpLimits:
     axon = config.axon
     return HttpLimits(axon.max_request_bytes, axon.header_timeout_s, axon.body_timeout_s, axon.max_connections,
                       axon.max_connections_per_ip, axon.max_concurrent_requests, config.deadline.timeout_cap_s,
-                      config.deadline.nonce_trust_s)
+                      config.deadline.nonce_trust_s, axon.max_concurrent_requests_per_ip)
 
 
-def serve(config: MinerConfig, wallet: Any, miner: Miner, sock: Any = None) -> Any:
-    """The axon with the miner's handlers behind the HTTP guard, serving on `sock` (bound by start-up); its server."""
-    import bittensor as bt
-
+def listen(config: MinerConfig, outcomes: AxonOutcomes, sock: Any = None) -> Any:
+    """The axon's HTTP server, serving on `sock` (bound by start-up) from now on: until `serve` hands it the axon,
+    every request is refused at once, 503 with the reason, counted as `refused_not_ready`."""
     from cascade.event_loop import uvicorn_loop
     from neurons.server import AxonServer
+
+    def count(state: RequestState) -> None:
+        outcome = state.violation[2] if state.violation else "closed_client_gone" if state.status == CLIENT_GONE \
+            else f"error_{state.status}"
+        outcomes.add(outcome)
+
+    server = AxonServer(http_limits(config), config.axon.keep_alive_s, config.axon.max_header_bytes,
+                        config.drain_timeout_s, lambda reason: outcomes.add(f"closed_{reason}"), count,
+                        config.axon.host, config.axon.port, uvicorn_loop(config.axon.event_loop), sock).start()
+    outcomes.track_http(server.guard)
+    return server
+
+
+def serve(config: MinerConfig, wallet: Any, miner: Miner, sock: Any = None, server: Any = None) -> Any:
+    """The axon with the miner's handlers behind the HTTP guard, served by `server` (from `listen`; a new one on
+    `sock` if None); the server."""
+    import bittensor as bt
 
     axon = bt.Axon(
         wallet=wallet,
@@ -259,13 +273,9 @@ def serve(config: MinerConfig, wallet: Any, miner: Miner, sock: Any = None) -> A
         external_port=config.axon.external_port,
         max_workers=config.axon.max_workers,
     )
-    axon.fast_config.host = config.axon.host
-    axon.fast_config.loop = uvicorn_loop(config.axon.event_loop)  # bittensor asks for "none": the standard loop
     miner.attach(axon)
-    server = AxonServer(axon, http_limits(config), config.axon.keep_alive_s, config.axon.max_header_bytes,
-                        config.drain_timeout_s, miner.on_connection_closed, miner.on_response, sock)
-    server.start()
-    miner.outcomes.track_http(server.guard)
+    server = server or listen(config, miner.outcomes, sock)
+    server.open(axon, miner.on_response)
     return server
 
 
@@ -315,6 +325,8 @@ def _run(argv: list[str] | None) -> int:
     health = Health(registry)
     axon_sock = startup.bind_listener(config.axon.host, config.axon.port, "axon", "axon.port",
                                       backlog=config.axon.max_connections)
+    outcomes = AxonOutcomes(registry, config.summary_interval_s)
+    server = listen(config, outcomes, axon_sock)  # 503 "not ready" at once until the axon serves, never a wait
     metrics_server = None
     if config.metrics.port:
         metrics_sock = startup.bind_listener(config.metrics.host, config.metrics.port, "metrics", "metrics.port")
@@ -357,9 +369,9 @@ def _run(argv: list[str] | None) -> int:
     watch_gpu_memory(registry, [device for devices in report.placement.values() for device in devices])
     timeline.mark("load and warm-up")
 
-    miner = Miner(config, engine, metagraph, AxonOutcomes(registry, config.summary_interval_s))
+    miner = Miner(config, engine, metagraph, outcomes)
     reloader = Reloader(engine, config.cascade_file, registry=registry, **config.reload.model_dump())
-    server = serve(config, wallet, miner, axon_sock)
+    server = serve(config, wallet, miner, server=server)
     if subtensor is not None:
         publish_axon(subtensor, config.chain.netuid, server.axon, config.chain.timeout_s)
     stop = threading.Event()

@@ -1,0 +1,146 @@
+"""uvicorn's h11 protocol with connection caps, a header deadline, and marks on each request's scope.
+
+bittensor's axon runs uvicorn with no header read timeout and no connection cap (SN72.md). `guarded_protocol`
+subclasses uvicorn's h11 protocol to add, per connection:
+
+- a per-address and a total connection cap (at the total cap the connection idle longest is closed first);
+  every counted connection is uncounted in `connection_lost`, the one exit asyncio always calls on the protocol
+  that owns the transport: so nothing may hand the transport to another protocol (a WebSocket upgrade did, and
+  each one leaked a slot of its address for good; issue 25);
+- a deadline for a request's headers;
+- marks on the request's ASGI scope, read by the middleware (neurons/http_guard.py): when its first byte was
+  read (`ARRIVAL_KEY`, so deadlines count the time it waited behind others here), which address sent it
+  (`CALLER_KEY`, the transport's peer: no header can change it), that it asked for a protocol upgrade
+  (`UPGRADE_KEY`: refused, never performed), and when its client went away before the response was complete
+  (`GONE_KEY`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from neurons.http_limits import HttpLimits
+
+ARRIVAL_KEY = "sn72.arrival_s"  # monotonic: the request's first byte read
+CALLER_KEY = "sn72.caller"  # the peer address of the connection
+UPGRADE_KEY = "sn72.upgrade"  # the request asked to switch protocols (Connection: upgrade)
+GONE_KEY = "sn72.gone_s"  # monotonic: the connection was lost before the response was complete
+
+ConnectionEvent = Callable[[str], None]  # reason of a connection the layer closed
+
+
+def guarded_protocol(limits: HttpLimits, on_close: ConnectionEvent) -> type[H11Protocol]:
+    """An h11 protocol class with connection caps, a header deadline and the scope marks above."""
+    per_ip: Counter[str] = Counter()
+    idle: dict[Any, None] = {}  # connections waiting for a request, oldest first
+
+    class GuardedH11Protocol(H11Protocol):
+        _counted = False
+        _ip = "?"
+        _header_timer: asyncio.TimerHandle | None = None
+        _request_started_s: float | None = None
+        _stamped: Any = None
+        _served = 0  # requests completed on this connection
+        _draining = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._ip = self.client[0] if self.client else "?"
+            if per_ip[self._ip] >= limits.max_connections_per_ip:
+                on_close("connections_per_ip")
+                transport.abort()
+                return
+            if len(self.connections) > limits.max_connections and not self._evict_idle():
+                on_close("connections_total")
+                transport.abort()
+                return
+            per_ip[self._ip] += 1
+            self._counted = True
+            self._wait_for_request()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._counted:
+                self._counted = False
+                per_ip[self._ip] -= 1
+                if per_ip[self._ip] <= 0:
+                    del per_ip[self._ip]
+            idle.pop(self, None)
+            self._cancel_header_timer()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.scope.setdefault(GONE_KEY, time.monotonic())  # type: ignore[misc]
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._request_started_s is None and self._between_requests():
+                self._request_started_s = time.monotonic()
+            super().data_received(data)
+            scope = self.scope
+            if scope is not None and scope is not self._stamped:  # a request's headers are complete
+                self._stamped = scope
+                scope[ARRIVAL_KEY] = self._request_started_s or time.monotonic()  # type: ignore[literal-required]
+                scope[CALLER_KEY] = self._ip  # type: ignore[literal-required]
+                self._request_started_s = None
+                self._cancel_header_timer()
+                idle.pop(self, None)
+                if self._draining:
+                    self.cycle.keep_alive = False  # answer it, then close
+
+        def _should_upgrade(self) -> bool:
+            """Never switch protocols: the request is answered (refused) over HTTP on this protocol, which keeps
+            the transport, so `connection_lost` still uncounts the connection."""
+            if self._get_upgrade() is not None:
+                self.scope[UPGRADE_KEY] = True  # type: ignore[literal-required]
+            return False
+
+        def on_response_complete(self) -> None:
+            self._served += 1
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._wait_for_request()
+
+        def shutdown(self) -> None:
+            """Graceful shutdown: a connection accepted for a request that has not fully arrived yet gets it
+            answered (within the header deadline); idle keep-alive connections close at once."""
+            fresh = self._served == 0 or self._request_started_s is not None
+            if self._between_requests() and fresh and not self.transport.is_closing():
+                self._draining = True  # the header deadline still closes it if nothing comes
+                return
+            super().shutdown()
+
+        # -- helpers ----------------------------------------------------------------------------
+        def _between_requests(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _wait_for_request(self) -> None:
+            idle[self] = None
+            self._cancel_header_timer()
+            self._header_timer = self.loop.call_later(limits.header_timeout_s, self._header_timeout)
+
+        def _cancel_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout(self) -> None:
+            self._header_timer = None
+            if self._between_requests() and not self.transport.is_closing():
+                on_close("header_timeout")
+                self.transport.abort()
+
+        def _evict_idle(self) -> bool:
+            """Close the connection that has waited longest without sending a request."""
+            for victim in idle:
+                if victim is not self:
+                    idle.pop(victim)
+                    on_close("evicted_idle")
+                    victim.transport.abort()
+                    return True
+            return False
+
+    return GuardedH11Protocol

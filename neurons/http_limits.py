@@ -1,0 +1,24 @@
+"""The HTTP layer's limits, as the miner's configuration (`axon.*`, `deadline.*`) sets them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_request_bytes: int
+    header_timeout_s: float
+    body_timeout_s: float  # from the request's turn (when its body may be read), not from its arrival
+    max_connections: int
+    max_connections_per_ip: int
+    max_concurrent_requests: int = 128
+    timeout_cap_s: float = 12.0
+    nonce_trust_s: float = 4.0
+    max_concurrent_requests_per_ip: int | None = None  # None: half of max_concurrent_requests
+
+    @property
+    def requests_per_ip(self) -> int:
+        """How many of the concurrent request slots one address may hold at once (never all of them, unless 1)."""
+        wanted = self.max_concurrent_requests_per_ip or max(1, self.max_concurrent_requests // 2)
+        return min(wanted, self.max_concurrent_requests)
