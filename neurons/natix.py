@@ -2,12 +2,16 @@
 
     sn72-register --config config/miner.production.yaml              # wallet, chain, model repo from the config
     sn72-register --config ... --uid 17 --dry-run                    # print the signed request, send nothing
+    sn72-register --config config/miner.demo.yaml --dry-run          # chain.offline: the uid from the metagraph file
     python -m neurons.natix --wallet.name miner --network test --netuid 323 --model-repo me/sn72-miner
 
 What it does, as NATIX's own register.sh (streetvision-subnet at 28a1755, docs/onboarding.md): sign a fresh
 unix timestamp with the wallet's hotkey, POST {uid, message, natix_public_key, natix_signature, type: miner,
 model_repo} to <base>/participants/register, then poll <base>/participants/registration-status/<uid>
-until the status is final or the timeout passes.
+until the status is final or the timeout passes. The uid is --uid, else looked up where the miner looks:
+chain.metagraph_file when the config says chain.offline (no chain is dialled), the chain otherwise.
+
+NATIX registration is optional: since 2026 no validator reads it (README, "Where the subnet stands").
 
 Exit codes: 0 succeeded; 1 the server refused the registration (its reason is printed); 2 usage or
 configuration error; 3 still pending at the timeout; 4 HTTP or protocol error (error status, non-JSON);
@@ -29,6 +33,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import requests
+
+from neurons.tool_config import ToolError, add_config_argument, load_miner_config
 
 DEFAULT_BASE_URL = "https://hydra.natix.network"
 REGISTER_PATH = "/participants/register"  # NATIX's docs still show the older singular /participant/register
@@ -175,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sn72-register", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", type=Path, help="miner YAML: wallet, chain and natix.model_url/base_url from it")
+    add_config_argument(parser, "wallet, chain (network, netuid, offline metagraph file) and natix.model_url/base_url")
     parser.add_argument("--wallet.name", dest="wallet_name", help="wallet name (default: the config's, or 'default')")
     parser.add_argument("--wallet.hotkey", dest="wallet_hotkey", help="hotkey name")
     parser.add_argument("--wallet.path", dest="wallet_path", help="wallets folder")
@@ -202,18 +208,19 @@ class Settings:
     model_repo: str
     base_url: str
     chain_timeout_s: float
+    metagraph_file: Path | None  # set when the uid comes from the offline metagraph file, not the chain
 
 
 def resolve_settings(args: argparse.Namespace) -> Settings:
     """Flags over the miner config over defaults."""
-    from neurons.config import ChainConfig, ConfigError, MinerConfig, NatixConfig, WalletConfig, load_config
+    from neurons.config import ChainConfig, NatixConfig, WalletConfig
 
     wallet, chain, natix = WalletConfig(), ChainConfig(), NatixConfig()
     if args.config is not None:
         try:
-            miner: MinerConfig = load_config(["--config", str(args.config)])[0]
-        except (ConfigError, ValueError) as exc:
-            raise RegistrationError(Exit.USAGE, " ".join(str(exc).split())) from exc
+            miner = load_miner_config(args.config)
+        except ToolError as exc:
+            raise RegistrationError(Exit.USAGE, str(exc)) from exc
         wallet, chain, natix = miner.wallet, miner.chain, miner.natix
     repo = args.model_repo if args.model_repo is not None else natix.model_url
     if not repo:
@@ -234,6 +241,8 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         model_repo=repo,
         base_url=(args.base_url or natix.base_url).rstrip("/"),
         chain_timeout_s=args.chain_timeout_s or chain.timeout_s,
+        # an explicit --network asks for the chain, whatever the config
+        metagraph_file=chain.metagraph_file if chain.offline and args.network is None else None,
     )
 
 
@@ -265,10 +274,31 @@ def chain_uid(settings: Settings, hotkey_ss58: str) -> int:
     return uid
 
 
+def file_uid(path: Path, hotkey_ss58: str) -> int:
+    """The hotkey's uid in the offline metagraph file the miner reads (chain.offline)."""
+    from neurons.chain import parse_metagraph_json
+
+    try:
+        snapshot = parse_metagraph_json(json.loads(path.read_text()), str(path))
+    except (OSError, ValueError) as exc:
+        raise RegistrationError(Exit.USAGE, f"chain.metagraph_file: cannot read {path}: {_excerpt(str(exc), 160)}"
+                                ) from exc
+    neuron = snapshot.get(hotkey_ss58)
+    if neuron is None:
+        raise RegistrationError(Exit.NOT_REGISTERED, f"hotkey {hotkey_ss58} is not in the offline metagraph {path} "
+                                                     "(chain.offline): add it there, or pass --uid")
+    return neuron.uid
+
+
 def run(args: argparse.Namespace, say: Callable[[str], None]) -> Exit:
     settings = resolve_settings(args)
     hotkey = open_hotkey(settings)
-    uid = args.uid if args.uid is not None else chain_uid(settings, hotkey.ss58_address)
+    if args.uid is not None:
+        uid = args.uid
+    elif settings.metagraph_file is not None:
+        uid = file_uid(settings.metagraph_file, hotkey.ss58_address)
+    else:
+        uid = chain_uid(settings, hotkey.ss58_address)
     payload = build_request(hotkey, uid, settings.model_repo)
     url = settings.base_url + REGISTER_PATH
     if args.dry_run:

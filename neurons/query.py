@@ -6,13 +6,16 @@
     sn72-query ... --labels names.csv a.jpg b.jpg        # rows: file name,label
     sn72-query ... --synthetic 50 --concurrency 8        # generated pictures, no files
     sn72-query ... roadwork-test/ --predictions run.csv  # one row per request, for paired comparisons
+    sn72-query --wallet.name validator --config config/miner.production.yaml --synthetic 8   # this box's miner
 
 Labelled sets are read as sn72-eval reads them: 0/ and 1/ or none/ and roadwork/ folders, a CSV with a
 path,label header, parquet, a `datasets` folder. Plain images and folders without that layout are sent
 unlabelled. Requests are paced (--rate, per second, default 4: below the miner's default per-hotkey limit of
 5/s) and a 429 (the miner's rate limit) is retried with backoff. Prints one line per answer (-v), then latency
 percentiles and, with labels, how many were answered and missed, MCC and accuracy over the answered ones and
-with each miss counted as a wrong answer. Exit code 1 when any request went unanswered.
+with each miss counted as a wrong answer. With --config (the miner's YAML, default $MINER_CONFIG) the miner's
+address and hotkey come from it: axon.port on this machine, the hotkey of its wallet. Exit codes: 0 every request
+answered; 1 some went unanswered; 2 usage or a wallet to fix (one line says which file and how).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from neurons.client import (
     synthetic_image,
 )
 from neurons.query_sets import QueryImage, collect, label_scores
+from neurons.tool_config import ToolError, add_config_argument, load_miner_config, open_wallet
 
 PREDICTION_FIELDS = ("name", "sha256", "label", "prediction", "status_code", "latency_ms")
 
@@ -60,15 +64,13 @@ class Sent:
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    import bittensor as bt
-
     images, notes = collect(args.images, args.labels)
     images += [_synthetic(i) for i in range(args.synthetic)]
     if not images:
         raise SystemExit("no images: name files, folders or labelled sets, or use --synthetic N")
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    wallet = bt.Wallet(name=args.wallet_name, hotkey=args.wallet_hotkey, path=args.wallet_path)
+    wallet = open_wallet(args.wallet_name, args.wallet_hotkey, args.wallet_path, "--wallet")
     dendrite = make_dendrite(wallet, args.external_ip)
     host, port = args.miner.rsplit(":", 1)
     axon = axon_info(host, int(port), args.miner_hotkey)
@@ -143,14 +145,34 @@ def write_predictions(path: Path, sent: list[Sent]) -> None:
             ])
 
 
+def miner_target(args: argparse.Namespace) -> tuple[str, str]:
+    """(ip:port, hotkey ss58) of the miner to query: the flags, else the miner's config (this machine's axon)."""
+    miner, hotkey = args.miner, args.miner_hotkey
+    if (miner is None or hotkey is None) and args.config is not None:
+        config = load_miner_config(args.config)
+        if miner is None:
+            host = config.axon.host if config.axon.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+            miner = f"{host}:{config.axon.port}"
+        if hotkey is None:
+            wallet = open_wallet(config.wallet.name, config.wallet.hotkey, config.wallet.path,
+                                 f"the miner's wallet (from --config {args.config})")
+            hotkey = wallet.hotkey.ss58_address
+    if miner is None or hotkey is None:
+        raise ToolError("name the miner: --miner IP:PORT and --miner-hotkey SS58, or --config MINER_YAML")
+    return miner, hotkey
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="*", type=Path, help="image files, folders, or labelled sets")
-    parser.add_argument("--wallet.name", dest="wallet_name", required=True)
+    parser.add_argument("--wallet.name", dest="wallet_name", required=True,
+                        help="the wallet that signs (a validator's)")
     parser.add_argument("--wallet.hotkey", dest="wallet_hotkey", default="default")
     parser.add_argument("--wallet.path", dest="wallet_path", default="~/.bittensor/wallets")
-    parser.add_argument("--miner", required=True, help="ip:port of the miner's axon")
-    parser.add_argument("--miner-hotkey", required=True, help="the miner's hotkey (ss58): requests are signed to it")
+    parser.add_argument("--miner", help="ip:port of the miner's axon (default: axon.port of --config, on this machine)")
+    parser.add_argument("--miner-hotkey", help="the miner's hotkey (ss58): requests are signed to it (default: the "
+                                               "hotkey of the --config's wallet)")
+    add_config_argument(parser, "the miner's axon port and hotkey")
     parser.add_argument("--labels", type=Path, help="CSV of file name,label for plain images (header optional)")
     parser.add_argument("--synthetic", type=int, default=0, help="also send N generated pictures")
     parser.add_argument("--repeat", type=int, default=1, help="send the whole set this many times")
@@ -170,7 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rate < 0 or args.retries < 0 or args.backoff < 0 or args.concurrency < 1:
         parser.error("--rate, --retries and --backoff must be >= 0, --concurrency >= 1")
-    result = asyncio.run(run(args))
+    try:
+        args.miner, args.miner_hotkey = miner_target(args)
+        result = asyncio.run(run(args))
+    except ToolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

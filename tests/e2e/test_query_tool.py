@@ -22,7 +22,7 @@ from neurons.query import main as query_main
 
 pytestmark = pytest.mark.slow
 
-CALLERS = ("folder", "sheet", "no-retry", "retry", "names")
+CALLERS = ("folder", "sheet", "no-retry", "retry", "names", "config")
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +133,13 @@ def test_labels_by_file_name_may_have_the_eval_header(miner: Any, tmp_path: Path
     code, report = ask(miner, "names", tmp_path, "--labels", str(names), *map(str, made))
     assert code == 0, report
     assert report["labelled"] == report["labelled_answered"] == 4
+
+
+def test_the_miner_config_names_the_miner_to_query(miner: Any, tmp_path: Path) -> None:
+    """--config: the axon port and the miner's hotkey come from the miner's own YAML (issue 26, item 4)."""
+    _, wallets = miner
+    out = tmp_path / "report.json"
+    code = query_main(["--wallet.name", "config", "--wallet.path", str(wallets), "--config",
+                       str(wallets.parent / "miner.yaml"), "--synthetic", "2", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert code == 0 and report["requests"] == report["answered"] == 2, report
