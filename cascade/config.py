@@ -6,6 +6,7 @@ Nothing here imports torch, so the miner process can validate a config before it
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -331,7 +332,13 @@ def load_cascade(path: Path) -> CascadeConfig:
     for) is a ValueError.
     """
     data = read_yaml(path)
-    config = CascadeConfig.model_validate(data)
+    try:
+        config = CascadeConfig.model_validate(data)
+    except ValidationError as exc:
+        # NOTE: pydantic keeps no reference to what it validated, and the names of levels and experts live only
+        # there: kept on the error so that format_validation_error can name them (its callers pass only the error).
+        exc.cascade_input = data  # type: ignore[attr-defined]
+        raise
     config = resolve_model_paths(config, path.parent)
     if config.calibration is not None:
         config.calibration = (path.parent / config.calibration.expanduser()).resolve()
@@ -373,12 +380,74 @@ def resolve_model_paths(config: CascadeConfig, base: Path) -> CascadeConfig:
     return config
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem: the dotted field, what is wrong, and the value given."""
+def format_validation_error(exc: ValidationError, data: Any = None, schema: type[BaseModel] = CascadeConfig) -> str:
+    """One line per problem: the dotted field, what is wrong, the value given, and for a cascade the names of the
+    level and expert the field belongs to (from `data`, the validated input, or what load_cascade kept of it); an
+    unknown key comes with the closest known names of its section in `schema`."""
+    if data is None:
+        data = getattr(exc, "cascade_input", None)
     lines = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"]) or "(top)"
         given = error.get("input")
-        given_text = "" if isinstance(given, dict) else f" (given: {given!r})"
-        lines.append(f"{where}: {error['msg']}{given_text}")
+        details = [] if isinstance(given, dict) else [f"given: {given!r}"]
+        owner = owner_names(error["loc"], data)
+        if owner:
+            details.append(owner)
+        hint = did_you_mean(schema, error["loc"]) if error["type"] == "extra_forbidden" else ""
+        lines.append(f"{where}: {error['msg']}{hint}" + (f" ({'; '.join(details)})" if details else ""))
     return "\n".join(lines)
+
+
+def owner_names(loc: tuple[int | str, ...], data: Any) -> str:
+    """`expert 'vit' of level 'fast'` for a location inside a named list item of `data` ('' when none is named):
+    an operator knows the cascade by its names, not by list positions."""
+    named: list[str] = []
+    node = data
+    for part in loc:
+        if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
+            node = node[part]
+            name = node.get("name") if isinstance(node, dict) else None
+            if name is not None:
+                named.append(f"{_ITEM_KIND.get(len(named), 'item')} {name!r}")
+        elif isinstance(part, str) and isinstance(node, dict):
+            node = node.get(part)
+        else:
+            break
+    return " of ".join(reversed(named))
+
+
+_ITEM_KIND = {0: "level", 1: "expert"}  # named list items by depth: levels[i], then levels[i].experts[j]
+
+
+def did_you_mean(schema: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """`; did you mean 'port'?` when the unknown key at `loc` is close to a field of its section ('' otherwise)."""
+    section = _section_at(schema, loc[:-1])
+    if section is None or not loc or not isinstance(loc[-1], str):
+        return ""
+    close = difflib.get_close_matches(loc[-1], list(section.model_fields), n=2, cutoff=0.6)
+    return "; did you mean " + " or ".join(repr(name) for name in close) + "?" if close else ""
+
+
+def _section_at(schema: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class of the section `loc` points into (list positions skipped), or None."""
+    node: Any = schema
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(node, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        node = _model_in(fields[part].annotation)
+    return node if isinstance(node, type) and issubclass(node, BaseModel) else None
+
+
+def _model_in(annotation: Any) -> Any:
+    """The model class an annotation holds: itself, or inside `X | None` and `list[X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

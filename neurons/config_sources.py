@@ -23,6 +23,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from cascade.config import did_you_mean
+
 ENV_PREFIX = "MINER_"
 ENV_DELIMITER = "__"
 NONE_TEXT = "null"  # an environment or command-line value that means None for an optional field
@@ -144,7 +146,7 @@ def layered_config(schema: type[M], path: Path, tree: dict[str, Any], environ: M
     try:
         settings = settings_cls()
     except ValidationError as exc:
-        raise LayerError(_describe(exc, layers)) from exc
+        raise LayerError(_describe(exc, layers, schema)) from exc
     finally:
         _LAYERS.reset(token)
     return schema.model_validate(settings.model_dump())
@@ -179,8 +181,9 @@ def _dotted_keys(tree: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
             yield dotted
 
 
-def _describe(exc: ValidationError, layers: Sequence[Layer]) -> str:
-    """One line per problem: field, what is wrong, the value given, and the layer that gave it."""
+def _describe(exc: ValidationError, layers: Sequence[Layer], schema: type[BaseModel]) -> str:
+    """One line per problem: field, what is wrong, the value given, and the layer that gave it; an unknown key
+    comes with the closest field names of its section (a typo is the usual cause)."""
     lines = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"])
@@ -192,5 +195,7 @@ def _describe(exc: ValidationError, layers: Sequence[Layer]) -> str:
         if origin is not None:
             details.append(f"from {origin}")
         message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message += did_you_mean(schema, error["loc"])
         lines.append(f"{where or '(configuration)'}: {message}" + (f" ({', '.join(details)})" if details else ""))
     return "invalid configuration:\n" + "\n".join(lines)
