@@ -264,9 +264,35 @@ class DecodeConfig(Strict):
         description="Larger JPEGs are decoded by PIL at reduced DCT scale instead of in full on the device.",
     )
     formats: list[ImageFormat] = Field(default_factory=lambda: list(DEFAULT_FORMATS), min_length=1)
-    budget_pixels: int = Field(
-        64_000_000, ge=1024, le=1 << 34,
-        description="Pixels concurrent decodes may hold at once (bounds their memory); a larger image decodes alone.",
+    budget_bytes: int = Field(
+        512 << 20, ge=1 << 20, le=1 << 40,
+        description="Memory concurrent decodes may hold at once, as estimated from each header by format, mode, bit "
+        "depth and the JPEG coefficient buffer (docs/decoding.md); an image estimated above it decodes alone.",
+    )
+    max_jpeg_scans: int = Field(
+        100, ge=1, le=100_000,
+        description="JPEGs with more scans are refused from the header (libjpeg walks the frame once per scan; "
+        "encoders write 1-20).",
+    )
+    max_decode_work: int = Field(
+        3_000_000_000, ge=1024, le=1 << 50,
+        description="Images whose estimated decoding work (pixels x components, once per JPEG scan) is larger are "
+        "refused from the header.",
+    )
+    isolate_above_work: int = Field(
+        50_000_000, ge=0, le=1 << 50,
+        description="Images whose estimated work is larger are decoded in a killable worker process, abandoned at "
+        "the request's deadline (0: every image; the rest decode in the decode threads).",
+    )
+    isolated_workers: int = Field(
+        2, ge=0, le=64,
+        description="Worker processes for costly decodes (0: none; costly images then decode in the decode threads).",
+    )
+    isolated_per_hotkey: int = Field(
+        1, ge=1, le=64, description="Worker processes one caller may hold at once; its further costly images wait."
+    )
+    isolated_nice: int = Field(
+        10, ge=0, le=19, description="Niceness of the decode worker processes: the request path keeps the CPU first."
     )
     mmap_threshold_bytes: int = Field(
         1 << 20, ge=0, le=1 << 30,

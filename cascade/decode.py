@@ -1,8 +1,9 @@
 """Safe decoding of base64 JPEG/PNG/WebP into RGB arrays.
 
 Everything is checked before the expensive step: payload length before base64 decoding, the
-container format and the declared pixel count (from the header) before any pixel is decoded, and
-the memory that concurrent decodes may hold is bounded by a pixel budget. JPEGs are decoded at
+container format, the declared pixel count and the estimated decoding work (JPEG scans included,
+cascade/decode_cost.py) from the header before any pixel is decoded, and the memory that concurrent
+decodes may hold is bounded by a budget in bytes, estimated per image by format and mode. JPEGs are decoded at
 reduced scale by the codec itself (`draft`); other formats are reduced in their own mode before
 any colour conversion, so a large PNG is held once, not three times.
 
@@ -37,29 +38,15 @@ from PIL import (
 )
 
 from cascade.config import DecodeConfig
+from cascade.decode_cost import DecodeWork, decode_work, held_bytes
+from cascade.decode_errors import DecodeBusy, DecodeError, DecodeRefused
+from cascade.decode_pixels import orientation_of, upright_rgb
 from cascade.jpeg_header import plain_jpeg
+
+__all__ = ["DecodeBusy", "DecodeError", "DecodeRefused"]  # re-exported: callers import them from here
 
 # The plugin modules above register their (factory, accept) pair in Image.OPEN on import.
 _PLUGINS = (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, WebPImagePlugin)
-_EXIF_ORIENTATION = 0x0112
-_TRANSPOSE = {  # EXIF orientation -> what makes the picture upright
-    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
-    3: (Image.Transpose.ROTATE_180,),
-    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
-    5: (Image.Transpose.TRANSPOSE,),
-    6: (Image.Transpose.ROTATE_270,),
-    7: (Image.Transpose.TRANSVERSE,),
-    8: (Image.Transpose.ROTATE_90,),
-}
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-
-class DecodeError(ValueError):
-    """The payload is not an acceptable image; the message says why, for the caller."""
-
-
-class DecodeBusy(RuntimeError):
-    """The pixel budget stayed taken until the request's deadline (not the caller's fault)."""
 
 
 @dataclass(frozen=True)
@@ -96,25 +83,37 @@ class DeviceJpeg:
         return decode_image(self.data, self.limits, self.min_side).image
 
 
-class PixelBudget:
-    """A weighted semaphore over decoded pixels: bounds the memory concurrent decodes hold at once.
+@dataclass(frozen=True, eq=False)
+class HeavyImage:
+    """An image whose estimated work is above `isolate_above_work`: checked, left for a killable worker process
+    (cascade/decode_pool.py) that decodes it as `decode_image` would and is ended at the request's deadline."""
 
-    An image larger than the whole budget takes all of it (it decodes alone) rather than never.
+    data: bytes
+    min_side: int | None
+    held_bytes: int  # what the worker's decode will hold: taken from the memory budget while it runs
+    work: int
+
+
+class MemoryBudget:
+    """A weighted semaphore over bytes: bounds the memory concurrent decodes hold at once.
+
+    Each decode takes its header's estimate (cascade/decode_cost.py), whatever its format, mode and bit depth. An
+    image estimated above the whole budget takes all of it (it decodes alone) rather than never.
     """
 
-    def __init__(self, total_pixels: int) -> None:
-        self.total = total_pixels
-        self.free = total_pixels
+    def __init__(self, total_bytes: int) -> None:
+        self.total = total_bytes
+        self.free = total_bytes
         self._cond = threading.Condition()
 
-    def acquire(self, pixels: int, until_s: float) -> int:
-        """Take `pixels` (capped at the total) before the monotonic time `until_s`; returns what was taken."""
-        want = min(pixels, self.total)
+    def acquire(self, amount: int, until_s: float) -> int:
+        """Take `amount` bytes (capped at the total) before the monotonic time `until_s`; returns what was taken."""
+        want = min(amount, self.total)
         with self._cond:
             while self.free < want:
                 left = until_s - time.monotonic()
                 if left <= 0:
-                    raise DecodeBusy(f"no decode memory free for {pixels} pixels before the deadline")
+                    raise DecodeBusy(f"no decode memory free for {amount} bytes before the deadline")
                 self._cond.wait(left)
             self.free -= want
         return want
@@ -166,8 +165,9 @@ def open_header(data: bytes, formats: Sequence[str]) -> Image.Image:
     raise DecodeError(f"image: not a readable image of an accepted format ({', '.join(formats)})")
 
 
-def _checked_header(data: bytes, limits: DecodeConfig) -> tuple[Image.Image, bool]:
-    """The opened header and whether the image is over `max_pixels` (to downscale); DecodeError for refusals."""
+def _checked_header(data: bytes, limits: DecodeConfig) -> tuple[Image.Image, bool, DecodeWork]:
+    """The opened header, whether the image is over `max_pixels` (to downscale) and its decoding work;
+    DecodeError (DecodeRefused for work over the limits) for refusals."""
     image = open_header(data, limits.formats)
     width, height = image.size
     pixels = width * height
@@ -181,34 +181,54 @@ def _checked_header(data: bytes, limits: DecodeConfig) -> tuple[Image.Image, boo
     if problem is not None:
         image.close()
         raise DecodeError(problem)
-    return image, pixels > limits.max_pixels
+    try:
+        work = decode_work(image, data, limits)
+    except DecodeError:
+        image.close()
+        raise
+    return image, pixels > limits.max_pixels, work
 
 
 def decode_image(
     data: bytes,
     limits: DecodeConfig,
     min_side: int | None = None,
-    budget: PixelBudget | None = None,
+    budget: MemoryBudget | None = None,
     until_s: float | None = None,
 ) -> Decoded:
-    """Image bytes -> upright RGB array, within the configured format, pixel and memory limits.
+    """Image bytes -> upright RGB array, within the configured format, pixel, work and memory limits.
 
     With `min_side`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both
     sides at least `min_side`: the experts resize to their inputs anyway, and a 640x480 frame for a
     224 model decodes ~3x faster and moves a quarter of the bytes to the GPU. With `budget`, the
-    decode waits (until `until_s`) for its pixels to fit in the budget; DecodeBusy if they never do.
+    decode waits (until `until_s`) for its estimated bytes to fit in the budget; DecodeBusy if they never do.
     """
-    image, downscale = _checked_header(data, limits)
-    return _decode_pixels(image, data, limits, downscale, min_side, budget, until_s)
+    decoded = decode_or_isolate(data, limits, min_side, budget, until_s)
+    assert isinstance(decoded, Decoded)
+    return decoded
+
+
+def decode_or_isolate(
+    data: bytes,
+    limits: DecodeConfig,
+    min_side: int | None = None,
+    budget: MemoryBudget | None = None,
+    until_s: float | None = None,
+    isolate_above: int | None = None,
+) -> Decoded | HeavyImage:
+    """`decode_image`, or, for an image whose estimated work is over `isolate_above`, the checked HeavyImage."""
+    image, downscale, work = _checked_header(data, limits)
+    return _decode_pixels(image, data, limits, downscale, work, min_side, budget, until_s, isolate_above)
 
 
 def decode_or_defer(
     data: bytes,
     limits: DecodeConfig,
     min_side: int | None = None,
-    budget: PixelBudget | None = None,
+    budget: MemoryBudget | None = None,
     until_s: float | None = None,
-) -> Decoded | DeviceJpeg:
+    isolate_above: int | None = None,
+) -> Decoded | DeviceJpeg | HeavyImage:
     """`decode_image`'s checks, then a JPEG the device decoder serves as well as PIL left encoded; else pixels.
 
     Left to PIL (docs/decoding.md): other formats; images over `max_pixels` (downscaled here) or over
@@ -216,13 +236,13 @@ def decode_or_defer(
     where the device would hold the whole frame in the batch); progressive JPEGs (nvJPEG decodes those one
     at a time with its Huffman stage on the host, inside the expert's batch, where PIL decodes them in
     parallel in the decode pool); CMYK/YCCK and untransformed-RGB JPEGs, whose colours nvJPEG does not convert
-    as libjpeg does.
+    as libjpeg does; JPEGs of more than one scan. Over `isolate_above` work: a HeavyImage (`decode_or_isolate`).
     """
-    image, downscale = _checked_header(data, limits)
-    deferred = _deferred(image, downscale, data, limits, min_side)
+    image, downscale, work = _checked_header(data, limits)
+    deferred = _deferred(image, downscale, work, data, limits, min_side)
     if deferred is not None:
         return deferred
-    return _decode_pixels(image, data, limits, downscale, min_side, budget, until_s)
+    return _decode_pixels(image, data, limits, downscale, work, min_side, budget, until_s, isolate_above)
 
 
 def device_jpeg_or_none(data: bytes, limits: DecodeConfig, min_side: int | None = None) -> DeviceJpeg | None:
@@ -236,12 +256,12 @@ def device_jpeg_or_none(data: bytes, limits: DecodeConfig, min_side: int | None 
         pixels = plain.width * plain.height
         if pixels <= limits.max_pixels and pixels <= limits.device_max_pixels:  # else Pillow's checks say why
             return DeviceJpeg(data, (plain.width, plain.height), 1, limits, min_side)
-    image, downscale = _checked_header(data, limits)
+    image, downscale, work = _checked_header(data, limits)
     with image:
-        return _deferred(image, downscale, data, limits, min_side)
+        return _deferred(image, downscale, work, data, limits, min_side)
 
 
-def _deferred(image: Image.Image, downscale: bool, data: bytes, limits: DecodeConfig,
+def _deferred(image: Image.Image, downscale: bool, work: DecodeWork, data: bytes, limits: DecodeConfig,
               min_side: int | None) -> DeviceJpeg | None:
     width, height = image.size
     if (
@@ -250,9 +270,10 @@ def _deferred(image: Image.Image, downscale: bool, data: bytes, limits: DecodeCo
         and width * height <= limits.device_max_pixels
         and image.mode in ("RGB", "L")
         and not image.info.get("progressive")
+        and work.scans == 1  # several scans mean a full-size coefficient buffer and a pass each
         and image.info.get("adobe_transform") != 0  # 0: RGB stored as is, not YCbCr
     ):
-        orientation = _orientation(image)
+        orientation = orientation_of(image)
         image.close()
         return DeviceJpeg(data, (width, height), orientation, limits, min_side)
     return None
@@ -263,29 +284,36 @@ def _decode_pixels(
     data: bytes,
     limits: DecodeConfig,
     downscale: bool,
+    work: DecodeWork,
     min_side: int | None,
-    budget: PixelBudget | None,
+    budget: MemoryBudget | None,
     until_s: float | None,
-) -> Decoded:
+    isolate_above: int | None = None,
+) -> Decoded | HeavyImage:
     width, height = image.size
     pixels = width * height
     scale = (limits.max_pixels / pixels) ** 0.5 if downscale else 1.0
     target = (max(1, int(width * scale)), max(1, int(height * scale)))
-    orientation = _orientation(image)
+    orientation = orientation_of(image)
     if image.format == "JPEG":
         if downscale:
             image.draft("RGB", target)  # the codec decodes at 1/2, 1/4 or 1/8 scale: far less memory
         elif min_side and limits.reduce_jpeg:
             image.draft("RGB", (min_side, min_side))
-    held_w, held_h = image.size  # after draft: what the decoder will actually allocate
+    held = image.size  # after draft: what the decoder will actually allocate
+    out = target if downscale else held
+    estimate = held_bytes(image, work, held, out, orientation)
+    if isolate_above is not None and work.samples > isolate_above:
+        image.close()
+        return HeavyImage(data, min_side, estimate, work.samples)
     until_s = until_s if until_s is not None else time.monotonic() + 60.0
     try:
-        taken = budget.acquire(held_w * held_h, until_s) if budget is not None else 0
+        taken = budget.acquire(estimate, until_s) if budget is not None else 0
     except DecodeBusy:
         image.close()
         raise
     try:
-        array = _pixels(image, target if downscale else None, orientation)
+        array = upright_rgb(image, target if downscale else None, orientation)
     except DecodeError:
         raise
     except Exception as exc:
@@ -297,56 +325,6 @@ def _decode_pixels(
     return Decoded(
         image=array, encoded=data, sha256=hash_bytes(data), original_size=(width, height), downscaled=downscale
     )
-
-
-def _orientation(image: Image.Image) -> int:
-    """EXIF orientation from the header's EXIF block (1 when absent).
-
-    Read from `info`, not `getexif()`: for a PNG that would decode every pixel, before the budget.
-    """
-    raw = image.info.get("exif")
-    if not raw:
-        return 1
-    try:
-        exif = Image.Exif()
-        exif.load(raw)
-        value = exif.get(_EXIF_ORIENTATION, 1)
-    except Exception:  # noqa: BLE001 - a malformed EXIF block is not worth refusing the image for
-        return 1
-    return value if isinstance(value, int) else 1
-
-
-def _pixels(image: Image.Image, target: tuple[int, int] | None, orientation: int) -> np.ndarray:
-    """Load, shrink in the image's own mode, turn upright, then convert to RGB (smallest copies first)."""
-    image.load()
-    if image.mode in _SIXTEEN_BIT_MODES:
-        image = _eight_bit(image)
-    elif image.mode not in ("RGB", "RGBA", "L", "LA"):
-        image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
-    if target is not None and image.size[0] * image.size[1] > target[0] * target[1]:
-        factor = min(image.size[0] // target[0], image.size[1] // target[1])
-        if factor >= 2:
-            image = image.reduce(factor)  # box reduction by an integer factor: fast and light on memory
-        if image.size != target:
-            image = image.resize(target, Image.Resampling.BILINEAR)
-    for step in _TRANSPOSE.get(orientation, ()):
-        image = image.transpose(step)
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    array = np.asarray(image)
-    # Experts hand the array to torch without a copy, which needs it writable.
-    return array if array.flags.writeable else array.copy()
-
-
-def _eight_bit(image: Image.Image) -> Image.Image:
-    """16-bit grey -> 8-bit grey by its high byte (Pillow's own conversion clips at 255 instead).
-
-    Mode "I" (32-bit) also holds 8-bit data after some conversions: it is shifted only when it uses
-    more than 8 bits.
-    """
-    wide = np.asarray(image).astype(np.int64)
-    shift = 8 if image.mode != "I" or int(wide.max(initial=0)) > 255 else 0
-    return Image.fromarray(np.clip(wide >> shift, 0, 255).astype(np.uint8), mode="L")
 
 
 def decode(payload: str | bytes, limits: DecodeConfig) -> Decoded:

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 from cascade import consensus
 from cascade.allocator import return_large_blocks
 from cascade.config import CascadeConfig, EngineConfig
-from cascade.decode import DecodeError
+from cascade.decode import DecodeError, DecodeRefused
 from cascade.event_loop import new_event_loop
 from cascade.experts.base import Expert
 from cascade.experts.registry import build_expert
@@ -300,10 +300,18 @@ class Engine:
         """Replaced cascades not yet freed (requests still hold them, or their models are being released)."""
         return self._unfreed
 
+    def prestart_decode_workers(self) -> None:
+        """Start the decode worker processes in the background (cascade/decode_pool.py), so that the first costly
+        image does not wait for one; the miner calls this once it serves."""
+        if self.path.isolated is not None:
+            self.path.isolated.prestart()
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop batchers, observers and threads. Jobs still running are answered with EngineClosed."""
         if not self.started:
             self._decoder.shutdown(wait=False)
+            if self.path.isolated is not None:
+                self.path.isolated.close()
             return
         self.started = False
 
@@ -322,6 +330,8 @@ class Engine:
             # Decodes still running would call back into the loop once it is gone: let them end first.
             self.path.budget.close()
             self._decoder.shutdown(wait=True, cancel_futures=True)
+            if self.path.isolated is not None:
+                self.path.isolated.close()
             self.observers.close()
             self.replicas.close()
 
@@ -353,7 +363,7 @@ class Engine:
             return
         exc = task.exception()
         if isinstance(exc, DecodeError):
-            self.stats.decode_failed()
+            self.stats.decode_failed(exc.reason if isinstance(exc, DecodeRefused) else None)
         _settle(answer, None if exc is not None else task.result(), exc)
 
     def active(self) -> int:

@@ -7,7 +7,8 @@ cancel anything: they wait for the answer, which always comes by the deadline.
 
 The work, step by step, each a method tested on its own:
   admit      a slot (bounded in flight; stake and deadline order the waiters), released on any exit
-  decode     base64, hash, header checks, pixels (bounded pool, pixel budget, until the deadline); a JPEG
+  decode     base64, hash, header checks, pixels (decode threads shared by caller, memory budget, until the
+             deadline; an image whose estimated work is costly in a worker process killed at the deadline); a JPEG
              that the first level's GPU experts decode themselves is left encoded, and decoded here only
              when a level whose experts need host arrays is about to run (docs/decoding.md)
   cache      the same image answered recently: that answer
@@ -41,13 +42,15 @@ from cascade.decode import (
     Decoded,
     DecodeError,
     DeviceJpeg,
-    PixelBudget,
-    decode_image,
+    HeavyImage,
+    MemoryBudget,
     decode_or_defer,
+    decode_or_isolate,
     decode_payload,
     device_jpeg_or_none,
     hash_bytes,
 )
+from cascade.decode_pool import FairThreads, IsolatedDecoder
 from cascade.levels import Level, Plan
 from cascade.observers.base import Finished, ObserverRunner
 from cascade.request import ExpertAnswer, Job, Request, Result, Status
@@ -99,10 +102,14 @@ class RequestPath:
         self.stats = stats
         self.observers = observers
         self.decoder = decoder
+        self.threads = FairThreads(decoder, config.scheduler.decode_workers)
         sched = config.scheduler
         self.admission = Admission(self.room(self.serving), sched.max_in_flight_per_hotkey, sched.max_waiting)
         self.cache = ResultCache(sched.cache_size, sched.cache_ttl_s)
-        self.budget = PixelBudget(config.decode.budget_pixels)
+        self.budget = MemoryBudget(config.decode.budget_bytes)
+        self.isolated = (IsolatedDecoder(config.decode, self.budget, stats.isolated_decode)
+                         if config.decode.isolated_workers else None)
+        self.isolate_above = config.decode.isolate_above_work if self.isolated is not None else None
         self.guard_s = sched.answer_guard_ms / 1000.0
         self.inline_max_chars = sched.inline_check_max_bytes
 
@@ -172,7 +179,7 @@ class RequestPath:
             return self.best(progress, Status.PRIOR)
         try:
             try:
-                data, image_hash, decoded = await self.decode(job.payload, job.deadline_s, progress.serving)
+                data, image_hash, decoded = await self.decode(job, progress.serving)
             except DecodeBusy:
                 progress.failures.append("decode_busy")
                 return self.best(progress, Status.PRIOR)
@@ -186,20 +193,32 @@ class RequestPath:
             admission.release(job.hotkey)
 
     # -- steps ----------------------------------------------------------------------------------
-    async def decode(self, payload: str, deadline_s: float,
+    async def decode(self, job: Job,
                      serving: ServingCascade | None = None) -> tuple[bytes, str, Decoded | DeviceJpeg | None]:
         serving = serving or self.serving
+        payload, deadline_s = job.payload, job.deadline_s
         if serving.defer_jpegs and len(payload) <= self.inline_max_chars and payload.startswith(_JPEG_BASE64):
             # A JPEG bound for the device decoder, small enough to check here: base64, hash and header on the loop
             # cost less than the decode pool's round trip (two thread hand-offs, each a wait for the interpreter
             # lock; +32% requests/s with null experts in a worker on two cores, +7% on two H200s:
             # docs/performance.md). Pixels, where PIL must make them, are still made in the pool.
-            return self._prepare(payload, deadline_s, serving, header_only=True)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.decoder, self._prepare, payload, deadline_s, serving)
+            data, image_hash, checked = self._prepare(payload, deadline_s, serving, header_only=True)
+            assert not isinstance(checked, HeavyImage)  # a header check leaves pixels, costly or not, for later
+            return data, image_hash, checked
+        data, image_hash, decoded = await self.threads.run(job.hotkey, job.stake, deadline_s, self._prepare, payload,
+                                                           deadline_s, serving)
+        return data, image_hash, await self._isolated(decoded, job)
+
+    async def _isolated(self, decoded: Decoded | DeviceJpeg | HeavyImage | None,
+                        job: Job) -> Decoded | DeviceJpeg | None:
+        """A costly image's pixels from a worker process (killed if the deadline comes first); others as they are."""
+        if not isinstance(decoded, HeavyImage):
+            return decoded
+        assert self.isolated is not None
+        return await self.isolated.decode(decoded, job.hotkey, job.stake, job.deadline_s)
 
     def _prepare(self, payload: str, deadline_s: float, serving: ServingCascade,
-                 header_only: bool = False) -> tuple[bytes, str, Decoded | DeviceJpeg | None]:
+                 header_only: bool = False) -> tuple[bytes, str, Decoded | DeviceJpeg | HeavyImage | None]:
         """Decoder thread: base64, hash and (unless the image is a likely repeat) pixels, in one hop.
 
         One executor round trip per request instead of three: under load every hop is a wait for the
@@ -214,23 +233,27 @@ class RequestPath:
             return data, image_hash, device_jpeg_or_none(data, self.config.decode, serving.decode_min_side)
         return data, image_hash, self._first_pixels(data, deadline_s, serving)
 
-    def _first_pixels(self, data: bytes, deadline_s: float, serving: ServingCascade) -> Decoded | DeviceJpeg:
-        """Pixels, or the checked JPEG left encoded where the first level's experts decode it on their device."""
+    def _first_pixels(self, data: bytes, deadline_s: float,
+                      serving: ServingCascade) -> Decoded | DeviceJpeg | HeavyImage:
+        """Pixels, or the checked JPEG left encoded where the first level's experts decode it on their device, or a
+        costly image left for a worker process."""
         if serving.defer_jpegs:
-            return decode_or_defer(data, self.config.decode, serving.decode_min_side, self.budget, deadline_s)
+            return decode_or_defer(data, self.config.decode, serving.decode_min_side, self.budget, deadline_s,
+                                   self.isolate_above)
         return self._pixels(data, deadline_s, serving.decode_min_side)
 
-    def _pixels(self, data: bytes, deadline_s: float, min_side: int | None) -> Decoded:
-        return decode_image(data, self.config.decode, min_side, self.budget, deadline_s)
+    def _pixels(self, data: bytes, deadline_s: float, min_side: int | None) -> Decoded | HeavyImage:
+        return decode_or_isolate(data, self.config.decode, min_side, self.budget, deadline_s, self.isolate_above)
 
     async def _host_pixels(self, request: Request, progress: Progress) -> bool:
         """Decode a deferred JPEG (decode pool) for a level whose experts need arrays: only requests that reach
         such a level pay for it. False (the level is not run) when it cannot be decoded in time, or at all
         after an earlier level answered; DecodeError when nothing answered (the PIL path's answer)."""
-        loop = asyncio.get_running_loop()
+        job = request.job
         try:
-            decoded = await loop.run_in_executor(self.decoder, self._pixels, request.image_bytes, request.deadline_s,
-                                                 progress.serving.decode_min_side)
+            pixels = await self.threads.run(job.hotkey, job.stake, request.deadline_s, self._pixels,
+                                            request.image_bytes, request.deadline_s, progress.serving.decode_min_side)
+            decoded = await self._isolated(pixels, job)
         except DecodeBusy:
             progress.failures.append("decode_busy")
             return False
@@ -239,6 +262,7 @@ class RequestPath:
                 raise
             progress.failures.append("decode_error")
             return False
+        assert isinstance(decoded, Decoded)
         request.image = decoded.image
         return True
 
@@ -255,9 +279,14 @@ class RequestPath:
         owner = coalescer.own(progress.image_hash, job.deadline_s)
         try:
             if decoded is None:  # skipped as a likely repeat but not answered after all, or checked on the loop
-                loop = asyncio.get_running_loop()
-                decoded = await loop.run_in_executor(self.decoder, self._first_pixels, data, job.deadline_s,
-                                                     progress.serving)
+                try:
+                    made = await self.threads.run(job.hotkey, job.stake, job.deadline_s, self._first_pixels, data,
+                                                  job.deadline_s, progress.serving)
+                    decoded = await self._isolated(made, job)
+                except DecodeBusy:
+                    progress.failures.append("decode_busy")
+                    return self.best(progress, Status.PRIOR)
+                assert decoded is not None
             if isinstance(decoded, DeviceJpeg):
                 progress.image_size = decoded.size
                 request = Request(job, None, progress.image_hash, data, jpeg=decoded)

@@ -57,6 +57,13 @@ class EngineStats:
         self._deadline_cuts = Counter(f"{PREFIX}_deadline_cuts", "Requests answered at their deadline with what "
                                       "they had", registry=r)
         self._decode_errors = Counter(f"{PREFIX}_decode_errors", "Payloads refused as images", registry=r)
+        self._decode_refused = Counter(f"{PREFIX}_decode_refused", "Images refused from the header for what decoding "
+                                       "them would cost (also in decode_errors), by reason: jpeg_scans, "
+                                       "decode_work", ["reason"], registry=r)
+        self._isolated = Counter(f"{PREFIX}_decode_isolated", "Costly images sent to a decode worker process, by "
+                                 "outcome: decoded, refused (not an image), abandoned (killed at the deadline), "
+                                 "crashed, busy (no worker or memory before the deadline); restarted counts new "
+                                 "worker processes", ["outcome"], registry=r)
         self._late = Counter(f"{PREFIX}_late_answers", "Engine answers handed back after their deadline", registry=r)
         self._rejected = Counter(f"{PREFIX}_admission_rejected", "Requests answered from the prior: not admitted",
                                  registry=r)
@@ -97,6 +104,10 @@ class EngineStats:
             self._latency.labels(status.value)
             self._budget.labels(status.value)
         self._levels_run.labels("0")
+        for reason in ("jpeg_scans", "decode_work"):
+            self._decode_refused.labels(reason)
+        for outcome in ("decoded", "refused", "abandoned", "crashed", "busy", "restarted"):
+            self._isolated.labels(outcome)
 
     # -- events (engine threads) -----------------------------------------------------------------
     def answered(self, status: str, levels_run: int, latency_s: float, budget_s: float, late: bool) -> None:
@@ -124,8 +135,14 @@ class EngineStats:
     def deadline_cut(self) -> None:
         self._deadline_cuts.inc()
 
-    def decode_failed(self) -> None:
+    def decode_failed(self, refused_for: str | None = None) -> None:
         self._decode_errors.inc()
+        if refused_for is not None:
+            self._child(self._decode_refused, refused_for).inc()
+
+    def isolated_decode(self, outcome: str) -> None:
+        """An outcome of a decode worker process (any thread)."""
+        self._child(self._isolated, outcome).inc()
 
     def not_admitted(self) -> None:
         self._rejected.inc()

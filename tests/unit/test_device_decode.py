@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from cascade.config import DecodeConfig
-from cascade.decode import _TRANSPOSE, Decoded, DecodeError, DeviceJpeg, decode_image, decode_or_defer
+from cascade.decode import Decoded, DecodeError, DeviceJpeg, decode_image, decode_or_defer
+from cascade.decode_pixels import _TRANSPOSE
 from cascade.experts.base import ExpertError, check_probabilities
 from cascade.experts.jpeg import Materialised, enable_device_jpeg, materialise, upright
 from cascade.experts.preprocess import batch_tensor, resize_on_device
