@@ -365,6 +365,7 @@ def _run(argv: list[str] | None) -> int:
         logger.opt(exception=exc).debug("loading failed")
         raise startup.StartupError(f"loading the cascade failed: {' '.join(str(exc).split()) or repr(exc)}",
                                    startup.EXIT_CRASH) from exc
+    engine.prestart_decode_workers()  # in the background: the first costly image need not wait for one
     publish_build_info(registry, engine_config.cascade)
     watch_gpu_memory(registry, [device for devices in report.placement.values() for device in devices])
     timeline.mark("load and warm-up")
