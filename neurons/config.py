@@ -227,8 +227,9 @@ FLAGS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sn72-miner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Exit codes: 0 stopped cleanly (or --check passed); 2 configuration to fix (pm2 does not restart "
-               "it); 70 device context lost (restarted); 1 any other failure (restarted with back-off).",
+        epilog="Exit codes (docs/operations.md): 0 stopped cleanly (or --check passed); 2 configuration to fix (pm2 "
+               "does not restart it); 70 device context lost (restarted); 75 drained for a restart it asked for "
+               "(--drain-restart; restarted on the new cascade); 1 any other failure (restarted with back-off).",
     )
     parser.add_argument("--config", type=Path, required=True, help="Miner YAML (see config/miner.*.yaml).")
     for flag, key in FLAGS.items():
