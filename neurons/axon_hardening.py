@@ -7,7 +7,8 @@ object or not the synapse's fields, and a body hash that does not match (all rai
 exceptions from the body check). Three small replacements, made before the axon serves:
 
 - its middleware's header parsing raises a `SynapseException` carrying status 400;
-- its body check answers 400 with a short reason (never echoing the request back);
+- its body check answers 400 with a short reason (never echoing the request back), also for a body whose fields
+  hold NaN or an infinity (the axon's JSON encoder refused them when it answered: 500);
 - FastAPI's own 422 for an unparseable body becomes the same 400.
 
 Its `default_verify` is replaced too (issue 25): the same signature check over the same signed string, with the
@@ -17,6 +18,7 @@ nonce rule of neurons/nonces.py instead of one that an unsigned version header s
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from bittensor.core.axon import AxonMiddleware
@@ -68,11 +70,36 @@ def strict_body_check(axon: Any) -> Any:
             parsed = axon.forward_class_types[route](**body_dict)
         except (ValidationError, TypeError, ValueError) as exc:
             raise HTTPException(400, f"request body is not a valid {route}") from exc
+        odd = non_finite_field(parsed.model_dump(exclude={"prediction"}))
+        if odd is not None:
+            raise HTTPException(400, f"request body field {odd} is not a finite number")
         if parsed.body_hash != request.headers.get("computed_body_hash", ""):
             raise HTTPException(400, "request body does not match its computed_body_hash")
         return body_dict
 
     return verify_body_integrity
+
+
+def non_finite_field(value: Any, path: str = "") -> str | None:
+    """The first field holding NaN or an infinity (dotted path), or None.
+
+    The body's own copy of the synapse is what the axon answers with, and its JSON encoder refuses such numbers
+    (a 500 after the answer was computed): `timeout: "nan"` or a 400-digit number did that. `prediction` is left
+    out by the caller: the miner always overwrites it (a NaN there with a good image is answered, as before).
+    """
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path or "(body)"
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = non_finite_field(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 class NotVerified(Exception):

@@ -141,3 +141,12 @@ def test_odd_requests_are_refused_with_a_4xx_and_counted(hostile, name):
     after = hostile.refusals()
     assert after.get(outcome, 0) - before.get(outcome, 0) == 1, {k: after[k] - before.get(k, 0) for k in after}
     assert after.get("error_500", 0) == before.get("error_500", 0)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "9" * 400])
+def test_a_body_timeout_that_is_not_a_finite_number_is_refused_400(hostile, value):
+    """Found by the fuzzer: the body's own `timeout` (signed requests reach the body) made the axon's JSON encoder
+    fail when it answered (500 after the image was judged)."""
+    request = HostileRequest(signer=hostile.prober(), image=encode_jpeg(synthetic_image(78)), fields={"timeout": value})
+    reply = asyncio.run(send(request, hostile.target))
+    assert reply.status == 400 and "timeout" in reply.message, (reply.status, reply.message)
