@@ -153,7 +153,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         "mode": "engine-burst" if args.burst else "engine",
         "experts": "null (no model: the request path alone)" if args.null_experts else "real",
         "null_device_ms": list(args.null_device_ms) if args.null_experts else None,
-        "wait_when_idle": not args.idle_dispatch,
+        "wait_when_idle": sorted({expert.wait_when_idle for expert in cascade.experts()}),
         "worker": "process" if args.worker_process else "thread",
         "cascade": str(args.cascade),
         "requests": len(data),
@@ -375,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--event-loop", choices=typing.get_args(EventLoopKind), default="uvloop",
                        help="the miner's event loops (engine and HTTP server); the stock axon keeps bittensor's")
         p.add_argument("--idle-dispatch", action="store_true",
-                       help="every expert's wait_when_idle off: an idle replica starts at once")
+                       help="every expert's wait_when_idle off (the default unless the cascade file sets it): an idle "
+                       "replica starts at once")
         p.add_argument("--worker-process", action="store_true",
                        help="every expert in a worker process of its own (worker: process)")
         if name == "engine":

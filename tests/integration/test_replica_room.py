@@ -76,7 +76,7 @@ def test_requests_arriving_together_are_shared_between_idle_replicas():
 
     # A long batching window: every request below is queued before either replica starts a batch, so both
     # replicas' estimates are equal the whole time (0 batches ahead) and only their queues differ.
-    config = replicated(max_batch=8, max_wait_ms=300.0, expected_latency_ms=5.0)
+    config = replicated(max_batch=8, max_wait_ms=300.0, expected_latency_ms=5.0, wait_when_idle=True)
     engine = make_engine({"a": factory}, cascade_config([[config]]))
     try:
         futures = [engine.submit(make_job(mark=i + 1, budget_s=10)) for i in range(4)]

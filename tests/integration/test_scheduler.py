@@ -32,7 +32,7 @@ def test_batches_fill_up_to_max_batch_while_the_expert_is_busy():
 
 
 def test_a_lone_request_waits_at_most_max_wait_then_runs_alone():
-    config = expert_config("a", max_batch=8, max_wait_ms=60.0)
+    config = expert_config("a", max_batch=8, max_wait_ms=60.0, wait_when_idle=True)
     fake = FakeExpert(config, "cpu", answer=lambda image: 0.1)
     engine = make_engine({"a": fake}, cascade_config([[config]]))
     try:
@@ -65,7 +65,8 @@ def test_an_idle_replica_that_does_not_wait_when_idle_starts_a_lone_request_at_o
 
 
 def test_a_replica_that_waits_when_idle_holds_a_lone_request_for_its_window():
-    config = expert_config("a", max_batch=8, max_wait_ms=1000.0)  # the longest window: room for a busy box
+    # The longest window (room for a busy box), held even when idle: not the default.
+    config = expert_config("a", max_batch=8, max_wait_ms=1000.0, wait_when_idle=True)
     fake = FakeExpert(config, "cpu", answer=lambda image: 0.9)
     engine = make_engine({"a": fake}, cascade_config([[config]]))
     try:
