@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 _SOS_MARKER = re.compile(b"\xff\xda")  # a compiled search runs ~4x faster than bytes.find for two bytes
 _MAX_SCAN_COMPONENTS = 4  # a scan holds at most four components (ITU T.81 B.2.3)
+_MAX_HEADER_SEGMENTS = 1024  # cameras write ~10 segments before the first scan
+_STAND_ALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RST0-7: markers without a length
 
 _SOI = b"\xff\xd8\xff"
 _BASELINE_FRAMES = (0xC0, 0xC1)  # SOF0 baseline, SOF1 extended sequential (Huffman)
@@ -132,10 +134,13 @@ def jpeg_scans(data: bytes, limit: int) -> JpegScans:
 
 
 def _first_scan(data: bytes) -> int:
-    """Where the first scan's marker is, by walking the segments before it; 0 when they cannot be walked."""
+    """Where the first scan's marker is, by walking the segments before it; 0 when they cannot be walked (or are
+    too many to walk in Python: counting from the start then costs a few extra scans at most)."""
     end = len(data)
     pos = 2
-    while pos + 4 <= end:
+    for _ in range(_MAX_HEADER_SEGMENTS):
+        if pos + 4 > end:
+            break
         if data[pos] != 0xFF:
             return 0
         marker = data[pos + 1]
@@ -144,7 +149,7 @@ def _first_scan(data: bytes) -> int:
             continue
         if marker == _SOS:
             return pos
-        if marker in (0x01, *range(0xD0, 0xD8)):  # stand-alone markers: no length
+        if marker in _STAND_ALONE:
             pos += 2
             continue
         pos += 2 + ((data[pos + 2] << 8) | data[pos + 3])
