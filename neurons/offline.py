@@ -94,11 +94,12 @@ def make_wallets(folder: Path) -> Wallets:
 @contextmanager
 def run_miner(folder: Path, wallet_path: Path, miner_wallet: Any, cascade: dict[str, Any],
               extra: dict[str, Any] | None = None, ready_timeout_s: float = 240.0,
-              nice: int = 0) -> Iterator[MinerProcess]:
+              nice: int = 0, wrap: Sequence[str] = ()) -> Iterator[MinerProcess]:
     """The miner as operators run it: `python -m neurons.miner --config miner.yaml`.
 
     `nice` lowers the miner's CPU priority: a load test whose client shares the machine gives the client
-    the CPU first, so the client times its requests as a validator on its own machine would.
+    the CPU first, so the client times its requests as a validator on its own machine would. `wrap` runs the
+    miner through another command (which must end by exec-ing its arguments), e.g. one that mounts a small disk.
     """
     port, metrics_port = free_port(), free_port()
     (folder / "cascade.yaml").write_text(yaml.safe_dump(cascade))
@@ -119,7 +120,7 @@ def run_miner(folder: Path, wallet_path: Path, miner_wallet: Any, cascade: dict[
     (folder / "miner.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(folder)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "neurons.miner", "--config", str(folder / "miner.yaml")],
+        [*wrap, sys.executable, "-m", "neurons.miner", "--config", str(folder / "miner.yaml")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         preexec_fn=(lambda: os.nice(nice)) if nice else None,
     )
