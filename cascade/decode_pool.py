@@ -15,7 +15,7 @@ goes first, then stake, then the earliest deadline, and a caller holds at most i
 
 NOTE: the engine does not start the worker processes (every engine a test builds would start two interpreters):
 the miner starts them in the background once the engine is up (`prestart`); without that, the first costly image
-pays ~0.3 s for its worker's start.
+pays ~0.5 s for its worker's start.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class _Worker:
         self._starting = threading.Lock()  # a pool thread and `prestart` may both find the process missing
         self._running: object | None = None  # the token of the decode now in the process
         self.abandoned = False
+        self.closed = False
 
     @property
     def pid(self) -> int | None:
@@ -92,6 +93,8 @@ class _Worker:
             self._ensure_started()
 
     def _ensure_started(self) -> None:
+        if self.closed:
+            raise RuntimeError("the decode workers are closed")
         if self._process is not None and self._process.poll() is None and not self.abandoned:
             return
         if self._process is not None:
@@ -146,10 +149,13 @@ class _Worker:
             return True
 
     def close(self) -> None:
+        """End the process for good: one being started meanwhile is waited for and ended too."""
+        self.closed = True
         with self._lock:
             if self._process is not None and self._process.poll() is None:
                 self._process.kill()
-        self._end()
+        with self._starting:
+            self._end()
 
     def _end(self) -> None:
         process, self._process = self._process, None
@@ -215,14 +221,15 @@ class IsolatedDecoder:
             self._outcome("refused")
             raise
         except ConnectionError as exc:
-            if worker.abandoned:
+            if worker.abandoned or worker.closed:
                 raise DecodeBusy("the decode was abandoned at the deadline") from exc
             self._outcome("crashed")
             logger.warning("decode worker {} ended while decoding an image ({}): refused", worker.pid, exc)
             raise DecodeError("image: the decoder could not read this image") from exc
         finally:
             try:
-                worker.ensure_started()  # a killed or crashed process is replaced now, not by the next caller
+                if not worker.closed:
+                    worker.ensure_started()  # a killed or crashed process is replaced now, not by the next caller
             except Exception as exc:  # noqa: BLE001 - the next decode tries again; this one has its answer
                 logger.error("decode worker could not be restarted: {}", exc)
             lease.give_back()
