@@ -196,7 +196,9 @@ def bench(work: Path, args: argparse.Namespace) -> dict[str, Any]:
                             {w.hotkey.ss58_address: 1000.0 for w in callers})
     side = (640, 480)
     payloads = [encode_jpeg(synthetic_image(2000 + i, side)) for i in range(64)]
-    extra = {"guards": {"rate_per_s": 0.0}, "axon": {"max_connections_per_ip": 1024}, "log_level": "INFO"}
+    # one address for every simulated validator: no per-address share of the request slots
+    extra = {"guards": {"rate_per_s": 0.0}, "log_level": "INFO",
+             "axon": {"max_connections_per_ip": 1024, "max_concurrent_requests_per_ip": 100_000}}
     first = _cascade(model_a, "vit-a", -12.0, args.device, args.size)
     print("starting the miner on cascade A", file=sys.stderr, flush=True)
     with run_miner(work, wallets, miner, first, extra=extra) as process:

@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict[str, Any] = {"guards": {"rate_per_s": 0.0}, "scheduler": {"cache_size": 0},
                              "log_level": "WARNING", "drain_timeout_s": 60.0}
     if not args.legacy:
-        extra["axon"] = {"max_connections_per_ip": args.requests + 64}
+        # one address for every simulated validator: no per-address share of the request slots
+        extra["axon"] = {"max_connections_per_ip": args.requests + 64, "max_concurrent_requests_per_ip": 100_000}
     detector_batch = 1 if args.mode == "drain" else 8
     if args.mode == "drain":
         extra["log_level"] = "INFO"  # the drain's own account of what it finished

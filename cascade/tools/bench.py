@@ -234,7 +234,10 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
     write_offline_metagraph(folder / "metagraph.json", 72, miner.hotkey.ss58_address,
                             {w.hotkey.ss58_address: 1000.0 * (i + 1) for i, w in enumerate(wallets)})
     cascade = bench_cascade(args).model_dump(mode="json")
-    extra = {"axon": {"cache_header_schema": header_cache, "event_loop": args.event_loop},
+    # Every simulated validator sends from 127.0.0.1: lift the per-address share of request slots
+    # (neurons/request_slots.py), as validators' distinct addresses would have.
+    extra = {"axon": {"cache_header_schema": header_cache, "event_loop": args.event_loop,
+                      "max_concurrent_requests_per_ip": 100_000},
              "guards": {"rate_per_s": 0.0},
              "scheduler": {"cache_size": 0, "decode_workers": args.decode_workers, "event_loop": args.event_loop,
                            **({"gil_switch_interval_ms": args.gil_switch_ms} if args.gil_switch_ms else {})},

@@ -274,7 +274,8 @@ def run_traffic(args: argparse.Namespace) -> dict[str, Any]:
     write_offline_metagraph(folder / "metagraph.json", 72, miner.hotkey.ss58_address,
                             {w.hotkey.ss58_address: 1000.0 * (i + 1) for i, w in enumerate(validators)})
     extra = {"guards": {"rate_per_s": 0.0}, "scheduler": {"cache_size": 0}, "log_level": "INFO",
-             "axon": {"max_connections_per_ip": 4 * burst_count + 64}}
+             # one address for every simulated validator: no per-address share of the request slots
+             "axon": {"max_connections_per_ip": 4 * burst_count + 64, "max_concurrent_requests_per_ip": 100_000}}
     report: dict[str, Any] = {"mode": "traffic", "cascade": str(args.cascade), "rps": args.rps,
                               "duration_s": args.duration_s, "timeout_s": TIMEOUT_S, "runs": {}}
     began = time.monotonic()
