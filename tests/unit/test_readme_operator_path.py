@@ -36,7 +36,8 @@ def test_the_readme_says_where_the_subnet_stands_and_from_which_source():
 
 
 def test_every_sn72_al_command_in_the_docs_names_a_store_the_miner_writes():
-    for doc in (ROOT / "README.md", ROOT / "docs" / "active_learning.md"):
+    for doc in (ROOT / "README.md", ROOT / "docs" / "active_learning.md", ROOT / "docs" / "training.md",
+                ROOT / "docs" / "learning.md"):
         for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.DOTALL):
             exported = False
             for line in block.splitlines():
