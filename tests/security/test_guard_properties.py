@@ -1,11 +1,13 @@
 """neurons/guards.py for any caller: blacklist, priority and the rate limiter never raise, whatever the hotkey.
 
 The hotkey comes from an unsigned header; the guards see it before anything is verified, so every string (and
-none at all) must get an answer, and spraying hotkeys must not grow the limiter without bound.
+none at all) must get an answer, and spraying hotkeys must not grow the limiter without bound. The HTTP layer's
+request slots keep their per-address share whatever callers arrive, leave or give up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -76,3 +78,48 @@ def test_one_hotkey_never_gets_more_than_its_burst_plus_its_rate(steps_s):
         now_s += step_s
         allowed += limiter.allow(VALIDATOR, now_s)
     assert allowed <= 20 + 2.0 * now_s + 1e-9
+
+
+# -- the HTTP layer's request slots (neurons/request_slots.py) -------------------------------------------------------
+SLOT_PLANS = st.lists(st.tuples(st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3"]),  # caller
+                                st.integers(0, 3),  # steps it holds its slot
+                                st.booleans()),  # gives up (cancelled) if not done after the first step
+                      min_size=1, max_size=40)
+
+
+@SETTINGS
+@given(SLOT_PLANS, st.integers(1, 6), st.integers(1, 6))
+def test_request_slots_hold_their_bounds_for_any_callers(plan, total, per_caller):
+    """Whatever arrives, leaves or gives up: never more than `total` slots held, never more than `per_caller` by one
+    caller; everyone who waits is served; nothing is left behind (no caller entry, no slot, no waiter)."""
+    from neurons.request_slots import RequestSlots
+
+    async def scenario() -> None:
+        slots = RequestSlots(total, per_caller)
+        held: dict[str, int] = {}
+        served: list[int] = []
+
+        async def request(index: int, caller: str, steps: int) -> None:
+            async with slots.turn(caller):
+                held[caller] = held.get(caller, 0) + 1
+                try:
+                    assert sum(held.values()) <= total and held[caller] <= per_caller, held
+                    served.append(index)
+                    for _ in range(steps):
+                        await asyncio.sleep(0)
+                finally:
+                    held[caller] -= 1
+
+        tasks = [asyncio.ensure_future(request(i, caller, steps)) for i, (caller, steps, _) in enumerate(plan)]
+        await asyncio.sleep(0)
+        quitters = [task for task, (_, _, gives_up) in zip(tasks, plan, strict=True) if gives_up and not task.done()]
+        for task in quitters:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        stayed = [i for i, task in enumerate(tasks) if not task.cancelled()]
+        assert sorted(served) == sorted(set(served)) and set(stayed) <= set(served)
+        assert slots.callers() == 0 and slots.waiting == 0 and not any(held.values())
+        async with slots.turn("after"):  # every slot came back: a fresh caller is served at once
+            pass
+
+    asyncio.run(scenario())
