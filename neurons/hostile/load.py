@@ -5,6 +5,9 @@ answered) on its own thread and event loop, so an attack that stalls the miner s
 answers here. Gaps are jittered (0.5 to 1.5 times the mean, as a validator's loop is no metronome): at exact
 intervals the validator phase-locks with a token bucket's refill and the outcome of a flood depends on luck. Each
 request carries a distinct image (no cache hits).
+
+A 200 whose prediction equals the cascade's prior (`prior`) is counted apart: the miner sends the prior when no
+model answered in time, so a stalled cascade still answers 200 (issue 25 measures model answers in time).
 """
 
 from __future__ import annotations
@@ -28,6 +31,15 @@ class LoadStats:
     p50_ms: float
     p99_ms: float
     statuses: dict[int, int]
+    model_answered: int = 0  # answered (as above) and not with the prior
+    latency_p50_ms: float = float("nan")  # every request, a miss at the time it took (up to the timeout)
+    latency_p99_ms: float = float("nan")
+    server_errors: int = 0  # 500s
+
+    @property
+    def model_share(self) -> float | None:
+        """Share of requests answered in time with a model answer (None: no request in the window)."""
+        return self.model_answered / self.sent if self.sent else None
 
     @property
     def answer_rate(self) -> float:
@@ -43,8 +55,9 @@ class ValidatorLoad:
     """`with ValidatorLoad(wallet, target, rate_per_s=1.0) as load: ...; stats = load.stats(t0, t1)`."""
 
     def __init__(self, wallet: Any, target: Target, rate_per_s: float = 1.0, timeout_s: float = 9.0,
-                 first_seed: int = 1_000_000) -> None:
+                 first_seed: int = 1_000_000, prior: float | None = 0.5) -> None:
         self.wallet = wallet
+        self.prior = prior  # None: the miner's prior is unknown, every valid 200 counts as a model answer
         self.target = target
         self.interval_s = 1.0 / rate_per_s
         self._jitter = random.Random()
@@ -105,7 +118,11 @@ class ValidatorLoad:
             time.sleep(0.05)
         outcomes = [task.result() for task in chosen if task.done() and not task.exception()]
         good = [o for o in outcomes if o.ok and o.latency_s <= self.timeout_s]
-        latencies_ms = [o.latency_s * 1000 for o in good]
-        points = percentiles(latencies_ms, (50, 99))
+        model = [o for o in good if self.prior is None or o.prediction != self.prior]
+        points = percentiles([o.latency_s * 1000 for o in good], (50, 99))
+        # A request that never completed (an exception in the client) counts at the timeout.
+        every_ms = [o.latency_s * 1000 for o in outcomes] + [self.timeout_s * 1000] * (len(chosen) - len(outcomes))
+        every = percentiles(every_ms, (50, 99))
         statuses = Counter(o.status_code for o in outcomes)
-        return LoadStats(len(chosen), len(good), points["p50"], points["p99"], dict(statuses))
+        return LoadStats(len(chosen), len(good), points["p50"], points["p99"], dict(statuses), len(model),
+                         every["p50"], every["p99"], statuses.get(500, 0))

@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
+
+from neurons.hostile.measure import PassLine, ResourceSampler
+from neurons.hostile.report import Row, markdown, table, why_not
 
 if TYPE_CHECKING:  # importing bittensor creates ~/.bittensor: nothing heavy before the arguments are parsed
     from neurons.hostile.model import Context
@@ -38,24 +41,6 @@ console = Console(stderr=True)
 
 class UsageError(ValueError):
     """Bad input from the command line: one line, no traceback."""
-
-
-@dataclass
-class Row:
-    attack: str
-    how: str
-    expected: str
-    seen: str
-    passed: bool
-    problems: list[str]
-    alive: bool
-    rss_growth_mb: float | None
-    log_lines: int | None  # lines the miner logged during the attack (with --miner-log)
-    validator_sent: int
-    validator_answered: int
-    validator_p50_ms: float
-    validator_p99_ms: float
-    elapsed_s: float
 
 
 def resident_mb(pid: int | None) -> float | None:
@@ -94,66 +79,47 @@ def count_lines(path: Path | None) -> int | None:
 
 
 def run_attacks(context: Context, validator_wallet: Any, pid: int | None, names: list[str], window_s: float,
-                rate_per_s: float, miner_log: Path | None = None) -> list[Row]:
+                rate_per_s: float, miner_log: Path | None = None, line: PassLine | None = None,
+                prior: float | None = 0.5) -> list[Row]:
     from neurons.hostile.catalogue import catalogue
     from neurons.hostile.load import ValidatorLoad
 
+    line = line or PassLine()
     attacks = [a for a in catalogue() if a.name in names]
     rows: list[Row] = []
-    with ValidatorLoad(validator_wallet, context.target, rate_per_s=rate_per_s) as load, Progress(
+    with ValidatorLoad(validator_wallet, context.target, rate_per_s=rate_per_s, prior=prior) as load, Progress(
             console=console, transient=True) as progress:
         task = progress.add_task("attacks", total=len(attacks))
         for attack in attacks:
             progress.update(task, description=attack.name)
-            before_mb, lines_before = resident_mb(pid), count_lines(miner_log)
+            lines_before = count_lines(miner_log)
+            sampler = ResourceSampler(pid) if pid is not None else None
             started_s = time.monotonic()
-            observation = asyncio.run(attack.observe(context))
-            elapsed_s = time.monotonic() - started_s
-            time.sleep(max(0.0, started_s + window_s - time.monotonic()))
-            stats = load.stats(started_s, time.monotonic())
-            after_mb = resident_mb(pid)
+            with sampler or contextlib.nullcontext():
+                observation = asyncio.run(attack.observe(context))
+                elapsed_s = time.monotonic() - started_s
+                time.sleep(max(0.0, started_s + window_s - time.monotonic()))
+                stats = load.stats(started_s, time.monotonic())
+            peaks = sampler.peaks if sampler is not None else None
             up = alive(context.target, pid)
-            growth = None if before_mb is None or after_mb is None else after_mb - before_mb
             lines_after = count_lines(miner_log)
             logged = None if lines_before is None or lines_after is None else lines_after - lines_before
+            server_errors = sum(1 for r in observation.replies if r.status == 500) + stats.server_errors
+            peak_growth = None if peaks is None else peaks.peak_growth_mb
+            failures = line.failures(stats.model_share, stats.latency_p99_ms, server_errors, peak_growth)
             rows.append(Row(attack.name, attack.how, attack.expected_text, observation.statuses(),
-                            not observation.problems and up, observation.problems, up, growth, logged, stats.sent,
-                            stats.answered, stats.p50_ms, stats.p99_ms, elapsed_s))
+                            not observation.problems and up and not failures, observation.problems, up,
+                            None if peaks is None else peaks.kept_mb, logged, stats.sent, stats.answered,
+                            stats.p50_ms, stats.p99_ms, elapsed_s, stats.model_share, stats.latency_p50_ms,
+                            stats.latency_p99_ms, server_errors, peak_growth,
+                            None if peaks is None else peaks.peak_fds, failures))
             row = rows[-1]
-            progress.console.print(f"{len(rows)}/{len(attacks)} {row.attack}: {row.seen} "
-                                   f"({'ok' if row.passed else 'NOT OK'}), validator "
-                                   f"{row.validator_answered}/{row.validator_sent}", highlight=False)
+            progress.console.print(f"{len(rows)}/{len(attacks)} {row.attack}: {row.seen[:60]} "
+                                   f"({'ok' if row.passed else 'NOT OK'}), validator model answers "
+                                   f"{stats.model_answered}/{stats.sent}, p99 {stats.latency_p99_ms:.0f} ms",
+                                   highlight=False)
             progress.advance(task)
     return rows
-
-
-def table(rows: list[Row], total_growth_mb: float | None) -> Table:
-    overall = "" if total_growth_mb is None else f" (resident memory growth overall {total_growth_mb:+.0f} MB)"
-    out = Table(title="red team" + overall)
-    for column in ("attack", "expected", "seen", "ok", "alive", "RSS MB", "log lines", "validator", "p50 ms",
-                   "p99 ms"):
-        out.add_column(column, no_wrap=True)
-    for r in rows:
-        out.add_row(r.attack, r.expected, r.seen, "yes" if r.passed else "NO", "yes" if r.alive else "NO",
-                    "-" if r.rss_growth_mb is None else f"{r.rss_growth_mb:+.0f}",
-                    "-" if r.log_lines is None else str(r.log_lines),
-                    f"{r.validator_answered}/{r.validator_sent}", f"{r.validator_p50_ms:.0f}",
-                    f"{r.validator_p99_ms:.0f}")
-    return out
-
-
-def markdown(rows: list[Row]) -> str:
-    """The table as Markdown, for docs/security.md."""
-    lines = ["| attack | expected | seen | ok | alive | RSS growth MB | log lines | validator answered | "
-             "p50 / p99 ms |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        growth = "-" if r.rss_growth_mb is None else f"{r.rss_growth_mb:+.0f}"
-        logged = "-" if r.log_lines is None else str(r.log_lines)
-        latency = "-" if not r.validator_answered else f"{r.validator_p50_ms:.0f} / {r.validator_p99_ms:.0f}"
-        lines.append(f"| {r.attack} | {r.expected} | {r.seen} | {'yes' if r.passed else '**no**'} | "
-                     f"{'yes' if r.alive else '**no**'} | {growth} | {logged} | "
-                     f"{r.validator_answered}/{r.validator_sent} | {latency} |")
-    return "\n".join(lines)
 
 
 def open_wallet(path: str, name: str) -> Any:
@@ -183,10 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--validator", help="wallet name of a registered validator: the honest traffic")
     parser.add_argument("--attacker", help="wallet name of another registered validator: signs hostile requests")
     parser.add_argument("--non-validator", help="wallet name of a registered key without a validator permit")
-    parser.add_argument("--pid", type=int, help="the miner's process id, for resident memory (same machine)")
+    parser.add_argument("--pid", type=int, help="the miner's process id: RSS and fd peaks (psutil, same machine)")
     parser.add_argument("--miner-log", type=Path, help="the miner's log file: lines it writes per attack")
+    parser.add_argument("--metrics", help="the miner's Prometheus URL (http://HOST:PORT/metrics): accounting checks")
+    parser.add_argument("--prior", type=float, default=0.5,
+                        help="the miner's cascade prior: a 200 with exactly this prediction is not a model answer")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown", type=Path, help="write the table as Markdown here")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="write redteam.json and redteam.md here; without --miner, set up an offline miner under "
+                        "DIR/target, start it (from --source), attack it and stop it")
+    parser.add_argument("--source", type=Path, default=Path.cwd(),
+                        help="with --out and no --miner: the checkout whose miner is started (default: here)")
+    parser.add_argument("--full", action="store_true",
+                        help="full-size attacks (the issue's sizes and durations; minutes); default: small ones")
     parser.add_argument("--only", help="comma-separated attack names")
     parser.add_argument("--skip", help="comma-separated attack names to leave out")
     parser.add_argument("--window-s", type=float, default=3.0, help="each attack is measured over at least this")
@@ -196,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-connections-per-ip", type=int, help="the miner's cap, to check prompt closing")
     parser.add_argument("--flood-s", type=float, default=20.0, help="duration of the spoofed flood")
     parser.add_argument("--burst", type=float, default=20.0, help="the miner's guards.burst")
+    line = parser.add_argument_group("the line each attack must pass (issue 25's defaults)")
+    line.add_argument("--line-model-share", type=float, default=PassLine.min_model_share,
+                      help="least share of honest requests answered in time with a model answer")
+    line.add_argument("--line-p99-ms", type=float, default=PassLine.max_p99_ms, help="largest honest p99")
+    line.add_argument("--line-500s", type=int, default=PassLine.max_server_errors, help="most 500s")
+    line.add_argument("--line-rss-mb", type=float, default=PassLine.max_rss_growth_mb,
+                      help="largest peak resident memory growth of the miner during one attack")
     parser.add_argument("--list", action="store_true", help="print the catalogue and exit")
     parser.add_argument("--setup-offline", type=Path, metavar="DIR",
                         help="write wallets, metagraph, tiny models and a miner YAML to attack offline, then exit")
@@ -223,24 +206,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def pass_line(args: argparse.Namespace) -> PassLine:
+    return PassLine(args.line_model_share, args.line_p99_ms, args.line_500s, args.line_rss_mb)
+
+
 def run(args: argparse.Namespace) -> int:
     from neurons.hostile.catalogue import catalogue
-    from neurons.hostile.model import Context
-    from neurons.hostile.wire import Target
 
     if args.list:
         for attack in catalogue():
-            print(f"{attack.name:32} {attack.expected_text:12} {attack.how}")
+            print(f"{attack.name:38} {attack.expected_text:16} {attack.how}")
         return 0
     if args.setup_offline:
         from neurons.hostile.setup import setup_offline
 
         print(setup_offline(args.setup_offline.resolve()))
         return 0
+    if args.out is not None and not args.miner:
+        return attack_own_miner(args)
     missing = [flag for flag, value in (("--miner", args.miner), ("--miner-hotkey", args.miner_hotkey),
                                         ("--validator", args.validator), ("--attacker", args.attacker)) if not value]
     if missing:
-        raise UsageError(f"missing {', '.join(missing)} (see --help)")
+        raise UsageError(f"missing {', '.join(missing)} (see --help, or --out DIR alone for an offline miner)")
     names = selected(args)
     host, port = parse_miner(args.miner)
     if args.pid is not None and not Path(f"/proc/{args.pid}").exists():
@@ -250,32 +237,80 @@ def run(args: argparse.Namespace) -> int:
     path = os.path.expanduser(args.wallet_path)
     validator, attacker = open_wallet(path, args.validator), open_wallet(path, args.attacker)
     non_validator = open_wallet(path, args.non_validator).hotkey if args.non_validator else None
+    return red_team(args, names, validator, attacker.hotkey, non_validator, host, port, args.miner_hotkey, args.pid)
+
+
+def attack_own_miner(args: argparse.Namespace) -> int:
+    from neurons.hostile.own_miner import own_miner
+    from neurons.hostile.target import TEST_HTTP_LIMITS
+
+    names = selected(args)
+    source = args.source.resolve()
+    if not (source / "neurons" / "miner.py").is_file():
+        raise UsageError(f"--source {source} holds no neurons/miner.py")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with own_miner(args.out.resolve() / "target", source) as miner:
+        args.miner_log = miner.log
+        args.metrics = args.metrics or f"http://127.0.0.1:{miner.metrics_port}/metrics"
+        args.max_connections_per_ip = args.max_connections_per_ip or TEST_HTTP_LIMITS["max_connections_per_ip"]
+        args.miner = f"127.0.0.1:{miner.port}"
+        console.print(f"miner from {source} (pid {miner.pid}) on {args.miner}, log {miner.log}")
+        return red_team(args, names, miner.cast.validator, miner.cast.attacker.hotkey, miner.cast.non_validator.hotkey,
+                      "127.0.0.1", miner.port, miner.cast.miner.hotkey.ss58_address, miner.pid, source=source)
+
+
+def commit_of(source: Path) -> str | None:
+    import subprocess
+
+    done = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
+def red_team(args: argparse.Namespace, names: list[str], validator: Any, attacker: Any, non_validator: Any, host: str,
+           port: int, miner_hotkey: str, pid: int | None, source: Path | None = None) -> int:
+    import resource
+
     from bittensor_wallet import Keypair
 
-    target = Target(host, port, args.miner_hotkey)
-    if not alive(target, args.pid):
+    from neurons.hostile.model import Context
+    from neurons.hostile.wire import Target
+
+    # Connection-heavy attacks hold thousands of sockets on this side too.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    target = Target(host, port, miner_hotkey)
+    if not alive(target, pid):
         raise UsageError(f"nothing answers on {host}:{port}")
-    context = Context(target, validator.hotkey.ss58_address, attacker.hotkey,
+    context = Context(target, validator.hotkey.ss58_address, attacker,
                       Keypair.create_from_mnemonic(Keypair.generate_mnemonic()), non_validator,
                       attacker_ip=args.attacker_ip, slow_give_up_s=args.slow_give_up_s,
-                      max_connections_per_ip=args.max_connections_per_ip, flood_s=args.flood_s, burst=args.burst)
-    first_mb = resident_mb(args.pid)
-    rows = run_attacks(context, validator, args.pid, names, args.window_s, args.validator_rate, args.miner_log)
-    last_mb = resident_mb(args.pid)
+                      max_connections_per_ip=args.max_connections_per_ip, flood_s=args.flood_s, burst=args.burst,
+                      full=args.full, metrics_url=args.metrics)
+    line = pass_line(args)
+    first_mb = resident_mb(pid)
+    rows = run_attacks(context, validator, pid, names, args.window_s, args.validator_rate, args.miner_log, line,
+                       args.prior)
+    last_mb = resident_mb(pid)
     total = None if first_mb is None or last_mb is None else last_mb - first_mb
     out = Console()
-    out.width = max(out.width, 160)  # a pipe reports 80 columns: keep one row per attack
+    out.width = max(out.width, 180)  # a pipe reports 80 columns: keep one row per attack
     out.print(table(rows, total))
-    for row in rows:
-        for problem in row.problems:
-            console.print(f"[yellow]{row.attack}[/]: {problem}")
-    if args.json:
-        args.json.write_text(json.dumps({"miner": args.miner, "window_s": args.window_s,
-                                         "validator_rate_per_s": args.validator_rate, "rss_growth_mb": total,
-                                         "attacks": [asdict(r) for r in rows]}, indent=2))
-    if args.markdown:
-        args.markdown.write_text(markdown(rows) + "\n")
-    return 0 if all(r.passed for r in rows) else 1
+    for problem in why_not(rows):
+        console.print(f"[yellow]{problem}[/]", highlight=False)
+    passed = sum(r.passed for r in rows)
+    console.print(f"{passed} of {len(rows)} attacks passed (line: {line})", highlight=False)
+    report = {"miner": args.miner, "size": "full" if args.full else "small", "line": line.as_dict(),
+              "source": None if source is None else str(source),
+              "commit": None if source is None else commit_of(source), "window_s": args.window_s,
+              "validator_rate_per_s": args.validator_rate, "rss_growth_mb": total, "passed": passed,
+              "attacks": [{**asdict(r), "line_passed": r.line_passed} for r in rows]}
+    json_path = args.json or (args.out / "redteam.json" if args.out else None)
+    markdown_path = args.markdown or (args.out / "redteam.md" if args.out else None)
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2))
+    if markdown_path:
+        markdown_path.write_text(markdown(rows) + "\n")
+    return 0 if passed == len(rows) else 1
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ def miner_config(folder: Path, cast: target.Cast, port: int, metrics_port: int) 
     return config
 
 
-def setup_offline(folder: Path, port: int | None = None, metrics_port: int | None = None) -> str:
-    """Write wallets, metagraph, tiny models, cascade.yaml and miner.yaml under `folder`; return how to go on.
+def write_target(folder: Path, port: int | None = None,
+                 metrics_port: int | None = None) -> tuple[target.Cast, int, int]:
+    """Wallets, metagraph, tiny models, cascade.yaml and miner.yaml under `folder`: (cast, port, metrics port).
 
     Ports default to free ones (other miners may run on this machine).
     """
@@ -37,6 +38,12 @@ def setup_offline(folder: Path, port: int | None = None, metrics_port: int | Non
     cast = target.write_cast(folder)
     (folder / "cascade.yaml").write_text(yaml.safe_dump(target.cascade(folder / "models")))
     (folder / "miner.yaml").write_text(yaml.safe_dump(miner_config(folder, cast, port, metrics_port)))
+    return cast, port, metrics_port
+
+
+def setup_offline(folder: Path, port: int | None = None, metrics_port: int | None = None) -> str:
+    """Write the offline target under `folder` (`write_target`); return how to go on."""
+    cast, port, metrics_port = write_target(folder, port, metrics_port)
     python = sys.executable
     return "\n".join([
         f"offline target written to {folder}",
