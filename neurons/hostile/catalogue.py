@@ -19,6 +19,7 @@ from typing import Any
 
 from neurons.client import axon_info, make_dendrite, query
 from neurons.hostile import heavy, payloads
+from neurons.hostile.catalogue_issue25 import issue25_attacks
 from neurons.hostile.model import Attack, Check, Context, Observation, Reply
 from neurons.hostile.wire import CLOSED, HostileRequest, build, send, send_raw
 
@@ -254,6 +255,7 @@ def catalogue() -> list[Attack]:
         Attack("refusal-flood", auth_or_forbidden, "500 refusals as fast as possible (unsigned, strangers)",
                heavy.refusal_flood, heavy=True),
     ]
+    attacks += issue25_attacks(single, image_attack, answered)
     names = [a.name for a in attacks]
     assert len(names) == len(set(names)), "attack names must be unique"
     return attacks

@@ -234,3 +234,31 @@ def within(limit: Callable[[Context], float]) -> Callable[[Context, list[Reply]]
         return [f"slowest reply after {slowest:.1f} s (limit {bound:.1f} s)"] if slowest > bound else []
 
     return check
+
+
+async def idle_from_many_addresses(context: Context) -> Observation:
+    """Idle connections from many addresses (127.0.0.10 onwards), each under the per-address cap: 180 x 60 = 10,800
+    at full size (as in issue 25's outside attack), 20 x 30 small. The total cap and the header deadline must close
+    them while the validator is still answered."""
+    addresses, per_address = (180, 60) if context.full else (20, 30)
+    gate = asyncio.Semaphore(256)
+    writers: list[asyncio.StreamWriter] = []
+
+    async def hold(address: str) -> Reply:
+        opened_s = time.monotonic()
+        try:
+            async with gate:
+                reader, writer = await connect(context.target, address)
+        except OSError:
+            return Reply(CLOSED, "refused at connect", elapsed_s=time.monotonic() - opened_s)
+        writers.append(writer)
+        closed = await wait_closed(reader, context.slow_give_up_s)
+        return Reply(CLOSED if closed else NO_ANSWER, elapsed_s=time.monotonic() - opened_s)
+
+    sources = [f"127.0.{10 + i // 250}.{1 + i % 250}" for i in range(addresses)]
+    try:
+        replies = await asyncio.gather(*(hold(address) for address in sources for _ in range(per_address)))
+    finally:
+        for writer in writers:
+            writer.close()
+    return Observation(list(replies))
