@@ -11,8 +11,8 @@ subclasses uvicorn's h11 protocol to add, per connection:
 - marks on the request's ASGI scope, read by the middleware (neurons/http_guard.py): when its first byte was
   read (`ARRIVAL_KEY`, so deadlines count the time it waited behind others here), which address sent it
   (`CALLER_KEY`, the transport's peer: no header can change it), that it asked for a protocol upgrade
-  (`UPGRADE_KEY`: refused, never performed), and when its client went away before the response was complete
-  (`GONE_KEY`).
+  (`UPGRADE_KEY`: refused, never performed), and when its client went away, or sent what h11 refused, before the
+  response was complete (`GONE_KEY`).
 """
 
 from __future__ import annotations
@@ -90,6 +90,13 @@ def guarded_protocol(limits: HttpLimits, on_close: ConnectionEvent) -> type[H11P
                 idle.pop(self, None)
                 if self._draining:
                     self.cycle.keep_alive = False  # answer it, then close
+
+        def send_400_response(self, msg: str) -> None:
+            """h11 refused what followed on this connection (uvicorn answers 400 and closes): a request still in
+            progress here can no longer be answered, which its handlers must see as a client gone, not a failure."""
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.scope.setdefault(GONE_KEY, time.monotonic())  # type: ignore[misc]
+            super().send_400_response(msg)
 
         def _should_upgrade(self) -> bool:
             """Never switch protocols: the request is answered (refused) over HTTP on this protocol, which keeps

@@ -147,6 +147,8 @@ class HttpGuard:
         try:
             await self._handle(scope, receive, send, state)
         except Exception as exc:  # a failure inside the app is a 500, logged and counted, never silent
+            if GONE_KEY in scope:
+                return  # the connection ended first (sending to it is what failed): reported as 499, no failure
             self._errors.error(exc, state)
             if state.status:  # the response had started: all that is left is to close the connection
                 raise

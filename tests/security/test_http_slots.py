@@ -159,6 +159,20 @@ def test_a_client_that_leaves_before_its_answer_is_reported_once_as_gone(slots, 
     assert slots.miner.outcomes.get("closed_client_gone") == before + 1
 
 
+def test_a_request_whose_rest_h11_refuses_is_reported_once_and_is_no_internal_error(slots, held):
+    """Found by the fuzzer: the head is whole (its handler starts) but what follows is no valid chunk, so uvicorn
+    answers 400 and closes; the handler's own answer then fails to send. That is a request that ended unanswered
+    (499), not a failure inside the axon (it was logged with a traceback and counted as error_500)."""
+    held.set()
+    errors_before = slots.miner.outcomes.get("error_500")
+    broken = (b"HEAD /ImageSynapse HTTP/1.1\r\nHost: miner\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"not-a-chunk-size\r\n\r\n")
+    reply = asyncio.run(send_raw(slots.target, broken, timeout_s=5.0))
+    assert reply.status in (400, CLOSED), reply.status
+    assert slots.reports_settled(1) == [("/ImageSynapse", CLIENT_GONE)], slots.reports
+    assert slots.miner.outcomes.get("error_500") == errors_before
+
+
 def holding(slots: Slots, count: int, addresses: list[str]) -> list[asyncio.Task[Response]]:
     """`count` held requests, spread over `addresses` in turn (a task each, on the running loop)."""
     return [asyncio.ensure_future(send(slots.request(slots.validators[1 + i % 2], mark=HELD,
