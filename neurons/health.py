@@ -5,13 +5,19 @@ probe during a five-minute model load gets an answer: `/healthz` 200 while the p
 `/readyz` 503 with the phase (`starting`, `loading`, `draining`) until the axon serves, and 503
 again from the moment a stop signal closes the listener. The phase is also exported as
 `sn72_miner_ready` (0/1) and `sn72_miner_state{state}` (a prometheus_client Enum).
+
+`/status` is JSON for the miner's own tools: pid, phase, and what the miner adds (`Health.details`: the serving
+version and the last reload, which `sn72-miner reload` and `--check` read; neurons/reload_command.py).
 """
 
 from __future__ import annotations
 
 import enum
+import json
+import os
 import socket
 import threading
+from collections.abc import Callable
 from http.server import ThreadingHTTPServer
 from typing import Any
 
@@ -32,6 +38,7 @@ class Health:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.phase = Phase.STARTING
+        self.details: Callable[[], dict[str, Any]] = dict  # what `/status` adds to pid and phase (set by the miner)
         self._ready = Gauge("sn72_miner_ready", "1 while the miner serves (READY), 0 while starting, loading or "
                             "draining", registry=registry)
         self._state = EnumMetric("sn72_miner_state", "The miner's phase", states=[p.value for p in Phase],
@@ -47,6 +54,9 @@ class Health:
     def ready(self) -> bool:
         return self.phase is Phase.READY
 
+    def status(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "phase": self.phase.value, **self.details()}
+
 
 def _handler(registry: CollectorRegistry, health: Health) -> type[MetricsHandler]:
     base = MetricsHandler.factory(registry)
@@ -58,15 +68,17 @@ def _handler(registry: CollectorRegistry, health: Health) -> type[MetricsHandler
                 self._plain(200, "ok")
             elif path == "/readyz":
                 self._plain(200 if health.ready else 503, health.phase.value)
+            elif path == "/status":
+                self._plain(200, json.dumps(health.status()), "application/json")
             elif path in ("/metrics", "/"):
                 super().do_GET()
             else:
-                self._plain(404, "not found: /metrics, /healthz, /readyz")
+                self._plain(404, "not found: /metrics, /healthz, /readyz, /status")
 
-        def _plain(self, status: int, text: str) -> None:
+        def _plain(self, status: int, text: str, kind: str = "text/plain") -> None:
             body = f"{text}\n".encode()
             self.send_response(status)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Type", f"{kind}; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
