@@ -75,7 +75,7 @@ def run_atheris(args: argparse.Namespace) -> int:
             assert fuzz.healthy(), "the miner no longer answers a plain validator request"
 
     options = [sys.argv[0], f"-max_total_time={max(1, round(args.minutes * 60))}", "-timeout=30", "-rss_limit_mb=0",
-               "-max_len=4096", "-print_final_stats=1", f"-artifact_prefix={args.failures}/"]
+               "-max_len=4096", "-len_control=0", "-print_final_stats=1", f"-artifact_prefix={args.failures}/"]
     args.failures.mkdir(parents=True, exist_ok=True)
     if args.corpus is not None:
         args.corpus.mkdir(parents=True, exist_ok=True)
