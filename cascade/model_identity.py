@@ -15,6 +15,7 @@ Only the standard library at import; huggingface_hub is imported when a hub id i
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 # Files that describe a model without changing its answers: a retrained card must not unbind a calibration.
@@ -22,11 +23,25 @@ DESCRIPTIVE_FILES = frozenset({"README.md", "sn72_train.json", "sn72_data.json"}
 _CHUNK = 1 << 20
 
 
+# (path, inode, size, mtime_ns, ctime_ns) -> sha256 hex. The miner digests its models at start-up and on every
+# reload (the calibration's binding and the served version, cascade/served_version.py): a VLM's weights take seconds.
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+# NOTE: git's "racy clean" rule: a file written within this many seconds may still be written at the same size and
+# timestamp (timestamps are as coarse as the kernel's tick), so it is read again rather than trusted to its stat.
+_SETTLED_S = 2.0
+
+
 def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
+    if time.time() - max(stat.st_mtime, stat.st_ctime) > _SETTLED_S:
+        _DIGESTS[key] = digest.hexdigest()
     return digest.hexdigest()
 
 
