@@ -8,6 +8,11 @@ which keeps unchanged replicas, loads and warms the others beside the serving on
 Anything that fails leaves the serving cascade in place and is logged in one line. Where the new
 cascade only fits once the serving one is gone and `reload.drain_restart` is on, `poll()` answers
 True: the miner drains and exits with RESTART_EXIT_CODE, and pm2 starts it again on the new cascade.
+
+A cascade goes in under its served version (cascade/served_version.py: the models' content is in it), and the
+metrics that name it (`sn72_miner_cascade_info`, `sn72_miner_build_info`) follow every swap. `state()` is what the
+metrics port's `/status` reports: `sn72-miner reload` (neurons/reload_command.py) reads it to learn the outcome of
+the reload its signal asked for.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Info
 from pydantic import ValidationError
 
 from cascade.config import CascadeConfig, format_validation_error, load_cascade
+from cascade.observers.metrics import build_labels
+from cascade.served_version import served
 from cascade.serving import ReloadKind, ReloadRefused, ReloadReport
 from cascade.threads import lower_priority
 
@@ -40,15 +47,25 @@ class ReloadOutcome:
     message: str  # the log line
     seconds: float  # from the start of the reload to the swap or the refusal
     report: ReloadReport | None = None
+    covers: int = 0  # every request (`Reloader.asked`) up to this one was asked before this reload read the files
+    ended_unix: float = 0.0
+
+
+def read_served(path: Path) -> CascadeConfig:
+    """The cascade file as the miner serves it: validated, calibrated, under its served version."""
+    return served(load_cascade(path))
 
 
 class ReloadMetrics:
     """The serving cascade and the last reload, as prometheus_client objects in the miner's registry."""
 
-    def __init__(self, registry: CollectorRegistry, retiring: Callable[[], int]) -> None:
+    def __init__(self, registry: CollectorRegistry, retiring: Callable[[], int], build: Info | None = None) -> None:
         self.cascade = Info("sn72_miner_cascade", "The cascade being served: version (with the calibration's hash), "
                             "release, calibration file", registry=registry)
         self.reloads = Counter("sn72_miner_reloads", "Reloads by outcome", ["outcome"], registry=registry)
+        for outcome in OUTCOMES[1:]:  # every outcome exported from the start: a dashboard's increase() sees the first
+            self.reloads.labels(outcome)
+        self.build = build  # sn72_miner_build_info (cascade/observers/metrics.py), re-labelled on every swap
         self.last = Enum("sn72_miner_last_reload", "Outcome of the last reload", states=OUTCOMES, registry=registry)
         self.last_time = Gauge("sn72_miner_last_reload_timestamp_seconds", "Unix time the last reload ended",
                                registry=registry)
@@ -61,6 +78,8 @@ class ReloadMetrics:
     def serving(self, cascade: CascadeConfig) -> None:
         calibration = cascade.calibration.name if cascade.calibration is not None else "none"
         self.cascade.info({"version": cascade.version, "release": cascade.release, "calibration": calibration})
+        if self.build is not None:  # an Info holds one label set: the old one is gone from the next scrape on
+            self.build.info(build_labels(cascade))
 
     def ended(self, outcome: ReloadOutcome) -> None:
         self.reloads.labels(outcome.outcome).inc()
@@ -74,26 +93,30 @@ class Reloader:
 
     def __init__(self, engine: Any, cascade_file: Path, watch: bool = False, watch_settle_s: float = 1.0,
                  drain_restart: bool = False, registry: CollectorRegistry | None = None,
-                 read: Callable[[Path], CascadeConfig] = load_cascade) -> None:
+                 read: Callable[[Path], CascadeConfig] = read_served, build_info: Info | None = None) -> None:
         self.engine = engine
         self.cascade_file = cascade_file
         self.watch = watch
         self.watch_settle_s = watch_settle_s
         self.drain_restart = drain_restart
         self._read = read
-        self.metrics = ReloadMetrics(registry or CollectorRegistry(), engine.retiring)
+        self.metrics = ReloadMetrics(registry or CollectorRegistry(), engine.retiring, build_info)
         self.metrics.serving(engine.config.cascade)
         self.restart_requested = False
         self.last: ReloadOutcome | None = None
         self.completed = 0  # reloads ended (for tests and the bench; read the outcome in `last`)
+        self.asked = 0  # requests so far (signals, file changes): a reload started after the n-th covers it
         self._pending: str | None = None
         self._worker: threading.Thread | None = None
         self._seen = self._fingerprint()
         self._candidate: tuple[tuple[str, ...], float] | None = None
+        self._covers = 0  # the reload running now covers the requests up to this one
 
     # -- triggers (the miner's main thread) ---------------------------------------------------
     def request(self, reason: str = "SIGHUP") -> None:
-        """Ask for a reload at the next poll. One assignment: safe in a signal handler."""
+        """Ask for a reload at the next poll. Safe in a signal handler: Python runs it on the main thread between
+        two bytecodes, and `poll()`, the only other writer, runs on the main thread too."""
+        self.asked += 1
         self._pending = reason
 
     def poll(self, now_s: float | None = None) -> bool:
@@ -104,14 +127,28 @@ class Reloader:
         if reason is None and self.watch:
             reason = self._changed(time.monotonic() if now_s is None else now_s)
         if reason is not None and self._worker is None:
+            if self._pending is None:
+                self.asked += 1  # a file change asks too
             self._pending = None
             self._seen, self._candidate = self._fingerprint(), None
-            self._worker = threading.Thread(target=self._reload_nicely, args=(reason,), name="reload", daemon=True)
+            self._worker = threading.Thread(target=self._reload_nicely, args=(reason, self.asked), name="reload",
+                                            daemon=True)
             self._worker.start()
         return self.restart_requested
 
     def busy(self) -> bool:
         return self._worker is not None and self._worker.is_alive()
+
+    def state(self) -> dict[str, Any]:
+        """The serving version and the last reload, as JSON for the metrics port's `/status` (any thread)."""
+        last = self.last
+        return {
+            "serving": self.engine.config.cascade.version, "cascade_file": str(self.cascade_file),
+            "reloading": self.busy(), "asked": self.asked, "restart_requested": self.restart_requested,
+            "last_reload": None if last is None else {
+                "outcome": last.outcome, "reason": last.reason, "message": last.message, "seconds": last.seconds,
+                "covers": last.covers, "ended_unix": last.ended_unix},
+        }
 
     def _files(self) -> list[Path]:
         calibration = self.engine.config.cascade.calibration
@@ -139,14 +176,15 @@ class Reloader:
         return "file change" if now_s - self._candidate[1] >= self.watch_settle_s else None
 
     # -- the reload (its own thread) ----------------------------------------------------------
-    def _reload_nicely(self, reason: str) -> None:
+    def _reload_nicely(self, reason: str, covers: int) -> None:
         """Loading and warming up are optional work beside serving: at the engine's worker niceness."""
         lower_priority(self.engine.config.scheduler.worker_nice)
-        self.reload(reason)
+        self.reload(reason, covers)
 
-    def reload(self, reason: str = "SIGHUP") -> ReloadOutcome:
+    def reload(self, reason: str = "SIGHUP", covers: int = 0) -> ReloadOutcome:
         """Read, validate and put the cascade file in service; the outcome is logged in one line and counted."""
         began = time.monotonic()
+        self._covers = covers
         serving = self.engine.config.cascade.version
         try:
             cascade = self._read(self.cascade_file)
@@ -179,7 +217,8 @@ class Reloader:
 
     def _end(self, reason: str, outcome: str, message: str, began_s: float,
              report: ReloadReport | None = None) -> ReloadOutcome:
-        result = ReloadOutcome(outcome, reason, " ".join(message.split()), time.monotonic() - began_s, report)
+        result = ReloadOutcome(outcome, reason, " ".join(message.split()), time.monotonic() - began_s, report,
+                               self._covers, time.time())
         if outcome.startswith(("refused", "failed")):
             logger.error("reload ({}) {} after {:.3f}s: {}", reason, outcome, result.seconds, result.message)
         else:

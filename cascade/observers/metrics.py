@@ -23,7 +23,7 @@ from cascade.stats import PREFIX
 
 PACKAGE = "sn72-cascade-miner"
 
-__all__ = ["build_registry", "calibration_digest", "package_version", "process_registry",
+__all__ = ["build_labels", "build_registry", "calibration_digest", "package_version", "process_registry",
            "publish_build_info", "watch_gpu_memory"]
 
 
@@ -54,12 +54,18 @@ def calibration_digest(cascade: CascadeConfig) -> str:
     return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:12]
 
 
+def build_labels(cascade: CascadeConfig) -> dict[str, str]:
+    """sn72_miner_build_info's labels for `cascade` as served (its version carries the models' digest)."""
+    return {"version": package_version(), "cascade_version": cascade.version, "release": cascade.release,
+            "calibration": f"{cascade.calibration.name if cascade.calibration else 'yaml'}:"
+                           f"{calibration_digest(cascade)}", "levels": str(len(cascade.levels))}
+
+
 def publish_build_info(registry: CollectorRegistry, cascade: CascadeConfig) -> Info:
+    """The build Info, labelled for `cascade`; the reloader (neurons/reload.py) re-labels it on every swap."""
     info = Info(f"{PREFIX}_build", "What is running: package version, cascade version and release, calibration",
                 registry=registry)
-    info.info({"version": package_version(), "cascade_version": cascade.version, "release": cascade.release,
-               "calibration": f"{cascade.calibration.name if cascade.calibration else 'yaml'}:"
-                              f"{calibration_digest(cascade)}", "levels": str(len(cascade.levels))})
+    info.info(build_labels(cascade))
     return info
 
 

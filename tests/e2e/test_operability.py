@@ -218,7 +218,8 @@ def test_a_scrape_has_every_series_the_dashboard_and_alerts_query(assets):
     answered = sum(v for (name, labels), v in value.items() if name == "sn72_miner_requests_total")
     assert answered == 4
     build = next(s.labels for s in families["sn72_miner_build_info"].samples)
-    assert build["cascade_version"] == "ops" and build["version"] and build["calibration"].startswith("yaml:")
+    assert build["cascade_version"].startswith("ops+id.")  # served version: the YAML's, then the models' digest
+    assert build["version"] and build["calibration"].startswith("yaml:")
 
 
 def test_the_rule_and_compose_files_are_valid(tmp_path):

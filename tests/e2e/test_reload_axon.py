@@ -126,7 +126,9 @@ def test_a_refitted_calibration_file_is_served_under_load_without_losing_a_reque
     assert len(across) >= 8  # every caller had a request in flight while the file changed
     assert after and all(r.outcome.prediction > NEW for r in after)  # the same images: the cache was cleared
     assert metrics["sn72_miner_reloads_total{outcome=calibration}"] == 1.0
-    assert metrics[f"sn72_miner_cascade_info{{calibration=cal.json,release=0.1.0,version=reload-e2e+cal.{new_hash}}}"]
+    [served] = [key for key in metrics if key.startswith("sn72_miner_cascade_info{")]  # the new version alone
+    assert served.startswith(f"sn72_miner_cascade_info{{calibration=cal.json,release=0.1.0,version=reload-e2e+cal."
+                             f"{new_hash}+id."), served  # the served version: the models' digest after the hash
     assert lines_with(process, "loaded nothing") == 1  # no model was loaded
 
 

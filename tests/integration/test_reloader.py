@@ -116,6 +116,38 @@ def test_a_refitted_calibration_file_goes_in_service_with_its_hash_in_the_versio
         engine.close()
 
 
+def test_the_state_names_the_reload_that_covers_a_request_and_the_build_info_follows_the_swap(tmp_path: Path):
+    from cascade.observers.metrics import publish_build_info
+
+    calibration = calibration_file(tmp_path / "cal.json", bias=-2.0)
+    path = cascade_yaml(tmp_path, calibration="cal.json")
+    engine = started(path)
+    registry = CollectorRegistry()
+    reloader = Reloader(engine, path, watch=True, watch_settle_s=0.0, registry=registry,
+                        build_info=publish_build_info(registry, engine.config.cascade))
+    try:
+        assert reloader.state()["asked"] == 0 and reloader.state()["last_reload"] is None
+        calibration_file(calibration, bias=3.0)
+        reloader.request("SIGHUP")
+        assert reloader.state()["asked"] == 1  # counted when asked, before any reload starts
+        reloader.poll()
+        finished(reloader, 1)
+        reloader.poll(now_s=5.0)  # the watch sees the files as the reload read them: nothing more to do
+        reloader.poll(now_s=6.0)
+        state = reloader.state()
+        assert state["asked"] == 1 and state["last_reload"]["covers"] == 1 and not state["reloading"]
+        assert state["serving"] == engine.config.cascade.version and "+id." in state["serving"]
+        builds = [s for m in registry.collect() if m.name == "sn72_miner_build" for s in m.samples]
+        assert [s.labels["cascade_version"] for s in builds] == [state["serving"]]  # the start-up label set is gone
+        calibration_file(calibration, bias=1.0)  # a watched change asks too
+        reloader.poll(now_s=7.0)
+        reloader.poll(now_s=7.0)
+        finished(reloader, 2)
+        assert reloader.state()["asked"] == 2 and reloader.state()["last_reload"]["covers"] == 2
+    finally:
+        engine.close()
+
+
 @pytest.mark.parametrize(("content", "says"), [
     ("levels: [unclosed", "cannot read config"),
     (None, "levels.0.exit_margin: Input should be less than or equal to 0.5"),
