@@ -229,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sn72-miner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Exit codes (docs/operations.md): 0 stopped cleanly (or --check passed); 2 configuration to fix (pm2 "
                "does not restart it); 70 device context lost (restarted); 75 drained for a restart it asked for "
-               "(--drain-restart; restarted on the new cascade); 1 any other failure (restarted with back-off).",
+               "(--drain-restart; restarted on the new cascade); 1 any other failure (restarted with back-off). "
+               "A changed cascade or calibration into the running miner: sn72-miner reload --config M "
+               "(its own exit codes: sn72-miner reload --help; docs/reload.md).",
     )
     parser.add_argument("--config", type=Path, required=True, help="Miner YAML (see config/miner.*.yaml).")
     for flag, key in FLAGS.items():
@@ -241,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any dotted key, typed by the schema (lists and mappings as JSON)")
     parser.add_argument("--check", action="store_true",
-                        help="run every start-up step short of loading weights, say what would fail, and exit")
+                        help="run every start-up step short of loading weights, say what would fail, and exit "
+                             "(ports held by this config's running miner are not a problem)")
     return parser
 
 

@@ -283,6 +283,11 @@ def run(argv: list[str] | None = None) -> int:
     """The miner's life: start-up (neurons/startup.py), serving, drain. Returns the exit code."""
     from neurons import startup
 
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["reload"]:  # `sn72-miner reload --config M`: tell the running miner (neurons/reload_command.py)
+        from neurons.reload_command import main as reload_main
+
+        return reload_main(args[1:])
     quiet_progress_bars()  # before anything imports tqdm, transformers or ultralytics
     try:
         return _run(argv)
@@ -303,6 +308,7 @@ def _run(argv: list[str] | None) -> int:
     from prometheus_client import CollectorRegistry, disable_created_metrics
 
     from cascade.observers.metrics import process_registry, publish_build_info, watch_gpu_memory
+    from cascade.served_version import served
     from neurons import startup
     from neurons.chain import watch_registration
     from neurons.health import Health, MetricsServer, Phase
@@ -351,6 +357,8 @@ def _run(argv: list[str] | None) -> int:
     timeline.mark("models and placement checked")
 
     health.set(Phase.LOADING)
+    engine_config = engine_config.model_copy(update={"cascade": served(engine_config.cascade)})  # models by content
+    logger.info("serving cascade version {}", engine_config.cascade.version)
     quiet_bittensor_request_logs()
     logger.info("open-files limit {}", raise_fd_limit())
     from cascade.engine import Engine
@@ -366,12 +374,14 @@ def _run(argv: list[str] | None) -> int:
         raise startup.StartupError(f"loading the cascade failed: {' '.join(str(exc).split()) or repr(exc)}",
                                    startup.EXIT_CRASH) from exc
     engine.prestart_decode_workers()  # in the background: the first costly image need not wait for one
-    publish_build_info(registry, engine_config.cascade)
+    build_info = publish_build_info(registry, engine_config.cascade)
     watch_gpu_memory(registry, [device for devices in report.placement.values() for device in devices])
     timeline.mark("load and warm-up")
 
     miner = Miner(config, engine, metagraph, outcomes)
-    reloader = Reloader(engine, config.cascade_file, registry=registry, **config.reload.model_dump())
+    reloader = Reloader(engine, config.cascade_file, registry=registry, build_info=build_info,
+                        **config.reload.model_dump())
+    health.details = reloader.state  # /status: what `sn72-miner reload` waits on
     server = serve(config, wallet, miner, server=server)
     if subtensor is not None:
         publish_axon(subtensor, config.chain.netuid, server.axon, config.chain.timeout_s)

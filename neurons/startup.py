@@ -3,7 +3,9 @@
 Order (neurons/miner.py runs them): config -> log sinks -> the miner's own listeners (axon and
 metrics ports, bound here: a port held by another process is an error, never a false READY) ->
 wallet -> metagraph -> models present -> placement -> load -> warm-up -> READY. `--check` runs
-every step up to placement and prints one line per step (`check`).
+every step up to placement and prints one line per step (`check`). Ports held by the miner already running for
+the same config are no problem for `--check` (checking changed files before `sn72-miner reload` is what it is
+for); the placement is then only a note, as the running miner's models fill the devices it counts.
 
 Exit codes: 2 for configuration an operator must fix (pm2's `stop_exit_codes`: not restarted),
 70 for a lost device context (cascade/engine.py; restarted), 1 for anything else (restarted with
@@ -170,13 +172,23 @@ def check(config: MinerConfig, engine_config: EngineConfig, say: Callable[[str],
 
     say(f"ok   config: {config.cascade_file} ({len(engine_config.cascade.levels)} levels, cascade version "
         f"{engine_config.cascade.version}, release {engine_config.cascade.release})")
+    running: list[str] = []  # "pid N": the ports are this config's running miner's
 
     def listeners() -> str:
-        bound = [bind_listener(config.axon.host, config.axon.port, "axon", "axon.port")]
-        if config.metrics.port:
-            bound.append(bind_listener(config.metrics.host, config.metrics.port, "metrics", "metrics.port"))
-        for sock in bound:
-            sock.close()
+        bound: list[socket.socket] = []
+        try:
+            bound.append(bind_listener(config.axon.host, config.axon.port, "axon", "axon.port"))
+            if config.metrics.port:
+                bound.append(bind_listener(config.metrics.host, config.metrics.port, "metrics", "metrics.port"))
+        except StartupError:
+            own = own_running_miner(config)
+            if own is None:
+                raise
+            running.append(own)
+            return f"{', '.join(_addresses(config))} held by the miner running for them ({own})"
+        finally:
+            for sock in bound:
+                sock.close()
         return ", ".join(f"{s}" for s in _addresses(config)) + " free"
 
     step("listeners", listeners)
@@ -191,6 +203,9 @@ def check(config: MinerConfig, engine_config: EngineConfig, say: Callable[[str],
     for finding in findings:
         if finding.ok:
             say(f"ok   {finding.step}: {finding.text}")
+        elif running and finding.step == "placement":
+            say(f"note {finding.step}: {finding.text} (counted with the running miner's models in memory; a "
+                f"reload places only what it loads anew and refuses, saying so, what does not fit)")
         else:
             problems += 1
             say(f"FAIL {finding.step}: {finding.text}")
@@ -199,6 +214,26 @@ def check(config: MinerConfig, engine_config: EngineConfig, say: Callable[[str],
         return EXIT_CRASH if crash and problems == 1 else EXIT_CONFIG
     say("the miner would start (weights are loaded only by the real start)")
     return 0
+
+
+def own_running_miner(config: MinerConfig) -> str | None:
+    """'pid N, ready, serving V; ...' when this config's ports are held by a miner running on them (found as
+    `sn72-miner reload` finds it), with what a reload of it would do; None when they are held by anything else."""
+    from neurons.running import NotRunning, find_running, miner_listening_on
+
+    try:
+        miner = find_running(config)
+    except NotRunning:
+        if config.metrics.port:
+            return None
+        pid = miner_listening_on(config.axon.port)  # no metrics port to ask: an sn72 miner's process is the best sign
+        return None if pid is None else f"pid {pid}"
+    serving_file = miner.status.get("cascade_file")
+    if serving_file != str(config.cascade_file):
+        return (f"pid {miner.pid}, {miner.phase}, serving {miner.serving} from {serving_file}: not this config's "
+                f"cascade file, so a reload would not read it; restart the miner with this config to serve it")
+    return (f"pid {miner.pid}, {miner.phase}, serving {miner.serving}; `sn72-miner reload` with this config puts "
+            f"changed files in service")
 
 
 def _addresses(config: MinerConfig) -> list[str]:
