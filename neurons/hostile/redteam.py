@@ -1,15 +1,19 @@
-"""Red-team a running miner: every attack of the catalogue, while an honest validator keeps asking.
+"""Red-team a miner: every attack of the catalogue, while an honest validator keeps asking.
 
+    sn72-redteam --full --out DIR [--source CHECKOUT]   # an offline miner started here, attacked at full size
     sn72-redteam --miner 127.0.0.1:8091 --miner-hotkey 5F... --wallet.path W --validator validator \\
-        --attacker attacker [--non-validator peer] [--pid PID] [--json report.json]
+        --attacker attacker [--non-validator peer] [--pid PID] [--metrics URL] [--json report.json] [--full]
     sn72-redteam --setup-offline DIR     # wallets, metagraph, tiny models and a miner YAML to attack offline
+    sn72-redteam --compare BEFORE.json AFTER.json [--markdown OUT.md]
     sn72-redteam --list                  # the catalogue
 
-For each attack: the expected status, the statuses seen, whether the miner is alive after, its resident memory
-growth (/proc/PID/status VmRSS, with --pid), and the honest validator's answer rate and p50/p99 latency while the
-attack ran (signed requests through a real bittensor dendrite, --validator-rate per second, open loop). The
-attacker wallet should be a second registered validator (an insider: it reaches the body parser); strangers are
-generated keys. Exit code 0 when every attack got an expected answer and the miner stayed up, 1 otherwise.
+For each attack: the expected status and the statuses seen, whether the miner is alive after, and the line it
+must pass (issue 25, each bound a flag): the honest validator's share of requests answered in time with a model
+answer (a 200 carrying the prior is a miss) >= 99%, the p99 of its requests <= 1 s, no 500, and the miner's peak
+resident memory during the attack at most 300 MB above its level at the start (with --pid: psutil, with the fd
+peak). The honest validator sends signed requests through a real bittensor dendrite, --validator-rate per second,
+open loop. The attacker wallet should be a second registered validator (an insider: it reaches the body parser);
+strangers are generated keys. Exit code 0 when every attack passed, 1 otherwise, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from neurons.hostile.measure import PassLine, ResourceSampler
-from neurons.hostile.report import Row, markdown, table, why_not
+from neurons.hostile.report import Row, before_after, markdown, table, why_not
 
 if TYPE_CHECKING:  # importing bittensor creates ~/.bittensor: nothing heavy before the arguments are parsed
     from neurons.hostile.model import Context
@@ -179,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     line.add_argument("--line-500s", type=int, default=PassLine.max_server_errors, help="most 500s")
     line.add_argument("--line-rss-mb", type=float, default=PassLine.max_rss_growth_mb,
                       help="largest peak resident memory growth of the miner during one attack")
+    parser.add_argument("--compare", type=Path, nargs=2, metavar=("BEFORE", "AFTER"),
+                        help="two reports (--json) side by side as Markdown (to --markdown, or stdout), then exit")
     parser.add_argument("--list", action="store_true", help="print the catalogue and exit")
     parser.add_argument("--setup-offline", type=Path, metavar="DIR",
                         help="write wallets, metagraph, tiny models and a miner YAML to attack offline, then exit")
@@ -217,6 +223,8 @@ def run(args: argparse.Namespace) -> int:
         for attack in catalogue():
             print(f"{attack.name:38} {attack.expected_text:16} {attack.how}")
         return 0
+    if args.compare:
+        return compare(args.compare[0], args.compare[1], args.markdown)
     if args.setup_offline:
         from neurons.hostile.setup import setup_offline
 
@@ -238,6 +246,19 @@ def run(args: argparse.Namespace) -> int:
     validator, attacker = open_wallet(path, args.validator), open_wallet(path, args.attacker)
     non_validator = open_wallet(path, args.non_validator).hotkey if args.non_validator else None
     return red_team(args, names, validator, attacker.hotkey, non_validator, host, port, args.miner_hotkey, args.pid)
+
+
+def compare(before: Path, after: Path, markdown_path: Path | None) -> int:
+    try:
+        reports = [json.loads(path.read_text()) for path in (before, after)]
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read a report: {exc}") from exc
+    text = before_after(*reports) + "\n"
+    if markdown_path:
+        markdown_path.write_text(text)
+    else:
+        print(text, end="")
+    return 0
 
 
 def attack_own_miner(args: argparse.Namespace) -> int:

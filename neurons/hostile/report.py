@@ -82,3 +82,32 @@ def why_not(rows: list[Row]) -> list[str]:
     """One line per failed attack: the status problems and where the line was missed."""
     return [f"{r.attack}: {'; '.join([*r.problems, *r.line_failures] or ['miner not alive'])}"
             for r in rows if not r.passed]
+
+
+def _cells(row: dict | None) -> list[str]:
+    """One side of a before/after row, from a report's JSON row (None: the attack was not in that run)."""
+    if row is None:
+        return ["-"] * 7
+    share = row.get("model_share")
+    p50, p99 = row.get("honest_p50_ms"), row.get("honest_p99_ms")
+    peak, fds = row.get("rss_peak_growth_mb"), row.get("fd_peak")
+    status_ok = not row["problems"] and row["alive"]
+    return [row["seen"] if status_ok else f"**{row['seen'][:30]}**",
+            "-" if share is None else f"{share:.0%} ({row['validator_sent']})",
+            "-" if p50 is None or math.isnan(p50) else f"{p50:.0f} / {p99:.0f}", str(row.get("server_errors", 0)),
+            _mb(peak), "-" if fds is None else str(fds), "yes" if row["passed"] else "**no**"]
+
+
+def before_after(before: dict, after: dict) -> str:
+    """Markdown: each attack of either report, its before and after side by side (reports as `--json` writes)."""
+    old = {r["attack"]: r for r in before["attacks"]}
+    new = {r["attack"]: r for r in after["attacks"]}
+    names = list(old) + [name for name in new if name not in old]
+    side = ["seen", "model answers in time", "p50 / p99 ms", "500s", "RSS peak MB", "fd peak", "pass"]
+    lines = ["| attack | " + " | ".join(f"before: {c}" if i == 0 else c for i, c in enumerate(side)) + " | "
+             + " | ".join(f"after: {c}" if i == 0 else c for i, c in enumerate(side)) + " |",
+             "| --- " * (1 + 2 * len(side)) + "|"]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(_cells(old.get(name))) + " | " + " | ".join(_cells(new.get(name)))
+                     + " |")
+    return "\n".join(lines)

@@ -10,6 +10,10 @@ import yaml
 
 from neurons.hostile import target
 
+# The red-team target holds fewer request slots than the default 128, so that one address's slow bodies (up to its
+# 64 connections) can fill them all where nothing shares slots by address (issue 25 item 5).
+RED_TEAM_HTTP = {**target.TEST_HTTP_LIMITS, "max_concurrent_requests": 32}
+
 
 def miner_config(folder: Path, cast: target.Cast, port: int, metrics_port: int) -> dict[str, Any]:
     config: dict[str, Any] = {
@@ -20,7 +24,7 @@ def miner_config(folder: Path, cast: target.Cast, port: int, metrics_port: int) 
         "cascade_file": "cascade.yaml",
         "log_level": "INFO",
     }
-    for section, values in target.miner_overrides().items():
+    for section, values in target.miner_overrides(RED_TEAM_HTTP).items():
         config.setdefault(section, {}).update(values)
     return config
 
