@@ -1,4 +1,6 @@
-"""scripts/redteam.py (`sn72-redteam`): no side effects for --help, one-line errors, a real run against the miner."""
+"""scripts/redteam.py (`sn72-redteam`): no side effects for --help, one-line errors, a real run against the miner
+that reports each attack's line (the honest validator's model answers in time, p50/p99, 500s, RSS and fd peaks),
+and a line that can fail."""
 
 from __future__ import annotations
 
@@ -54,4 +56,33 @@ def test_a_run_against_the_miner_reports_each_attack(hostile, tmp_path):
     for row in rows.values():
         assert row["passed"] and row["alive"] and isinstance(row["rss_growth_mb"], float)
         assert row["validator_sent"] >= 1 and row["validator_answered"] == row["validator_sent"]
-    assert "unsigned" in completed.stdout and "validator" in completed.stdout  # the table
+        assert row["model_share"] == 1.0 and row["line_passed"] and row["line_failures"] == []
+        assert 0 < row["honest_p50_ms"] <= row["honest_p99_ms"] < 1000 and row["server_errors"] == 0
+        assert isinstance(row["rss_peak_growth_mb"], float) and row["rss_peak_growth_mb"] >= 0
+        assert row["fd_peak"] > 10  # the miner's open descriptors (sockets, log, model files)
+    assert "unsigned" in completed.stdout and "model in time" in completed.stdout  # the table
+
+
+def test_an_attack_that_misses_the_line_fails_the_run(hostile, tmp_path):
+    """A line no miner meets (honest p99 under 1 ms): the attack's statuses are right, the run still fails."""
+    report = tmp_path / "report.json"
+    completed = redteam(
+        "--miner", f"127.0.0.1:{hostile.target.port}", "--miner-hotkey", hostile.target.miner_hotkey,
+        "--wallet.path", str(hostile.process.wallets), "--validator", "validator", "--attacker", "attacker",
+        "--pid", str(hostile.pid), "--only", "wrong-route", "--window-s", "1.5", "--line-p99-ms", "1",
+        "--json", str(report), home=tmp_path)
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    data = json.loads(report.read_text())
+    (row,) = data["attacks"]
+    assert data["line"]["max_p99_ms"] == 1 and row["problems"] == [] and not row["passed"]
+    assert any("p99" in failure for failure in row["line_failures"])
+
+
+def test_the_line_names_each_miss():
+    from neurons.hostile.measure import PassLine
+
+    line = PassLine()
+    assert line.failures(1.0, 999.0, 0, 299.0) == []
+    missed = line.failures(0.98, 1001.0, 1, 301.0)
+    assert [m.split()[0] for m in missed] == ["model", "honest", "1", "peak"]
+    assert line.failures(None, None, 0, None) == ["no honest request in the window"]
