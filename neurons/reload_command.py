@@ -27,6 +27,7 @@ from cascade.served_version import served
 from neurons.config import ConfigError, MinerConfig, load_config
 from neurons.reload import RESTART_EXIT_CODE
 from neurons.running import NotRunning, RunningMiner, find_running, read_status
+from neurons.tool_config import CONFIG_ENV
 
 EXIT_SERVING = 0
 EXIT_GONE = 1
@@ -49,10 +50,11 @@ POLL_S = 0.1
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sn72-miner reload", usage="sn72-miner reload --config M [--timeout S] [the miner's overrides]",
+        prog="sn72-miner reload", usage="sn72-miner reload [--config M] [--timeout S] [the miner's overrides]",
         description="Check the cascade and calibration files the miner config names, have the miner running for "
-        "that config reload them (SIGHUP to its pid), wait for the outcome and print it. The miner's own options "
-        "(--config, --set KEY=VALUE, flags) are read as the miner reads them.",
+        f"that config reload them (SIGHUP to its pid), wait for the outcome and print it. The miner's own options "
+        f"(--config, default ${CONFIG_ENV} as for the other tools; --set KEY=VALUE; flags) are read as the miner "
+        f"reads them.",
         epilog="Exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()) + ".")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S",
                         help="longest wait for the outcome in seconds (a models reload loads and warms the new "
@@ -68,10 +70,12 @@ def say_error(text: str) -> None:
 def main(argv: list[str]) -> int:
     """`sn72-miner reload ARGV`: the exit code."""
     args, rest = build_parser().parse_known_args(argv)
+    if os.environ.get(CONFIG_ENV) and not any(arg.split("=", 1)[0] == "--config" for arg in rest):
+        rest = ["--config", os.environ[CONFIG_ENV], *rest]  # as sn72-al and the other tools (neurons/tool_config.py)
     try:
         config, engine_config, _ = load_config(rest)
     except ConfigError as exc:
-        say_error(str(exc))
+        say_error(f"{exc}\nnothing was sent to the miner: fix the file, then run this again")
         return EXIT_CHECK
     try:
         miner = find_running(config)

@@ -72,11 +72,16 @@ def served(tmp_path_factory) -> Iterator[Served]:
         yield Served(folder, wallets, process, good)
 
 
-def reload_command(served: Served, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """`sn72-miner reload --config M` as an operator types it (`python -m neurons.miner` is the same entry point)."""
-    return subprocess.run([sys.executable, "-m", "neurons.miner", "reload", "--config", str(config or served.config),
-                           *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(served.folder)})
+def reload_command(served: Served, *args: str, config: Path | None = None,
+                   from_environment: bool = False) -> subprocess.CompletedProcess[str]:
+    """`sn72-miner reload --config M` as an operator types it (`python -m neurons.miner` is the same entry point);
+    `from_environment`: the config from $MINER_CONFIG instead, as the README's learning loop exports it."""
+    config = config or served.config
+    return subprocess.run([sys.executable, "-m", "neurons.miner", "reload",
+                           *([] if from_environment else ["--config", str(config)]), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(served.folder),
+                               **({"MINER_CONFIG": str(config)} if from_environment else {})})
 
 
 def until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
@@ -144,7 +149,8 @@ def test_reload_checks_signals_waits_and_prints_the_new_version(served):
         assert now != was and "reloaded (models) in " in done.stdout
         assert f"serving {now} (was {was})" in done.stdout and f"-> version {now};" in done.stdout
         assert "loaded vit-b@cpu" in done.stdout  # the miner's own line
-        assert reload_command(served).stdout.strip().endswith(f"unchanged: still serving {now}")
+        again = reload_command(served, from_environment=True)
+        assert again.returncode == 0 and again.stdout.strip().endswith(f"unchanged: still serving {now}")
     finally:
         served.write(served.cascade)
         assert reload_command(served).returncode == 0
