@@ -118,7 +118,8 @@ async def slow_bodies_holding_slots(context: Context) -> Observation:
         while time.monotonic() < until_s:
             head, body = build(HostileRequest(signer=context.attacker, image="A" * 4000, uuid=str(uuid.uuid4())),
                                context.target)
-            reply = Reply.of(await trickle(context, head, body, until_s + 5.0))
+            # Queued for a turn behind the address's other slow bodies, the last ones wait seconds more.
+            reply = Reply.of(await trickle(context, head, body, until_s + 15.0))
             replies.append(reply)
             if reply.elapsed_s < 0.1:
                 await asyncio.sleep(0.1)  # turned away at once (a connection cap): no busy loop of reconnects

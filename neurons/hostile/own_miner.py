@@ -24,6 +24,9 @@ from neurons.hostile.target import Cast
 
 READY_LINE = "MINER READY"  # neurons.miner.READY_LINE, not imported: the attacked code may be another checkout's
 OFFLINE_SWITCHES = ("YOLO_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+# Registered validator keys besides the attacker wallet; they take turns signing attacks, so each attack's signer
+# has had 8 attacks' time (over 24 s) to refill its rate bucket (burst 20 at 2/s: 10 s).
+SIGNERS = 8
 
 
 @dataclass
@@ -43,7 +46,7 @@ def _operator_limits() -> None:  # runs in the child before exec
 
 @contextmanager
 def own_miner(folder: Path, source: Path, ready_timeout_s: float = 300.0) -> Iterator[OwnMiner]:
-    cast, port, metrics_port = write_target(folder)
+    cast, port, metrics_port = write_target(folder, probers=SIGNERS)
     log = folder / "miner.log"
     env = {name: value for name, value in os.environ.items() if name not in OFFLINE_SWITCHES}
     env.update({"PYTHONUNBUFFERED": "1", "HOME": str(folder), "PYTHONPATH": str(source)})

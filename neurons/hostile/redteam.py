@@ -84,7 +84,12 @@ def count_lines(path: Path | None) -> int | None:
 
 def run_attacks(context: Context, validator_wallet: Any, pid: int | None, names: list[str], window_s: float,
                 rate_per_s: float, miner_log: Path | None = None, line: PassLine | None = None,
-                prior: float | None = 0.5) -> list[Row]:
+                prior: float | None = 0.5, signers: list[Any] | None = None) -> list[Row]:
+    """Each attack in turn beside the honest validator. `signers` (registered validator keys) take turns as the
+    attacker, one per attack: an attack that spends its signer's rate bucket (a signed flood, slow bodies that pass
+    verification) must not turn the next attack's requests into 429s that measure nothing."""
+    from dataclasses import replace
+
     from neurons.hostile.catalogue import catalogue
     from neurons.hostile.load import ValidatorLoad
 
@@ -94,13 +99,14 @@ def run_attacks(context: Context, validator_wallet: Any, pid: int | None, names:
     with ValidatorLoad(validator_wallet, context.target, rate_per_s=rate_per_s, prior=prior) as load, Progress(
             console=console, transient=True) as progress:
         task = progress.add_task("attacks", total=len(attacks))
-        for attack in attacks:
+        for turn, attack in enumerate(attacks):
             progress.update(task, description=attack.name)
+            attacked = replace(context, attacker=signers[turn % len(signers)]) if signers else context
             lines_before = count_lines(miner_log)
             sampler = ResourceSampler(pid) if pid is not None else None
             started_s = time.monotonic()
             with sampler or contextlib.nullcontext():
-                observation = asyncio.run(attack.observe(context))
+                observation = asyncio.run(attack.observe(attacked))
                 elapsed_s = time.monotonic() - started_s
                 time.sleep(max(0.0, started_s + window_s - time.monotonic()))
                 stats = load.stats(started_s, time.monotonic())
@@ -151,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--miner-hotkey", help="the miner's hotkey (SS58), as validators sign for it")
     parser.add_argument("--wallet.path", dest="wallet_path", default="~/.bittensor/wallets")
     parser.add_argument("--validator", help="wallet name of a registered validator: the honest traffic")
-    parser.add_argument("--attacker", help="wallet name of another registered validator: signs hostile requests")
+    parser.add_argument("--attacker", help="wallet name(s), comma-separated, of other registered validators: they "
+                        "sign hostile requests, taking turns by attack (several keep a spent rate bucket from one "
+                        "attack out of the next)")
     parser.add_argument("--non-validator", help="wallet name of a registered key without a validator permit")
     parser.add_argument("--pid", type=int, help="the miner's process id: RSS and fd peaks (psutil, same machine)")
     parser.add_argument("--miner-log", type=Path, help="the miner's log file: lines it writes per attack")
@@ -243,9 +251,10 @@ def run(args: argparse.Namespace) -> int:
     if args.miner_log is not None and not args.miner_log.is_file():
         raise UsageError(f"--miner-log {args.miner_log} is not a file")
     path = os.path.expanduser(args.wallet_path)
-    validator, attacker = open_wallet(path, args.validator), open_wallet(path, args.attacker)
+    validator = open_wallet(path, args.validator)
+    attackers = [open_wallet(path, name.strip()).hotkey for name in args.attacker.split(",") if name.strip()]
     non_validator = open_wallet(path, args.non_validator).hotkey if args.non_validator else None
-    return red_team(args, names, validator, attacker.hotkey, non_validator, host, port, args.miner_hotkey, args.pid)
+    return red_team(args, names, validator, attackers, non_validator, host, port, args.miner_hotkey, args.pid)
 
 
 def compare(before: Path, after: Path, markdown_path: Path | None) -> int:
@@ -276,7 +285,8 @@ def attack_own_miner(args: argparse.Namespace) -> int:
         args.max_connections_per_ip = args.max_connections_per_ip or TEST_HTTP_LIMITS["max_connections_per_ip"]
         args.miner = f"127.0.0.1:{miner.port}"
         console.print(f"miner from {source} (pid {miner.pid}) on {args.miner}, log {miner.log}")
-        return red_team(args, names, miner.cast.validator, miner.cast.attacker.hotkey, miner.cast.non_validator.hotkey,
+        attackers = [miner.cast.attacker.hotkey, *miner.cast.probers]
+        return red_team(args, names, miner.cast.validator, attackers, miner.cast.non_validator.hotkey,
                       "127.0.0.1", miner.port, miner.cast.miner.hotkey.ss58_address, miner.pid, source=source)
 
 
@@ -287,7 +297,8 @@ def commit_of(source: Path) -> str | None:
     return done.stdout.strip() or None
 
 
-def red_team(args: argparse.Namespace, names: list[str], validator: Any, attacker: Any, non_validator: Any, host: str,
+def red_team(args: argparse.Namespace, names: list[str], validator: Any, attackers: list[Any], non_validator: Any,
+             host: str,
            port: int, miner_hotkey: str, pid: int | None, source: Path | None = None) -> int:
     import resource
 
@@ -302,7 +313,7 @@ def red_team(args: argparse.Namespace, names: list[str], validator: Any, attacke
     target = Target(host, port, miner_hotkey)
     if not alive(target, pid):
         raise UsageError(f"nothing answers on {host}:{port}")
-    context = Context(target, validator.hotkey.ss58_address, attacker,
+    context = Context(target, validator.hotkey.ss58_address, attackers[0],
                       Keypair.create_from_mnemonic(Keypair.generate_mnemonic()), non_validator,
                       attacker_ip=args.attacker_ip, slow_give_up_s=args.slow_give_up_s,
                       max_connections_per_ip=args.max_connections_per_ip, flood_s=args.flood_s, burst=args.burst,
@@ -310,7 +321,7 @@ def red_team(args: argparse.Namespace, names: list[str], validator: Any, attacke
     line = pass_line(args)
     first_mb = resident_mb(pid)
     rows = run_attacks(context, validator, pid, names, args.window_s, args.validator_rate, args.miner_log, line,
-                       args.prior)
+                       args.prior, attackers)
     last_mb = resident_mb(pid)
     total = None if first_mb is None or last_mb is None else last_mb - first_mb
     out = Console()

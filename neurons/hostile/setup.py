@@ -29,8 +29,8 @@ def miner_config(folder: Path, cast: target.Cast, port: int, metrics_port: int) 
     return config
 
 
-def write_target(folder: Path, port: int | None = None,
-                 metrics_port: int | None = None) -> tuple[target.Cast, int, int]:
+def write_target(folder: Path, port: int | None = None, metrics_port: int | None = None,
+                 probers: int = 0) -> tuple[target.Cast, int, int]:
     """Wallets, metagraph, tiny models, cascade.yaml and miner.yaml under `folder`: (cast, port, metrics port).
 
     Ports default to free ones (other miners may run on this machine).
@@ -39,7 +39,7 @@ def write_target(folder: Path, port: int | None = None,
 
     port, metrics_port = port or free_port(), metrics_port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
-    cast = target.write_cast(folder)
+    cast = target.write_cast(folder, probers)  # probers: more registered validators to sign attacks
     (folder / "cascade.yaml").write_text(yaml.safe_dump(target.cascade(folder / "models")))
     (folder / "miner.yaml").write_text(yaml.safe_dump(miner_config(folder, cast, port, metrics_port)))
     return cast, port, metrics_port
