@@ -86,3 +86,21 @@ def test_the_line_names_each_miss():
     missed = line.failures(0.98, 1001.0, 1, 301.0)
     assert [m.split()[0] for m in missed] == ["model", "honest", "1", "peak"]
     assert line.failures(None, None, 0, None) == ["no honest request in the window"]
+
+
+def test_compare_puts_two_reports_side_by_side(tmp_path):
+    def report(seen: str, passed: bool, share: float) -> dict:
+        row = {"attack": "grey16-pngs-parallel", "seen": seen, "problems": [], "alive": True, "passed": passed,
+               "model_share": share, "validator_sent": 9, "honest_p50_ms": 20.0, "honest_p99_ms": 8400.0,
+               "server_errors": 0, "rss_peak_growth_mb": 1108.0, "fd_peak": 32}
+        return {"attacks": [row]}
+
+    before, after, table = tmp_path / "before.json", tmp_path / "after.json", tmp_path / "table.md"
+    before.write_text(json.dumps(report("200x3", False, 0.0)))
+    after.write_text(json.dumps(report("200x3", True, 1.0)))
+    completed = redteam("--compare", str(before), str(after), "--markdown", str(table), home=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    header, _, row = table.read_text().splitlines()
+    assert header.count("pass") == 2
+    assert row.startswith("| grey16-pngs-parallel | 200x3 | 0% (9) |") and "| 100% (9) |" in row
+    assert row.count("**no**") == 1 and row.endswith("| yes |")
