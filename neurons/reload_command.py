@@ -52,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sn72-miner reload", usage="sn72-miner reload [--config M] [--timeout S] [the miner's overrides]",
         description="Check the cascade and calibration files the miner config names, have the miner running for "
-        f"that config reload them (SIGHUP to its pid), wait for the outcome and print it. The miner's own options "
+        "that config reload them (SIGHUP to its pid), wait for the outcome and print it. The miner's own options "
         f"(--config, default ${CONFIG_ENV} as for the other tools; --set KEY=VALUE; flags) are read as the miner "
-        f"reads them.",
+        "reads them.",
         epilog="Exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()) + ".")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S",
                         help="longest wait for the outcome in seconds (a models reload loads and warms the new "
@@ -90,8 +90,14 @@ def main(argv: list[str]) -> int:
     if problems:
         say_error("\n".join(problems) + "\nnothing was sent: the miner keeps serving " + miner.serving)
         return EXIT_CHECK
-    print(f"checked: {config.cascade_file} -> version {served(engine_config.cascade).version}; the miner (pid "
-          f"{miner.pid}) serves {miner.serving}", flush=True)
+    try:
+        version = served(engine_config.cascade).version  # reads every model file (cached by the miner, not here)
+    except OSError as exc:
+        say_error(f"models: cannot read {exc.filename}: {exc.strerror}\nnothing was sent: the miner keeps serving "
+                  f"{miner.serving}")
+        return EXIT_CHECK
+    print(f"checked: {config.cascade_file} -> version {version}; the miner (pid {miner.pid}) serves {miner.serving}",
+          flush=True)
     return signal_and_wait(config, miner, args.timeout)
 
 
