@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cascade.config import DecodeConfig
 from cascade.tiny_models import build_tiny_vit
 from neurons.client import axon_info, encode_jpeg, make_dendrite, query, synthetic_image
 from neurons.offline import make_wallets, run_miner
@@ -127,8 +128,11 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path, worker):
     cascade = tiny_cascade(model)
     cascade["levels"][0]["experts"][0]["worker"] = worker
     with run_miner(tmp_path, wallets.path, wallets.miner, cascade) as process:
+        # One worker process per replica (worker: process), and the decode pool's workers for costly images
+        # (decode.isolated_workers, 2 by default), which the miner starts in the background once it serves.
+        expected = (1 if worker == "process" else 0) + DecodeConfig().isolated_workers
+        wait_for(lambda: len(children_of(process.process.pid)) == expected, timeout_s=30)
         children = children_of(process.process.pid)
-        assert len(children) == (1 if worker == "process" else 0)  # one worker process per replica
         assert ask((process, wallets), "validator", [encode_jpeg(synthetic_image(6))])[0].status_code == 200
         process.process.send_signal(signal.SIGTERM)
         assert process.process.wait(30) == 0
