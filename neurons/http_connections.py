@@ -8,6 +8,13 @@ subclasses uvicorn's h11 protocol to add, per connection:
   that owns the transport: so nothing may hand the transport to another protocol (a WebSocket upgrade did, and
   each one leaked a slot of its address for good; issue 25);
 - a deadline for a request's headers;
+- no chunked body is ever parsed: h11 turned each chunk into an event, so 1-byte chunks cost the event loop a Python
+  round per byte of body (two connections took an honest validator to 3-9% answered). After a request head that
+  names a Transfer-Encoding, parsing stops there (`_HeadFirstConnection`) and the middleware refuses it (411, or 400
+  with a Content-Length too); no dendrite sends one (aiohttp posts `json=` with a Content-Length);
+- a response sent before its request's body was read (a refusal: 401, 403, 429 ...) ends the connection: the rest of
+  the body is never parsed, only discarded unread for a short linger (so the caller reads its answer rather than
+  a reset) and the connection closed after it;
 - marks on the request's ASGI scope, read by the middleware (neurons/http_guard.py): when its first byte was
   read (`ARRIVAL_KEY`, so deadlines count the time it waited behind others here), which address sent it
   (`CALLER_KEY`, the transport's peer: no header can change it), that it asked for a protocol upgrade
@@ -23,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from neurons.http_limits import HttpLimits
@@ -33,6 +41,27 @@ UPGRADE_KEY = "sn72.upgrade"  # the request asked to switch protocols (Connectio
 GONE_KEY = "sn72.gone_s"  # monotonic: the connection was lost before the response was complete
 
 ConnectionEvent = Callable[[str], None]  # reason of a connection the layer closed
+LINGER_S = 1.0  # after a refusal sent before the body was read: the rest is discarded unread this long at most
+
+
+def framed_by_transfer_encoding(headers: Any) -> bool:
+    """Whether a request head names a Transfer-Encoding (its body would be chunked): such bodies are never read."""
+    return any(name.lower() == b"transfer-encoding" for name, _ in headers)
+
+
+class _HeadFirstConnection(h11.Connection):
+    """h11's connection that parses nothing past the head of a request framed by a Transfer-Encoding: uvicorn sees
+    PAUSED (it stops reading) until the middleware's refusal closes the connection."""
+
+    _held = False
+
+    def next_event(self) -> Any:
+        if self._held:
+            return h11.PAUSED
+        event = super().next_event()
+        if isinstance(event, h11.Request) and framed_by_transfer_encoding(event.headers):
+            self._held = True
+        return event
 
 
 def guarded_protocol(limits: HttpLimits, on_close: ConnectionEvent) -> type[H11Protocol]:
@@ -48,6 +77,12 @@ def guarded_protocol(limits: HttpLimits, on_close: ConnectionEvent) -> type[H11P
         _stamped: Any = None
         _served = 0  # requests completed on this connection
         _draining = False
+        _linger_timer: asyncio.TimerHandle | None = None
+        _discarded = -1  # bytes discarded unread after a refusal (-1: not lingering)
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.conn = _HeadFirstConnection(h11.SERVER, self.conn._max_incomplete_event_size)  # as uvicorn set it
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -72,11 +107,18 @@ def guarded_protocol(limits: HttpLimits, on_close: ConnectionEvent) -> type[H11P
                     del per_ip[self._ip]
             idle.pop(self, None)
             self._cancel_header_timer()
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
             if self.cycle is not None and not self.cycle.response_complete:
                 self.scope.setdefault(GONE_KEY, time.monotonic())  # type: ignore[misc]
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self._discarded >= 0:  # the request was answered without its body: the rest is never parsed
+                self._discarded += len(data)
+                if self._discarded > limits.max_request_bytes:
+                    self.transport.abort()
+                return
             if self._request_started_s is None and self._between_requests():
                 self._request_started_s = time.monotonic()
             super().data_received(data)
@@ -108,8 +150,12 @@ def guarded_protocol(limits: HttpLimits, on_close: ConnectionEvent) -> type[H11P
         def on_response_complete(self) -> None:
             self._served += 1
             super().on_response_complete()
-            if not self.transport.is_closing():
-                self._wait_for_request()
+            if self.transport.is_closing():
+                return
+            if self.conn.their_state is h11.SEND_BODY:  # answered (refused) before its body was read
+                self._linger()
+                return
+            self._wait_for_request()
 
         def shutdown(self) -> None:
             """Graceful shutdown: a connection accepted for a request that has not fully arrived yet gets it
@@ -139,6 +185,18 @@ def guarded_protocol(limits: HttpLimits, on_close: ConnectionEvent) -> type[H11P
             if self._between_requests() and not self.transport.is_closing():
                 on_close("header_timeout")
                 self.transport.abort()
+
+        def _linger(self) -> None:
+            """Read no more of this connection: half-close it, discard what still comes (bounded in time and bytes),
+            then close. NOTE: closing at once would reset a connection with unread data, and a reset can destroy
+            the answer before the caller reads it (an honest validator's 401 or 429 on a large body)."""
+            on_close("refused_unread_body")
+            self._unset_keepalive_if_required()
+            self._discarded = 0
+            self.transport.resume_reading()
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self._linger_timer = self.loop.call_later(min(LINGER_S, limits.body_timeout_s), self.transport.close)
 
         def _evict_idle(self) -> bool:
             """Close the connection that has waited longest without sending a request."""

@@ -8,12 +8,14 @@ size limit (SN72.md). Two pieces close those gaps without touching bittensor's o
   client gone).
 - `HttpGuard` is plain ASGI middleware around the axon's app. Before the app sees a request it refuses
   what the stock axon answers badly (500, or a closed connection): protocol upgrades, methods other than
-  POST and GET, paths that cannot name a synapse, bodies declared over the size limit, and every request
-  while the miner is not ready (no app yet). Then it gives the request its turn (neurons/request_slots.py),
-  bounds the time to receive its body from that turn, exposes the request's state to the handlers through
-  a context variable, and reports every request to its listener exactly once, when it is over: its
-  status (499 if the client went away first) and when the response left, so late answers are counted
-  where the client would see them.
+  POST and GET, paths that cannot name a synapse, bodies declared over the size limit, chunked bodies (411; 400
+  with a Content-Length too), and every request while the miner is not ready (no app yet). Then it gives the
+  request its turn (neurons/request_slots.py), bounds the time to receive its body from that turn, the bytes of
+  bodies in flight (`ByteBudget`) and the JSON structure of each body as it arrives (a cheap count, before any
+  parse), answers a request over its caller's rate limit 429 without reading its body, exposes the request's
+  state to the handlers through a context variable, and reports every request to its listener exactly once, when
+  it is over: its status (499 if the client went away first) and when the response left, so late answers are
+  counted where the client would see them.
 """
 
 from __future__ import annotations
@@ -32,9 +34,17 @@ from typing import Any
 from loguru import logger
 
 from neurons.deadlines import client_deadline, sane_timeout, sent_before_arrival_s
-from neurons.http_connections import ARRIVAL_KEY, CALLER_KEY, GONE_KEY, UPGRADE_KEY, ConnectionEvent, guarded_protocol
+from neurons.http_connections import (
+    ARRIVAL_KEY,
+    CALLER_KEY,
+    GONE_KEY,
+    UPGRADE_KEY,
+    ConnectionEvent,
+    framed_by_transfer_encoding,
+    guarded_protocol,
+)
 from neurons.http_limits import HttpLimits
-from neurons.request_slots import RequestSlots
+from neurons.request_slots import ByteBudget, RequestSlots
 
 __all__ = ["CLIENT_GONE", "CURRENT", "ConnectionEvent", "HttpGuard", "HttpLimits", "RequestState", "ResponseListener",
            "guarded_protocol", "raise_fd_limit"]
@@ -46,6 +56,14 @@ NOT_READY = "the miner is starting (its models are loading): not serving yet"
 # that are not UTF-8) made the stock axon fail while writing its 404 (500, or the connection closed).
 _ROUTE = re.compile(r"/[A-Za-z_][A-Za-z0-9_]{0,127}")
 _METHODS = ("POST", "GET")  # GET stays the axon's (400/401 without a body); HEAD closed the connection unanswered
+_STRUCTURE = (b"{", b"[", b":", b",", b"\\")  # what a JSON parse costs per item: counted, never parsed, on the loop
+_SHOWN = re.compile(r"[^\x21-\x7e]")  # shown back to a caller: printable ASCII only
+
+
+def _shown(text: str, limit: int = 64) -> str:
+    """A caller's method or path as an answer may repeat it: printable ASCII, at most `limit` characters."""
+    cleaned = _SHOWN.sub("?", text[:limit])
+    return cleaned + "..." if len(text) > limit else cleaned
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -122,6 +140,7 @@ class HttpGuard:
         self.limits = limits
         self.on_response = on_response
         self.slots = RequestSlots(limits.max_concurrent_requests, limits.requests_per_ip)
+        self.bodies = ByteBudget(limits.bodies_in_flight_bytes)  # bytes of bodies in flight (by Content-Length)
         self.service = ServiceTime()  # how long an answered request takes from its turn to its response
         self.active = 0  # requests inside the app now (for draining and metrics)
         self._errors = _ErrorLog()
@@ -162,7 +181,8 @@ class HttpGuard:
         if refusal is not None:
             await self._send_refusal(send, state, refusal)
             return
-        async with self.slots.turn(scope.get(CALLER_KEY) or "?"):
+        caller = scope.get(CALLER_KEY) or "?"
+        async with self.slots.turn(caller):
             turn_s = time.monotonic()
             if GONE_KEY in scope:
                 return  # its client left while it waited: nothing to answer (reported as 499)
@@ -172,10 +192,13 @@ class HttpGuard:
                 await self._send_refusal(send, state, (408, "request waited past its timeout", "late_skipped"))
                 return
             self.active += 1
+            reserved = [0]  # bytes of the body budget this request holds
             try:
-                await self.app(scope, self._guarded_receive(receive, state, turn_s), self._guarded_send(send, state))
+                receiver = self._guarded_receive(receive, state, turn_s, caller, _declared_length(scope), reserved)
+                await self.app(scope, receiver, self._guarded_send(send, state))
             finally:
                 self.active -= 1
+                self.bodies.release(caller, reserved[0])
             if state.status == 200 and state.finished_s and GONE_KEY not in scope:
                 self.service.record(state.finished_s - turn_s)
 
@@ -183,10 +206,17 @@ class HttpGuard:
         """What the stock axon would answer badly, and everything while the miner is not ready: refused at once."""
         if scope.get(UPGRADE_KEY):
             return 400, "protocol upgrades are not served", "refused_upgrade"
-        if scope.get("method") not in _METHODS:
-            return 405, "method not allowed: POST /ImageSynapse", "refused_method"
+        method = scope.get("method", "")
+        if method not in _METHODS:
+            return 405, f"method not allowed: {_shown(method, 16)} (POST or GET)", "refused_method"
         if not _ROUTE.fullmatch(scope.get("path", "")):
-            return 404, "no such route: POST /ImageSynapse", "refused_bad_path"
+            raw_path = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "replace")
+            return 404, f"no such route: {method} {_shown(raw_path.decode('latin-1'))}", "refused_bad_path"
+        if framed_by_transfer_encoding(scope.get("headers", ())):
+            # Never read (neurons/http_connections.py stops parsing at the head): a dendrite sends a Content-Length.
+            if any(name == b"content-length" for name, _ in scope.get("headers", ())):
+                return 400, "Content-Length and Transfer-Encoding together are refused", "refused_bad_framing"
+            return 411, "chunked request bodies are not served: send a Content-Length", "refused_chunked"
         refusal = self._check_length(scope)
         if refusal is not None:
             return refusal
@@ -231,28 +261,45 @@ class HttpGuard:
                             "refused_body_too_large")
         return None
 
-    def _guarded_receive(self, receive: Receive, state: RequestState, turn_s: float) -> Receive:
+    def _guarded_receive(self, receive: Receive, state: RequestState, turn_s: float, caller: str, declared: int,
+                         reserved: list[int]) -> Receive:
         """The body must arrive within body_timeout_s of the request's turn: the time it waited for a slot is not
-        the caller's to answer for (its body may have been sent whole long before)."""
+        the caller's to answer for (its body may have been sent whole long before). Before its first byte is read,
+        a request over its caller's rate limit is answered 429 (its body never read), and the body's declared length
+        is reserved from the budget of bodies in flight (`reserved[0]`, given back by the caller of this)."""
         received = 0
+        structure = 0
         body_done = False
         until_s = turn_s + self.limits.body_timeout_s
 
         async def guarded() -> Message:
-            nonlocal received, body_done
+            nonlocal received, structure, body_done
             if body_done or state.violation is not None:
                 return await receive()  # after the body: only a disconnect can come, never time it out
+            if state.rate_limited:  # charged after its verification; its body is not worth reading
+                state.violation = (429, "rate limit exceeded", "refused_rate_limit")
+                return {"type": "http.disconnect"}
             try:
+                if not reserved[0] and declared:  # at once when it fits (no task, no step of the loop given up)
+                    now = self.bodies.try_reserve(caller, declared)
+                    reserved[0] = now if now is not None else await asyncio.wait_for(
+                        self.bodies.reserve(caller, declared), timeout=max(0.0, until_s - time.monotonic()))
                 message = await asyncio.wait_for(receive(), timeout=max(0.0, until_s - time.monotonic()))
             except TimeoutError:
                 state.violation = (408, f"request body not received within {self.limits.body_timeout_s:g}s",
                                    "refused_body_timeout")
                 return {"type": "http.disconnect"}
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > self.limits.max_request_bytes:
                     state.violation = (413, f"request body exceeds the limit of {self.limits.max_request_bytes} bytes",
                                        "refused_body_too_large")
+                    return {"type": "http.disconnect"}
+                structure += sum(chunk.count(mark) for mark in _STRUCTURE)  # C speed: about 1 ms a megabyte
+                if structure > self.limits.max_body_structure:
+                    state.violation = (400, f"request body holds more JSON structure than a synapse (over "
+                                       f"{self.limits.max_body_structure} of {{ [ : , \\)", "refused_body_structure")
                     return {"type": "http.disconnect"}
                 body_done = not message.get("more_body", False)
             return message
@@ -281,18 +328,29 @@ class HttpGuard:
         return guarded
 
     async def _send_refusal(self, send: Send, state: RequestState, refusal: Refusal) -> None:
-        """The layer's own answer (reported by `_report` like any other); the connection is closed after it."""
+        """The layer's own answer (reported by `_report` like any other). The connection ends after it unless the
+        request was read whole: the protocol reads nothing more of an unread body, it discards the rest for a short
+        linger (so the caller reads this answer rather than a reset) and closes (neurons/http_connections.py)."""
         state.violation = refusal
         status, text, _ = refusal
         body = json.dumps({"message": text}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if refusal[2] in ("refused_upgrade", "error_500"):
+            headers.append((b"connection", b"close"))  # no next request on a connection in an unknown state
         if status == 405:
             headers.append((b"allow", ", ".join(_METHODS).encode()))
         state.status = status
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         state.finished_s = time.monotonic()
+
+
+def _declared_length(scope: Scope) -> int:
+    """The request's Content-Length (checked before its turn), 0 if it declares none."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return int(value)
+    return 0
 
 
 def raise_fd_limit(wanted: int = 65536) -> int:

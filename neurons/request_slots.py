@@ -50,3 +50,60 @@ class RequestSlots:
 
     def callers(self) -> int:
         return len(self._callers)
+
+
+class ByteBudget:
+    """Bytes of request bodies in flight, shared like the slots: at most `total` in all and `total // 2` per caller.
+
+    A request reserves its body's declared length when its body is first read (after the axon verified it) and
+    gives it back when it is over: the bodies, their JSON and the synapses made from them are bounded by it.
+    A reservation that does not fit waits (within the body deadline) until others are given back.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.per_caller = max(1, total // 2)
+        self.used = 0
+        self._by_caller: dict[str, int] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def _fits(self, caller: str, nbytes: int) -> bool:
+        return self.used + nbytes <= self.total and self._by_caller.get(caller, 0) + nbytes <= self.per_caller
+
+    def try_reserve(self, caller: str, nbytes: int) -> int | None:
+        """Reserve `nbytes` (at most a caller's share) if they fit now (no wait): what was reserved, or None."""
+        nbytes = min(nbytes, self.per_caller)
+        if not self._fits(caller, nbytes):
+            return None
+        self.used += nbytes
+        self._by_caller[caller] = self._by_caller.get(caller, 0) + nbytes
+        return nbytes
+
+    async def reserve(self, caller: str, nbytes: int) -> int:
+        """Wait until `nbytes` (at most a caller's share) fit; returns what was reserved, for `release`."""
+        nbytes = min(nbytes, self.per_caller)
+        while not self._fits(caller, nbytes):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.used += nbytes
+        self._by_caller[caller] = self._by_caller.get(caller, 0) + nbytes
+        return nbytes
+
+    def release(self, caller: str, nbytes: int) -> None:
+        if nbytes <= 0:
+            return
+        self.used -= nbytes
+        left = self._by_caller.get(caller, 0) - nbytes
+        if left > 0:
+            self._by_caller[caller] = left
+        else:
+            self._by_caller.pop(caller, None)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:  # each checks again whether it fits now
+            if not waiter.done():
+                waiter.set_result(None)

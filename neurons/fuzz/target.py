@@ -20,7 +20,7 @@ from neurons.fuzz.cases import Case, case_from_bytes
 from neurons.hostile.wire import CLOSED, NO_ANSWER, HostileRequest, Response, Target, build, connect, send_raw
 from neurons.http_guard import CLIENT_GONE
 
-ALLOWED = frozenset({200, 400, 401, 403, 404, 405, 408, 413, 429, 431})
+ALLOWED = frozenset({200, 400, 401, 403, 404, 405, 408, 411, 413, 429, 431})  # 411: chunked bodies
 HTTP_LIMITS = {"header_timeout_s": 1.0, "body_timeout_s": 1.0, "max_header_bytes": 16 * 1024,
                "max_request_bytes": 48 << 20, "max_connections_per_ip": 1024}
 

@@ -46,10 +46,16 @@ def test_the_miner_raises_its_own_open_files_limit(hostile):
     assert soft > 1024, line
 
 
-@pytest.mark.parametrize("name", ["sent-100MB-body", "chunked-100MB-body"])
-def test_bodies_over_the_limit_are_refused(hostile, name):
-    observation = attack_beside_validator(hostile, name)
+def test_bodies_over_the_limit_are_refused(hostile):
+    observation = attack_beside_validator(hostile, "sent-100MB-body")
     assert not observation.problems, (observation.problems, observation.statuses())
+
+
+def test_a_chunked_100MB_body_is_refused_from_its_head(hostile):
+    """No chunked body is read any more (1-byte chunks starved the event loop): 411 from the head, or the connection
+    closed while the 100 MB were still being written. NOTE: the catalogue's entry still expects 413 or closed."""
+    observation = attack_beside_validator(hostile, "chunked-100MB-body")
+    assert {r.status for r in observation.replies} <= {411, CLOSED}, observation.statuses()
 
 
 def test_slow_headers_are_cut_off_after_the_header_timeout(hostile):
