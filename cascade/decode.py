@@ -41,7 +41,7 @@ from cascade.config import DecodeConfig
 from cascade.decode_cost import DecodeWork, decode_work, held_bytes
 from cascade.decode_errors import DecodeBusy, DecodeError, DecodeRefused
 from cascade.decode_pixels import orientation_of, upright_rgb
-from cascade.jpeg_header import plain_jpeg
+from cascade.jpeg_header import header_problem, plain_jpeg
 
 __all__ = ["DecodeBusy", "DecodeError", "DecodeRefused"]  # re-exported: callers import them from here
 
@@ -168,6 +168,11 @@ def open_header(data: bytes, formats: Sequence[str]) -> Image.Image:
 def _checked_header(data: bytes, limits: DecodeConfig) -> tuple[Image.Image, bool, DecodeWork]:
     """The opened header, whether the image is over `max_pixels` (to downscale) and its decoding work;
     DecodeError (DecodeRefused for work over the limits) for refusals."""
+    if data.startswith(b"\xff\xd8\xff") and "JPEG" in limits.formats:
+        # Before Pillow sees it: its header parser reads fill and junk bytes one at a time (cascade/jpeg_header.py).
+        problem = header_problem(data)
+        if problem is not None:
+            raise DecodeRefused("jpeg_header", problem)
     image = open_header(data, limits.formats)
     width, height = image.size
     pixels = width * height

@@ -154,3 +154,97 @@ def _first_scan(data: bytes) -> int:
             continue
         pos += 2 + ((data[pos + 2] << 8) | data[pos + 3])
     return 0
+
+
+# -- what Pillow's header parser would go through, bounded (the outside attack of 4 Dec) ------------------------------
+# Pillow's JPEG plugin reads the bytes before the first scan one `read(1)` at a time wherever they are not a
+# segment: fill bytes (0xFF runs, legal before any marker), junk between segments, escaped FF 00 pairs, and every
+# marker is one more trip through its Python loop (a COM segment one more tuple in a list). 9 MB of fill bytes cost
+# ~3 s of Python holding the GIL; 2.2M empty COM markers as much. `header_problem` walks the same bytes the way
+# Pillow does, but steps over each run of fill or junk with one compiled search (C), so the walk costs one Python
+# step per segment or run and stops at the limits below.
+MAX_FILLER_BYTES = 16_384  # fill, junk and escaped bytes before the first scan: encoders write none or a few
+MAX_SEGMENTS_BEFORE_SCAN = 1024  # markers before the first scan: cameras write ~10-30 (ICC and MPF chunks included)
+_FILL_RUN = re.compile(b"\xff+")
+_JUNK_RUN = re.compile(b"[^\xff]*")
+# Markers Pillow reads a length (and that many bytes) after; the others it takes alone (RSTn, SOI, EOI, JPG, JPGn).
+_WITH_LENGTH = frozenset(set(range(0xC0, 0xC8)) | set(range(0xC9, 0xD0)) | set(range(0xDA, 0xF0)) | {0xFE})
+_WITHOUT_LENGTH = frozenset(set(range(0xD0, 0xDA)) | {0xC8} | set(range(0xF0, 0xFE)))
+
+
+@dataclass(frozen=True)
+class HeaderWalk:
+    """What the bytes before a JPEG's first scan hold, as Pillow's parser would walk them (up to the limits)."""
+
+    segments: int  # markers, with or without a length
+    filler_bytes: int  # fill bytes (0xFF runs), junk between segments and escaped FF 00 pairs
+    ended: str  # "scan" (first scan reached), "end" (bytes ran out), "invalid" (Pillow refuses it), "limit"
+
+
+def walk_header(data: bytes, max_segments: int = MAX_SEGMENTS_BEFORE_SCAN,
+                max_filler: int = MAX_FILLER_BYTES) -> HeaderWalk:
+    """Pillow's `JpegImageFile._open` loop over `data` (a JPEG: FF D8 FF ...), each run of fill or junk in one step.
+
+    Stops with `ended="limit"` as soon as more than `max_segments` markers or `max_filler` filler bytes are seen,
+    so its own cost is bounded by the limits whatever the file holds.
+    """
+    end = len(data)
+    pos = 3  # Pillow reads three bytes (FF D8 FF) and goes on from the last FF
+    pending_ff = True
+    segments = filler = 0
+    while segments <= max_segments and filler <= max_filler:
+        if not pending_ff:  # junk: Pillow reads on byte by byte until an FF
+            run = _JUNK_RUN.match(data, pos, min(end, pos + max_filler + 1))  # no further than the limit
+            assert run is not None  # `[^\xff]*` always matches
+            filler += run.end() - pos + 1  # the junk byte already read, and the run after it
+            pos, pending_ff = run.end() + 1, True
+            if pos > end:
+                return HeaderWalk(segments, filler, "end")
+            continue
+        if pos >= end:
+            return HeaderWalk(segments, filler, "end")
+        marker = data[pos]
+        if marker == 0xFF:  # fill bytes: FF FF is "padded marker", Pillow keeps the second FF and reads on
+            run = _FILL_RUN.match(data, pos, min(end, pos + max_filler + 1))
+            assert run is not None
+            filler += run.end() - pos
+            pos = run.end()
+            continue
+        pos += 1
+        if marker == 0x00:  # FF 00: "escaped" data, skipped; the next byte starts over
+            filler += 2
+            if pos >= end:
+                return HeaderWalk(segments, filler, "end")
+            pending_ff = data[pos] == 0xFF
+            pos += 1
+            continue
+        segments += 1
+        if marker in _WITH_LENGTH:
+            if pos + 2 > end:
+                return HeaderWalk(segments, filler, "end")
+            if marker == 0xDA:
+                return HeaderWalk(segments, filler, "scan")
+            length = (data[pos] << 8) | data[pos + 1]
+            pos += 2 + max(0, length - 2)
+            if pos > end:
+                return HeaderWalk(segments, filler, "end")  # Pillow: truncated file read
+        elif marker not in _WITHOUT_LENGTH:
+            return HeaderWalk(segments, filler, "invalid")  # "no marker found": Pillow refuses the file at once
+        if pos >= end:
+            return HeaderWalk(segments, filler, "end")
+        pending_ff = data[pos] == 0xFF
+        pos += 1
+    return HeaderWalk(segments, filler, "limit")
+
+
+def header_problem(data: bytes, max_segments: int = MAX_SEGMENTS_BEFORE_SCAN,
+                   max_filler: int = MAX_FILLER_BYTES) -> str | None:
+    """Why a JPEG's header is refused before Pillow reads it (None: it is not abnormal)."""
+    walk = walk_header(data, max_segments, max_filler)
+    if walk.filler_bytes > max_filler:
+        return (f"image: a JPEG with more than {max_filler} fill or junk bytes before its first scan is refused "
+                "(decoders read them one at a time)")
+    if walk.segments > max_segments:
+        return (f"image: a JPEG with more than {max_segments} markers before its first scan is refused "
+                "(encoders write a few dozen)")
+    return None

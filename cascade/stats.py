@@ -104,7 +104,7 @@ class EngineStats:
             self._latency.labels(status.value)
             self._budget.labels(status.value)
         self._levels_run.labels("0")
-        for reason in ("jpeg_scans", "decode_work"):
+        for reason in ("jpeg_header", "jpeg_scans", "decode_work"):
             self._decode_refused.labels(reason)
         for outcome in ("decoded", "refused", "abandoned", "crashed", "busy", "restarted"):
             self._isolated.labels(outcome)
