@@ -54,26 +54,91 @@ def client_deadline(arrival_s: float, timeout_s: float, before_arrival_s: float)
     return arrival_s - before_arrival_s + timeout_s
 
 
+def decayed(seconds: float, age_s: float, half_life_s: float) -> float:
+    """What a duration measured `age_s` ago still says about now: half as much every `half_life_s`.
+
+    Every estimate that can refuse or shorten work is made of such values, so a burst of slow requests stops
+    steering decisions by itself, with no new measurement needed: a refusal never feeds its estimate, and an
+    estimate that only new samples could lower would refuse forever (the outside attack of 4 Dec: every 9 s
+    request got 408 for minutes after 25 s of slow images, until a restart).
+    """
+    return seconds * 0.5 ** (max(0.0, age_s) / half_life_s)
+
+
+def _quantile(values: list[float], quantile: float) -> float:
+    values.sort()
+    return values[min(len(values) - 1, int(quantile * len(values)))]
+
+
+class ServiceTime:
+    """How long a caller's answered requests took from their turn to their response: a high quantile of its own
+    recent samples, each worth less as it ages (`decayed`). 0 for a caller without samples.
+
+    Per caller (its verified hotkey), so that no caller's requests can make another's look hopeless: an attacker's
+    slow images, sent with a long timeout and answered at its end, judged only the attacker's own later requests.
+    Looked up by the hotkey a request claims before its signature is checked: a lie can only hurt the liar (it
+    gets another caller's estimate); only verified answers record samples.
+
+    NOTE: a service time is at most the request's own budget (the engine answers by the deadline), so a caller's
+    samples are censored by its own timeout; with another caller's timeouts they would not compare at all.
+    NOTE: the fastest answer is the prior's, so this over-estimates what a request that would only get the prior
+    needs; skipping one a little early costs nothing the caller would have scored.
+    """
+
+    def __init__(self, window: int = 32, quantile: float = 0.75, half_life_s: float = 5.0,
+                 max_callers: int = 4096) -> None:
+        self._samples: dict[str, deque[tuple[float, float]]] = {}  # caller -> (measured at, seconds)
+        self._window = window
+        self._quantile = quantile
+        self.half_life_s = half_life_s
+        self._max_callers = max_callers
+
+    def record(self, caller: str, seconds: float, now_s: float | None = None) -> None:
+        now_s = time.monotonic() if now_s is None else now_s
+        samples = self._samples.pop(caller, None)  # re-inserted last: the dict is kept in order of last use
+        if samples is None:
+            samples = deque(maxlen=self._window)
+            if len(self._samples) >= self._max_callers:
+                del self._samples[next(iter(self._samples))]  # the caller answered longest ago
+        samples.append((now_s, max(0.0, seconds)))
+        self._samples[caller] = samples
+
+    def estimate_s(self, caller: str | None, now_s: float | None = None) -> float:
+        samples = self._samples.get(caller) if caller else None
+        if not samples:
+            return 0.0
+        now_s = time.monotonic() if now_s is None else now_s
+        return _quantile([decayed(seconds, now_s - at_s, self.half_life_s) for at_s, seconds in samples],
+                         self._quantile)
+
+
 class ResponseLag:
     """How long answers take to leave once the engine has them (serialising, headers, the loop's queue).
 
     Under a burst the axon's single loop falls behind and an answer ready at the engine's deadline can
     leave after the caller's: the engine's deadline keeps back `reserve_s()`, a high quantile of the
     recent lags (at least the configured margin), so it answers earlier when the way out is slow.
+
+    Each lag is worth less as it ages (`decayed`): the loop's slowness during a burst says less and less about
+    it afterwards, and the reserve returns to the floor when answers stop coming rather than staying at its
+    burst value (up to half the timeout cap) until some sixty answers have displaced it.
     """
 
-    def __init__(self, floor_s: float, ceiling_s: float, window: int = 64, quantile: float = 0.9) -> None:
+    def __init__(self, floor_s: float, ceiling_s: float, window: int = 64, quantile: float = 0.9,
+                 half_life_s: float = 10.0) -> None:
         self.floor_s = floor_s
         self.ceiling_s = ceiling_s
-        self._lags: deque[float] = deque(maxlen=window)
+        self._lags: deque[tuple[float, float]] = deque(maxlen=window)  # (measured at, seconds)
         self._quantile = quantile
+        self.half_life_s = half_life_s
 
-    def record(self, seconds: float) -> None:
-        self._lags.append(max(0.0, seconds))
+    def record(self, seconds: float, now_s: float | None = None) -> None:
+        self._lags.append((time.monotonic() if now_s is None else now_s, max(0.0, seconds)))
 
-    def reserve_s(self) -> float:
+    def reserve_s(self, now_s: float | None = None) -> float:
         if not self._lags:
             return self.floor_s
-        ordered = sorted(self._lags)
-        lag_s = ordered[min(len(ordered) - 1, int(self._quantile * len(ordered)))]
+        now_s = time.monotonic() if now_s is None else now_s
+        lag_s = _quantile([decayed(seconds, now_s - at_s, self.half_life_s) for at_s, seconds in self._lags],
+                          self._quantile)
         return min(self.ceiling_s, max(self.floor_s, 1.5 * lag_s + 0.05))

@@ -26,14 +26,13 @@ import json
 import re
 import resource
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
 
-from neurons.deadlines import client_deadline, sane_timeout, sent_before_arrival_s
+from neurons.deadlines import ServiceTime, client_deadline, sane_timeout, sent_before_arrival_s
 from neurons.http_connections import (
     ARRIVAL_KEY,
     CALLER_KEY,
@@ -58,6 +57,14 @@ _ROUTE = re.compile(r"/[A-Za-z_][A-Za-z0-9_]{0,127}")
 _METHODS = ("POST", "GET")  # GET stays the axon's (400/401 without a body); HEAD closed the connection unanswered
 _STRUCTURE = (b"{", b"[", b":", b",", b"\\")  # what a JSON parse costs per item: counted, never parsed, on the loop
 _SHOWN = re.compile(r"[^\x21-\x7e]")  # shown back to a caller: printable ASCII only
+
+
+def _claimed_hotkey(scope: Scope) -> str | None:
+    """The hotkey a request claims (unverified: used only to pick whose service time judges it)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"bt_header_dendrite_hotkey":
+            return str(value[:64].decode("latin-1"))
+    return None
 
 
 def _shown(text: str, limit: int = 64) -> str:
@@ -93,27 +100,6 @@ CURRENT: contextvars.ContextVar[RequestState | None] = contextvars.ContextVar("s
 ResponseListener = Callable[[RequestState], None]
 
 
-class ServiceTime:
-    """A high quantile of how long recent answered requests took once their turn came (0 until known).
-
-    NOTE: the fastest answer is the prior's, so this over-estimates what a request that would only get
-    the prior needs; skipping one a little early costs nothing the caller would have scored.
-    """
-
-    def __init__(self, window: int = 64, quantile: float = 0.75) -> None:
-        self._samples: deque[float] = deque(maxlen=window)
-        self._quantile = quantile
-
-    def record(self, seconds: float) -> None:
-        self._samples.append(seconds)
-
-    def estimate_s(self) -> float:
-        if not self._samples:
-            return 0.0
-        ordered = sorted(self._samples)
-        return ordered[min(len(ordered) - 1, int(self._quantile * len(ordered)))]
-
-
 class _ErrorLog:
     """A failure inside the app is logged with its traceback, at most once a minute per kind: a caller that found
     a way to trigger one must not be able to flood the log with it (it is counted per response as well)."""
@@ -141,7 +127,7 @@ class HttpGuard:
         self.on_response = on_response
         self.slots = RequestSlots(limits.max_concurrent_requests, limits.requests_per_ip)
         self.bodies = ByteBudget(limits.bodies_in_flight_bytes)  # bytes of bodies in flight (by Content-Length)
-        self.service = ServiceTime()  # how long an answered request takes from its turn to its response
+        self.service = ServiceTime()  # per caller: how long its answered requests take from their turn to a response
         self.active = 0  # requests inside the app now (for draining and metrics)
         self._errors = _ErrorLog()
 
@@ -186,7 +172,8 @@ class HttpGuard:
             turn_s = time.monotonic()
             if GONE_KEY in scope:
                 return  # its client left while it waited: nothing to answer (reported as 499)
-            if turn_s + self.service.estimate_s() > self._claimed_deadline(scope, state.arrival_s):
+            if turn_s + self.service.estimate_s(_claimed_hotkey(scope), turn_s) > self._claimed_deadline(
+                    scope, state.arrival_s):
                 # It waited its turn until too late for any answer to reach the caller in time: say so at once,
                 # and do not push the requests behind it past their deadlines too.
                 await self._send_refusal(send, state, (408, "request waited past its timeout", "late_skipped"))
@@ -199,8 +186,8 @@ class HttpGuard:
             finally:
                 self.active -= 1
                 self.bodies.release(caller, reserved[0])
-            if state.status == 200 and state.finished_s and GONE_KEY not in scope:
-                self.service.record(state.finished_s - turn_s)
+            if state.status == 200 and state.finished_s and GONE_KEY not in scope and state.hotkey:
+                self.service.record(state.hotkey, state.finished_s - turn_s, state.finished_s)
 
     def _refusal_before_turn(self, scope: Scope) -> Refusal | None:
         """What the stock axon would answer badly, and everything while the miner is not ready: refused at once."""
