@@ -64,7 +64,8 @@ def issue25_attacks(single: Any, image_attack: Any, answered: Check) -> list[Att
                "70-80 `Upgrade: websocket` requests from one address, then a signed request from it",
                fairness.upgrades_then_honest, heavy=True, check=fairness.honest_after_upgrades),
         # 5. slow bodies holding request slots
-        Attack("slow-bodies-holding-slots", statuses(408, CLOSED, 503),
+        # 429: past its signer's bucket a request is refused before its body is read (412b485)
+        Attack("slow-bodies-holding-slots", statuses(408, 429, CLOSED, 503),
                "24-60 signed requests from one address trickling their bodies, reopened for 6-20 s",
                fairness.slow_bodies_holding_slots, heavy=True),
         # 6. odd request lines, unsigned
