@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from neurons.hostile import accounting, fairness, heavy, odd_requests, payloads, replays
+from neurons.hostile import accounting, fairness, heavy, odd_requests, outside_attack, payloads, replays
 from neurons.hostile.model import Attack, Check
 from neurons.hostile.wire import CLOSED, HostileRequest
 
@@ -123,6 +123,15 @@ def issue25_attacks(single: Any, image_attack: Any, answered: Check) -> list[Att
                odd_requests.non_permit_flood, heavy=True),
         Attack("random-hotkey-flood", statuses(403), "300-1000 signed by as many random keys",
                odd_requests.random_hotkey_flood, heavy=True),
+        # what the outside attack of 2026-12-04 broke (fixed in 9426cce, 412b485): kept refused
+        Attack("jpeg-fill-bytes", statuses(400), "a JPEG with 1 MB of 0xFF fill bytes before its first marker",
+               image_attack(lambda: outside_attack.fill_byte_jpeg())),
+        Attack("jpeg-empty-comment-markers", statuses(400), "a JPEG with 200,000 empty COM markers before its frame",
+               image_attack(lambda: outside_attack.empty_comment_jpeg())),
+        Attack("chunked-1-byte-chunks", statuses(411, 400, CLOSED), "a signed request sent as 1-byte chunks",
+               odd_requests.raw(outside_attack.one_byte_chunks)),
+        Attack("json-1m-keys", statuses(400, 413), "a body object of 1,000,000 keys (~12 MB)",
+               body_of(lambda: odd_requests.many_keys(1_000_000))),
         Attack("idle-connections-many-addresses", statuses(CLOSED),
                "idle connections from many addresses: 180 x 60 (10,800) full size, 20 x 30 small",
                heavy.idle_from_many_addresses, heavy=True),
