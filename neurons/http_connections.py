@@ -41,6 +41,8 @@ UPGRADE_KEY = "sn72.upgrade"  # the request asked to switch protocols (Connectio
 GONE_KEY = "sn72.gone_s"  # monotonic: the connection was lost before the response was complete
 
 ConnectionEvent = Callable[[str], None]  # reason of a connection the layer closed
+# A refused request's unread body up to this size is read and dropped (the connection kept); a larger one ends it.
+DRAIN_BYTES = 64 * 1024
 LINGER_S = 1.0  # after a refusal sent before the body was read: the rest is discarded unread this long at most
 
 
@@ -152,9 +154,12 @@ def guarded_protocol(limits: HttpLimits, on_close: ConnectionEvent) -> type[H11P
             super().on_response_complete()
             if self.transport.is_closing():
                 return
-            if self.conn.their_state is h11.SEND_BODY:  # answered (refused) before its body was read
-                self._linger()
+            if self.conn.their_state is h11.SEND_BODY and self._declared_length() > DRAIN_BYTES:
+                self._linger()  # answered (refused) before a large body was read: read no more of it
                 return
+            # A small unread body (an honest client's refused request, already sent whole) is drained by uvicorn's
+            # own path (Data after the response is dropped) and the connection kept: a client that reuses it, as
+            # http.client and pooled dendrites do, must not meet a closed socket on its next request.
             self._wait_for_request()
 
         def shutdown(self) -> None:
@@ -185,6 +190,15 @@ def guarded_protocol(limits: HttpLimits, on_close: ConnectionEvent) -> type[H11P
             if self._between_requests() and not self.transport.is_closing():
                 on_close("header_timeout")
                 self.transport.abort()
+
+        def _declared_length(self) -> int:
+            for name, value in getattr(self, "headers", []):
+                if name == b"content-length":
+                    try:
+                        return int(value)
+                    except ValueError:
+                        return DRAIN_BYTES + 1
+            return DRAIN_BYTES + 1
 
         def _linger(self) -> None:
             """Read no more of this connection: half-close it, discard what still comes (bounded in time and bytes),
