@@ -12,6 +12,7 @@ pixels or the message in UTF-8. One byte "R" on start says the worker is ready.
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import sys
 from typing import IO
@@ -38,6 +39,9 @@ def serve(requests: IO[bytes], answers: IO[bytes], limits_json: str) -> None:
     from cascade.config import DecodeConfig
     from cascade.decode import DecodeError, decode_image
 
+    # pm2 stop and Ctrl-C send SIGINT to the whole process group: the miner drains and ends this worker itself, so
+    # the worker ignores it (it printed a KeyboardInterrupt traceback into the operator's log on every stop).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     limits = DecodeConfig.model_validate_json(limits_json)
     answers.write(READY)
     answers.flush()
