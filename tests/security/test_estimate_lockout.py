@@ -34,13 +34,13 @@ from cascade import jpeg_header
 from cascade.config import DecodeConfig, ExpertConfig
 from cascade.decode import DecodeRefused, decode_image
 from neurons import deadlines
-from neurons.chain import MetagraphSnapshot, Neuron
 from neurons.config import MinerConfig
 from neurons.hostile.target import keypair
 from neurons.hostile.wire import HostileRequest, Target, send
 from neurons.miner import Miner, serve
 from neurons.offline import ensure_wallet, free_port
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, marked_payload, wait_for
+from tests.factories.metagraph import StaticMetagraph, validators_snapshot
 
 pytestmark = pytest.mark.security
 
@@ -48,11 +48,6 @@ SLOW = 9  # the mark of images the fake expert holds until the gate opens
 ANSWER = 0.9  # the fake expert's answer (the prior is 0.5)
 SLOW_COUNT = 6
 _SEEDS = itertools.count(1)
-
-
-class _StaticMetagraph:
-    def __init__(self, snapshot: MetagraphSnapshot) -> None:
-        self.snapshot = snapshot
 
 
 @dataclass
@@ -74,9 +69,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("lockout")
     attacker, honest = keypair("lockout-attacker"), keypair("lockout-honest")
     miner_wallet = ensure_wallet(folder, "miner")
-    snapshot = MetagraphSnapshot.of(72, [Neuron(0, miner_wallet.hotkey.ss58_address, False, 0.0),
-                                         Neuron(1, attacker.ss58_address, True, 1000.0),
-                                         Neuron(2, honest.ss58_address, True, 1000.0)])
+    snapshot = validators_snapshot(miner_wallet.hotkey.ss58_address, [attacker, honest])
     port = free_port()
     config = MinerConfig.model_validate({
         "cascade_file": "unused.yaml", "guards": {"rate_per_s": 0.0},
@@ -96,7 +89,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     engine = make_engine({"a": factory}, cascade_config([[expert_config("a", max_batch=1, max_wait_ms=0.0,
                                                                         replicas=SLOW_COUNT + 2, device="auto")]]),
                          cache_size=0)
-    miner = Miner(config, engine, _StaticMetagraph(snapshot))
+    miner = Miner(config, engine, StaticMetagraph(snapshot))
     done = Served(Target("127.0.0.1", port, miner_wallet.hotkey.ss58_address), None, miner, attacker, honest, gate)
     done.server = serve(config, miner_wallet, miner)
     try:

@@ -27,13 +27,13 @@ from typing import Any
 import pytest
 
 from cascade.config import ExpertConfig
-from neurons.chain import MetagraphSnapshot, Neuron
 from neurons.config import MinerConfig
 from neurons.hostile.target import keypair
 from neurons.hostile.wire import CLOSED, HostileRequest, Target, build, connect, read_response, send, send_raw
 from neurons.miner import Miner, serve
 from neurons.offline import ensure_wallet, free_port
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, marked_payload, wait_for
+from tests.factories.metagraph import StaticMetagraph, validators_snapshot
 
 pytestmark = pytest.mark.security
 
@@ -41,11 +41,6 @@ HELD = 7
 BODY_TIMEOUT_S = 2.0
 MAX_REQUEST_BYTES = 1 << 20  # the body budget is then 4 MiB, 2 MiB per caller
 _SEEDS = itertools.count(1)
-
-
-class _StaticMetagraph:
-    def __init__(self, snapshot: MetagraphSnapshot) -> None:
-        self.snapshot = snapshot
 
 
 @dataclass
@@ -69,8 +64,7 @@ def bodies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bodies]:
     folder = tmp_path_factory.mktemp("bodies")
     signers = [keypair(f"bodies-validator-{i}") for i in range(3)]
     miner_wallet = ensure_wallet(folder, "miner")
-    snapshot = MetagraphSnapshot.of(72, [Neuron(0, miner_wallet.hotkey.ss58_address, False, 0.0)] + [
-        Neuron(i + 1, signer.ss58_address, True, 1000.0) for i, signer in enumerate(signers)])
+    snapshot = validators_snapshot(miner_wallet.hotkey.ss58_address, signers)
     port = free_port()
     config = MinerConfig.model_validate({
         "cascade_file": "unused.yaml", "guards": {"rate_per_s": 0.05, "burst": 1000.0},
@@ -91,7 +85,7 @@ def bodies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bodies]:
 
     engine = make_engine({"a": factory}, cascade_config([[expert_config("a", max_batch=1, max_wait_ms=0.0,
                                                                         replicas=9, device="auto")]]), cache_size=0)
-    miner = Miner(config, engine, _StaticMetagraph(snapshot))
+    miner = Miner(config, engine, StaticMetagraph(snapshot))
     served = Bodies(Target("127.0.0.1", port, miner_wallet.hotkey.ss58_address), None, miner, signers, gate)
     served.server = serve(config, miner_wallet, miner)
     # The last validator's bucket: one request, then a token every 20 s (the others keep the full burst).

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from cascade.config import ExpertConfig
-from neurons.chain import MetagraphSnapshot, Neuron
 from neurons.config import MinerConfig
 from neurons.hostile.target import keypair
 from neurons.hostile.wire import CLOSED, HostileRequest, Response, Target, build, connect, send, send_raw, send_slowly
@@ -29,6 +28,7 @@ from neurons.miner import Miner, serve
 from neurons.offline import ensure_wallet, free_port
 from neurons.outcomes import AxonOutcomes
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, marked_payload, wait_for
+from tests.factories.metagraph import StaticMetagraph, validators_snapshot
 
 pytestmark = pytest.mark.security
 
@@ -36,11 +36,6 @@ HELD = 7  # the mark of images the fake expert holds until the gate opens
 SLOTS = 4  # axon.max_concurrent_requests here; half of them (2) per address by default
 BODY_TIMEOUT_S = 1.0
 _SEEDS = itertools.count(1)
-
-
-class _StaticMetagraph:
-    def __init__(self, snapshot: MetagraphSnapshot) -> None:
-        self.snapshot = snapshot
 
 
 @dataclass
@@ -69,8 +64,7 @@ def slots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slots]:
     folder = tmp_path_factory.mktemp("slots")
     signers = [keypair(f"slots-validator-{i}") for i in range(4)]
     miner_wallet = ensure_wallet(folder, "miner")
-    snapshot = MetagraphSnapshot.of(72, [Neuron(0, miner_wallet.hotkey.ss58_address, False, 0.0)] + [
-        Neuron(i + 1, signer.ss58_address, True, 1000.0) for i, signer in enumerate(signers)])
+    snapshot = validators_snapshot(miner_wallet.hotkey.ss58_address, signers)
     port = free_port()
     config = MinerConfig.model_validate({
         "cascade_file": "unused.yaml", "guards": {"rate_per_s": 0.0},
@@ -91,7 +85,7 @@ def slots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slots]:
     engine = make_engine({"a": factory}, cascade_config([[expert_config("a", max_batch=1, max_wait_ms=0.0,
                                                                         replicas=SLOTS + 1, device="auto")]]),
                          cache_size=0)
-    miner = Miner(config, engine, _StaticMetagraph(snapshot))
+    miner = Miner(config, engine, StaticMetagraph(snapshot))
     served = Slots(Target("127.0.0.1", port, miner_wallet.hotkey.ss58_address), None, miner, signers, gate)
     counted = miner.on_response
 

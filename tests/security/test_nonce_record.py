@@ -19,23 +19,18 @@ import pytest
 
 import neurons.miner as miner_module
 from cascade.config import ExpertConfig
-from neurons.chain import MetagraphSnapshot, Neuron
 from neurons.config import MinerConfig
 from neurons.hostile.target import keypair
 from neurons.hostile.wire import HostileRequest, Response, Target, build, send, send_raw
 from neurons.miner import Miner, serve
 from neurons.offline import ensure_wallet, free_port
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, marked_payload
+from tests.factories.metagraph import StaticMetagraph, validators_snapshot
 
 pytestmark = pytest.mark.security
 
 NS_PER_S = 1_000_000_000
 PAYLOAD = marked_payload(3)
-
-
-class _StaticMetagraph:
-    def __init__(self, snapshot: MetagraphSnapshot) -> None:
-        self.snapshot = snapshot
 
 
 @dataclass
@@ -53,8 +48,7 @@ def serving(folder, validators: int = 2, **axon: Any) -> Iterator[Served]:
     """The miner's axon with `axon` settings, no rate limit (a flood must reach the record, not stop at 429)."""
     signers = [keypair(f"nonce-validator-{i}") for i in range(validators)]
     miner_wallet = ensure_wallet(folder, "miner")
-    snapshot = MetagraphSnapshot.of(72, [Neuron(0, miner_wallet.hotkey.ss58_address, False, 0.0)] + [
-        Neuron(i + 1, signer.ss58_address, True, 1000.0) for i, signer in enumerate(signers)])
+    snapshot = validators_snapshot(miner_wallet.hotkey.ss58_address, signers)
     port = free_port()
     config = MinerConfig.model_validate({
         "cascade_file": "unused.yaml", "guards": {"rate_per_s": 0.0},
@@ -65,7 +59,7 @@ def serving(folder, validators: int = 2, **axon: Any) -> Iterator[Served]:
         return FakeExpert(cfg, device, answer=lambda image: 0.9)
 
     engine = make_engine({"a": factory}, cascade_config([[expert_config("a", max_wait_ms=0.0)]]))
-    metagraph: Any = _StaticMetagraph(snapshot)  # a fixed snapshot stands in for the chain
+    metagraph: Any = StaticMetagraph(snapshot)  # a fixed snapshot stands in for the chain
     server = serve(config, miner_wallet, Miner(config, engine, metagraph))
     try:
         yield Served(Target("127.0.0.1", port, miner_wallet.hotkey.ss58_address), server.axon, signers)
