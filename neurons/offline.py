@@ -91,6 +91,17 @@ def make_wallets(folder: Path) -> Wallets:
     return wallets
 
 
+def stop_process(process: subprocess.Popen[Any], grace_s: float = 30.0) -> None:
+    """SIGTERM (the miner drains), then SIGKILL if it has not ended within `grace_s`."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
 @contextmanager
 def run_miner(folder: Path, wallet_path: Path, miner_wallet: Any, cascade: dict[str, Any],
               extra: dict[str, Any] | None = None, ready_timeout_s: float = 240.0,
@@ -143,10 +154,4 @@ def run_miner(folder: Path, wallet_path: Path, miner_wallet: Any, cascade: dict[
     try:
         yield miner
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_process(process)

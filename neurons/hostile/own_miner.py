@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from neurons.hostile.setup import write_target
 from neurons.hostile.target import Cast
+from neurons.offline import stop_process
 
 READY_LINE = "MINER READY"  # neurons.miner.READY_LINE, not imported: the attacked code may be another checkout's
 OFFLINE_SWITCHES = ("YOLO_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -63,10 +63,4 @@ def own_miner(folder: Path, source: Path, ready_timeout_s: float = 300.0) -> Ite
             time.sleep(0.5)
         yield OwnMiner(process.pid, port, metrics_port, cast, folder, log)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_process(process)
