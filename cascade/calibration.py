@@ -8,7 +8,7 @@ JSON, versioned by `format`, with the fit's metadata. It holds
   (a logistic regression on the calibrated log-odds, so each level's pooled answer is calibrated on
   its own), the `threshold` of a monotone map that puts the level's MCC-best threshold on 0.5
   (validators round at 0.5), and the level's exit margin (tested on the mapped answer);
-- the content hashes of the images it was fitted on (a judge set must share none: cascade/evaluation/roles.py),
+- the content hashes of the images it was fitted on (a judge set must share none: sn72_tools/evaluation/roles.py),
   and the fit's report: each parameter's interval and why each choice was made.
 Loaded by `cascade.config.load_cascade`; nothing here imports more than pydantic and the standard library.
 """

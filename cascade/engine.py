@@ -98,7 +98,7 @@ class Engine:
         self.stats = EngineStats(registry)  # its metrics go into `registry` (the miner's), else a registry of its own
         self.observers = ObserverRunner(list(observers), on_error=self.stats.observer_failed)
         self._decoder = worker_pool(config.scheduler.decode_workers, "decode", config.scheduler.worker_nice)
-        # Eval mode (cascade/evaluation): every level runs on every image, neither exit nor skip.
+        # Eval mode (sn72_tools/evaluation): every level runs on every image, neither exit nor skip.
         self.path = RequestPath(config, self.stats, self.observers, self._decoder, run_every_level)
         self.stats.watch_admission(lambda: self.path.admission.in_flight, self.path.admission.waiting)
         self._retiring: list[ServingCascade] = []  # replaced, freed once no request holds them

@@ -32,7 +32,7 @@ def model_findings(cascade: CascadeConfig, cascade_file: Path | None = None) -> 
     """One finding per expert: is its model where the loader will look for it, with no network?"""
     # NOTE: the pure classification lives with the download tool (one definition of "where a model comes
     # from"); it imports nothing heavy and only this start-up check uses it, never the request path.
-    from cascade.tools.download_models import Source, check_local, plan_downloads
+    from cascade.model_sources import Source, check_local, plan_downloads
 
     fetch = f"sn72-download-models --cascade {cascade_file or '<cascade file>'}"
     findings = []
@@ -65,7 +65,7 @@ def _in_hub_cache(repo: str, backend: str, fetch: str) -> str:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from cascade.tools.download_models import TRANSFORMERS_BACKENDS
+    from cascade.model_sources import TRANSFORMERS_BACKENDS
 
     try:
         folder = Path(snapshot_download(repo, local_files_only=True))
@@ -77,7 +77,7 @@ def _in_hub_cache(repo: str, backend: str, fetch: str) -> str:
 
 
 def _in_ultralytics_dir(model: str, fetch: str) -> str:
-    from cascade.tools.download_models import default_weights_dir, ultralytics_target
+    from cascade.model_sources import default_weights_dir, ultralytics_target
 
     target = ultralytics_target(model, default_weights_dir())
     if not target.is_file():

@@ -24,6 +24,7 @@ from loguru import logger
 
 from cascade.config import SchedulerConfig
 from cascade.decode import DecodeError, DeviceJpeg
+from cascade.device_errors import is_fatal_device_error, is_out_of_memory
 from cascade.experts.base import Expert, ImageInput, check_probabilities
 from cascade.latency import Health, LatencyTracker
 from cascade.request import Request
@@ -47,32 +48,11 @@ class _Item:
 BatchListener = Callable[[str, str, int, float, str], None]  # expert, replica label, size, seconds, outcome
 FatalHandler = Callable[[str, BaseException], None]
 
-# Messages of errors after which the device's context is unusable: every later batch would fail too.
-_FATAL_DEVICE_ERRORS = (
-    "illegal memory access",
-    "device-side assert",
-    "unspecified launch failure",
-    "cuda driver",
-    "context is destroyed",
-    "an illegal instruction",
-    "uncorrectable ecc",
-)
-
 
 @cache
 def probe_frame() -> np.ndarray:
     """A grey 640x480 frame: the probe image of a replica that needs host pixels the request has not decoded."""
     return np.full((480, 640, 3), 128, dtype=np.uint8)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    return "out of memory" in str(exc).lower()
-
-
-def is_fatal_device_error(exc: BaseException) -> bool:
-    """A lost CUDA context (not an out-of-memory, which a smaller batch may survive)."""
-    text = str(exc).lower()
-    return not is_out_of_memory(exc) and any(marker in text for marker in _FATAL_DEVICE_ERRORS)
 
 
 class MicroBatcher:

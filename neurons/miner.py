@@ -307,7 +307,7 @@ def run(argv: list[str] | None = None) -> int:
 def _run(argv: list[str] | None) -> int:
     from prometheus_client import CollectorRegistry, disable_created_metrics
 
-    from cascade.observers.metrics import process_registry, publish_build_info, watch_gpu_memory
+    from cascade.process_metrics import process_registry, publish_build_info, watch_gpu_memory
     from cascade.served_version import served
     from neurons import startup
     from neurons.chain import watch_registration

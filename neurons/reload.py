@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Info
 from pydantic import ValidationError
 
 from cascade.config import CascadeConfig, format_validation_error, load_cascade
-from cascade.observers.metrics import build_labels
+from cascade.process_metrics import build_labels
 from cascade.served_version import served
 from cascade.serving import ReloadKind, ReloadRefused, ReloadReport
 from cascade.threads import lower_priority
@@ -65,7 +65,7 @@ class ReloadMetrics:
         self.reloads = Counter("sn72_miner_reloads", "Reloads by outcome", ["outcome"], registry=registry)
         for outcome in OUTCOMES[1:]:  # every outcome exported from the start: a dashboard's increase() sees the first
             self.reloads.labels(outcome)
-        self.build = build  # sn72_miner_build_info (cascade/observers/metrics.py), re-labelled on every swap
+        self.build = build  # sn72_miner_build_info (cascade/process_metrics.py), re-labelled on every swap
         self.last = Enum("sn72_miner_last_reload", "Outcome of the last reload", states=OUTCOMES, registry=registry)
         self.last_time = Gauge("sn72_miner_last_reload_timestamp_seconds", "Unix time the last reload ended",
                                registry=registry)

@@ -12,9 +12,9 @@ ROUNDS=${2:-3}
 PY=${PYTHON:-python3}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"
-[ -d .bench/models/vit-b16 ] || $PY -m cascade.tools.make_tiny_models --out .bench/models --device cuda:0 vit-b16 \
+[ -d .bench/models/vit-b16 ] || $PY -m sn72_lab.make_tiny_models --out .bench/models --device cuda:0 vit-b16 \
   > "$OUT/models.log" 2>&1 || { echo "error: building vit-b16 failed (see $OUT/models.log)" >&2; exit 1; }
-B="$PY -m cascade.tools.bench engine --cascade config/cascade.bench-gpu-prod.yaml"
+B="$PY -m sn72_lab.bench engine --cascade config/cascade.bench-gpu-prod.yaml"
 for round in $(seq 1 "$ROUNDS"); do
   for setting in window idle-dispatch; do
     flag=""; [ "$setting" = idle-dispatch ] && flag="--idle-dispatch"

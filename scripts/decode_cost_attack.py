@@ -1,7 +1,7 @@
 """The honest validator beside the progressive-JPEG attack of issue 25, item 1: before/after figures.
 
 A registered validator (the attacker) sends ~160 KB progressive JPEGs of 6000x6000 with 2,000 empty scans each
-(cascade/tools/hostile_jpeg.py), each distinct, below its own rate limit (1.5/s against the production 2/s), while
+(sn72_lab/hostile_jpeg.py), each distinct, below its own rate limit (1.5/s against the production 2/s), while
 the honest validator sends one small JPEG at 1.8/s on average (jittered, open loop, signed, real dendrite, 9 s
 timeout). The miner is the offline target of the security suite (tiny ViT + tiny YOLO on the CPU, production
 guards, the suite's decode limits), started fresh for each run. Per run: the honest requests answered in time with
@@ -25,11 +25,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cascade.tools.hostile_jpeg import many_scans_jpeg
-from neurons.client import axon_info, encode_jpeg, make_dendrite, percentiles, query, synthetic_image
-from neurons.hostile.payloads import b64
-from neurons.hostile.target import cascade, miner_overrides, write_cast
-from neurons.offline import run_miner
+from sn72_lab.hostile.payloads import b64
+from sn72_lab.hostile.target import cascade, miner_overrides, write_cast
+from sn72_lab.hostile_jpeg import many_scans_jpeg
+from sn72_lab.offline import run_miner
+from sn72_tools.client import axon_info, encode_jpeg, make_dendrite, percentiles, query, synthetic_image
 
 PRIOR = 0.5
 TIMEOUT_S = 9.0

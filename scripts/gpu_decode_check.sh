@@ -29,7 +29,7 @@ echo "== 2/3 decoding tests that run anywhere"
     2>&1 | tee "$OUT/pytest-any.txt"
 any_rc=${PIPESTATUS[0]}
 echo "== 3/3 timings"
-"$PY" -m cascade.tools.decode_bench --json "$OUT/decode_bench.json" 2>&1 | tee "$OUT/decode_bench.txt"
+"$PY" -m sn72_lab.decode_bench --json "$OUT/decode_bench.json" 2>&1 | tee "$OUT/decode_bench.txt"
 bench_rc=${PIPESTATUS[0]}
 verdict() { if [ "$1" -eq 0 ]; then echo PASS; else echo "FAIL (exit $1)"; fi; }
 echo "gpu decode check: gpu tests $(verdict "$gpu_rc"); other decoding tests $(verdict "$any_rc");" \

@@ -21,7 +21,7 @@ PY=${PYTHON:-python3}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 WORK=$(mktemp -d)/$PART
 mkdir -p "$WORK" "$OUT"
-B="$PY -m cascade.tools.bench"
+B="$PY -m sn72_lab.bench"
 GPU_TESTS="tests/integration/test_gpu_decode.py tests/unit/test_preprocess.py tests/integration/test_expert_classifier.py
  tests/integration/test_expert_zero_shot.py tests/integration/test_expert_owlv2.py tests/integration/test_expert_detector.py
  tests/integration/test_expert_vlm_transformers.py tests/integration/test_reload_gpu.py tests/e2e/test_production_bench.py
@@ -29,9 +29,9 @@ GPU_TESTS="tests/integration/test_gpu_decode.py tests/unit/test_preprocess.py te
 GPU_TESTS=$(echo $GPU_TESTS)
 case "$PART" in
   level1) STEPS=(
-    "models|50|[ -d .bench/models/vit-b16 ] || $PY -m cascade.tools.make_tiny_models --out .bench/models --device cuda:0 vit-b16"
+    "models|50|[ -d .bench/models/vit-b16 ] || $PY -m sn72_lab.make_tiny_models --out .bench/models --device cuda:0 vit-b16"
     "gpu-tests|120|$PY -m pytest -q -p no:cacheprovider -m gpu --continue-on-collection-errors $GPU_TESTS"
-    "decode-bench|80|$PY -m cascade.tools.decode_bench --sections device,engine --json $WORK/decode_bench.json"
+    "decode-bench|80|$PY -m sn72_lab.decode_bench --sections device,engine --json $WORK/decode_bench.json"
     "engine-1gpu|70|$B engine --cascade config/cascade.bench-gpu.yaml --requests 4000 --concurrency 512 --decode-workers 12 --json $WORK/engine-1gpu.json"
     "engine-1gpu-c1|40|$B engine --cascade config/cascade.bench-gpu.yaml --requests 300 --concurrency 1 --json $WORK/engine-1gpu-c1.json"
     "engine-1gpu-idle|70|$B engine --cascade config/cascade.bench-gpu.yaml --idle-dispatch --requests 4000 --concurrency 512 --decode-workers 12 --json $WORK/engine-1gpu-idle.json"
@@ -61,7 +61,7 @@ case "$PART" in
   production) STEPS=(
     "train-bench-bg|5|(CUDA_VISIBLE_DEVICES=1 PYTHON=$PY BENCH_TIMEOUT=170 bash scripts/train_bench.sh $WORK/train > $WORK/train.log 2>&1 &)"
     "prod-bench|420|PYTHON=$PY PROD_BENCH_BUDGET_S=400 bash scripts/prod_bench.sh $WORK/prod"
-    "reload-bench|110|$PY -m neurons.reload_bench --device cuda:0 --size base --out $WORK/reload.json"
+    "reload-bench|110|$PY -m sn72_lab.reload_bench --device cuda:0 --size base --out $WORK/reload.json"
   ) ;;
   *) echo "error: PART is level1 or production, got $PART" >&2; exit 2 ;;
 esac

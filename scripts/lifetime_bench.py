@@ -22,13 +22,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from neurons.client import encode_jpeg, synthetic_image
-from neurons.loadtest import burst, drain, miner_late
-from neurons.offline import ensure_wallet, run_miner, write_offline_metagraph
+from sn72_lab.loadtest import burst, drain, miner_late
+from sn72_lab.offline import ensure_wallet, run_miner, write_offline_metagraph
+from sn72_tools.client import encode_jpeg, synthetic_image
 
 
 def cascade(models: Path, detector_batch: int) -> dict[str, Any]:
-    from cascade.tiny_models import build_tiny_vit, build_tiny_yolo
+    from sn72_lab.tiny_models import build_tiny_vit, build_tiny_yolo
 
     vit, yolo = build_tiny_vit(models / "tiny-vit"), build_tiny_yolo(models / "tiny-yolo")
     return {

@@ -250,8 +250,8 @@ def listening(pid: int) -> bool:
 def demo_setup(folder: Path, pm2_binary: str) -> tuple[Pm2, str]:
     """A one-model CPU cascade, wallets and an offline metagraph under `folder`, started by a private pm2."""
     os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1")  # before transformers is imported
-    from cascade.tiny_models import build_tiny_vit
-    from neurons.offline import free_port, make_wallets
+    from sn72_lab.offline import free_port, make_wallets
+    from sn72_lab.tiny_models import build_tiny_vit
 
     wallets = make_wallets(folder)
     model = build_tiny_vit(folder / "models" / "tiny-vit")

@@ -44,10 +44,10 @@ export HF_HUB_OFFLINE=1 YOLO_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM
 
 STEPS=(
     "env|20|$PY -c 'import json, platform, torch, transformers; print(json.dumps({\"python\": platform.python_version(), \"torch\": torch.__version__, \"transformers\": transformers.__version__, \"gpus\": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}))'"
-    "models|150|$PY -m cascade.tools.make_tiny_models --out .bench/models --device $DEVICE --production $SIZE --skip-existing"
-    "levels|150|$PY -m cascade.tools.bench levels --cascade $CASCADE --device $DEVICE --reps 10 --json $OUT/levels.json"
-    "traffic|330|$PY -m cascade.tools.bench traffic --cascade $CASCADE ${TRAFFIC[*]} --json $OUT/traffic.json"
-    "report|30|$PY -m cascade.tools.bench report $OUT"
+    "models|150|$PY -m sn72_lab.make_tiny_models --out .bench/models --device $DEVICE --production $SIZE --skip-existing"
+    "levels|150|$PY -m sn72_lab.bench levels --cascade $CASCADE --device $DEVICE --reps 10 --json $OUT/levels.json"
+    "traffic|330|$PY -m sn72_lab.bench traffic --cascade $CASCADE ${TRAFFIC[*]} --json $OUT/traffic.json"
+    "report|30|$PY -m sn72_lab.bench report $OUT"
 )
 
 stamp() { date '+%H:%M:%S'; }

@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-side", type=int, help="generate smaller images (default: full size)")
     parser.add_argument("--results", type=Path, help="write the results here (JSON)")
     args = parser.parse_args(argv)
-    from cascade.tiny_models import build_small_cnn
-    from cascade.training.streets import FULL_SIZES, make_street_folder, scaled_sizes
+    from sn72_lab.tiny_models import build_small_cnn
+    from sn72_tools.training.streets import FULL_SIZES, make_street_folder, scaled_sizes
 
     sizes = scaled_sizes(args.max_side) if args.max_side else FULL_SIZES
     python = str(Path(sys.executable))
@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                         if int(file.stem.rsplit("-", 1)[1]) < size:
                             os.link(file, train / str(label) / file.name)
             out = root / f"run{size}"
-            command = [python, "-m", "cascade.train", str(train), "--heldout", str(root / "heldout"), "--model",
-                       str(model), "--out", str(out), *RECIPE, "--seed", str(seed), "--no-eval", "--no-progress"]
+            command = [python, "-m", "sn72_tools.training.cli", str(train), "--heldout", str(root / "heldout"),
+                       "--model", str(model), "--out", str(out), *RECIPE, "--seed", str(seed), "--no-eval",
+                       "--no-progress"]
             shutil.rmtree(out, ignore_errors=True)  # a fresh run each time (no --overwrite: stable flags only)
             began = time.monotonic()
             done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 values = np.array([r["after"][key][metric] for r in rows])
                 summary[f"{size}/{key}/{metric}"] = {"mean": round(float(values.mean()), 4),
                                                      "min": float(values.min()), "max": float(values.max())}
-    result = {"what": "small-cnn (cascade/tiny_models.py) trained by sn72-train on cascade/training/streets.py",
+    result = {"what": "small-cnn (sn72_lab/tiny_models.py) trained by sn72-train on sn72_tools/training/streets.py",
               "recipe": RECIPE, "sizes": [list(s) for s in sizes], "machine": {"cpus": os.cpu_count(),
               "platform": platform.platform(), "torch_threads": _threads()},
               "generation": generation, "runs": runs, "summary": summary}

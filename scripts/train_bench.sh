@@ -6,6 +6,6 @@ set -euo pipefail
 out=${1:-train-bench}
 py=${PYTHON:-.venv/bin/python}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-timeout "${BENCH_TIMEOUT:-600}" $py -m cascade.training.bench --model vit-b16 --images 3000 --height 480 \
+timeout "${BENCH_TIMEOUT:-600}" $py -m sn72_lab.training_bench --model vit-b16 --images 3000 --height 480 \
   --batch-size 64 --epochs 2 --workers 8 --device cuda --precision bf16 --skip-steps 5 --out "$out" --no-progress
 echo "wrote $out/bench.json"

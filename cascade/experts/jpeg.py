@@ -31,9 +31,9 @@ import torch
 from loguru import logger
 
 from cascade.decode import DecodeError, DeviceJpeg
+from cascade.device_errors import is_fatal_device_error, is_out_of_memory
 from cascade.experts.base import Expert, ExpertError
 from cascade.experts.preprocess import Pixels
-from cascade.scheduler import is_fatal_device_error, is_out_of_memory
 
 JpegDecoder = Callable[[list[torch.Tensor], str], list[torch.Tensor]]  # encoded CPU uint8 -> 3xHxW uint8 on device
 

@@ -30,9 +30,9 @@ from typing import Any
 from loguru import logger
 
 from cascade.config import DecodeConfig, ExpertConfig
+from cascade.device_errors import is_fatal_device_error, is_out_of_memory
 from cascade.experts.base import Expert, check_probabilities, warm_up
 from cascade.experts.worker_wire import FrameReader, frame, pack_answer, unpack_item
-from cascade.scheduler import is_fatal_device_error, is_out_of_memory
 
 EXIT_SOCKET_CLOSED = 0
 EXIT_LOAD_FAILED = 1

@@ -24,7 +24,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cascade.config import ActiveLearningConfig
 from cascade.consensus import sigmoid
-from cascade.observers.al_cli import build_parser, main  # noqa: F401 - the sn72-al entry point keeps its path
 from cascade.observers.al_store import AddOutcome, AddResult, ALStore, Reason, Sample
 from cascade.observers.base import Finished, Observer
 from cascade.request import ExpertAnswer, Status
@@ -287,6 +286,3 @@ class ActiveLearningObserver(Observer):
         Gauge("sn72_miner_active_learning_store_open", "1 while the store is open for writing", registry=registry
               ).set_function(lambda: float(self.stats().store_open))
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cascade.tools import bench, make_tiny_models
-from neurons.offline import ensure_wallet
+from sn72_lab import bench, make_tiny_models
+from sn72_lab.offline import ensure_wallet
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neurons.offline import free_port
+from sn72_lab.offline import free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ def test_the_demo_takes_both_ports_and_reads_metrics_where_the_miner_serves_them
     port, metrics_port = free_port(), free_port()
     environ = {key: value for key, value in os.environ.items() if not key.startswith("MINER_")}
     done = subprocess.run(
-        [sys.executable, "-m", "neurons.demo", "--config", "miner.yaml", "--port", str(port), "--metrics-port",
+        [sys.executable, "-m", "sn72_lab.demo", "--config", "miner.yaml", "--port", str(port), "--metrics-port",
          str(metrics_port), "--requests", "2", "--concurrency", "2"],
         cwd=tmp_path, env={**environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}, capture_output=True,
         text=True, timeout=300)

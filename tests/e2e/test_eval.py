@@ -16,12 +16,12 @@ import yaml
 from cascade import consensus
 from cascade.config import SchedulerConfig, load_cascade
 from cascade.engine import Engine
-from cascade.evaluation import cli, record, replay
-from cascade.evaluation.scoring import mcc_from_confusion
-from cascade.evaluation.synthetic import make_labelled_folder
 from cascade.request import Job
-from cascade.tiny_models import build_tiny_clip, build_tiny_vit
 from neurons.config import load_config
+from sn72_lab.tiny_models import build_tiny_clip, build_tiny_vit
+from sn72_tools.evaluation import cli, record, replay
+from sn72_tools.evaluation.scoring import mcc_from_confusion
+from sn72_tools.evaluation.synthetic import make_labelled_folder
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,10 @@ import pytest
 
 from cascade.config import ExpertConfig
 from neurons.chain import MetagraphSnapshot, Neuron
-from neurons.client import axon_info, make_dendrite, query
 from neurons.config import MinerConfig
 from neurons.miner import Miner, serve
-from neurons.offline import free_port
+from sn72_lab.offline import free_port
+from sn72_tools.client import axon_info, make_dendrite, query
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, marked_payload
 
 
@@ -29,7 +29,7 @@ class _StaticMetagraph:
 @pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
 def test_a_second_request_is_answered_while_the_first_is_computing(tmp_path, loop_kind):
     """On either event loop the miner offers (engine and HTTP server alike; uvloop by default)."""
-    from neurons.offline import ensure_wallet
+    from sn72_lab.offline import ensure_wallet
 
     release = threading.Event()
     held = threading.Event()

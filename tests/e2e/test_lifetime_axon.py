@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cascade.tiny_models import build_tiny_vit, build_tiny_yolo
-from neurons.client import encode_jpeg, synthetic_image
-from neurons.loadtest import burst, drain, miner_late
-from neurons.offline import ensure_wallet, run_miner, write_offline_metagraph
+from sn72_lab.loadtest import burst, drain, miner_late
+from sn72_lab.offline import ensure_wallet, run_miner, write_offline_metagraph
+from sn72_lab.tiny_models import build_tiny_vit, build_tiny_yolo
+from sn72_tools.client import encode_jpeg, synthetic_image
 
 pytestmark = pytest.mark.slow
 

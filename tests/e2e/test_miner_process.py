@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 from cascade.config import DecodeConfig
-from cascade.tiny_models import build_tiny_vit
-from neurons.client import axon_info, encode_jpeg, make_dendrite, query, synthetic_image
-from neurons.offline import make_wallets, run_miner
 from neurons.protocol import ExtendedImageSynapse
+from sn72_lab.offline import make_wallets, run_miner
+from sn72_lab.tiny_models import build_tiny_vit
+from sn72_tools.client import axon_info, encode_jpeg, make_dendrite, query, synthetic_image
 from tests.factories.engine import wait_for
 from tests.factories.processes import children_of, gone
 
@@ -148,7 +148,7 @@ def test_query_script_reports_latency_and_scores_for_labelled_folders(miner, tmp
             synthetic_image(int(label) * 10 + i).save(tmp_path / "images" / label / f"{i}.jpg")
     report_path = tmp_path / "report.json"
     completed = subprocess.run(
-        [sys.executable, "scripts/query.py", str(tmp_path / "images"), "--wallet.name", "validator",
+        [sys.executable, "-m", "sn72_tools.query", str(tmp_path / "images"), "--wallet.name", "validator",
          "--wallet.path", str(wallets.path), "--miner", f"127.0.0.1:{process.port}",
          "--miner-hotkey", process.hotkey, "--concurrency", "3", "--json", str(report_path)],
         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120,

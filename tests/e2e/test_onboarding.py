@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cascade.tiny_models import build_tiny_vit
 from neurons.chain import Neuron, write_metagraph_json
-from neurons.client import axon_info, encode_jpeg, make_dendrite, synthetic_image
-from neurons.offline import MinerProcess, make_wallets, run_miner
 from neurons.protocol import ExtendedImageSynapse, ImageSynapse
+from sn72_lab.offline import MinerProcess, make_wallets, run_miner
+from sn72_lab.tiny_models import build_tiny_vit
+from sn72_tools.client import axon_info, encode_jpeg, make_dendrite, synthetic_image
 
 pytestmark = pytest.mark.slow
 

@@ -22,9 +22,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from cascade.tiny_models import build_tiny_vit
-from neurons.client import encode_jpeg, synthetic_image
-from neurons.offline import ROOT, free_port, make_wallets
+from sn72_lab.offline import ROOT, free_port, make_wallets
+from sn72_lab.tiny_models import build_tiny_vit
+from sn72_tools.client import encode_jpeg, synthetic_image
 from tests.e2e.test_miner_process import ask
 
 pytestmark = pytest.mark.slow

@@ -22,8 +22,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from cascade.tiny_models import build_tiny_vit
-from neurons.offline import ROOT, make_wallets
+from sn72_lab.offline import ROOT, make_wallets
+from sn72_lab.tiny_models import build_tiny_vit
 from tests.factories.pm2 import Pm2, install_pm2, offline_miner_config, readyz, wait_until
 
 pytestmark = pytest.mark.slow

@@ -13,9 +13,9 @@ import pytest
 
 from cascade.config import load_cascade
 from cascade.experts.registry import build_expert
-from cascade.production_models import production_vlm_parts, siglip2_so400m_parts
-from cascade.tools import bench, make_tiny_models
-from cascade.tools.bench_levels import mixed_images
+from sn72_lab import bench, make_tiny_models
+from sn72_lab.bench_levels import mixed_images
+from sn72_lab.production_models import production_vlm_parts, siglip2_so400m_parts
 
 ROOT = Path(__file__).resolve().parents[2]
 TWIN = "cascade.bench-production-tiny.yaml"

@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from cascade.config import load_cascade
-from cascade.evaluation import cli as eval_cli
-from cascade.promotion import cli
-from cascade.tiny_models import build_tiny_vit
-from cascade.training import cli as train_cli
-from cascade.training.synthetic import make_cone_folder
+from sn72_lab.tiny_models import build_tiny_vit
+from sn72_tools.evaluation import cli as eval_cli
+from sn72_tools.promotion import cli
+from sn72_tools.training import cli as train_cli
+from sn72_tools.training.synthetic import make_cone_folder
 
 pytestmark = pytest.mark.slow
 

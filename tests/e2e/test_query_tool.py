@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from cascade.evaluation.scoring import accuracy, mcc
-from cascade.tiny_models import build_tiny_vit
-from neurons.client import synthetic_image
-from neurons.offline import ensure_wallet, run_miner, write_offline_metagraph
-from neurons.query import main as query_main
+from sn72_lab.offline import ensure_wallet, run_miner, write_offline_metagraph
+from sn72_lab.tiny_models import build_tiny_vit
+from sn72_tools.client import synthetic_image
+from sn72_tools.evaluation.scoring import accuracy, mcc
+from sn72_tools.query import main as query_main
 
 pytestmark = pytest.mark.slow
 

@@ -19,10 +19,10 @@ import yaml
 
 from cascade.calibration import CalibrationFile, ExpertFit, FitSource, LevelFit, digest
 from cascade.model_identity import content_identity
-from cascade.tiny_models import build_tiny_vit
-from neurons.client import encode_jpeg, synthetic_image
-from neurons.loadtest import SustainedLoad, Timed, scrape
-from neurons.offline import MinerProcess, ensure_wallet, run_miner, write_offline_metagraph
+from sn72_lab.loadtest import SustainedLoad, Timed, scrape
+from sn72_lab.offline import MinerProcess, ensure_wallet, run_miner, write_offline_metagraph
+from sn72_lab.tiny_models import build_tiny_vit
+from sn72_tools.client import encode_jpeg, synthetic_image
 
 pytestmark = pytest.mark.slow
 

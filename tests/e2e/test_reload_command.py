@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 import yaml
 
-from cascade.tiny_models import build_tiny_vit
-from neurons.client import encode_jpeg, synthetic_image
-from neurons.loadtest import scrape
-from neurons.offline import ROOT, MinerProcess, Wallets, free_port, make_wallets, run_miner
+from sn72_lab.loadtest import scrape
+from sn72_lab.offline import ROOT, MinerProcess, Wallets, free_port, make_wallets, run_miner
+from sn72_lab.tiny_models import build_tiny_vit
+from sn72_tools.client import encode_jpeg, synthetic_image
 from tests.e2e.test_miner_process import ask
 
 pytestmark = pytest.mark.slow

@@ -1,5 +1,5 @@
 """The soak in one minute: validator-like traffic through the real axon while the miner is reloaded twice, its
-worker process is killed with SIGKILL, and its active-learning store sits on a nearly full disk (neurons/soak.py).
+worker process is killed with SIGKILL, and its active-learning store sits on a nearly full disk (sn72_lab/soak.py).
 The full hour runs as `sn72-soak --out DIR`; its figures are in the notes."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def test_a_minute_of_traffic_survives_reloads_a_worker_kill_and_a_full_disk(tmp_path: Path):
     out = tmp_path / "soak"
-    done = subprocess.run([sys.executable, "-m", "neurons.soak", "--out", str(out), "--minutes", "1",
+    done = subprocess.run([sys.executable, "-m", "sn72_lab.soak", "--out", str(out), "--minutes", "1",
                            "--reload-every-s", "20", "--sample-s", "5"],
                           capture_output=True, text=True, timeout=400)
     tail = done.stdout[-3000:] + done.stderr[-3000:]

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cascade.tiny_models import build_tiny_vit
-from neurons.offline import ROOT, free_port, make_wallets
+from sn72_lab.offline import ROOT, free_port, make_wallets
+from sn72_lab.tiny_models import build_tiny_vit
 
 pytestmark = pytest.mark.slow
 

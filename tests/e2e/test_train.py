@@ -14,11 +14,12 @@ import yaml
 from safetensors.torch import load_file
 
 from cascade.config import load_cascade
-from cascade.tiny_models import build_tiny_clip, build_tiny_owlv2, build_tiny_vit
-from cascade.training import bench, cli
-from cascade.training.recipe import Recipe
-from cascade.training.run import Inputs, train
-from cascade.training.synthetic import make_cone_folder
+from sn72_lab import training_bench as bench
+from sn72_lab.tiny_models import build_tiny_clip, build_tiny_owlv2, build_tiny_vit
+from sn72_tools.training import cli
+from sn72_tools.training.recipe import Recipe
+from sn72_tools.training.run import Inputs, train
+from sn72_tools.training.synthetic import make_cone_folder
 from tests.factories.engine import expert_answers
 
 pytestmark = pytest.mark.slow
@@ -183,8 +184,8 @@ def test_a_model_trained_from_a_trained_model_is_never_judged_on_its_base_models
 
 
 def test_training_from_an_active_learning_store_labelled_through_its_cli(task, tmp_path, capsys):
-    from cascade.observers.active_learning import main as al_main
     from cascade.observers.al_store import ALStore, Reason, Sample
+    from sn72_tools.al.cli import main as al_main
 
     make_cone_folder(tmp_path / "seen", 60, seed=7, size=(72, 48))
     files = sorted((tmp_path / "seen").rglob("*.jpg"))
@@ -201,7 +202,7 @@ def test_training_from_an_active_learning_store_labelled_through_its_cli(task, t
     record = json.loads((tmp_path / "run" / "model" / "sn72_train.json").read_text())
     source = record["data"][0]
     assert source["source"].startswith("al:") and source["labelled"] == 50 and source["unreadable"] == 0
-    assert "10 unlabelled records left out (label them with scripts/al.py label)" in source["notes"]
+    assert "10 unlabelled records left out (label them with sn72-al label)" in source["notes"]
     assert (sum(source["train"].values()), sum(source["dev"].values()), sum(source["fit"].values())) == (30, 10, 10)
     assert record["judged"] == {"dev": {}, "fit": {}} and record["run"]["train_images"] == 30
 

@@ -14,7 +14,7 @@ from cascade.config import CascadeConfig, EngineConfig, ExpertConfig, LevelConfi
 from cascade.engine import Engine
 from cascade.experts.base import Expert
 from cascade.request import Job
-from neurons.client import synthetic_image
+from sn72_tools.client import synthetic_image
 
 
 def expert_config(name: str, **overrides: Any) -> ExpertConfig:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from neurons.offline import ROOT, Wallets, free_port
+from sn72_lab.offline import ROOT, Wallets, free_port
 
 PM2_SPEC = "pm2@7"
 

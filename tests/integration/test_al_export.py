@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cascade.observers import al_export
-from cascade.observers.active_learning import main
 from cascade.observers.al_store import ALStore, Reason, Sample
+from sn72_tools.al import export as al_export
+from sn72_tools.al.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,10 +18,10 @@ from PIL import Image
 
 from cascade.config import ActiveLearningConfig
 from cascade.observers.active_learning import ActiveLearningObserver
-from cascade.observers.al_export import apply_labels, get_record
 from cascade.observers.al_store import AddOutcome, AddResult, ALStore, Reason, Sample, StoreBusy, StoreMissing
 from cascade.observers.base import Finished
 from cascade.request import Job, Result, Status
+from sn72_tools.al.export import apply_labels, get_record
 
 
 def jpeg(i: int, side: int = 8) -> bytes:

@@ -24,7 +24,7 @@ from neurons.chain import (
     watch_registration,
     write_metagraph_json,
 )
-from neurons.offline import ensure_wallet, free_port
+from sn72_lab.offline import ensure_wallet, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

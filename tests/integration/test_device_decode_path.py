@@ -173,7 +173,7 @@ def test_when_level_one_needs_arrays_the_image_is_decoded_at_once_for_every_expe
 
 def test_without_cuda_auto_keeps_the_pil_path_and_on_refuses_to_start(tmp_path, pil_decodes):
     from cascade.experts.base import ExpertError
-    from cascade.tiny_models import build_tiny_vit
+    from sn72_lab.tiny_models import build_tiny_vit
 
     vit = expert_config("vit", model=str(build_tiny_vit(tmp_path / "vit")), warmup_batches=0)
     cascade = cascade_config([[vit]], [0.0])

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cascade.evaluation.datasets import EvalError, open_source
-from cascade.evaluation.synthetic import make_labelled_folder
 from cascade.observers.al_store import ALStore, Reason, Sample
+from sn72_tools.evaluation.datasets import EvalError, open_source
+from sn72_tools.evaluation.synthetic import make_labelled_folder
 
 
 def jpeg(seed: int) -> bytes:
@@ -120,4 +120,4 @@ def test_the_active_learning_store_is_read_directly(tmp_path):
     assert source.kind == "al" and [(label, data) for _, label, data in items] == [(1, jpeg(0)), (0, jpeg(2)),
                                                                                   (1, jpeg(3))]
     assert items[0][0].startswith("al record 1 (")
-    assert source.notes == ["1 unlabelled records left out (label them with scripts/al.py label)"]
+    assert source.notes == ["1 unlabelled records left out (label them with sn72-al label)"]

@@ -10,7 +10,7 @@ from cascade.config import ExpertConfig
 from cascade.experts.base import ExpertError
 from cascade.experts.hf_classifier import roadwork_indices
 from cascade.experts.registry import build_expert
-from cascade.tiny_models import build_tiny_vit
+from sn72_lab.tiny_models import build_tiny_vit
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 
 from cascade.experts.base import ExpertError
 from cascade.experts.detector import DetectorExpert, noisy_or, resolve_classes
-from cascade.tiny_models import BUILDERS, TINY_YOLO_NAMES
+from sn72_lab.tiny_models import BUILDERS, TINY_YOLO_NAMES
 from tests.factories.experts import load_expert, make_images
 
 SIZES = [(224, 224), (480, 640), (50, 900)]

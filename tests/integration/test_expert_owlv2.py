@@ -14,7 +14,7 @@ from transformers.models.owlv2.modeling_owlv2 import Owlv2TextTransformer, Owlv2
 
 from cascade.experts.owlv2 import OWLv2Expert, image_score
 from cascade.experts.preprocess import batch_tensor
-from cascade.tiny_models import build_tiny_owlv2
+from sn72_lab.tiny_models import build_tiny_owlv2
 from tests.factories.experts import load_expert, make_images
 
 SIZES = [(224, 224), (480, 640), (50, 900), (1080, 1920)]
@@ -136,7 +136,7 @@ def test_another_input_size_interpolates_the_grid(tiny_owlv2: Path) -> None:
 
 def test_a_folder_that_is_not_owlv2_is_a_clear_error(tmp_path: Path) -> None:
     from cascade.experts.base import ExpertError
-    from cascade.tiny_models import build_tiny_vit
+    from sn72_lab.tiny_models import build_tiny_vit
 
     with pytest.raises(ExpertError, match="cannot load OWLv2"):
         make_expert(build_tiny_vit(tmp_path / "vit"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cascade.experts.base import Expert
-from cascade.tiny_models import BUILDERS
+from sn72_lab.tiny_models import BUILDERS
 from tests.factories.experts import load_expert, make_images
 
 BACKENDS = {  # backend -> the tiny model it loads

@@ -12,7 +12,7 @@ import torch
 from cascade.experts.base import ExpertError
 from cascade.experts.vlm_common import to_pil_within
 from cascade.experts.vlm_transformers import TransformersVLMExpert
-from cascade.tiny_models import BUILDERS
+from sn72_lab.tiny_models import BUILDERS
 from tests.factories.experts import load_expert, make_images
 
 SIZES = [(224, 224), (480, 640), (50, 900)]

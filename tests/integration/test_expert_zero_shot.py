@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cascade.experts.zero_shot import ZeroShotExpert, prompt_probabilities
-from cascade.tiny_models import BUILDERS
+from sn72_lab.tiny_models import BUILDERS
 from tests.factories.experts import load_expert, make_images
 
 FAMILIES = ["tiny-clip", "tiny-siglip", "tiny-siglip2"]

@@ -11,7 +11,7 @@ import numpy as np
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cascade.observers.metrics import build_registry
+from cascade.process_metrics import build_registry
 from cascade.request import Status
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, make_job, wait_for
 

@@ -114,7 +114,7 @@ def test_a_truncated_file_in_a_batch_answers_alone():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    from cascade.tiny_models import build_tiny_clip, build_tiny_owlv2, build_tiny_vit
+    from sn72_lab.tiny_models import build_tiny_clip, build_tiny_owlv2, build_tiny_vit
 
     folder = tmp_path_factory.mktemp("models")
     return {"hf_classifier": build_tiny_vit(folder / "vit"), "zero_shot": build_tiny_clip(folder / "clip"),

@@ -186,7 +186,7 @@ def test_a_level_once_measured_too_slow_is_probed_and_used_again():
 
 
 def test_a_flood_waits_for_admission_before_decoding_so_a_victim_is_decoded_at_once():
-    from neurons.client import encode_jpeg
+    from sn72_tools.client import encode_jpeg
 
     config = expert_config("a", max_batch=8)
     engine = make_engine({"a": FakeExpert(config, "cpu", answer=lambda image: 0.9)}, cascade_config([[config]]),

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from neurons.natix import Exit, build_request, main, repo_id_from_url
-from neurons.offline import ensure_wallet, free_port
+from sn72_lab.offline import ensure_wallet, free_port
+from sn72_tools.natix import Exit, build_request, main, repo_id_from_url
 
 MODEL_REPO = "someone/sn72-cascade"
 
@@ -238,7 +238,7 @@ def test_help_has_no_side_effects(tmp_path):
     import sys
 
     root = Path(__file__).resolve().parents[2]
-    completed = subprocess.run([sys.executable, "-m", "neurons.natix", "--help"], cwd=root, capture_output=True,
+    completed = subprocess.run([sys.executable, "-m", "sn72_tools.natix", "--help"], cwd=root, capture_output=True,
                                text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)})
     assert completed.returncode == 0 and "Exit codes" in completed.stdout
     assert list(tmp_path.iterdir()) == []  # bittensor (which creates ~/.bittensor) was not imported

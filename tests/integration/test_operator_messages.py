@@ -21,7 +21,7 @@ def run(module: str, *args: str, home: Path, env: dict[str, str] | None = None) 
 
 def test_sn72_query_with_a_missing_wallet_is_one_line_naming_the_key_file_and_the_fix(tmp_path):
     wallets = tmp_path / "wallets"
-    done = run("neurons.query", "--wallet.name", "validator", "--wallet.path", str(wallets), "--miner",
+    done = run("sn72_tools.query", "--wallet.name", "validator", "--wallet.path", str(wallets), "--miner",
                "127.0.0.1:9", "--miner-hotkey", "5F3sa2TJAWMqDhXG6jhV4N8ko9SxwGy8TpaNS1repo5EYjQX", "--synthetic", "1",
                home=tmp_path)
     assert done.returncode == 2, done.stderr

@@ -12,7 +12,7 @@ import pytest
 from cascade.config import Calibration, CascadeConfig, EngineConfig, ExpertConfig, LevelConfig
 from cascade.engine import Engine
 from cascade.serving import ReloadKind
-from cascade.tiny_models import build_vit_b16
+from sn72_lab.tiny_models import build_vit_b16
 from tests.factories.engine import make_job, wait_for
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]

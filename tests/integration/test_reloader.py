@@ -117,7 +117,7 @@ def test_a_refitted_calibration_file_goes_in_service_with_its_hash_in_the_versio
 
 
 def test_the_state_names_the_reload_that_covers_a_request_and_the_build_info_follows_the_swap(tmp_path: Path):
-    from cascade.observers.metrics import publish_build_info
+    from cascade.process_metrics import publish_build_info
 
     calibration = calibration_file(tmp_path / "cal.json", bias=-2.0)
     path = cascade_yaml(tmp_path, calibration="cal.json")

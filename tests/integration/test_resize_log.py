@@ -16,7 +16,7 @@ from cascade.config import EngineConfig
 from cascade.engine import Engine
 from cascade.experts.preprocess import write_preprocess_record
 from cascade.experts.zero_shot import ZeroShotExpert
-from cascade.tiny_models import build_tiny_clip, build_tiny_owlv2, build_tiny_siglip2, build_tiny_vit
+from sn72_lab.tiny_models import build_tiny_clip, build_tiny_owlv2, build_tiny_siglip2, build_tiny_vit
 from tests.factories.engine import cascade_config, expert_config
 from tests.factories.experts import load_expert
 

@@ -13,7 +13,7 @@ from cascade.experts.base import ExpertError
 from cascade.experts.hf_classifier import ClassifierExpert
 from cascade.experts.preprocess import batch_tensor, write_preprocess_record
 from cascade.experts.zero_shot import ZeroShotExpert
-from cascade.tiny_models import build_tiny_clip, build_tiny_siglip2, build_tiny_vit
+from sn72_lab.tiny_models import build_tiny_clip, build_tiny_siglip2, build_tiny_vit
 from tests.factories.experts import load_expert, make_images
 
 

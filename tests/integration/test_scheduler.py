@@ -174,8 +174,8 @@ def test_the_same_image_is_answered_from_the_cache_consistently():
 
 def test_a_lost_device_context_is_reported_for_a_restart_but_oom_is_not():
     from cascade.config import EngineConfig, SchedulerConfig
+    from cascade.device_errors import is_fatal_device_error
     from cascade.engine import Engine
-    from cascade.scheduler import is_fatal_device_error
 
     assert is_fatal_device_error(RuntimeError("CUDA error: an illegal memory access was encountered"))
     assert not is_fatal_device_error(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))

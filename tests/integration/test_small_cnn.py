@@ -1,5 +1,5 @@
 """The small CNN (`build_small_cnn`): its size, served by the real engine as an `hf_classifier` expert, and it
-learns the generated street task through `sn72-train` (cascade/training/streets.py), where a random one is at
+learns the generated street task through `sn72-train` (sn72_tools/training/streets.py), where a random one is at
 chance."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from cascade.tiny_models import BUILDERS, build_small_cnn
-from cascade.training import cli
-from cascade.training.streets import make_street_folder, scaled_sizes
+from sn72_lab.tiny_models import BUILDERS, build_small_cnn
+from sn72_tools.training import cli
+from sn72_tools.training.streets import make_street_folder, scaled_sizes
 from tests.factories.engine import expert_answers
 
 SMALL = scaled_sizes(240)

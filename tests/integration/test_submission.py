@@ -21,9 +21,9 @@ from pydantic import ValidationError
 
 from cascade.config import load_cascade
 from cascade.experts.hf_classifier import ClassifierExpert
-from cascade.tiny_models import build_tiny_vit
-from neurons.offline import ensure_wallet, free_port
-from neurons.submission import ModelCard, main
+from sn72_lab.offline import ensure_wallet, free_port
+from sn72_lab.tiny_models import build_tiny_vit
+from sn72_tools.submission import ModelCard, main
 from tests.factories.experts import load_expert, make_images
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,7 +204,7 @@ def hub() -> Iterator[tuple[FakeHub, str]]:
 
 def run_cli(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """sn72-submit as operators run it, with the hub's own environment variables."""
-    return subprocess.run([sys.executable, "-m", "neurons.submission", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "sn72_tools.submission", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=180, env={**os.environ, "HOME": str(home), **env})
 
 

@@ -18,7 +18,7 @@ import yaml
 
 from cascade.observers.al_store import ALStore, Reason, Sample
 from neurons.chain import Neuron, write_metagraph_json
-from neurons.offline import ensure_wallet, free_port
+from sn72_lab.offline import ensure_wallet, free_port
 from tests.integration.test_al_export import jpeg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,12 +57,12 @@ def test_sn72_al_finds_the_store_the_miner_config_names(tmp_path):
     record_id = one_record(tmp_path / "conf" / "state" / "al")
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
-    shown = tool("cascade.observers.active_learning", "show", str(record_id), "--config", str(config),
+    shown = tool("sn72_tools.al.cli", "show", str(record_id), "--config", str(config),
                  home=tmp_path, cwd=elsewhere)
     assert shown.returncode == 0, shown.stderr
     assert str(record_id) in shown.stdout and "deadline" in shown.stdout
     # $MINER_CONFIG (what pm2.config.js reads) serves as the default, as for the other tools
-    listed = tool("cascade.observers.active_learning", "list", home=tmp_path, cwd=elsewhere,
+    listed = tool("sn72_tools.al.cli", "list", home=tmp_path, cwd=elsewhere,
                   env={"MINER_CONFIG": str(config)})
     assert listed.returncode == 0 and str(record_id) in listed.stdout, listed.stderr
 
@@ -70,14 +70,14 @@ def test_sn72_al_finds_the_store_the_miner_config_names(tmp_path):
 def test_sn72_al_follows_the_environment_over_the_file_as_the_miner_does(tmp_path):
     config = miner_yaml(tmp_path)
     one_record(tmp_path / "moved")
-    stats = tool("cascade.observers.active_learning", "stats", "--config", str(config), home=tmp_path, cwd=tmp_path,
+    stats = tool("sn72_tools.al.cli", "stats", "--config", str(config), home=tmp_path, cwd=tmp_path,
                  env={"MINER_ACTIVE_LEARNING__DIRECTORY": str(tmp_path / "moved")})
     assert stats.returncode == 0, stats.stderr
     assert str(tmp_path / "moved") in stats.stdout
 
 
 def test_sn72_al_without_a_store_or_config_says_how_to_name_one(tmp_path):
-    done = tool("cascade.observers.active_learning", "stats", home=tmp_path, cwd=tmp_path)
+    done = tool("sn72_tools.al.cli", "stats", home=tmp_path, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "--config" in done.stderr
 
@@ -99,7 +99,7 @@ def offline_miner(tmp_path) -> tuple[Path, Any, Path]:
 
 def test_sn72_register_offline_takes_the_uid_from_the_metagraph_file(offline_miner, tmp_path):
     config, wallet, _ = offline_miner
-    done = tool("neurons.natix", "--config", str(config), "--dry-run", "--chain-timeout-s", "10", home=tmp_path,
+    done = tool("sn72_tools.natix", "--config", str(config), "--dry-run", "--chain-timeout-s", "10", home=tmp_path,
                 cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     payload = json.loads(done.stdout[done.stdout.index("{"): done.stdout.rindex("}") + 1])
@@ -109,7 +109,7 @@ def test_sn72_register_offline_takes_the_uid_from_the_metagraph_file(offline_min
 def test_sn72_register_offline_with_the_hotkey_missing_from_the_file_is_not_registered(offline_miner, tmp_path):
     config, _, metagraph = offline_miner
     write_metagraph_json(metagraph, 72, [Neuron(0, "5Someone", False, 0.0)])
-    done = tool("neurons.natix", "--config", str(config), "--dry-run", "--chain-timeout-s", "10", home=tmp_path,
+    done = tool("sn72_tools.natix", "--config", str(config), "--dry-run", "--chain-timeout-s", "10", home=tmp_path,
                 cwd=tmp_path)
     assert done.returncode == 6, done.stderr
     assert str(metagraph) in done.stderr and "connecting" not in done.stderr

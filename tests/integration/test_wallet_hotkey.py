@@ -7,8 +7,8 @@ it at least twice per request: the miner's wallet must hand the axon the key it 
 from __future__ import annotations
 
 from neurons.config import MinerConfig
-from neurons.offline import ensure_wallet
 from neurons.startup import open_wallet
+from sn72_lab.offline import ensure_wallet
 
 
 def test_the_hotkey_is_read_once_and_served_from_memory(tmp_path):

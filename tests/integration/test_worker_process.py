@@ -22,7 +22,7 @@ from cascade.experts.base import ExpertError
 from cascade.experts.registry import build_expert
 from cascade.experts.worker import WorkerExpert
 from cascade.request import Status
-from cascade.tiny_models import build_tiny_vit
+from sn72_lab.tiny_models import build_tiny_vit
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_job, on_loop, wait_for
 from tests.factories.processes import children_of, gone
 
@@ -278,7 +278,7 @@ def test_a_worker_builds_its_replica_with_the_engines_worker_factory_when_given_
     # a module-level factory travels to the worker by name, with its arguments.
     import functools
 
-    from cascade.tools.bench_stand_in import null_factory
+    from sn72_lab.bench_stand_in import null_factory
 
     stand_in = functools.partial(null_factory, batch_ms=5.0, image_ms=1.0)
     engine = Engine(EngineConfig(cascade=cascade_config([[vit_config(tiny_vit, name="stand-in")]])),
@@ -305,7 +305,7 @@ def test_a_batch_larger_than_the_socket_buffer_reaches_the_worker_while_the_engi
     # docs/performance.md). Now the batch travels on a thread of its own, whatever the loop is doing.
     import functools
 
-    from cascade.tools.bench_stand_in import null_factory
+    from sn72_lab.bench_stand_in import null_factory
 
     stand_in = functools.partial(null_factory, batch_ms=1000.0)
     worker = WorkerExpert(vit_config(tiny_vit, name="stand-in", warmup_batches=0), "cpu", factory=stand_in)

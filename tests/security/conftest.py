@@ -23,13 +23,13 @@ from typing import Any
 
 import pytest
 
-from neurons.client import axon_info, encode_jpeg, make_dendrite, query, synthetic_image
-from neurons.hostile.catalogue import by_name
-from neurons.hostile.load import LoadStats, ValidatorLoad
-from neurons.hostile.model import Context, Observation
-from neurons.hostile.target import Cast, cascade, keypair, miner_overrides, write_cast
-from neurons.hostile.wire import Target
-from neurons.offline import MinerProcess, run_miner
+from sn72_lab.hostile.catalogue import by_name
+from sn72_lab.hostile.load import LoadStats, ValidatorLoad
+from sn72_lab.hostile.model import Context, Observation
+from sn72_lab.hostile.target import Cast, cascade, keypair, miner_overrides, write_cast
+from sn72_lab.hostile.wire import Target
+from sn72_lab.offline import MinerProcess, run_miner
+from sn72_tools.client import axon_info, encode_jpeg, make_dendrite, query, synthetic_image
 
 PROBE = Path(__file__).resolve().parent / "network_probe"
 PROBE_PREFIX = "SN72-NETWORK-PROBE"
@@ -142,7 +142,7 @@ class HostileMiner:
         return bool(asyncio.run(ask(self.target, signer or self.prober(), image)).ok)
 
     def ask(self, signer: Any, images: list[str]) -> list[Any]:
-        """Signed requests at once through a real dendrite: their `neurons.client.Outcome`s."""
+        """Signed requests at once through a real dendrite: their `sn72_tools.client.Outcome`s."""
 
         async def all_at_once() -> list[Any]:
             return list(await asyncio.gather(*(ask(self.target, signer, image) for image in images)))

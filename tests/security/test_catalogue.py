@@ -2,10 +2,10 @@
 
 Single-request attacks (identity and signature tampering, nonce games, routes and odd request lines, malformed
 headers and bodies, hostile images, oversized header blocks, framing tricks): the expected status, then the miner
-alive. neurons/hostile/catalogue.py says how each is sent.
+alive. sn72_lab/hostile/catalogue.py says how each is sent.
 
 The heavy attacks issue 25 added run here in their small size beside the honest validator and must pass the line
-(neurons/hostile/measure.py), scaled for the suite: >= 99% of honest requests answered in time with a model answer
+(sn72_lab/hostile/measure.py), scaled for the suite: >= 99% of honest requests answered in time with a model answer
 (not the prior), honest p99 <= 1 s, no 500, and the miner's peak resident memory during the attack at most 150 MB
 above its level at the start (the script's line is 300 MB for the full-size images; the small ones are 8 times
 fewer pixels, and 150 MB keeps room for the suite's other allocations). The older heavy attacks have their own
@@ -18,10 +18,10 @@ import time
 
 import pytest
 
-from neurons.hostile.catalogue import catalogue
-from neurons.hostile.load import LoadStats
-from neurons.hostile.measure import PassLine, ResourcePeaks, ResourceSampler
-from neurons.hostile.model import Observation
+from sn72_lab.hostile.catalogue import catalogue
+from sn72_lab.hostile.load import LoadStats
+from sn72_lab.hostile.measure import PassLine, ResourcePeaks, ResourceSampler
+from sn72_lab.hostile.model import Observation
 
 pytestmark = pytest.mark.security
 

@@ -20,8 +20,8 @@ from cascade.engine import Engine
 from cascade.experts.base import Expert
 from cascade.jpeg_header import plain_jpeg
 from cascade.request import Job, Status
-from cascade.tools.hostile_jpeg import many_scans_jpeg, repeated_baseline_scans_jpeg
-from neurons.hostile.payloads import b64
+from sn72_lab.hostile.payloads import b64
+from sn72_lab.hostile_jpeg import many_scans_jpeg, repeated_baseline_scans_jpeg
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_job, on_loop, wait_for
 from tests.factories.jpegs import jpeg_bytes, photo
 

@@ -24,7 +24,7 @@ HARNESS = textwrap.dedent('''
     from cascade.allocator import return_large_blocks
     from cascade.config import DecodeConfig
     from cascade.decode import decode_image
-    from neurons.hostile import payloads
+    from sn72_lab.hostile import payloads
 
     return_large_blocks(DecodeConfig().mmap_threshold_bytes)  # as the miner does: freed images leave the process
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from cascade.config import DecodeConfig
 from cascade.decode import DecodeError, decode, decode_image
-from neurons.hostile import payloads
+from sn72_lab.hostile import payloads
 
 pytestmark = pytest.mark.security
 

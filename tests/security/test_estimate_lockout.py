@@ -8,7 +8,7 @@ on an idle miner, until a restart. The images were JPEGs with 9 MB of 0xFF fill 
 reads one at a time (~3 s of Python each).
 
 A real bittensor axon with the miner's handlers on loopback, requests signed by real keys over raw sockets
-(neurons/hostile/wire.py), the real engine behind it with a fake expert that holds images marked SLOW until the
+(sn72_lab/hostile/wire.py), the real engine behind it with a fake expert that holds images marked SLOW until the
 test opens a gate: a slow answer is then provably slow for as long as the test wants.
 """
 
@@ -35,10 +35,10 @@ from cascade.config import DecodeConfig, ExpertConfig
 from cascade.decode import DecodeRefused, decode_image
 from neurons import deadlines
 from neurons.config import MinerConfig
-from neurons.hostile.target import keypair
-from neurons.hostile.wire import HostileRequest, Target, send
 from neurons.miner import Miner, serve
-from neurons.offline import ensure_wallet, free_port
+from sn72_lab.hostile.target import keypair
+from sn72_lab.hostile.wire import HostileRequest, Target, send
+from sn72_lab.offline import ensure_wallet, free_port
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, marked_payload, wait_for
 from tests.factories.metagraph import StaticMetagraph, validators_snapshot
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from neurons.client import encode_jpeg, synthetic_image
-from neurons.hostile import heavy
-from neurons.hostile.wire import HostileRequest
+from sn72_lab.hostile import heavy
+from sn72_lab.hostile.wire import HostileRequest
+from sn72_tools.client import encode_jpeg, synthetic_image
 
 pytestmark = pytest.mark.security
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from neurons.chain import MetagraphSnapshot, Neuron
 from neurons.guards import GuardPolicy, TokenBucketLimiter, blacklist, priority
-from neurons.hostile.target import keypair
+from sn72_lab.hostile.target import keypair
 
 pytestmark = pytest.mark.security
 

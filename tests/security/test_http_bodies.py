@@ -2,7 +2,7 @@
 
 A real bittensor axon with the miner's handlers behind the HTTP guard on loopback (as tests/security/test_http_slots.py
 builds it), a fake expert that answers at once (or holds images marked HELD until the test opens a gate), requests
-signed by real keys over raw sockets (neurons/hostile/wire.py). What is checked:
+signed by real keys over raw sockets (sn72_lab/hostile/wire.py). What is checked:
 
 - B: a chunked body is never parsed (1-byte chunks cost the event loop a Python round per byte): 411 at once, 400
   with a Content-Length too; a request already refused (403 here) is read no further: its connection ends.
@@ -28,10 +28,10 @@ import pytest
 
 from cascade.config import ExpertConfig
 from neurons.config import MinerConfig
-from neurons.hostile.target import keypair
-from neurons.hostile.wire import CLOSED, HostileRequest, Target, build, connect, read_response, send, send_raw
 from neurons.miner import Miner, serve
-from neurons.offline import ensure_wallet, free_port
+from sn72_lab.hostile.target import keypair
+from sn72_lab.hostile.wire import CLOSED, HostileRequest, Target, build, connect, read_response, send, send_raw
+from sn72_lab.offline import ensure_wallet, free_port
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, marked_payload, wait_for
 from tests.factories.metagraph import StaticMetagraph, validators_snapshot
 

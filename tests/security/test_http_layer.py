@@ -1,7 +1,7 @@
 """The HTTP layer under the axon: body size, header and body read timeouts, connection caps, descriptors.
 
 The miner runs with axon.max_request_bytes 16 MB, header_timeout_s 2, body_timeout_s 2, max_connections_per_ip 64
-(neurons/hostile/target.py TEST_HTTP_LIMITS). Connection-heavy attacks come from 127.0.0.2, the honest validator
+(sn72_lab/hostile/target.py TEST_HTTP_LIMITS). Connection-heavy attacks come from 127.0.0.2, the honest validator
 from 127.0.0.1, so a per-address cap must stop the one and not the other. Issue 25: WebSocket upgrades (each one
 kept its address's connection slot for good) and odd unsigned requests the stock axon answered 500 or not at all.
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from neurons.client import encode_jpeg, synthetic_image
-from neurons.hostile.target import TEST_HTTP_LIMITS, known_axon_keys
-from neurons.hostile.wire import CLOSED, HostileRequest, build, connect, send, send_raw
+from sn72_lab.hostile.target import TEST_HTTP_LIMITS, known_axon_keys
+from sn72_lab.hostile.wire import CLOSED, HostileRequest, build, connect, send, send_raw
+from sn72_tools.client import encode_jpeg, synthetic_image
 
 pytestmark = pytest.mark.security
 

@@ -1,7 +1,7 @@
 """The HTTP layer's request slots and reports, in process (issue 25 items 5 and 8, issue 26 item 5).
 
 A real bittensor axon with the miner's handlers (`neurons.miner.listen` and `serve`) on loopback, requests signed
-by real keys and sent over raw sockets from chosen loopback addresses (neurons/hostile/wire.py). The engine behind
+by real keys and sent over raw sockets from chosen loopback addresses (sn72_lab/hostile/wire.py). The engine behind
 it answers with a fake expert that holds the images marked HELD until the test opens a gate: a request is then
 provably inside the app (holding a slot) for as long as the test wants, with no sleep standing in for it.
 """
@@ -21,12 +21,12 @@ import pytest
 
 from cascade.config import ExpertConfig
 from neurons.config import MinerConfig
-from neurons.hostile.target import keypair
-from neurons.hostile.wire import CLOSED, HostileRequest, Response, Target, build, connect, send, send_raw, send_slowly
 from neurons.http_guard import CLIENT_GONE, RequestState
 from neurons.miner import Miner, serve
-from neurons.offline import ensure_wallet, free_port
 from neurons.outcomes import AxonOutcomes
+from sn72_lab.hostile.target import keypair
+from sn72_lab.hostile.wire import CLOSED, HostileRequest, Response, Target, build, connect, send, send_raw, send_slowly
+from sn72_lab.offline import ensure_wallet, free_port
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, marked_payload, wait_for
 from tests.factories.metagraph import StaticMetagraph, validators_snapshot
 

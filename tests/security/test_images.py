@@ -12,8 +12,8 @@ import re
 
 import pytest
 
-from neurons.hostile import payloads
-from neurons.hostile.catalogue import LEAKY
+from sn72_lab.hostile import payloads
+from sn72_lab.hostile.catalogue import LEAKY
 
 pytestmark = pytest.mark.security
 

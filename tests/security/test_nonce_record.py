@@ -1,7 +1,7 @@
 """The nonce record of the miner's axon, in process: bounded under a flood, configurable, and reset-proof (issue 25).
 
 A real bittensor axon with the miner's handlers (`neurons.miner.serve`) on loopback, requests built by real
-bittensor dendrites and signed by the callers' keys (neurons/hostile/wire.py). The engine behind it answers with a
+bittensor dendrites and signed by the callers' keys (sn72_lab/hostile/wire.py). The engine behind it answers with a
 fake expert: it is not what is tested here, and it keeps a flood of hundreds of requests cheap.
 """
 
@@ -20,10 +20,10 @@ import pytest
 import neurons.miner as miner_module
 from cascade.config import ExpertConfig
 from neurons.config import MinerConfig
-from neurons.hostile.target import keypair
-from neurons.hostile.wire import HostileRequest, Response, Target, build, send, send_raw
 from neurons.miner import Miner, serve
-from neurons.offline import ensure_wallet, free_port
+from sn72_lab.hostile.target import keypair
+from sn72_lab.hostile.wire import HostileRequest, Response, Target, build, send, send_raw
+from sn72_lab.offline import ensure_wallet, free_port
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, marked_payload
 from tests.factories.metagraph import StaticMetagraph, validators_snapshot
 

@@ -5,7 +5,7 @@ header claims bittensor >= 7.2 (none at all without the header), and wants each 
 its hotkey and uuid. The miner's rule (neurons/nonces.py, docs/security.md): every nonce within the window
 (`axon.nonce_max_age_s` back, `axon.nonce_future_s` ahead) whatever the headers say, each one once, any order.
 
-Requests are built by a real bittensor dendrite and signed by the caller's key (neurons/hostile/wire.py); a tamper
+Requests are built by a real bittensor dendrite and signed by the caller's key (sn72_lab/hostile/wire.py); a tamper
 re-signs, so only the nonce and the unsigned headers differ from what a validator sends.
 """
 
@@ -18,8 +18,8 @@ import uuid
 
 import pytest
 
-from neurons.hostile import payloads
-from neurons.hostile.wire import HostileRequest, Response, build, send, send_raw
+from sn72_lab.hostile import payloads
+from sn72_lab.hostile.wire import HostileRequest, Response, build, send, send_raw
 
 pytestmark = pytest.mark.security
 

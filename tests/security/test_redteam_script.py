@@ -1,4 +1,4 @@
-"""scripts/redteam.py (`sn72-redteam`): no side effects for --help, one-line errors, a real run against the miner
+"""`sn72-redteam`: no side effects for --help, one-line errors, a real run against the miner
 that reports each attack's line (the honest validator's model answers in time, p50/p99, 500s, RSS and fd peaks),
 and a line that can fail."""
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def redteam(*args: str, home: Path, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "scripts/redteam.py"), *args], cwd=home, env=env,
+    return subprocess.run([sys.executable, "-m", "sn72_lab.hostile.redteam", *args], cwd=home, env=env,
                           capture_output=True, text=True, timeout=timeout_s)
 
 
@@ -79,7 +79,7 @@ def test_an_attack_that_misses_the_line_fails_the_run(hostile, tmp_path):
 
 
 def test_the_line_names_each_miss():
-    from neurons.hostile.measure import PassLine
+    from sn72_lab.hostile.measure import PassLine
 
     line = PassLine()
     assert line.failures(1.0, 999.0, 0, 299.0) == []

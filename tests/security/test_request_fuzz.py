@@ -1,7 +1,7 @@
 """The request fuzzer in the suite: a few hundred fuzzed requests against a miner served in process (seconds).
 
-`python -m neurons.fuzz --minutes 5` runs the same property for minutes (coverage-guided with atheris where it is
-installed). Each example is a validator's request with parts made odd (neurons/fuzz/cases.py); every one must get
+`python -m sn72_lab.fuzz --minutes 5` runs the same property for minutes (coverage-guided with atheris where it is
+installed). Each example is a validator's request with parts made odd (sn72_lab/fuzz/cases.py); every one must get
 an answer below 500 (a 200 with a prediction in [0, 1] and no image), be reported exactly once with the status
 the client saw, and count no internal error; the miner must answer a plain request afterwards.
 """
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neurons.fuzz.target import FuzzTarget
+from sn72_lab.fuzz.target import FuzzTarget
 
 pytestmark = pytest.mark.security
 

@@ -11,10 +11,10 @@ import pytest
 
 from cascade.config import ActiveLearningConfig
 from cascade.observers.active_learning import select, to_sample
-from cascade.observers.al_export import parse_size
 from cascade.observers.al_store import Reason, image_extension
 from cascade.observers.base import Finished
 from cascade.request import ExpertAnswer, Job, Result, Status
+from sn72_tools.al.export import parse_size
 
 JPEG = b"\xff\xd8\xff\xe0 not really a jpeg"
 

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from cascade.answer import shaped, shaped_probability
 from cascade.config import AnswerConfig, CascadeConfig
-from cascade.evaluation.reward import ConsensusModel, estimate_reward
 from cascade.request import ExpertAnswer, Result, Status
+from sn72_tools.evaluation.reward import ConsensusModel, estimate_reward
 
 DECISIVE = AnswerConfig()
 CALIBRATED = AnswerConfig(policy="calibrated")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from cascade.promotion.candidate import write_candidate
+from sn72_tools.promotion.candidate import write_candidate
 
 SERVED = """# the operator's comment
 version: v1

@@ -7,7 +7,7 @@ import numpy as np
 from cascade import consensus
 from cascade.config import Calibration
 from cascade.request import ExpertAnswer
-from neurons.client import mcc
+from sn72_tools.client import mcc
 from tests.factories.engine import expert_config
 
 

@@ -194,7 +194,7 @@ def test_large_groups_are_resized_in_chunks_with_the_same_result(monkeypatch):
 
 def test_the_switch_on_a_machine_without_cuda(tmp_path):
     from cascade.experts.registry import build_expert
-    from cascade.tiny_models import build_tiny_vit
+    from sn72_lab.tiny_models import build_tiny_vit
     from tests.factories.engine import expert_config
 
     model = build_tiny_vit(tmp_path / "vit")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cascade.evaluation import distort
-from neurons.client import synthetic_image
+from sn72_tools.client import synthetic_image
+from sn72_tools.evaluation import distort
 
 
 def png(seed: int = 0, size: tuple[int, int] = (320, 200)) -> bytes:

@@ -1,4 +1,4 @@
-"""sn72-download-models (cascade/tools/download_models.py) offline: classification, patterns, dry run, failures."""
+"""sn72-download-models (sn72_tools/download_models.py) offline: classification, patterns, dry run, failures."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from cascade.tools import download_models as dm
+from cascade import model_sources as sources
+from sn72_tools import download_models as dm
 
-Source = dm.Source
+Source = sources.Source
 
 
 def never_exists(_: str) -> bool:
@@ -34,7 +35,7 @@ def never_exists(_: str) -> bool:
     ],
 )
 def test_classify(model: str, backend: str, source: object) -> None:
-    assert dm.classify_model(model, backend, never_exists) == (source, "")
+    assert sources.classify_model(model, backend, never_exists) == (source, "")
 
 
 @pytest.mark.parametrize(
@@ -48,14 +49,15 @@ def test_classify(model: str, backend: str, source: object) -> None:
     ],
 )
 def test_classify_problems(model: str, backend: str, problem: str) -> None:
-    source, text = dm.classify_model(model, backend, never_exists)
+    source, text = sources.classify_model(model, backend, never_exists)
     assert source is Source.INVALID
     assert problem in text
 
 
 def test_an_existing_relative_path_is_local_even_if_it_looks_like_a_hub_id() -> None:
     # transformers loads an existing folder before it asks the hub; the classification agrees.
-    assert dm.classify_model("models/vit", "hf_classifier", lambda path: path == "models/vit") == (Source.LOCAL, "")
+    found = sources.classify_model("models/vit", "hf_classifier", lambda path: path == "models/vit")
+    assert found == (Source.LOCAL, "")
 
 
 def test_allow_patterns_fetch_one_weight_format() -> None:
@@ -69,8 +71,8 @@ def test_allow_patterns_fetch_one_weight_format() -> None:
 
 
 def test_ultralytics_target_names_urls_by_their_file(tmp_path: Path) -> None:
-    assert dm.ultralytics_target("yolo11m.pt", tmp_path) == tmp_path / "yolo11m.pt"
-    assert dm.ultralytics_target("https://example.org/w/best%20v2.pt?x=1", tmp_path) == tmp_path / "best v2.pt"
+    assert sources.ultralytics_target("yolo11m.pt", tmp_path) == tmp_path / "yolo11m.pt"
+    assert sources.ultralytics_target("https://example.org/w/best%20v2.pt?x=1", tmp_path) == tmp_path / "best v2.pt"
 
 
 def write_cascade(folder: Path) -> Path:
@@ -203,12 +205,12 @@ def test_the_shipped_configs_classify_cleanly() -> None:
     from cascade.config import load_cascade
 
     root = Path(__file__).resolve().parents[2] / "config"
-    refs = dm.plan_downloads(load_cascade(root / "cascade.production.yaml"))
+    refs = sources.plan_downloads(load_cascade(root / "cascade.production.yaml"))
     assert {ref.source for ref in refs} <= {Source.HUB, Source.ULTRALYTICS}
     assert all(ref.problem is None for ref in refs)
     owlv2 = [ref for ref in refs if ref.backend == "owlv2"]
     assert [(ref.model, ref.source) for ref in owlv2] == [("google/owlv2-base-patch16-ensemble", Source.HUB)]
-    demo = dm.plan_downloads(load_cascade(root / "cascade.demo.yaml"))
+    demo = sources.plan_downloads(load_cascade(root / "cascade.demo.yaml"))
     assert {ref.source for ref in demo} == {Source.LOCAL}
 
 
@@ -227,7 +229,7 @@ def test_fetch_hub_fetches_one_weight_format_into_the_cache(tmp_path: Path, monk
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
-    ref = dm.ModelRef("vit", "hf_classifier", "org/vit", Source.HUB)
+    ref = sources.ModelRef("vit", "hf_classifier", "org/vit", Source.HUB)
     assert dm.fetch_hub(ref, tmp_path / "hub", "tok") == f"downloaded to {tmp_path / 'snapshot'}"
     assert seen["repo_id"] == "org/vit"
     assert seen["cache_dir"] == tmp_path / "hub"
@@ -249,7 +251,7 @@ def test_fetch_ultralytics_uses_its_release_assets(tmp_path: Path, monkeypatch: 
         return Path(file)
 
     monkeypatch.setattr(downloads, "safe_download", fake_download)
-    ref = dm.ModelRef("yolo", "detector", "yolo11m.pt", Source.ULTRALYTICS)
+    ref = sources.ModelRef("yolo", "detector", "yolo11m.pt", Source.ULTRALYTICS)
     weights = tmp_path / "weights"
     assert dm.fetch_ultralytics(ref, weights) == f"downloaded to {weights / 'yolo11m.pt'}"
     assert len(urls) == 1 and urls[0].startswith("https://github.com/ultralytics/assets/releases/download/")
@@ -289,7 +291,7 @@ def test_an_owlv2_expert_is_fetched_and_listed_like_any_transformers_model(
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
-    ref = dm.ModelRef("owl", "owlv2", "google/owlv2-base-patch16-ensemble", Source.HUB)
+    ref = sources.ModelRef("owl", "owlv2", "google/owlv2-base-patch16-ensemble", Source.HUB)
     assert dm.fetch_hub(ref, None, None) == f"downloaded to {tmp_path / 'snapshot'}"
     patterns = seen["allow_patterns"]
     assert isinstance(patterns, list)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from cascade.config import CascadeConfig, LevelConfig
 from cascade.consensus import Pooling, make_answer
-from cascade.tools.escalation import fit
+from sn72_lab.escalation import fit
 
 
 def engine_escalates(probabilities: list[float], fitted) -> list[bool]:

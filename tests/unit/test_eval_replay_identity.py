@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from cascade.config import ExpertConfig
-from cascade.evaluation import record, replay
+from sn72_tools.evaluation import record, replay
 
 
 def test_every_image_leaves_a_one_level_cascade_at_its_only_level():

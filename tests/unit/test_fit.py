@@ -15,9 +15,9 @@ import pytest
 
 from cascade import consensus
 from cascade.calibration import FitSource, threshold_map
-from cascade.evaluation import replay
-from cascade.evaluation.fit import best_threshold, fit_cascade, fit_expert, raw_logits
-from cascade.evaluation.scoring import mcc
+from sn72_tools.evaluation import replay
+from sn72_tools.evaluation.fit import best_threshold, fit_cascade, fit_expert, raw_logits
+from sn72_tools.evaluation.scoring import mcc
 from tests.factories.engine import cascade_config, expert_config
 
 SKILLS = {"cheap": 0.9, "big-a": 1.1, "big-b": 1.0}
@@ -143,7 +143,7 @@ def test_an_inverted_or_useless_expert_says_almost_nothing_and_is_named():
 
 
 def test_fitting_needs_both_classes():
-    from cascade.evaluation.datasets import EvalError
+    from sn72_tools.evaluation.datasets import EvalError
 
     outputs, labels = simulate(200, 6)
     with pytest.raises(EvalError, match="each class"):

@@ -14,10 +14,10 @@ import pytest
 
 from cascade import consensus
 from cascade.calibration import FitSource
-from cascade.evaluation import replay
-from cascade.evaluation.datasets import EvalError
-from cascade.evaluation.fit import FitSettings, fit_cascade
-from cascade.evaluation.fit_parameters import Parameters, raw_logits, threshold_map
+from sn72_tools.evaluation import replay
+from sn72_tools.evaluation.datasets import EvalError
+from sn72_tools.evaluation.fit import FitSettings, fit_cascade
+from sn72_tools.evaluation.fit_parameters import Parameters, raw_logits, threshold_map
 from tests.factories.engine import cascade_config, expert_config
 
 COSTS_S = {"cheap": 0.001, "big": 0.010, "other": 0.012}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cascade.evaluation.record import Recording
-from cascade.promotion.gate import GateSettings, Side, compare
+from sn72_tools.evaluation.record import Recording
+from sn72_tools.promotion.gate import GateSettings, Side, compare
 from tests.factories.engine import cascade_config, expert_config
 
 

@@ -12,10 +12,10 @@ import pytest
 from bittensor_wallet import Keypair
 from PIL import Image
 
-from neurons.hostile import payloads
-from neurons.hostile.catalogue import catalogue
-from neurons.hostile.target import keypair
-from neurons.hostile.wire import HostileRequest, Target, build, build_synapse, dendrite_for, signing_message
+from sn72_lab.hostile import payloads
+from sn72_lab.hostile.catalogue import catalogue
+from sn72_lab.hostile.target import keypair
+from sn72_lab.hostile.wire import HostileRequest, Target, build, build_synapse, dendrite_for, signing_message
 
 MINER = keypair("unit-miner")
 TARGET = Target("127.0.0.1", 8091, MINER.ss58_address)

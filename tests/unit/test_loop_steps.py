@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neurons.loop_steps import live_comparison
+from sn72_lab.loop_steps import live_comparison
 
 
 def write(path: Path, labels: np.ndarray, predictions: np.ndarray, status: np.ndarray) -> None:

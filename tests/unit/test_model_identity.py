@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cascade.evaluation.record import model_identity
 from cascade.model_identity import content_identity
+from sn72_tools.evaluation.record import model_identity
 from tests.factories.engine import expert_config
 
 

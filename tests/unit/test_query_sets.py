@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cascade.evaluation.scoring import mcc
-from neurons.client import Pacer, synthetic_image
-from neurons.query_sets import collect, label_scores
+from sn72_tools.client import Pacer, synthetic_image
+from sn72_tools.evaluation.scoring import mcc
+from sn72_tools.query_sets import collect, label_scores
 
 
 def jpeg(i: int) -> bytes:

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, matthews_corrcoef
 
-from cascade.evaluation.metrics import binary_metrics, expected_calibration_error
-from cascade.evaluation.reward import estimate_reward, window_rewards
-from cascade.evaluation.scoring import mcc
+from sn72_tools.evaluation.metrics import binary_metrics, expected_calibration_error
+from sn72_tools.evaluation.reward import estimate_reward, window_rewards
+from sn72_tools.evaluation.scoring import mcc
 
 
 def tracker_reward(labels: list[int], predictions: list[float]) -> float:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cascade.training import streets
-from cascade.training.streets import FULL_SIZES, make_street_folder, scaled_sizes, street_scene
+from sn72_tools.training import streets
+from sn72_tools.training.streets import FULL_SIZES, make_street_folder, scaled_sizes, street_scene
 
 SMALL = scaled_sizes(240)
 

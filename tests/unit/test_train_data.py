@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cascade.evaluation.datasets import open_source
-from cascade.training import data
-from cascade.training.model import PixelSet, StartingModel, class_weights, make_loss
-from cascade.training.recipe import PRESETS, TrainError, build_recipe
-from cascade.training.synthetic import make_cone_folder
+from sn72_tools.evaluation.datasets import open_source
+from sn72_tools.training import data
+from sn72_tools.training.model import PixelSet, StartingModel, class_weights, make_loss
+from sn72_tools.training.recipe import PRESETS, TrainError, build_recipe
+from sn72_tools.training.synthetic import make_cone_folder
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_a_preset_fills_the_recipe_and_explicit_flags_win():
 
 
 def _starting_model_stub_geometry() -> StartingModel:
-    from cascade.training.model import Geometry
+    from sn72_tools.training.model import Geometry
 
     # PixelSet only reads the geometry and the class mapping of the starting model
     return StartingModel(model=None, processor=None, geometry=Geometry((32, 32), [0.5] * 3, [0.5] * 3, 1 / 255),

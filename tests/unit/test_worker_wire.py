@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from cascade.config import DecodeConfig, ExpertConfig
 from cascade.decode import DecodeError, DeviceJpeg
+from cascade.device_errors import is_fatal_device_error, is_out_of_memory
 from cascade.experts.base import Expert, ExpertError
 from cascade.experts.worker import WorkerExpert
 from cascade.experts.worker_main import _answer
@@ -22,7 +23,6 @@ from cascade.experts.worker_wire import (
     unpack_answer,
     unpack_item,
 )
-from cascade.scheduler import is_fatal_device_error, is_out_of_memory
 from cascade.serving import LOAD_FIELDS
 
 messages = st.lists(st.tuples(st.sampled_from(["batch", "result"]), st.integers(0, 2**40),

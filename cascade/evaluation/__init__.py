@@ -1,6 +1,0 @@
-"""Offline tools over labelled data: evaluate a cascade the way validators score it, and fit it to that score.
-
-Nothing on the request path (neurons/miner.py -> cascade/engine.py -> experts) imports this package;
-`python -m cascade.eval` (entry point `sn72-eval`) is the way in. Importing the package itself is
-cheap: each module imports its heavy libraries (scikit-learn, matplotlib, datasets) itself.
-"""

@@ -1,0 +1,442 @@
+#!/usr/bin/env python
+"""Load generator and benchmarks; JSON out (--json FILE) and a short table on stdout.
+
+    sn72-bench engine --cascade config/cascade.demo.yaml --requests 500 --concurrency 64
+    sn72-bench engine --cascade C --requests 200 --burst --slow-last-level-s 1.5     # deadline stress
+    sn72-bench axon --cascade C --requests 200 --concurrency 16 --wallets 4           # through a real axon
+    sn72-bench roundtrip --cascade C --requests 200                                   # header cache on vs off
+    sn72-bench axon-vs-stock --cascade C --requests 1500 --concurrency 64 --wallets 8 # stock axon, miner, alternated
+    sn72-bench find-batch --cascade C --expert vit --budget-ms 100                    # best max_batch per expert
+    sn72-bench backends --cascade C --device cuda:0                                   # batch 1 / 32 per expert
+    sn72-bench baseline --model PATH --device cuda:0                                  # natix-style pipeline
+    sn72-bench levels --cascade config/cascade.bench-production.yaml --device cuda:0  # per level, memory vs memory_gb
+    sn72-bench traffic --cascade config/cascade.bench-production.yaml                 # real miner, escalation, burst
+    sn72-bench report OUT                         # OUT/levels.json + OUT/traffic.json -> OUT/summary.md (tables)
+
+`engine` drives the in-process engine (decode included, axon excluded); `axon` starts the miner in
+offline mode and drives it with real dendrites from several throwaway wallets, concurrently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import typing
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from cascade.config import EngineConfig, ExpertConfig, SchedulerConfig, load_cascade
+from cascade.event_loop import EventLoopKind, new_event_loop
+from sn72_lab import bench_levels, bench_models, bench_report, bench_traffic
+from sn72_lab.bench_stand_in import null_factory
+from sn72_tools.client import encode_jpeg, percentiles, synthetic_image
+
+
+def payloads(count: int, size: tuple[int, int], distinct: int | None = None) -> list[str]:
+    """`count` base64 JPEGs; `distinct` of them different (the rest repeat, exercising the cache)."""
+    distinct = distinct or count
+    unique = [encode_jpeg(synthetic_image(seed, size)) for seed in range(distinct)]
+    return [unique[i % distinct] for i in range(count)]
+
+
+def slowed_factory(delay_s: float, level_experts: set[str]) -> Any:
+    """Wrap the real experts of the last level so each batch takes `delay_s` longer (a stand-in VLM)."""
+    from cascade.experts.registry import build_expert
+
+    def factory(config: ExpertConfig, device: str) -> Any:
+        expert = build_expert(config, device)
+        if config.name in level_experts:
+            inner = expert.predict_batch
+
+            def slow(images: Sequence[Any]) -> Any:
+                time.sleep(delay_s)
+                return inner(images)
+
+            expert.predict_batch = slow  # type: ignore[method-assign]
+        return expert
+
+    return factory
+
+
+async def _closed_loop(submit: Any, total: int, concurrency: int) -> None:
+    """Clients as coroutines on one thread: client threads would compete with the engine for the GIL."""
+    indices = iter(range(total))
+
+    async def client() -> None:
+        for i in indices:
+            await asyncio.wrap_future(submit(i))
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+
+
+def bench_cascade(args: argparse.Namespace) -> Any:
+    """The cascade file, model paths resolved, every expert moved to `--device` when given."""
+    cascade = load_cascade(args.cascade)
+    for expert in cascade.experts():
+        if args.device:
+            expert.device = args.device
+        if getattr(args, "idle_dispatch", False):
+            expert.wait_when_idle = False
+        if getattr(args, "worker_process", False):
+            expert.worker = "process"
+    return cascade
+
+
+def run_engine(args: argparse.Namespace) -> dict[str, Any]:
+    from cascade.engine import Engine
+    from cascade.experts.registry import build_expert
+    from cascade.request import Job
+
+    cascade = bench_cascade(args)
+    factory: Any = build_expert
+    if args.null_experts:
+        batch_ms, image_ms = args.null_device_ms
+        factory = functools.partial(null_factory, batch_ms=batch_ms, image_ms=image_ms)
+    if args.slow_last_level_s:
+        last = cascade.levels[-1]
+        for expert in last.experts:
+            expert.expected_latency_ms = args.slow_last_level_s * 1000.0
+        factory = slowed_factory(args.slow_last_level_s, {e.name for e in last.experts})
+        last.exit_margin = 0.5  # never confident: every request that reaches it waits for it
+    # The bench's 8 hotkeys stand for one busy validator's traffic: no cap per caller.
+    scheduler = SchedulerConfig(cache_size=0 if not args.cache else 4096, max_in_flight=args.max_in_flight,
+                                max_in_flight_per_hotkey=100_000, decode_workers=args.decode_workers,
+                                gil_switch_interval_ms=args.gil_switch_ms, event_loop=args.event_loop,
+                                inline_check_max_bytes=args.inline_check_max_bytes)
+    engine = Engine(EngineConfig(cascade=cascade, scheduler=scheduler), expert_factory=factory,
+                    worker_factory=factory if args.null_experts else None)
+    startup = engine.start()
+    data = payloads(args.requests, args.image_size, args.distinct)
+    arrival: list[float] = [0.0] * len(data)
+    done_at: list[float] = [0.0] * len(data)
+    deadlines: list[float] = [0.0] * len(data)
+
+    def submit(i: int) -> concurrent.futures.Future[Any]:
+        now = time.monotonic()
+        arrival[i], deadlines[i] = now, now + args.budget_s
+        job = Job(payload=data[i], hotkey=f"hk{i % 8}", arrival_s=now, deadline_s=deadlines[i])
+        future = engine.submit(job)
+        future.add_done_callback(lambda _f: done_at.__setitem__(i, time.monotonic()))
+        return future
+
+    began = time.monotonic()
+    try:
+        if args.burst:  # everything at once: the deadline stress case
+            futures = [submit(i) for i in range(len(data))]
+            for future in futures:
+                future.result(args.budget_s + 60)
+        else:  # closed loop: `concurrency` clients, each sends its next request when answered
+            # On the loop the miner's axon would use (axon.event_loop follows scheduler.event_loop's default).
+            with asyncio.Runner(loop_factory=functools.partial(new_event_loop, args.event_loop)) as runner:
+                runner.run(_closed_loop(submit, len(data), args.concurrency))
+        elapsed = max(done_at) - began
+        # How busy each worker process was (worker: process): near 1, the GPU side is the limit; well under 1,
+        # the requests do not reach it fast enough (the request path in this process is).
+        busy = {dict(labels)["replica"]: round(seconds / elapsed, 3)
+                for labels, seconds in engine.stats.samples("worker_busy_seconds", "").items()}
+    finally:
+        engine.close()
+    latencies = [done_at[i] - arrival[i] for i in range(len(data))]
+    late = sum(1 for i in range(len(data)) if done_at[i] > deadlines[i])
+    snapshot = engine.stats.snapshot()
+    report = {
+        "mode": "engine-burst" if args.burst else "engine",
+        "experts": "null (no model: the request path alone)" if args.null_experts else "real",
+        "null_device_ms": list(args.null_device_ms) if args.null_experts else None,
+        "wait_when_idle": sorted({expert.wait_when_idle for expert in cascade.experts()}),
+        "worker": "process" if args.worker_process else "thread",
+        "cascade": str(args.cascade),
+        "requests": len(data),
+        "concurrency": "all-at-once" if args.burst else args.concurrency,
+        "throughput_rps": len(data) / elapsed,
+        "latency_ms": {k: v * 1000 for k, v in percentiles(latencies, (50, 95, 99, 100)).items()},
+        "late_answers": late,
+        "statuses": snapshot["requests"],
+        "exits_by_levels_run": snapshot["exits_by_levels_run"],
+        "skipped_levels": snapshot["skipped_levels"],
+        "batch_size_histogram": snapshot["batch_size_histogram"],
+        "mean_batch_size": snapshot["mean_batch_size"],
+        # from the miner's side: a worker replica's batch includes its wait behind the batch running before it
+        "mean_batch_ms": {k: round(1000 * v.total / v.n, 2) for k, v in engine.stats.batch_seconds.items() if v.n},
+        "worker_busy_fraction": busy,
+        # the kernel's cap on a worker socket's buffer (cascade/experts/worker.py asks for 16 MB)
+        "net_core_wmem_max": _read_int("/proc/sys/net/core/wmem_max") if args.worker_process else None,
+        "cold_start_s": startup.total_s,
+        "max_in_flight": engine.admission.max_in_flight,  # what was admitted at once (resolved from the replicas)
+        "gil_switch_interval_ms": args.gil_switch_ms,
+        "event_loop": args.event_loop,
+        "inline_check_max_bytes": args.inline_check_max_bytes,
+        "decode_ms_per_image": bench_models.decode_cost_ms(data[: min(50, len(data))]),
+    }
+    return report
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+async def _drive_axon(process: Any, wallets: Sequence[Any], data: list[str], concurrency: int,
+                      timeout_s: float, sequential: bool) -> tuple[list[float], dict[str, int], float]:
+    from sn72_tools.client import axon_info, make_dendrite, query
+
+    # One dendrite per concurrent caller, each with one request in flight: the axon refuses a nonce older than
+    # the last one of a dendrite's uuid, which concurrent requests of one dendrite can be when they arrive out of
+    # order (a 401 that validators, one request per miner at a time, never see).
+    slots = 1 if sequential else concurrency
+    dendrites = [make_dendrite(wallets[i % len(wallets)]) for i in range(slots)]
+    idle: asyncio.Queue[Any] = asyncio.Queue()
+    for dendrite in dendrites:
+        idle.put_nowait(dendrite)
+    axon = axon_info("127.0.0.1", process.port, process.hotkey)
+    latencies: list[float] = []
+    codes: dict[str, int] = {}
+
+    async def one(i: int) -> None:
+        dendrite = await idle.get()
+        try:
+            outcome = await query(dendrite, axon, data[i], timeout_s)
+        finally:
+            idle.put_nowait(dendrite)
+        latencies.append(outcome.latency_s)
+        codes[str(outcome.status_code)] = codes.get(str(outcome.status_code), 0) + 1
+
+    began = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(len(data))))
+    elapsed = time.monotonic() - began
+    for dendrite in dendrites:
+        await dendrite.aclose_session()
+    return latencies, codes, elapsed
+
+
+def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bool = False,
+             stock: bool | None = None) -> dict[str, Any]:
+    """Through a real axon: the miner, or bittensor's stock axon (`stock`, else `--stock`)."""
+    from sn72_lab.offline import ensure_wallet, run_miner, write_offline_metagraph
+
+    stock = getattr(args, "stock", False) if stock is None else stock
+
+    folder = Path(tempfile.mkdtemp(prefix="sn72-bench-"))
+    miner = ensure_wallet(folder / "wallets", "miner")
+    wallets = [ensure_wallet(folder / "wallets", f"validator{i}") for i in range(args.wallets)]
+    write_offline_metagraph(folder / "metagraph.json", 72, miner.hotkey.ss58_address,
+                            {w.hotkey.ss58_address: 1000.0 * (i + 1) for i, w in enumerate(wallets)})
+    cascade = bench_cascade(args).model_dump(mode="json")
+    # Every simulated validator sends from 127.0.0.1: lift the per-address share of request slots
+    # (neurons/request_slots.py), as validators' distinct addresses would have.
+    extra = {"axon": {"cache_header_schema": header_cache, "event_loop": args.event_loop,
+                      "max_concurrent_requests_per_ip": 100_000},
+             "guards": {"rate_per_s": 0.0},
+             "scheduler": {"cache_size": 0, "decode_workers": args.decode_workers, "event_loop": args.event_loop,
+                           **({"gil_switch_interval_ms": args.gil_switch_ms} if args.gil_switch_ms else {})},
+             "log_level": "WARNING"}
+    data = payloads(args.requests, args.image_size, args.distinct)
+    server = (run_stock_axon(folder / "wallets", miner, args.stock_hotkey_once) if stock
+              else run_miner(folder, folder / "wallets", miner, cascade, extra=extra))
+    with server as process:
+        # one warm-up round trip per wallet (dendrite sessions, first-request paths)
+        asyncio.run(_drive_axon(process, wallets, data[: len(wallets)], len(wallets), args.timeout_s, False))
+        latencies, codes, elapsed = asyncio.run(
+            _drive_axon(process, wallets, data, args.concurrency, args.timeout_s, sequential))
+    return {
+        "mode": ("stock-axon" if stock else "axon") + ("-sequential" if sequential else ""),
+        "header_cache": header_cache,
+        "worker": "process" if getattr(args, "worker_process", False) else "thread",
+        "event_loop": "asyncio" if stock else args.event_loop,
+        **({"stock_hotkey": "once" if args.stock_hotkey_once else "per access"} if stock else {}),
+        "requests": len(data),
+        "wallets": len(wallets),
+        "concurrency": 1 if sequential else args.concurrency,
+        "throughput_rps": len(data) / elapsed,
+        "latency_ms": {k: v * 1000 for k, v in percentiles(latencies, (50, 95, 99, 100)).items()},
+        "status_codes": codes,
+    }
+
+
+def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
+    """The stock axon and the miner alternated `--rounds` times on the same traffic; the ratio of their medians.
+
+    One pair of runs is not enough: on one H200 host two pairs a minute apart gave 112% and 73% (the dendrites run
+    on the same host as the servers, and each run is seconds long).
+    """
+    runs: dict[str, list[dict[str, Any]]] = {"stock": [], "miner": []}
+    for _ in range(args.rounds):
+        for name in ("stock", "miner"):
+            runs[name].append(run_axon(args, stock=name == "stock"))
+    rps = {name: [round(r["throughput_rps"], 1) for r in results] for name, results in runs.items()}
+    p50 = {name: [round(r["latency_ms"]["p50"], 1) for r in results] for name, results in runs.items()}
+    medians = {name: statistics.median(values) for name, values in rps.items()}
+    return {
+        "mode": "axon-vs-stock",
+        "rounds": args.rounds,
+        "requests_per_run": args.requests,
+        "concurrency": args.concurrency,
+        "wallets": args.wallets,
+        "worker": "process" if args.worker_process else "thread",
+        "stock_hotkey": runs["stock"][0]["stock_hotkey"],
+        "stock_rps": rps["stock"],
+        "miner_rps": rps["miner"],
+        "stock_p50_ms": p50["stock"],
+        "miner_p50_ms": p50["miner"],
+        "miner_over_stock_per_round": [round(m / s, 3) for m, s in zip(rps["miner"], rps["stock"], strict=True)],
+        "stock_rps_median": medians["stock"],
+        "miner_rps_median": medians["miner"],
+        "miner_over_stock": medians["miner"] / medians["stock"],
+        "status_codes": {name: [r["status_codes"] for r in results] for name, results in runs.items()},
+    }
+
+
+@contextlib.contextmanager
+def run_stock_axon(wallet_path: Path, miner: Any, hotkey_once: bool = False) -> Iterator[Any]:
+    """bittensor's stock axon with a trivial forward, in its own process, as the miner runs in its own.
+
+    `hotkey_once`: the stock axon unlocks its hotkey at start-up as the miner does (bittensor as shipped re-reads the
+    key file on every access, twice per request), so the miner is measured against a reference without that cost.
+    """
+    from neurons.miner import READY_LINE
+    from sn72_lab.offline import MinerProcess, free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sn72_lab.stock_axon", "--wallet.path", str(wallet_path), "--wallet.name", miner.name,
+         "--port", str(port), *(["--hotkey-once"] if hotkey_once else [])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith(READY_LINE):
+            break
+    else:
+        raise RuntimeError("the stock axon did not start")
+    try:
+        yield MinerProcess(process, port, 0, miner.hotkey.ss58_address, wallet_path)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def run_roundtrip(args: argparse.Namespace) -> dict[str, Any]:
+    """Sequential round trips, stock per-response schema rebuild vs cached, alternated to cancel drift."""
+    args.wallets = 1
+    runs: dict[str, list[dict[str, Any]]] = {"without_header_cache": [], "with_header_cache": []}
+    for _ in range(args.rounds):
+        runs["without_header_cache"].append(run_axon(args, header_cache=False, sequential=True))
+        runs["with_header_cache"].append(run_axon(args, header_cache=True, sequential=True))
+    report: dict[str, Any] = {"mode": "roundtrip", "requests_per_run": args.requests, "rounds": args.rounds}
+    for name, results in runs.items():
+        report[name] = {
+            f"{point}_ms_round{i + 1}": r["latency_ms"][point]
+            for i, r in enumerate(results)
+            for point in ("p50", "p99")
+        }
+        report[name]["p50_ms_median"] = statistics.median(r["latency_ms"]["p50"] for r in results)
+        report[name]["p99_ms_median"] = statistics.median(r["latency_ms"]["p99"] for r in results)
+    return report
+
+
+def print_table(report: dict[str, Any], indent: str = "") -> None:
+    for key, value in report.items():
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            print(f"{indent}{key}:")
+            print_table(value, indent + "  ")
+        elif isinstance(value, dict):
+            inner = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+            print(f"{indent}{key:<24} {inner}")
+        else:
+            print(f"{indent}{key:<24} {value:.2f}" if isinstance(value, float) else f"{indent}{key:<24} {value}")
+
+
+def size(text: str) -> tuple[int, int]:
+    width, height = text.lower().split("x")
+    return int(width), int(height)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    for name in ("engine", "axon", "roundtrip", "axon-vs-stock"):
+        p = sub.add_parser(name)
+        p.add_argument("--cascade", type=Path, required=True)
+        p.add_argument("--requests", type=int, default=200)
+        p.add_argument("--concurrency", type=int, default=16)
+        p.add_argument("--image-size", type=size, default=(640, 480), help="WxH of generated images")
+        p.add_argument("--distinct", type=int, default=None, help="distinct images (default: all)")
+        p.add_argument("--device", default=None, help="override every expert's device")
+        p.add_argument("--json", type=Path)
+        p.add_argument("--decode-workers", type=int, default=2)
+        p.add_argument("--event-loop", choices=typing.get_args(EventLoopKind), default="uvloop",
+                       help="the miner's event loops (engine and HTTP server); the stock axon keeps bittensor's")
+        p.add_argument("--idle-dispatch", action="store_true",
+                       help="every expert's wait_when_idle off (the default unless the cascade file sets it): an idle "
+                       "replica starts at once")
+        p.add_argument("--worker-process", action="store_true",
+                       help="every expert in a worker process of its own (worker: process)")
+        if name == "engine":
+            p.add_argument("--burst", action="store_true", help="submit everything at once")
+            p.add_argument("--budget-s", type=float, default=8.4, help="deadline per request (9 s - margin)")
+            p.add_argument("--slow-last-level-s", type=float, default=0.0)
+            p.add_argument("--null-experts", action="store_true",
+                           help="experts that cost nothing: the request path's own ceiling")
+            p.add_argument("--null-device-ms", type=float, nargs=2, default=(0.0, 0.0), metavar=("BATCH", "IMAGE"),
+                           help="with --null-experts: each batch takes BATCH + IMAGE x its size ms off the CPU "
+                           "(a stand-in GPU; ViT-B/16 with nvJPEG on an H200 was ~0.5 ms an image)")
+            p.add_argument("--max-in-flight", type=int, default=None,
+                           help="requests admitted at once (default: the scheduler's, 256 per first-level replica)")
+            p.add_argument("--cache", action="store_true", help="keep the result cache on")
+            p.add_argument("--gil-switch-ms", type=float, default=0.5, help="sys.setswitchinterval in ms")
+            p.add_argument("--inline-check-max-bytes", type=int, default=1 << 20,
+                           help="scheduler.inline_check_max_bytes (0: every payload through the decode pool)")
+        else:
+            p.add_argument("--wallets", type=int, default=4)
+            p.add_argument("--rounds", type=int, default=2 if name == "roundtrip" else 3,
+                           help="roundtrip, axon-vs-stock: alternating runs per setting")
+            p.add_argument("--timeout-s", type=float, default=9.0)
+            p.add_argument("--gil-switch-ms", type=float, default=None,
+                           help="the miner's scheduler.gil_switch_interval_ms (default: the miner's own)")
+            p.add_argument("--stock", action="store_true",
+                           help="axon: bittensor's stock axon, trivial forward, instead of the miner (reference)")
+            p.add_argument("--stock-hotkey-once", action="store_true",
+                           help="the stock axon reads its hotkey once, as the miner does (as shipped it re-reads "
+                           "the key file twice per request): the stricter reference")
+    bench_models.add_parsers(sub)
+    bench_levels.add_parser(sub)
+    bench_traffic.add_parser(sub)
+    sub.add_parser("report", help="markdown tables of a levels/traffic run's JSON").add_argument(
+        "out", type=Path, help="folder holding levels.json and/or traffic.json")
+    args = parser.parse_args(argv)
+    if args.mode == "report":
+        return bench_report.main([str(args.out)])
+    runners = {"engine": run_engine, "axon": run_axon, "roundtrip": run_roundtrip, "axon-vs-stock": run_axon_vs_stock,
+               "levels": bench_levels.run_levels,
+               "traffic": bench_traffic.run_traffic}
+    from cascade.experts.base import ExpertError
+    from cascade.placement import PlacementError
+
+    try:
+        report = runners[args.mode](args) if args.mode in runners else bench_models.run(args)
+    except (ExpertError, PlacementError) as exc:  # a model folder not built yet, a cascade that does not fit
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    tables = {"levels": bench_report.levels_table, "traffic": bench_report.traffic_table}
+    if args.mode in tables:
+        print(tables[args.mode](report))
+    else:
+        print_table(report)
+    if getattr(args, "json", None):
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
