@@ -1,8 +1,9 @@
 """What a replica's batches take, and whether it can be trusted with a request right now.
 
-`LatencyTracker` keeps recent batch durations with the time they were measured: old samples age
-out, so one slow start (a cold cache, a warm-up hiccup) cannot make a level look too slow forever,
-and `stale()` tells the engine that a level nobody has run for a while deserves a probe batch.
+`LatencyTracker` keeps recent batch durations with the time they were measured
+(cascade/windowed_quantile.py): old samples age out, so one slow start (a cold cache, a warm-up hiccup) cannot
+make a level look too slow forever, and `stale()` tells the engine that a level nobody has run for a while
+deserves a probe batch. Its estimate is what the level plan and the scheduler's expiry give cascade/in_time.py.
 
 `Health` is a circuit breaker per replica: repeated failures or a batch that hangs mark it
 unhealthy, requests skip it during a cool-down, then it gets one batch to prove itself.
@@ -11,17 +12,17 @@ unhealthy, requests skip it during a cool-down, then it gets one batch to prove 
 from __future__ import annotations
 
 import time
-from collections import deque
 
 from loguru import logger
+
+from cascade.windowed_quantile import WindowedQuantile
 
 
 class LatencyTracker:
     """A high quantile of recent durations; the configured initial value until any sample exists."""
 
     def __init__(self, window: int, quantile: float, initial_s: float, horizon_s: float = 120.0) -> None:
-        self._samples: deque[tuple[float, float]] = deque(maxlen=window)  # (measured at, seconds)
-        self._quantile = quantile
+        self._samples = WindowedQuantile(window, quantile)
         self._initial_s = initial_s
         self._horizon_s = horizon_s
         self._created_s = time.monotonic()
@@ -31,7 +32,7 @@ class LatencyTracker:
 
     def record(self, seconds: float, now_s: float | None = None) -> None:
         now_s = time.monotonic() if now_s is None else now_s
-        self._samples.append((now_s, seconds))
+        self._samples.add(now_s, seconds)
         self.last_sample_s = now_s
         self._cached = None
 
@@ -43,17 +44,18 @@ class LatencyTracker:
         now_s = time.monotonic() if now_s is None else now_s
         if self._cached is not None and now_s < self._cached[1]:
             return self._cached[0]
-        live_at = [at_s for at_s, _ in self._samples if now_s - at_s <= self._horizon_s]
-        live = [seconds for at_s, seconds in self._samples if now_s - at_s <= self._horizon_s]
-        if not live:
-            estimate = self._initial_s
-        elif len(live) < 3:
-            estimate = max(live)  # too few to take a quantile of: be conservative
-        else:
-            live.sort()
-            estimate = live[min(len(live) - 1, int(self._quantile * len(live)))]
+        # Samples come in the order of the monotonic clock, so those past the horizon are the oldest, and once past
+        # it they stay past it: dropped for good. NOTE: a caller whose `now_s` went back in time would have seen
+        # them again; every caller reads the clock right before asking.
+        oldest = self._samples.oldest()
+        while oldest is not None and now_s - oldest.at_s > self._horizon_s:
+            self._samples.drop_oldest()
+            oldest = self._samples.oldest()
+        # Fewer than three: too few to take a quantile of, so be conservative.
+        chosen = self._samples.largest() if len(self._samples) < 3 else self._samples.at_quantile()
+        estimate = self._initial_s if chosen is None else chosen.seconds
         # Valid until the oldest live sample ages out (or a new one is recorded).
-        self._cached = (estimate, min(live_at) + self._horizon_s if live_at else float("inf"))
+        self._cached = (estimate, float("inf") if oldest is None else oldest.at_s + self._horizon_s)
         return estimate
 
     def stale(self, after_s: float, now_s: float | None = None) -> bool:

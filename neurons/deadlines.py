@@ -4,14 +4,20 @@ The timeout header is not signed (docs/protocol.md): it is never trusted beyond 
 that is not a finite positive number is the cap. Nonces of bittensor >= 7.2 are the time the caller
 signed the request, in nanoseconds: the caller's clock started then, before the request reached us
 (its own queues, the network, our accept queue), and that time counts against its budget.
+
+Two estimates, each a high quantile of recent durations that are worth less as they age (`decayed`):
+`ServiceTime` per caller (what the HTTP turn judges a request by: cascade/in_time.py) and `ResponseLag` (what
+the engine's deadline keeps back for the way out). Both keep their window in cascade/windowed_quantile.py,
+ordered by `decay_rank`, an order that ageing never changes: a read is an index, not a sort of the window.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from typing import Any
+
+from cascade.windowed_quantile import WindowedQuantile
 
 _HOUR_NS = 3600 * 1_000_000_000
 
@@ -65,9 +71,42 @@ def decayed(seconds: float, age_s: float, half_life_s: float) -> float:
     return seconds * 0.5 ** (max(0.0, age_s) / half_life_s)
 
 
-def _quantile(values: list[float], quantile: float) -> float:
+def decay_rank(at_s: float, seconds: float, half_life_s: float) -> float:
+    """An order of measurements by what they are worth (`decayed`) that holds at every later time.
+
+    At any `now_s` after both were measured, `decayed(a, now_s - at_a)` < `decayed(b, now_s - at_b)` exactly when
+    log2(a) + at_a / half_life_s < log2(b) + at_b / half_life_s: time halves every value alike, so the order of the
+    window never changes while it ages, and a quantile needs no sort (cascade/windowed_quantile.py).
+    """
+    return math.log2(seconds) + at_s / half_life_s if seconds > 0 else -math.inf
+
+
+def _sorted_quantile(values: list[float], quantile: float) -> float:
     values.sort()
     return values[min(len(values) - 1, int(quantile * len(values)))]
+
+
+class _DecayingWindow:
+    """Recent durations, each worth less as it ages (`decayed`), and the quantile of what they are worth now."""
+
+    def __init__(self, window: int, quantile: float, half_life_s: float) -> None:
+        self._samples = WindowedQuantile(window, quantile)
+        self._half_life_s = half_life_s
+        self._latest_at_s = -math.inf  # of every measurement kept so far (an evicted one only costs a sort)
+
+    def add(self, seconds: float, at_s: float) -> None:
+        self._latest_at_s = max(self._latest_at_s, at_s)
+        self._samples.add(at_s, seconds, decay_rank(at_s, seconds, self._half_life_s))
+
+    def quantile_s(self, now_s: float) -> float | None:
+        """None without measurements."""
+        if now_s < self._latest_at_s:
+            # A measurement from after `now_s` (a clock read before it was recorded) is worth all it measured, which
+            # its rank does not say: the whole window, sorted as it always was. The request path never gets here.
+            return _sorted_quantile([decayed(seconds, now_s - at_s, self._half_life_s) for at_s, seconds
+                                     in self._samples], self._samples.quantile)
+        sample = self._samples.at_quantile()
+        return None if sample is None else decayed(sample.seconds, now_s - sample.at_s, self._half_life_s)
 
 
 class ServiceTime:
@@ -77,7 +116,8 @@ class ServiceTime:
     Per caller (its verified hotkey), so that no caller's requests can make another's look hopeless: an attacker's
     slow images, sent with a long timeout and answered at its end, judged only the attacker's own later requests.
     Looked up by the hotkey a request claims before its signature is checked: a lie can only hurt the liar (it
-    gets another caller's estimate); only verified answers record samples.
+    gets another caller's estimate); only verified answers record samples. The HTTP layer asks cascade/in_time.py
+    whether a request that got its turn can still be answered with this estimate.
 
     NOTE: a service time is at most the request's own budget (the engine answers by the deadline), so a caller's
     samples are censored by its own timeout; with another caller's timeouts they would not compare at all.
@@ -87,29 +127,32 @@ class ServiceTime:
 
     def __init__(self, window: int = 32, quantile: float = 0.75, half_life_s: float = 5.0,
                  max_callers: int = 4096) -> None:
-        self._samples: dict[str, deque[tuple[float, float]]] = {}  # caller -> (measured at, seconds)
+        self._samples: dict[str, _DecayingWindow] = {}  # caller -> its recent service times
         self._window = window
         self._quantile = quantile
-        self.half_life_s = half_life_s
+        self._half_life_s = half_life_s  # fixed: the kept samples are ordered by it (`decay_rank`)
         self._max_callers = max_callers
+
+    @property
+    def half_life_s(self) -> float:
+        return self._half_life_s
 
     def record(self, caller: str, seconds: float, now_s: float | None = None) -> None:
         now_s = time.monotonic() if now_s is None else now_s
         samples = self._samples.pop(caller, None)  # re-inserted last: the dict is kept in order of last use
         if samples is None:
-            samples = deque(maxlen=self._window)
+            samples = _DecayingWindow(self._window, self._quantile, self._half_life_s)
             if len(self._samples) >= self._max_callers:
                 del self._samples[next(iter(self._samples))]  # the caller answered longest ago
-        samples.append((now_s, max(0.0, seconds)))
+        samples.add(max(0.0, seconds), now_s)
         self._samples[caller] = samples
 
     def estimate_s(self, caller: str | None, now_s: float | None = None) -> float:
         samples = self._samples.get(caller) if caller else None
-        if not samples:
+        if samples is None:
             return 0.0
-        now_s = time.monotonic() if now_s is None else now_s
-        return _quantile([decayed(seconds, now_s - at_s, self.half_life_s) for at_s, seconds in samples],
-                         self._quantile)
+        estimate_s = samples.quantile_s(time.monotonic() if now_s is None else now_s)
+        return 0.0 if estimate_s is None else estimate_s
 
 
 class ResponseLag:
@@ -128,17 +171,18 @@ class ResponseLag:
                  half_life_s: float = 10.0) -> None:
         self.floor_s = floor_s
         self.ceiling_s = ceiling_s
-        self._lags: deque[tuple[float, float]] = deque(maxlen=window)  # (measured at, seconds)
-        self._quantile = quantile
-        self.half_life_s = half_life_s
+        self._lags = _DecayingWindow(window, quantile, half_life_s)
+        self._half_life_s = half_life_s  # fixed: the kept lags are ordered by it (`decay_rank`)
+
+    @property
+    def half_life_s(self) -> float:
+        return self._half_life_s
 
     def record(self, seconds: float, now_s: float | None = None) -> None:
-        self._lags.append((time.monotonic() if now_s is None else now_s, max(0.0, seconds)))
+        self._lags.add(max(0.0, seconds), time.monotonic() if now_s is None else now_s)
 
     def reserve_s(self, now_s: float | None = None) -> float:
-        if not self._lags:
+        lag_s = self._lags.quantile_s(time.monotonic() if now_s is None else now_s)
+        if lag_s is None:
             return self.floor_s
-        now_s = time.monotonic() if now_s is None else now_s
-        lag_s = _quantile([decayed(seconds, now_s - at_s, self.half_life_s) for at_s, seconds in self._lags],
-                          self._quantile)
         return min(self.ceiling_s, max(self.floor_s, 1.5 * lag_s + 0.05))
