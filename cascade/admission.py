@@ -3,7 +3,8 @@
 When the miner is saturated, waiting requests are admitted by (caller below its own in-flight cap,
 highest stake, earliest deadline): a flood from one hotkey queues behind everyone else instead of
 pushing their requests past their deadlines. The axon's own priority value orders nothing
-(SN72.md), so this is where ordering lives.
+(SN72.md), so this is where ordering lives. A request waits for its slot until its deadline at
+most (cascade/in_time.py says why no estimate of its work shortens that wait).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import heapq
 import itertools
 from collections import Counter
 from dataclasses import dataclass
+
+from cascade import in_time
 
 
 @dataclass(eq=False)
@@ -89,7 +92,8 @@ class Admission:
         self._hand_on()
         admitted = False
         try:
-            async with asyncio.timeout(max(0.0, deadline_s - now_s)):
+            # No estimate of what the request needs once admitted: the levels judge that (cascade/in_time.py).
+            async with asyncio.timeout(max(0.0, in_time.time_left_s(deadline_s, now_s))):
                 admitted = await asyncio.shield(waiter.future)
             return admitted
         except TimeoutError:

@@ -2,8 +2,9 @@
 
 A level runs the experts that are available (a replica healthy or due its retry), each on the
 replica expected to answer soonest. It is skipped when its expected latency does not fit the time
-left; a level skipped for time whose estimate nobody has refreshed for `latency_stale_s` gets a
-probe batch outside any request, so one slow measurement cannot keep it skipped forever.
+left (cascade/in_time.py); a level skipped for time whose estimate nobody has refreshed for
+`latency_stale_s` gets a probe batch outside any request, so one slow measurement cannot keep it
+skipped forever.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cascade import consensus
+from cascade import consensus, in_time
 from cascade.config import ExpertConfig, LevelConfig
 from cascade.decode import DecodeError
 from cascade.experts.base import ImageInput
@@ -72,10 +73,11 @@ class Level:
         return any(not batcher.takes_jpeg for batcher in chosen.values())
 
     def plan(self, time_left_s: float, now_s: float, probe_image: ImageInput) -> tuple[Plan, dict[str, MicroBatcher]]:
+        """Run the level if its slowest chosen expert's expected latency fits `time_left_s` (cascade/in_time.py)."""
         chosen, expected_s = self.choose(now_s)
         if not chosen:
             return Plan.UNAVAILABLE, {}
-        if time_left_s > 0 and expected_s <= time_left_s:
+        if in_time.fits(expected_s, time_left_s):
             return Plan.RUN, chosen
         for batcher in chosen.values():
             if batcher.compute.stale(self.stale_after_s, now_s) and not batcher.queued():

@@ -3,9 +3,10 @@
 One `MicroBatcher` per (expert, device) lives on the engine's event loop. It never touches tensors:
 it forms batches and hands them to the expert (on the replica's own thread for synchronous
 backends). Items whose deadline has passed, whose request was already answered, or which cannot
-finish before their deadline are dropped when they leave the queue, never computed. Each replica
-keeps a latency estimate that ages (cascade/latency.py) and a circuit breaker: repeated failures,
-out-of-memory errors or a hung batch take it out of service for a cool-down.
+finish before their deadline (cascade/in_time.py) are dropped when they leave the queue, never
+computed. Each replica keeps a latency estimate that ages (cascade/latency.py) and a circuit
+breaker: repeated failures, out-of-memory errors or a hung batch take it out of service for a
+cool-down.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import cast
 import numpy as np
 from loguru import logger
 
+from cascade import in_time
 from cascade.config import SchedulerConfig
 from cascade.decode import DecodeError, DeviceJpeg
 from cascade.device_errors import is_fatal_device_error, is_out_of_memory
@@ -230,7 +232,9 @@ class MicroBatcher:
             item = heapq.heappop(self._heap)
             if item.future.done():  # answered elsewhere or cancelled by the engine
                 continue
-            if item.request is not None and item.deadline_s <= now + compute_s:
+            # Its own batch is next: only its compute counts (cascade/in_time.py); a probe has no caller waiting.
+            if item.request is not None and not in_time.in_time(now, compute_s, item.deadline_s,
+                                                                at_deadline_is_late=True):
                 item.future.set_exception(Expired(f"{self.name}: deadline passed before compute"))
                 continue
             batch.append(item)
