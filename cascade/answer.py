@@ -1,4 +1,4 @@
-"""The answer a validator is sent, shaped from the cascade's calibrated probability (docs/answers.md).
+"""The answer a validator is sent, shaped from the cascade's calibrated probability (docs/learning.md).
 
 Validators score only `np.round(prediction)`, and a consensus task's label is `round(mean of every miner's raw
 answer)`, this miner's own included. So, for the miner's score:

@@ -132,7 +132,7 @@ class LevelConfig(Strict):
 
 
 class AnswerConfig(Strict):
-    """What the validator is sent, from the cascade's calibrated probability (cascade/answer.py, docs/answers.md).
+    """What the validator is sent, from the cascade's calibrated probability (cascade/answer.py, docs/learning.md).
 
     Validators score only the binarised answer, and a consensus task's label is the rounded mean of the raw
     answers, this miner's own included: a confident answer pulls that label to its side and costs nothing on a

@@ -1,4 +1,5 @@
-"""What decoding an image will cost, read from its header before any pixel is decoded (issue 25, items 1 and 7).
+"""What decoding an image will cost, read from its header before any pixel is decoded (defects 1 and 7
+of the second red-team pass, docs/security.md).
 
 Two figures, both upper bounds meant to be compared with limits:
 

@@ -78,8 +78,8 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     """16-bit grey -> 8-bit grey by its high byte (Pillow's own conversion clips at 255 instead).
 
     Mode "I" (32-bit) also holds 8-bit data after some conversions: it is shifted only when it uses
-    more than 8 bits. Band by band: one byte a pixel more than the image (issue 25: converting it whole through
-    int64 took ~25 bytes a pixel, and three 5600x5600 PNGs took 2.5 GB).
+    more than 8 bits. Band by band: one byte a pixel more than the image (defect 7 of the second red-team pass:
+    converting it whole through int64 took ~25 bytes a pixel, and three 5600x5600 PNGs took 2.5 GB).
     """
     width, height = image.size
     shift = 8 if image.mode != "I" or int(image.getextrema()[1]) > 255 else 0  # type: ignore[arg-type,index]

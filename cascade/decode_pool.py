@@ -1,4 +1,5 @@
-"""Decode capacity shared by caller, and costly images decoded where they can be abandoned (issue 25, item 1).
+"""Decode capacity shared by caller, and costly images decoded where they can be abandoned (defect 1 of the
+second red-team pass, docs/security.md).
 
 Two kinds of capacity, both handed out by `Admission` (the engine's own rule: a caller with fewer decodes running
 goes first, then stake, then the earliest deadline, and a caller holds at most its cap):

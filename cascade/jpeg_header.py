@@ -9,7 +9,7 @@ size. `plain_jpeg` reads that and nothing else.
 It only ever says yes for the plain case, and a plain file has one scan holding every component of its frame:
 libjpeg decodes such a file in one pass and refuses a second scan after it, so its decoding costs what its frame
 says. `jpeg_scans` counts the scans of any other JPEG, whose decoding costs a pass over the frame per scan
-(issue 25: 2,000 empty scans over a 6000x6000 frame in 90 KB took ~8 s of decoding).
+(the second red-team pass, docs/security.md: 2,000 empty scans over a 6000x6000 frame in 90 KB took ~8 s of decoding).
 
 Anything it does not recognise or finds out of place
 (progressive or lossless frames, arithmetic coding, CMYK, 12-bit samples, Adobe's untransformed RGB,

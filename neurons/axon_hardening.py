@@ -11,8 +11,9 @@ exceptions from the body check). Three small replacements, made before the axon 
   hold NaN or an infinity (the axon's JSON encoder refused them when it answered: 500);
 - FastAPI's own 422 for an unparseable body becomes the same 400.
 
-Its `default_verify` is replaced too (issue 25): the same signature check over the same signed string, with the
-nonce rule of neurons/nonces.py instead of one that an unsigned version header switches off.
+Its `default_verify` is replaced too (defects 2 and 3 of the second red-team pass, docs/security.md): the same
+signature check over the same signed string, with the nonce rule of neurons/nonces.py instead of one that an
+unsigned version header switches off.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """uvicorn's h11 protocol with connection caps, a header deadline, and marks on each request's scope.
 
-bittensor's axon runs uvicorn with no header read timeout and no connection cap (SN72.md). `guarded_protocol`
+bittensor's axon runs uvicorn with no header read timeout and no connection cap (docs/protocol.md).
+`guarded_protocol`
 subclasses uvicorn's h11 protocol to add, per connection:
 
 - a per-address and a total connection cap (at the total cap the connection idle longest is closed first);
   every counted connection is uncounted in `connection_lost`, the one exit asyncio always calls on the protocol
   that owns the transport: so nothing may hand the transport to another protocol (a WebSocket upgrade did, and
-  each one leaked a slot of its address for good; issue 25);
+  each one leaked a slot of its address for good: defect 4 of the second red-team pass, docs/security.md);
 - a deadline for a request's headers;
 - no chunked body is ever parsed: h11 turned each chunk into an event, so 1-byte chunks cost the event loop a Python
   round per byte of body (two connections took an honest validator to 3-9% answered). After a request head that

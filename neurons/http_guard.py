@@ -1,7 +1,7 @@
 """The HTTP layer in front of the axon: request refusals, body limits, fair request slots, one report per response.
 
 bittensor's axon runs uvicorn with no header or body read timeout, no connection cap and no body
-size limit (SN72.md). Two pieces close those gaps without touching bittensor's own code:
+size limit (docs/protocol.md). Two pieces close those gaps without touching bittensor's own code:
 
 - `guarded_protocol(...)` (neurons/http_connections.py) subclasses uvicorn's h11 protocol: connection caps,
   a header deadline, and marks on each request's scope (arrival time, caller address, upgrade asked,

@@ -1,4 +1,5 @@
-"""Which signed nonces the miner accepts: fresh by the signer's clock, each one once, in bounded memory (issue 25).
+"""Which signed nonces the miner accepts: fresh by the signer's clock, each one once, in bounded memory
+(docs/security.md, "Nonces").
 
 bittensor 10.5's `Axon.default_verify` has two faults. Its age window applies only when the unsigned
 `bt_header_dendrite_version` header claims bittensor >= 7.2 (or is absent: no window either), so a captured

@@ -1,4 +1,4 @@
-"""The validators' wire protocol, field for field (SN72.md): route names are the class names.
+"""The validators' wire protocol, field for field (docs/protocol.md): route names are the class names.
 
 Importable without torch. `get_required_fields` is cached per class: the stock implementation
 rebuilds the pydantic JSON schema for every response header set (2-4 ms per response in 10.5).

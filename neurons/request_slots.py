@@ -1,4 +1,5 @@
-"""Request slots of the HTTP layer, shared fairly between callers (issue 25).
+"""Request slots of the HTTP layer, shared fairly between callers (defect 5 of the second red-team pass,
+docs/security.md).
 
 At most `total` requests are inside the app at once, the rest wait their turn in arrival order (one event
 loop shared among a thousand requests finishes all of them late; a bounded number at a time is first come,

@@ -2,8 +2,8 @@
 can wait for.
 
 The miner binds its port before any model loads (neurons/startup.py). A request that arrived while the models
-loaded used to sit in the listen backlog until the caller's 9 s ran out (issue 26): this server starts serving at
-once, and until `open` hands it the axon every request is refused 503 with the reason (`refused_not_ready`),
+loaded used to sit in the listen backlog until the caller's 9 s ran out (before 2026-12-04): this server starts
+serving at once, and until `open` hands it the axon every request is refused 503 with the reason (`refused_not_ready`),
 before its body is read.
 
 `Axon.start()` runs uvicorn on a daemon thread nobody joins, and `Axon.stop()` only raises a flag: the process

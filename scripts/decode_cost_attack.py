@@ -1,4 +1,5 @@
-"""The honest validator beside the progressive-JPEG attack of issue 25, item 1: before/after figures.
+"""The honest validator beside the progressive-JPEG attack (defect 1 of the second red-team pass,
+docs/decoding.md): before/after figures.
 
 A registered validator (the attacker) sends ~160 KB progressive JPEGs of 6000x6000 with 2,000 empty scans each
 (sn72_lab/hostile_jpeg.py), each distinct, below its own rate limit (1.5/s against the production 2/s), while

@@ -3,8 +3,8 @@
 A progressive JPEG codes its coefficients in scans; libjpeg walks every block of a scan's components for each
 scan, whatever the scan holds. A scan of a single end-of-band run (EOB14, up to 32,767 blocks per 15 bits)
 codes nothing and costs ~40 bytes on the wire, yet every block is visited: a 6000x6000 grey frame with 2,000
-such scans is ~90 KB and seconds of decoding (issue 25, item 1). Nothing here needs the pixels: the file is
-written marker by marker, so building it costs microseconds.
+such scans is ~90 KB and seconds of decoding (defect 1 of the second red-team pass). Nothing here needs the
+pixels: the file is written marker by marker, so building it costs microseconds.
 
 Used by the decode tests (small frames where the property holds small) and by `scripts/decode_cost_attack.py`.
 """

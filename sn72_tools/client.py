@@ -25,7 +25,7 @@ from sn72_tools.evaluation.scoring import accuracy, mcc  # noqa: F401
 
 
 def make_dendrite(wallet: Any, external_ip: str | None = "127.0.0.1") -> Any:
-    """A dendrite that does not look its ip up on the internet when `external_ip` is given (SN72.md)."""
+    """A dendrite that does not look its ip up on the internet when `external_ip` is given (docs/protocol.md)."""
     import bittensor as bt
     from bittensor.utils import networking
 

@@ -1,5 +1,5 @@
 """A fuzzer over the request path: HTTP parsing, the HTTP guard, the axon's header and body parsing, verification,
-the nonce rule, base64 and image decoding (issue 25).
+the nonce rule, base64 and image decoding (the second red-team pass, docs/security.md).
 
 Each input is a byte string read as a sequence of choices (`cases.py`): a validator's request, signed by a
 registered key, with parts made odd or replaced (method, path, headers, nonce, timeout, body, JSON fields, the

@@ -1,5 +1,6 @@
-"""Does the miner count what happened to it? (issue 25 item 8: each 200 was reported twice, a client that went away
-never). Read from the outside through the miner's Prometheus endpoint (`sn72_miner_axon_total{outcome}`).
+"""Does the miner count what happened to it? (second red-team pass, defect 8: each 200 was reported twice, a client
+that went away never). Read from the outside through the miner's Prometheus endpoint
+(`sn72_miner_axon_total{outcome}`).
 
 Signed requests whose client hangs up as soon as the request is sent must each show up once as
 `closed_client_gone`; answered requests must not add late counts. (The doubled 200 showed in the late counts and

@@ -1,7 +1,7 @@
 """The attack catalogue: each entry is a named hostile or malformed request, the statuses that count as a correct
 answer, and how it is sent. The red-team script runs them all; the security tests run them one by one.
 
-Expected statuses follow the miner's contract (issue 9): unsigned or badly signed 401, strangers 403, a hotkey
+Expected statuses follow the miner's contract (docs/security.md): unsigned or badly signed 401, strangers 403, a hotkey
 over its rate 429, malformed requests 400 (401 where the signature or nonce check fails first), unknown routes
 404, bodies over `axon.max_request_bytes` 413 (or the connection closed), slow clients 408 or closed, oversized
 header blocks 400/431. Never 500, never a hang.

@@ -1,4 +1,5 @@
-"""The attacks issue 25 added to the catalogue: its eight defects, and what an attack from outside tried that held.
+"""The attacks the second red-team pass added to the catalogue: its eight defects (docs/security.md), and what
+an attack from outside tried that held.
 
 Most of them are judged by the line (sn72_lab/hostile/measure.py: the honest validator's model answers in time,
 its p99, 500s, the miner's memory peak) more than by their own statuses, so most are `heavy`: the red team runs

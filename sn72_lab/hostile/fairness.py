@@ -1,4 +1,5 @@
-"""Attacks whose harm is to the honest validator's answers, not to their own statuses (issue 25, items 1, 4, 5, 7).
+"""Attacks whose harm is to the honest validator's answers, not to their own statuses (defects 1, 4, 5, 7 of
+the second red-team pass, docs/security.md).
 
 Each is sent by a registered validator (the attacker) staying within its own rate limit, so nothing refuses it for
 what it is: what matters is whether the honest validator beside it still gets model answers in time and whether
@@ -40,7 +41,7 @@ def costly_jpeg_stream(width: int, height: int, scans: int,
     """Progressive JPEGs of many empty scans, sent at 1.5/s (under the 2/s rate limit) by one permit holder.
 
     Full size: 20 s of them (30 images); small: 6 s. Decoding cost is frame blocks x scans whatever the file's
-    size, so one caller within its rate can hold every decode worker (issue 25 item 1: 41 of 61 honest answers
+    size, so one caller within its rate can hold every decode worker (defect 1: 41 of 61 honest answers
     became the prior, p50 8.4 s).
     """
 
@@ -60,7 +61,7 @@ def costly_jpeg_stream(width: int, height: int, scans: int,
 
 async def grey16_pngs(context: Context) -> Observation:
     """Three 16-bit greyscale PNGs at once (5600x5600 full size, 2000x2000 small): ~25 bytes a pixel if decoded
-    through int64 at full size (issue 25 item 7: peak RSS 1.0 -> 2.55 GB, validator p99 5 s)."""
+    through int64 at full size (defect 7: peak RSS 1.0 -> 2.55 GB, validator p99 5 s)."""
     side = 5600 if context.full else 2000
     image = payloads.b64(payloads.solid_png(side, side, (30000,), bit_depth=16))
     requests = [HostileRequest(signer=context.attacker, image=image, uuid=str(uuid.uuid4())) for _ in range(3)]
@@ -74,7 +75,7 @@ UPGRADE_HEADERS = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSock
 
 async def upgrades_then_honest(context: Context) -> Observation:
     """More `Upgrade: websocket` requests from one address than its connection cap (80 > 64; unsigned, no key
-    needed), then a signed request from the same address: it must be answered (issue 25 item 4: each upgrade
+    needed), then a signed request from the same address: it must be answered (defect 4: each upgrade
     leaked the address's connection count, and after 64 the address was locked out until restart).
 
     The last reply is the honest request's; the check (`honest_after_upgrades`) wants it 200.
@@ -105,7 +106,7 @@ def honest_after_upgrades(_: Context, replies: list[Reply]) -> list[str]:
 async def slow_bodies_holding_slots(context: Context) -> Observation:
     """Signed requests (a registered validator's key) whose headers come at once and whose body trickles, from
     one address, reopened as soon as each is refused, for 20 s (6 s small): they hold request slots while the
-    honest validator's whole bodies wait (issue 25 item 5: 3 of 40 honest requests got 408 with their body sent).
+    honest validator's whole bodies wait (defect 5: 3 of 40 honest requests got 408 with their body sent).
 
     60 clients (under the address's connection cap of 64 in the test limits) are more than the red-team target's
     32 request slots (sn72_lab/hostile/setup.py), so one address could hold them all; the suite's small run sends

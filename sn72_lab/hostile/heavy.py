@@ -238,8 +238,8 @@ def within(limit: Callable[[Context], float]) -> Callable[[Context, list[Reply]]
 
 async def idle_from_many_addresses(context: Context) -> Observation:
     """Idle connections from many addresses (127.0.0.10 onwards), each under the per-address cap: 180 x 60 = 10,800
-    at full size (as in issue 25's outside attack), 20 x 30 small. The total cap and the header deadline must close
-    them while the validator is still answered."""
+    at full size (as in the outside attack of 4 December), 20 x 30 small. The total cap and the header deadline must
+    close them while the validator is still answered."""
     addresses, per_address = (180, 60) if context.full else (20, 30)
     gate = asyncio.Semaphore(256)
     writers: list[asyncio.StreamWriter] = []

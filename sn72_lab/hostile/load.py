@@ -7,7 +7,7 @@ intervals the validator phase-locks with a token bucket's refill and the outcome
 request carries a distinct image (no cache hits).
 
 A 200 whose prediction equals the cascade's prior (`prior`) is counted apart: the miner sends the prior when no
-model answered in time, so a stalled cascade still answers 200 (issue 25 measures model answers in time).
+model answered in time, so a stalled cascade still answers 200 (the red team's line counts model answers in time).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""What the red team measures per attack and the line each attack must pass (issue 25).
+"""What the red team measures per attack and the line each attack must pass (set by the second red-team pass,
+docs/security.md).
 
 An attack is judged by what it does to the honest validator and to the miner's resources, not only by the statuses
 it gets back:

@@ -1,4 +1,5 @@
-"""Requests an outside attacker tries from the protocol alone (issue 25 item 6 and the attacks that held).
+"""Requests an outside attacker tries from the protocol alone (defect 6 of the second red-team pass and
+the attacks that held).
 
 Odd request lines (paths that cannot name a synapse, other methods, an absurd nonce), HTTP framing tricks
 (smuggling, pipelining), JSON bombs, base64 and field tricks, image files whose header lies about their size.

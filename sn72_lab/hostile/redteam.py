@@ -7,13 +7,13 @@
     sn72-redteam --compare BEFORE.json AFTER.json [--markdown OUT.md]
     sn72-redteam --list                  # the catalogue
 
-For each attack: the expected status and the statuses seen, whether the miner is alive after, and the line it
-must pass (issue 25, each bound a flag): the honest validator's share of requests answered in time with a model
-answer (a 200 carrying the prior is a miss) >= 99%, the p99 of its requests <= 1 s, no 500, and the miner's peak
-resident memory during the attack at most 300 MB above its level at the start (with --pid: psutil, with the fd
-peak). The honest validator sends signed requests through a real bittensor dendrite, --validator-rate per second,
-open loop. The attacker wallet should be a second registered validator (an insider: it reaches the body parser);
-strangers are generated keys. Exit code 0 when every attack passed, 1 otherwise, 2 on bad input.
+For each attack: the expected status and the statuses seen, whether the miner is alive after, and the line it must
+pass (set by the second red-team pass, each bound a flag): the honest validator's share of requests answered in time
+with a model answer (a 200 carrying the prior is a miss) >= 99%, the p99 of its requests <= 1 s, no 500, and the
+miner's peak resident memory during the attack at most 300 MB above its level at the start (with --pid: psutil, with
+the fd peak). The honest validator sends signed requests through a real bittensor dendrite, --validator-rate per
+second, open loop. The attacker wallet should be a second registered validator (an insider: it reaches the body
+parser); strangers are generated keys. Exit code 0 when every attack passed, 1 otherwise, 2 on bad input.
 """
 
 from __future__ import annotations

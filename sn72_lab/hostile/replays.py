@@ -1,5 +1,5 @@
-"""Nonce games (issue 25, items 2 and 3): the unsigned version header that switched bittensor's age window off,
-captured requests replayed with it, and a validator's own requests arriving out of nonce order.
+"""Nonce games (second red-team pass, defects 2 and 3): the unsigned version header that switched bittensor's age
+window off, captured requests replayed with it, and a validator's own requests arriving out of nonce order.
 
 `bt_header_dendrite_version` is not signed: bittensor 10.5's `default_verify` checks a nonce's age only when it
 claims >= 7.2.0 (7002000), so any request could claim 7.1.0 and skip the window.
@@ -35,8 +35,8 @@ def signed_long_ago(age_s: float, version: str | None = OLD_VERSION) -> Callable
 
 async def captured_replays(context: Context, copies: int = 30) -> Observation:
     """A signed request answered once, then its captured bytes sent again 30 times with the version header lowered
-    (issue 25: 30 such replays spent the signer's rate bucket). The original's reply is not judged; the check
-    (`original_answered`) wants it 200."""
+    (the second red-team pass: 30 such replays spent the signer's rate bucket). The original's reply is not judged;
+    the check (`original_answered`) wants it 200."""
     head, body = build(HostileRequest(signer=context.attacker, image=payloads.b64(payloads.jpeg(6))), context.target)
     original = await send_raw(context.target, head + body)
     lowered = _with_header(head, "bt_header_dendrite_version", OLD_VERSION)
@@ -54,7 +54,7 @@ def _with_header(head: bytes, name: str, value: str) -> bytes:
 
 async def reordered_nonces(context: Context, count: int = 8) -> Observation:
     """One dendrite (one uuid) signs `count` requests in order and they arrive in reverse order, 30 ms apart, as
-    queueing reorders a validator's concurrent requests (issue 25 item 3: refused 401 "Nonce is too old").
+    queueing reorders a validator's concurrent requests (defect 3: refused 401 "Nonce is too old").
     Every one must be answered: none is a replay."""
     dendrite_uuid = str(uuid.uuid4())
     first_ns = time.time_ns()

@@ -11,7 +11,8 @@ import yaml
 from sn72_lab.hostile import target
 
 # The red-team target holds fewer request slots than the default 128, so that one address's slow bodies (up to its
-# 64 connections) can fill them all where nothing shares slots by address (issue 25 item 5).
+# 64 connections) can fill them all where nothing shares slots by address (defect 5 of the second
+# red-team pass).
 RED_TEAM_HTTP = {**target.TEST_HTTP_LIMITS, "max_concurrent_requests": 32}
 
 

@@ -1,6 +1,6 @@
 """The image conditions validators have used, as one seeded module (the eval uses it; training will too).
 
-SN72.md: centre crop to 224 with rotation/crop/colour/JPEG/noise/blur distortions (Jan 2026),
+docs/protocol.md (Images): centre crop to 224 with rotation/crop/colour/JPEG/noise/blur distortions (Jan 2026),
 letterbox (Apr 2026), native resolution with no augmentation (May 2026). Every distortion takes a PIL
 image and a numpy Generator and is deterministic given both; `image_rng` seeds one per image, so the
 same image is distorted the same way in every run (and the eval's output cache stays valid).

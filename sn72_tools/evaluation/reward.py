@@ -1,6 +1,6 @@
 """The validators' reward, estimated by resampling the windows they score.
 
-Per validator and round (natix validator `get_rewards` and `MinerPerformanceTracker`, SN72.md):
+Per validator and round (natix validator `get_rewards` and `MinerPerformanceTracker`, docs/protocol.md):
     reward = (0.5 * MCC(last 100 rounds) + 0.5 * accuracy(last 10 rounds)) ** 3
 - every answer is binarised with np.round (0.5 -> 0);
 - a late answer or an error comes back as -1: that round's reward is 0, and the -1 takes its slot in
@@ -29,7 +29,7 @@ LATE = -1.0  # what a late answer or an error looks like to a validator
 
 @dataclass(frozen=True)
 class ConsensusModel:
-    """Consensus tasks (SN72.md, 2026): a validator sends one image to `miners` miners at once and scores each
+    """Consensus tasks (docs/protocol.md): a validator sends one image to `miners` miners at once and scores each
     against `round(mean of every valid raw answer)`, this miner's own included.
 
     The other miners are simulated from the recorded experts: each takes one expert's calibrated log-odds for the
