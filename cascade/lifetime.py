@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
-from cascade import consensus
+from cascade import consensus, in_time
 from cascade.admission import Admission
 from cascade.cache import ResultCache
 from cascade.coalesce import Coalescer, Shared
@@ -308,7 +308,7 @@ class RequestPath:
         pooling = progress.serving.pooling
         for level in progress.serving.levels:
             now_s = time.monotonic()
-            time_left_s = request.deadline_s - now_s - self.guard_s
+            time_left_s = in_time.time_left_s(request.deadline_s, now_s, self.guard_s)
             probe_image = request.image if request.image is not None else request.jpeg
             assert probe_image is not None
             plan, chosen = level.plan(time_left_s if self.routing else float("inf"), now_s, probe_image)
