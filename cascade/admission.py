@@ -3,7 +3,7 @@
 When the miner is saturated, waiting requests are admitted by (caller below its own in-flight cap,
 highest stake, earliest deadline): a flood from one hotkey queues behind everyone else instead of
 pushing their requests past their deadlines. The axon's own priority value orders nothing
-(SN72.md), so this is where ordering lives. A request waits for its slot until its deadline at
+(docs/protocol.md), so this is where ordering lives. A request waits for its slot until its deadline at
 most (cascade/in_time.py says why no estimate of its work shortens that wait).
 """
 
