@@ -3,7 +3,7 @@ the second red-team pass, docs/security.md).
 
 Each is sent by a registered validator (the attacker) staying within its own rate limit, so nothing refuses it for
 what it is: what matters is whether the honest validator beside it still gets model answers in time and whether
-the miner's memory stays bounded. Sizes follow `Context.full`: the issue's sizes for the red-team script, small
+the miner's memory stays bounded. Sizes follow `Context.full`: full sizes for the red-team script, small
 ones (seconds) for the test suite.
 """
 

@@ -22,7 +22,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class PassLine:
-    """The line every attack must pass (the issue's defaults; the suite's small runs may scale it, and say so)."""
+    """The line every attack must pass (the second red-team pass's defaults; small runs may scale it, and say so)."""
 
     min_model_share: float = 0.99  # honest requests answered in time with a model answer
     max_p99_ms: float = 1000.0  # honest requests' p99 latency

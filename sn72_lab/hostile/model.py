@@ -26,7 +26,7 @@ class Context:
     flood_s: float = 20.0
     flood_rate_per_s: float = 5.0
     burst: float = 20.0  # the miner's per-hotkey burst (guards.burst)
-    full: bool = False  # full-size attacks (the sizes and durations); small ones for the test suite
+    full: bool = False  # full-size attacks (the second red-team pass's sizes, durations); small ones for the test suite
     metrics_url: str | None = None  # the miner's Prometheus endpoint: accounting attacks are skipped without it
 
 
