@@ -13,6 +13,9 @@ pip-install a HEIF plugin (and resolves public DNS names) whenever a payload is 
 
 `decode_or_defer` runs the same checks and leaves a JPEG that a GPU expert can decode on its device
 encoded (`DeviceJpeg`, docs/decoding.md): the expert decodes it in its batch (cascade/experts/jpeg.py).
+
+These are pure functions of the bytes and the limits, safe on any thread. Which of them a request needs, when,
+and on which thread or process is decided by its image (cascade/request_image.py).
 """
 
 from __future__ import annotations
@@ -253,7 +256,7 @@ def decode_or_defer(
 def device_jpeg_or_none(data: bytes, limits: DecodeConfig, min_side: int | None = None) -> DeviceJpeg | None:
     """`decode_or_defer` without the host decode: the checked JPEG left encoded, or None where it needs PIL.
 
-    Reads the header alone (no pixels), so cheap enough for the engine's loop (cascade/lifetime.py): a plain
+    Reads the header alone (no pixels), so cheap enough for the engine's loop (cascade/request_image.py): a plain
     baseline JPEG by walking its markers (cascade/jpeg_header.py), anything else with Pillow.
     """
     plain = plain_jpeg(data) if "JPEG" in limits.formats else None
