@@ -32,6 +32,7 @@ from typing import Any
 
 from loguru import logger
 
+from cascade.in_time import in_time
 from neurons.deadlines import ServiceTime, client_deadline, sane_timeout, sent_before_arrival_s
 from neurons.http_connections import (
     ARRIVAL_KEY,
@@ -172,8 +173,8 @@ class HttpGuard:
             turn_s = time.monotonic()
             if GONE_KEY in scope:
                 return  # its client left while it waited: nothing to answer (reported as 499)
-            if turn_s + self.service.estimate_s(_claimed_hotkey(scope), turn_s) > self._claimed_deadline(
-                    scope, state.arrival_s):
+            if not in_time(turn_s, self.service.estimate_s(_claimed_hotkey(scope), turn_s),
+                           self._claimed_deadline(scope, state.arrival_s)):
                 # It waited its turn until too late for any answer to reach the caller in time: say so at once,
                 # and do not push the requests behind it past their deadlines too.
                 await self._send_refusal(send, state, (408, "request waited past its timeout", "late_skipped"))

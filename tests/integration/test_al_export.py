@@ -170,9 +170,9 @@ def test_prune_by_age_and_size(tmp_path: Path) -> None:
         assert store.items == 2 and len(list(store.images_dir.glob("*/*"))) == 2
 
 
-def test_scripts_al_is_the_same_cli(tmp_path: Path) -> None:
+def test_python_m_sn72_tools_al_cli_is_the_same_cli(tmp_path: Path) -> None:
     make_store(tmp_path / "al", [1])
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "al.py"), "stats", "--store", str(tmp_path / "al")],
+    done = subprocess.run([sys.executable, "-m", "sn72_tools.al.cli", "stats", "--store", str(tmp_path / "al")],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "records    1" in done.stdout
