@@ -5,7 +5,7 @@ Offline tooling: the miner's request path never imports this package.
     wire.py       the validators' wire spoken by hand: build, sign, tamper, send, read raw responses
     payloads.py   hostile and unusual images (bombs, odd modes, animations, EXIF, fake HEIC)
     model.py      Attack, Context, Observation, Reply
-    catalogue.py  the named attacks with their expected statuses (catalogue_issue25.py: the second pass's)
+    catalogue.py  the named attacks with their expected statuses (catalogue_second_pass.py: the second pass's)
     heavy.py      floods, idle/slow connections, huge bodies (raw sockets)
     fairness.py   attacks judged by the honest validator's answers: costly JPEGs, slow bodies, upgrades, 16-bit PNGs
     replays.py    nonce games: old version header, captured replays, reordered nonces

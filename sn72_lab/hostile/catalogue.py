@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sn72_lab.hostile import heavy, payloads
-from sn72_lab.hostile.catalogue_issue25 import issue25_attacks
+from sn72_lab.hostile.catalogue_second_pass import second_pass_attacks
 from sn72_lab.hostile.model import Attack, Check, Context, Observation, Reply
 from sn72_lab.hostile.wire import CLOSED, HostileRequest, build, send, send_raw
 from sn72_tools.client import axon_info, make_dendrite, query
@@ -256,7 +256,7 @@ def catalogue() -> list[Attack]:
         Attack("refusal-flood", auth_or_forbidden, "500 refusals as fast as possible (unsigned, strangers)",
                heavy.refusal_flood, heavy=True),
     ]
-    attacks += issue25_attacks(single, image_attack, answered)
+    attacks += second_pass_attacks(single, image_attack, answered)
     names = [a.name for a in attacks]
     assert len(names) == len(set(names)), "attack names must be unique"
     return attacks

@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", type=Path, default=Path.cwd(),
                         help="with --out and no --miner: the checkout whose miner is started (default: here)")
     parser.add_argument("--full", action="store_true",
-                        help="full-size attacks (the issue's sizes and durations; minutes); default: small ones")
+                        help="full-size attacks (the sizes and durations of docs/security.md's second pass; "
+                        "minutes); default: small ones")
     parser.add_argument("--only", help="comma-separated attack names")
     parser.add_argument("--skip", help="comma-separated attack names to leave out")
     parser.add_argument("--window-s", type=float, default=3.0, help="each attack is measured over at least this")
@@ -184,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-connections-per-ip", type=int, help="the miner's cap, to check prompt closing")
     parser.add_argument("--flood-s", type=float, default=20.0, help="duration of the spoofed flood")
     parser.add_argument("--burst", type=float, default=20.0, help="the miner's guards.burst")
-    line = parser.add_argument_group("the line each attack must pass (issue 25's defaults)")
+    line = parser.add_argument_group("the line each attack must pass (the second pass's defaults, docs/security.md)")
     line.add_argument("--line-model-share", type=float, default=PassLine.min_model_share,
                       help="least share of honest requests answered in time with a model answer")
     line.add_argument("--line-p99-ms", type=float, default=PassLine.max_p99_ms, help="largest honest p99")

@@ -22,7 +22,7 @@ def statuses(*values: int | str) -> frozenset[int | str]:
     return frozenset(values)
 
 
-def issue25_attacks(single: Any, image_attack: Any, answered: Check) -> list[Attack]:
+def second_pass_attacks(single: Any, image_attack: Any, answered: Check) -> list[Attack]:
     """`single`, `image_attack` and `answered` are the catalogue's own helpers (passed in: no import cycle)."""
     auth, odd = statuses(401), statuses(400, 404)
     bad_or_fine = statuses(200, 400)
