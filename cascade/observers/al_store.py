@@ -35,7 +35,7 @@ from typing import Any
 
 from loguru import logger
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: teacher labels (migrate); a version-1 store opens and is migrated in place
 INDEX_NAME = "index.sqlite"
 
 _SCHEMA = """
@@ -63,6 +63,34 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE INDEX IF NOT EXISTS samples_eviction ON samples ((label IS NOT NULL), reason_rank, last_seen_at, id);
 CREATE INDEX IF NOT EXISTS samples_reason ON samples (reason);
 """
+# Version 2: labels a model gave (`sn72-al teach`), kept apart from the human `label` column, so that nothing that
+# reads `label` (eviction, exports, the eval tool's store reader, a judge set) can take one for a person's. Keyed by
+# content hash, as the data roles name images; a deleted or evicted record takes its teacher label with it.
+_TEACHER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS teacher_labels (
+    image_hash TEXT PRIMARY KEY,
+    label INTEGER NOT NULL CHECK (label IN (0, 1)),
+    source TEXT NOT NULL,  -- teacher:<level>@<content hash of the level's models and calibration>
+    probability REAL NOT NULL,  -- the level's calibrated P(roadwork)
+    confidence REAL NOT NULL,  -- max(p, 1 - p)
+    min_confidence REAL NOT NULL,
+    cascade_version TEXT NOT NULL,
+    labelled_at REAL NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS teacher_labels_follow_samples AFTER DELETE ON samples BEGIN
+    DELETE FROM teacher_labels WHERE image_hash = OLD.image_hash;
+END;
+"""
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a store's schema to SCHEMA_VERSION in one transaction (additive: code of version 1 ignores the table).
+
+    The miner runs it at open; `sn72-al teach` too, beside a running miner (SQLite's write lock orders them)."""
+    if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        db.executescript(f"BEGIN IMMEDIATE; {_TEACHER_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+
+
 # The ORDER BY repeats the index's expressions exactly, so SQLite walks the index instead of sorting.
 _EVICTION_ORDER = (
     "SELECT id, image_hash, ext, nbytes, (label IS NOT NULL) AS labelled, reason_rank FROM samples "
@@ -191,7 +219,8 @@ class ALStore:
             if version > SCHEMA_VERSION:
                 raise StoreError(f"store {self.directory} has schema {version}; this code knows {SCHEMA_VERSION}")
             if writer:
-                self.db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+                self.db.executescript(_SCHEMA)
+                migrate(self.db)
                 self.recover()
             row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM samples").fetchone()
             self.items, self.total_bytes = int(row[0]), int(row[1])

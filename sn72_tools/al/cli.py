@@ -37,10 +37,15 @@ def resolve_store(args: argparse.Namespace) -> Path:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
+    from sn72_tools.al.teacher import teacher_counts
+
     with _reader(args) as store:
         info = al_export.summary(store)
         problems = store.integrity_check()
+        teachers = teacher_counts(store)
     print("\n".join(al_export.format_summary(args.store, info, problems)))
+    for source, counts in teachers.items():  # never among `labels`, which are a person's
+        print(f"teacher    {source}: 0={counts['0']}, 1={counts['1']} (records with no human label)")
     return 0 if problems == ["ok"] else 1
 
 
@@ -70,6 +75,13 @@ def _cmd_label(args: argparse.Namespace) -> int:
     from sn72_tools.al import label as al_label
 
     return al_label.cmd_label(args)
+
+
+def _cmd_teach(args: argparse.Namespace) -> int:
+    # Imported here: teaching runs the engine through the eval tool's recorder (torch, the experts).
+    from sn72_tools.al import teacher
+
+    return teacher.cmd_teach(args)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -132,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "roadwork/ subfolders, a path,label CSV, parquet, datasets folder")
     label.add_argument("--skip-bad", action="store_true", help="apply the good rows even if some are bad")
     label.set_defaults(func=_cmd_label)
+    teach = commands.add_parser("teach", parents=[common], help="teacher labels: a cascade level's confident answers "
+                                "on unlabelled records, stored apart from human labels")
+    teach.add_argument("--cascade", type=Path, required=True, help="the cascade YAML whose level teaches")
+    teach.add_argument("--level", help="the level that answers (default: the cascade's top level)")
+    teach.add_argument("--min-confidence", type=float, default=0.95,
+                       help="label where the level's calibrated p >= this (1) or <= 1 - this (0); default 0.95")
+    teach.add_argument("--limit", type=int, help="ask about at most this many records (oldest first)")
+    teach.add_argument("--cache", type=Path, default=Path(".eval-cache"), help="the eval tool's output cache")
+    teach.add_argument("--no-progress", action="store_true")
+    teach.set_defaults(func=_cmd_teach)
     export = commands.add_parser("export", parents=[common], help="image folder or parquet for training")
     export.add_argument("format", choices=["folder", "parquet"])
     export.add_argument("out", type=Path, help="new folder (folder) or new .parquet file (parquet)")
