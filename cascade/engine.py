@@ -9,6 +9,9 @@ caller cancelling it changes nothing inside the engine.
 model and settings are unchanged are kept, the others are loaded and warmed beside the serving
 ones, then one assignment on the loop swaps the cascade; the old one is freed when its last
 request has been answered.
+
+The engine sets nothing process-wide (the interpreter's switch interval, the allocator, the frozen heap): the
+process's owner does, around `start()` (cascade/process_settings.py).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import asyncio
 import concurrent.futures
 import functools
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +29,6 @@ from loguru import logger
 from prometheus_client import CollectorRegistry
 
 from cascade import consensus
-from cascade.allocator import return_large_blocks
 from cascade.config import CascadeConfig, EngineConfig
 from cascade.decode import DecodeError, DecodeRefused
 from cascade.event_loop import new_event_loop
@@ -38,7 +39,7 @@ from cascade.levels import Level, Plan
 from cascade.lifetime import RequestPath
 from cascade.observers.base import Observer, ObserverRunner
 from cascade.placement import DeviceInfo, visible_devices
-from cascade.replicas import ExpertFactory, Replicas, freeze_heap
+from cascade.replicas import ExpertFactory, Replicas
 from cascade.request import Job, Result
 from cascade.scheduler import MicroBatcher
 from cascade.serving import (
@@ -144,15 +145,13 @@ class Engine:
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> StartupReport:
-        """Place, load and warm every expert, then start the loop. Raises on any failure."""
+        """Place, load and warm every expert, then start the loop. Raises on any failure.
+
+        Process-wide settings are the process owner's (cascade/process_settings.py `start_with_process_settings`).
+        """
         from cascade.placement import describe_plan, plan_placement
 
         began = time.monotonic()
-        # NOTE: process-wide. Expert threads drop the GIL inside every torch call and must win it
-        # back from the loop and decode threads; at Python's 5 ms default a batch of small calls
-        # waits longer for the GIL than for the GPU.
-        sys.setswitchinterval(self.config.scheduler.gil_switch_interval_ms / 1000.0)
-        return_large_blocks(self.config.decode.mmap_threshold_bytes)
         devices = self.devices()
         experts = self.config.cascade.experts()
         slots = plan_placement(experts, devices)
@@ -175,7 +174,6 @@ class Engine:
             warmup_s=loading.warmup_s,
             total_s=time.monotonic() - began,
         )
-        freeze_heap()
         logger.info("engine ready: cold start {:.2f}s", self.startup.total_s)
         return self.startup
 

@@ -94,7 +94,8 @@ class Replicas:
             del expert
         # Model objects in reference cycles would keep their device memory until a later collection.
         # NOTE: a full collection holds the GIL for ~0.1-0.2 s with torch loaded: once per model reload.
-        # The heap was frozen after loading (freeze_heap): unfreeze so the freed models' cycles are seen.
+        # The heap was frozen after loading (cascade/process_settings.py `freeze_heap`): unfreeze so the freed
+        # models' cycles are seen.
         gc.unfreeze()
         gc.collect()
         gc.freeze()
@@ -174,13 +175,3 @@ def replica_labels(slots: Sequence[Any]) -> list[str]:
     return [f"{slot.expert}@{slot.device}" + (f"#{slot.replica}" if per_device[(slot.expert, slot.device)] > 1 else "")
             for slot in slots]
 
-
-def freeze_heap() -> None:
-    """Collect once, then keep everything alive now (models, libraries) out of later collections.
-
-    With torch and transformers loaded a full collection scans millions of objects: 0.1-0.3 s with the
-    GIL held, every few thousand requests, which stalled every request in flight (measured: 30 requests
-    at 0.3-0.5 s in a 3,000-request run). Frozen objects are still freed by reference counting.
-    """
-    gc.collect()
-    gc.freeze()

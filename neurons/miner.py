@@ -362,13 +362,14 @@ def _run(argv: list[str] | None) -> int:
     quiet_bittensor_request_logs()
     logger.info("open-files limit {}", raise_fd_limit())
     from cascade.engine import Engine
+    from cascade.process_settings import start_with_process_settings
 
     observers = build_observers(engine_config)
     for observer in observers:
         observer.register_metrics(registry)
     engine = Engine(engine_config, observers=observers, registry=registry)
     try:
-        report = engine.start()
+        report = start_with_process_settings(engine)  # the process is the miner's: its settings are set here
     except Exception as exc:  # a model that fails to load: one line, restarted with back-off
         logger.opt(exception=exc).debug("loading failed")
         raise startup.StartupError(f"loading the cascade failed: {' '.join(str(exc).split()) or repr(exc)}",

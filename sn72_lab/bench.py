@@ -95,6 +95,7 @@ def bench_cascade(args: argparse.Namespace) -> Any:
 def run_engine(args: argparse.Namespace) -> dict[str, Any]:
     from cascade.engine import Engine
     from cascade.experts.registry import build_expert
+    from cascade.process_settings import start_with_process_settings
     from cascade.request import Job
 
     cascade = bench_cascade(args)
@@ -115,7 +116,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
                                 inline_check_max_bytes=args.inline_check_max_bytes)
     engine = Engine(EngineConfig(cascade=cascade, scheduler=scheduler), expert_factory=factory,
                     worker_factory=factory if args.null_experts else None)
-    startup = engine.start()
+    startup = start_with_process_settings(engine)  # as the miner starts it: --gil-switch-ms, the allocator, the heap
     data = payloads(args.requests, args.image_size, args.distinct)
     arrival: list[float] = [0.0] * len(data)
     done_at: list[float] = [0.0] * len(data)

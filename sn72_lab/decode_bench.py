@@ -170,6 +170,7 @@ def engine_section(model: Path, device: str, requests: int, concurrency: int, wo
 
     from cascade.config import CascadeConfig, EngineConfig, ExpertConfig, LevelConfig, SchedulerConfig
     from cascade.engine import Engine
+    from cascade.process_settings import start_with_process_settings
 
     expert = ExpertConfig(name="vit", backend="hf_classifier", model=str(model), device=device, dtype="bfloat16",
                           max_batch=128, max_wait_ms=3.0, warmup_batches=3, options={"positive_labels": ["Roadwork"]})
@@ -181,7 +182,7 @@ def engine_section(model: Path, device: str, requests: int, concurrency: int, wo
                            "decode_workers": workers}
     for mode in ("off", "auto"):
         engine = Engine(EngineConfig(cascade=cascade, scheduler=scheduler, decode={"device": mode}))
-        engine.start()
+        start_with_process_settings(engine)  # as the miner starts it
         try:
             deferred = engine.serving.defer_jpegs
             cpu0, wall0 = time.process_time(), time.monotonic()

@@ -58,6 +58,7 @@ class FuzzTarget:
     def __init__(self, folder: Path | None = None) -> None:
         from cascade.config import CascadeConfig, EngineConfig, ExpertConfig, LevelConfig, SchedulerConfig
         from cascade.engine import Engine
+        from cascade.process_settings import start_with_process_settings
         from neurons.chain import MetagraphSnapshot, Neuron
         from neurons.config import MinerConfig
         from neurons.miner import Miner, serve
@@ -81,7 +82,7 @@ class FuzzTarget:
         cascade = CascadeConfig(version="fuzz", prior=0.5, levels=[LevelConfig(name="L0", experts=[expert])])
         self.engine = Engine(EngineConfig(cascade=cascade, scheduler=SchedulerConfig(cache_size=0)),
                              expert_factory=_null_factory)
-        self.engine.start()
+        start_with_process_settings(self.engine)  # as the miner starts it
         quiet_bittensor_request_logs()  # as the miner does: one ERROR line per refusal would drown the report
         metagraph: Any = _StaticMetagraph(snapshot)  # a fixed snapshot stands in for the chain
         self.miner = Miner(config, self.engine, metagraph)

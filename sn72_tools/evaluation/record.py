@@ -29,6 +29,7 @@ from cascade.config import CascadeConfig, DecodeConfig, EngineConfig, ExpertConf
 from cascade.decode import DecodeError
 from cascade.engine import Engine
 from cascade.model_identity import content_identity
+from cascade.process_settings import start_with_process_settings
 from cascade.request import Job, Result, Status
 from sn72_tools.evaluation import distort
 from sn72_tools.evaluation.datasets import EvalError, Source
@@ -159,7 +160,7 @@ class EvalEngine:
             logger.info("loading the cascade's experts for eval mode")
             began = time.monotonic()
             engine = Engine(self.config, run_every_level=True, on_fatal=self._on_fatal)
-            engine.start()
+            start_with_process_settings(engine)  # as the miner starts it: its latencies are measured here
             self._engine = engine
             self.startup_s = time.monotonic() - began
         return self._engine
