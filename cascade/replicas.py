@@ -1,8 +1,9 @@
 """The engine's loaded experts: built, loaded, warmed up, and released with their device memory.
 
-The engine decides what is loaded and when (start-up, reload) and serves them; this module keeps them: it builds each
-replica in this process or in a worker process of its own, remembers its slowest warm-up batch (which seeds its
-batcher's latency estimate), and releases replaced or refused replicas so their device memory really goes back.
+The engine (start-up) and its hot swap (cascade/reloading.py, reload) decide what is loaded and when, and serve
+them; this module keeps them: it builds each replica in this process or in a worker process of its own, remembers its
+slowest warm-up batch (which seeds its batcher's latency estimate), and releases replaced or refused replicas so their
+device memory really goes back.
 """
 
 from __future__ import annotations
