@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from cascade.config import CascadeConfig, EngineConfig
 from cascade.decode import DecodeError, DecodeRefused
 from cascade.event_loop import new_event_loop
+from cascade.exit_codes import EXIT_DEVICE
 from cascade.experts.registry import build_expert
 from cascade.levels import Level
 from cascade.lifetime import RequestPath
@@ -43,8 +44,6 @@ from cascade.serving import Loading, ReloadReport, ServingCascade
 from cascade.stats import EngineStats
 from cascade.threads import worker_pool
 
-FATAL_EXIT_CODE = 70  # EX_SOFTWARE: pm2 (autorestart) starts a fresh process with a fresh CUDA context
-
 
 class EngineClosed(RuntimeError):
     """The engine stopped before the job was answered."""
@@ -53,8 +52,8 @@ class EngineClosed(RuntimeError):
 def _exit_for_restart(replica: str, exc: BaseException) -> None:
     """A dead device context fails every later batch: exit now and let the supervisor restart us."""
     logger.critical("device context of {} is lost ({!r}); exiting with code {} for a restart", replica, exc,
-                    FATAL_EXIT_CODE)
-    os._exit(FATAL_EXIT_CODE)
+                    EXIT_DEVICE)
+    os._exit(EXIT_DEVICE)  # pm2 (autorestart) starts a fresh process with a fresh CUDA context
 
 
 @dataclass(frozen=True)

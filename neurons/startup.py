@@ -8,8 +8,8 @@ the same config are no problem for `--check` (checking changed files before `sn7
 for); the placement is then only a note, as the running miner's models fill the devices it counts.
 
 Exit codes: 2 for configuration an operator must fix (pm2's `stop_exit_codes`: not restarted),
-70 for a lost device context (cascade/engine.py; restarted), 1 for anything else (restarted with
-exponential back-off).
+70 for a lost device context (cascade/exit_codes.py `EXIT_DEVICE`, the engine's; restarted), 1 for anything else
+(restarted with exponential back-off).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from neurons.config import MinerConfig
 
 EXIT_CRASH = 1
 EXIT_CONFIG = 2
-EXIT_DEVICE = 70  # cascade/engine.py FATAL_EXIT_CODE (not imported: that would load the engine for --check)
 
 
 class StartupError(RuntimeError):

@@ -17,8 +17,9 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
+from cascade.exit_codes import EXIT_DEVICE
 from neurons.reload import RESTART_EXIT_CODE
-from neurons.startup import EXIT_CONFIG, EXIT_CRASH, EXIT_DEVICE
+from neurons.startup import EXIT_CONFIG, EXIT_CRASH
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
