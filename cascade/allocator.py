@@ -24,7 +24,7 @@ def _libc() -> ctypes.CDLL | None:
         libc = ctypes.CDLL(name)
     except OSError:
         return None
-    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    return libc if hasattr(libc, "mallopt") else None
 
 
 def return_large_blocks(mmap_threshold_bytes: int) -> bool:
@@ -38,9 +38,3 @@ def return_large_blocks(mmap_threshold_bytes: int) -> bool:
                     mmap_threshold_bytes // 1024)
     return ok
 
-
-def trim() -> None:
-    """Give free heap pages back now (after an unusually large decode)."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(ctypes.c_size_t(0))

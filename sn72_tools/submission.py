@@ -35,7 +35,6 @@ from cascade.release import parse_release
 
 CARD_FILE = "model_card.json"
 CASCADE_FILE = "cascade.yaml"
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 # Ultralytics publishes its YOLO weights under AGPL-3.0 (or its enterprise licence).
 ULTRALYTICS_LICENCE = "AGPL-3.0 (Ultralytics)"
 
