@@ -393,6 +393,70 @@ def build_tiny_vlm(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+# --- SDXL (sn72-synth) ----------------------------------------------------------------------------------------------
+
+# SDXL's scheduler as stabilityai/stable-diffusion-xl-base-1.0 ships it (scheduler/scheduler_config.json).
+SDXL_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1,
+                  "timestep_spacing": "leading", "num_train_timesteps": 1000, "prediction_type": "epsilon"}
+
+
+def assemble_sdxl(unet: dict[str, Any], vae: dict[str, Any], text: dict[str, Any], text_2: dict[str, Any],
+                  device: str = "cpu", seed: int = 0) -> Any:
+    """A `StableDiffusionXLPipeline` with random weights from four configs and a locally trained tokenizer.
+
+    Both text towers share one tokenizer (SDXL's two differ only in padding); vocab, end token and length are
+    filled in from it. bfloat16 on CUDA, float32 on the CPU, like `materialise`.
+    """
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    tokenizer = _train_tokenizer(specials, add_eos="<eos>")
+    tokenizer.pad_token, tokenizer.eos_token, tokenizer.bos_token, tokenizer.unk_token = specials
+    tokenizer.model_max_length = 77  # what the pipeline pads and truncates to, as with CLIP's tokenizers
+    ids = {"vocab_size": max(len(tokenizer), text.get("vocab_size", 0)), "max_position_embeddings": 77,
+           "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+           "eos_token_id": tokenizer.eos_token_id}
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    with torch.device(device):
+        parts: dict[str, Any] = {
+            "unet": UNet2DConditionModel(**unet),
+            "vae": AutoencoderKL(**vae),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**{**text, **ids})),
+            "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**{**text_2, **ids})),
+        }
+    for model in parts.values():
+        (model.to(dtype) if dtype != torch.float32 else model).eval()
+    return StableDiffusionXLPipeline(**parts, tokenizer=tokenizer, tokenizer_2=tokenizer,
+                                     scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER))
+
+
+def build_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
+    """A tiny SDXL pipeline (two-block UNet, three-block VAE, 1-layer text towers), saved like a hub snapshot.
+
+    `StableDiffusionXLPipeline.from_pretrained(folder)` and `StableDiffusionXLImg2ImgPipeline.from_pretrained(folder)`
+    load it as they load stabilityai/stable-diffusion-xl-base-1.0. The VAE quarters each side (64 px -> 16 latent),
+    the UNet's added conditioning is six time ids of 8 plus the pooled text (16): 64 inputs.
+    """
+    text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "projection_dim": 16}
+    unet = {"block_out_channels": (16, 32), "layers_per_block": 1, "sample_size": 16, "in_channels": 4,
+            "out_channels": 4, "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "attention_head_dim": (2, 4),
+            "use_linear_projection": True, "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+            "transformer_layers_per_block": (1, 1), "projection_class_embeddings_input_dim": 6 * 8 + 16,
+            "cross_attention_dim": 32, "norm_num_groups": 8}  # cross attention reads both towers' states: 16 + 16
+    vae = {"block_out_channels": (8, 8, 16), "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+           "down_block_types": ("DownEncoderBlock2D",) * 3, "up_block_types": ("UpDecoderBlock2D",) * 3,
+           "norm_num_groups": 8, "sample_size": 64}
+    pipeline = assemble_sdxl(unet, vae, text, text, seed=seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    pipeline.save_pretrained(folder)
+    return folder
+
+
 BUILDERS: dict[str, Callable[[Path], Path]] = {
     "tiny-vit": build_tiny_vit,
     "small-cnn": build_small_cnn,

@@ -165,7 +165,12 @@ def run(refs: Sequence[ModelRef], cache_dir: Path | None, weights_dir: Path | No
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--cascade", type=Path, required=True, help="cascade YAML whose models are fetched")
+    parser.add_argument("--cascade", type=Path, default=None, help="cascade YAML whose models are fetched")
+    parser.add_argument("--synth-model", action="append", default=[], metavar="REPO",
+                        help="an SDXL pipeline repo for sn72-synth (stabilityai/stable-diffusion-xl-base-1.0), "
+                             "repeatable")
+    parser.add_argument("--synth-variant", default="fp16",
+                        help="precision of --synth-model's weights: fp16 (default, half the download) or none")
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help="hub cache folder (default: huggingface_hub's, HF_HUB_CACHE)"
     )
@@ -179,8 +184,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def fetch_synth_models(args: argparse.Namespace) -> int:
+    """Fetch (or, dry run, describe) each --synth-model: one precision, no single-file or ONNX copies. Failures."""
+    from sn72_tools.synth import snapshot
+
+    variant = None if args.synth_variant.lower() == "none" else args.synth_variant
+    cache_dir = args.cache_dir.expanduser().resolve() if args.cache_dir else None
+    failed = 0
+    for model in args.synth_model:
+        if args.dry_run:
+            folder = (cache_dir or default_hub_cache()) / f"models--{model.replace('/', '--')}"
+            print(f"  sn72-synth: {model} -> hub, into {folder} ({', '.join(snapshot.allow_patterns(variant))})")
+            continue
+        print(f"sn72-synth: {model} ...", flush=True)
+        try:
+            token = os.environ.get(args.token_env) or None
+            print(f"    {snapshot.fetch(model, variant, cache_dir, token)}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - as in run(): reported, counted, the next model still tried
+            logger.error("{} failed: {}: {}", model, type(exc).__name__, exc)
+            failed += 1
+    return failed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.cascade is None and not args.synth_model:
+        print("name a --cascade, a --synth-model, or both", file=sys.stderr)
+        return 2
+    synth_failed = fetch_synth_models(args) if args.synth_model else 0
+    if args.cascade is None:
+        return 1 if synth_failed else 0
     try:
         config = load_cascade(args.cascade)
     except ValidationError as exc:
@@ -201,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bad += target.startswith("error:")
             print(f"  {ref.expert} ({ref.backend}): {ref.model} -> {ref.source}, {target}")
         print(f"summary: {len(refs)} model(s), {bad} with errors")
-        return 1 if bad else 0
+        return 1 if bad or synth_failed else 0
 
     token = os.environ.get(args.token_env) or None
     if token is None and args.token_env != "HF_TOKEN":
@@ -215,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"start the miner with {hint} so nothing reaches the network")
         if weights_dir is not None and any(ref.source is Source.ULTRALYTICS for ref in refs):
             print(f"detector weights are in {weights_dir}: name that full path as the expert's model")
-    return 1 if failures else 0
+    return 1 if failures or synth_failed else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""What image `index` of a run is: mode, label, seed, prompt, source frame and generation parameters.
+
+Every job is a pure function of the run's settings and its index, so a re-run with the same settings rebuilds the
+same jobs and skips the ones the manifest already holds (resume), and a larger `--count` only adds jobs.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sn72_tools.evaluation.datasets import IMAGE_SUFFIXES
+from sn72_tools.synth.prompts import build_prompt, job_seed
+
+# The validators' generation parameters (natix/validator/synthetic/config.py at 5d0756b; docs/synth.md).
+VALIDATOR_STEPS = 25
+VALIDATOR_GUIDANCE = 8.5
+VALIDATOR_STRENGTH = 0.7
+VALIDATOR_SIZE = 1024
+MODES = ("t2i", "i2i", "both")
+LABEL_FOLDERS = ("none", "roadwork")  # the eval and train tools' folder layout (sn72_tools/evaluation/datasets.py)
+
+
+class SynthError(Exception):
+    """Bad input the operator has to fix; the message is one line saying what and where."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What fixes the jobs: a re-run must give the same values to continue a folder (`count` may grow)."""
+
+    model: str
+    mode: str
+    seed: int
+    steps: int = VALIDATOR_STEPS
+    guidance: float = VALIDATOR_GUIDANCE
+    strength: float = VALIDATOR_STRENGTH
+    size: int = VALIDATOR_SIZE
+    frames: str | None = None
+    image_format: str = "png"
+
+    def fingerprint(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Job:
+    index: int
+    mode: str
+    label: int
+    seed: int
+    prompt: str
+    negative_prompt: str
+    source_frame: str | None  # relative to the frames folder (i2i only)
+
+    @property
+    def name(self) -> str:
+        return f"synth-{self.index:06d}-{self.mode}"
+
+    def relative_path(self, image_format: str) -> str:
+        return f"{LABEL_FOLDERS[self.label]}/{self.name}.{image_format}"
+
+
+def list_frames(folder: Path) -> list[Path]:
+    """The real frames i2i starts from, sorted so that a re-run picks the same ones."""
+    if not folder.is_dir():
+        raise SynthError(f"--frames {folder}: not a folder")
+    frames = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not frames:
+        raise SynthError(f"--frames {folder}: no images in it ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return frames
+
+
+def make_job(settings: Settings, index: int, frames: list[Path], frames_root: Path | None) -> Job:
+    """Job `index`: labels alternate within each pair of indices in a seeded order (balanced at any count)."""
+    rng = random.Random(job_seed(settings.seed, index))
+    label = (index + random.Random(job_seed(settings.seed, index - index % 2)).randrange(2)) % 2
+    mode = settings.mode if settings.mode != "both" else ("t2i", "i2i")[index // 2 % 2]
+    prompt = build_prompt(label, rng, mode)
+    source = None
+    if mode == "i2i":
+        assert frames_root is not None and frames, "i2i needs frames (checked by the CLI)"
+        source = str(frames[rng.randrange(len(frames))].relative_to(frames_root))
+    return Job(index, mode, label, job_seed(settings.seed, index), prompt.text, prompt.negative, source)

@@ -1,0 +1,215 @@
+"""sn72-synth end to end on a tiny random-weight SDXL saved like a hub snapshot and loaded through the tool's own
+`from_pretrained`: t2i and i2i, the folder read back by the eval's reader, a run killed with SIGKILL and resumed,
+every state a kill can leave repaired, duplicates refused, bad models refused in one line, the GPU bench's CPU path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sn72_lab.tiny_models import build_tiny_sdxl
+from sn72_tools.evaluation.datasets import open_source
+from sn72_tools.synth.cli import main
+from sn72_tools.synth.manifest import MANIFEST, Manifest, sha256
+from sn72_tools.synth.plan import Settings
+from sn72_tools.synth.run import run
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--steps", "2", "--size", "64"]
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("frames")
+    for index, size in enumerate([(96, 72), (120, 60), (80, 80)]):  # wider than 64: squashed to 64x64
+        Image.new("RGB", size, (60 * index, 120, 200 - 50 * index)).save(folder / f"frame{index}.jpg")
+    return folder
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+
+
+def never_load():
+    raise AssertionError("nothing was missing: the pipeline must not be loaded")
+
+
+def test_t2i_and_i2i_make_a_labelled_folder_the_eval_reads(tiny_sdxl, frames, tmp_path, capsys):
+    out = tmp_path / "synth"
+    argv = ["--out", str(out), "--model", str(tiny_sdxl), "--mode", "both", "--frames", str(frames), *TINY,
+            "--batch-size", "2", "--no-progress"]
+    assert main([*argv, "--count", "4"]) == 0
+    assert "(4 written now, 0 recorded before, 0 adopted after a kill)" in capsys.readouterr().out
+    rows = records(out)
+    assert [(row["index"], row["mode"], row["status"]) for row in rows] == [
+        (0, "t2i", "written"), (1, "t2i", "written"), (2, "i2i", "written"), (3, "i2i", "written")]
+    for row in rows:
+        assert (out / row["path"]).read_bytes() and sha256((out / row["path"]).read_bytes()) == row["sha256"]
+        assert (row["width"], row["height"], row["steps"], row["guidance"]) == (64, 64, 2, 8.5)
+        assert row["path"].startswith(("none/", "roadwork/")[row["label"]])
+        i2i = row["mode"] == "i2i"
+        assert (row["source_frame"] is not None, row["strength"]) == ((True, 0.7) if i2i else (False, None))
+        assert row["prompt"] and row["negative_prompt"] and isinstance(row["seed"], int)
+    source = open_source(out)
+    assert source.kind == "folder" and source.size == 4
+    assert sorted((item.name, item.label) for item in source.items()) == sorted((r["path"], r["label"]) for r in rows)
+    assert sorted(r["label"] for r in rows) == [0, 0, 1, 1]
+
+    # The same settings and a larger count: only the new jobs run; the same count again: nothing runs.
+    assert main([*argv, "--count", "6"]) == 0
+    assert "(2 written now, 4 recorded before" in capsys.readouterr().out
+    assert len(records(out)) == 6 and open_source(out).size == 6
+    summary = run(out, Settings(model=str(tiny_sdxl), mode="both", seed=0, steps=2, size=64,
+                                frames=str(frames.resolve())), 6, 2, never_load, progress=False)
+    assert (summary.written, summary.already) == (0, 6)
+    # Other settings on the same folder: refused, one line, nothing touched.
+    assert main([*argv, "--count", "6", "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was started with other settings (seed 0 -> 1)" in err
+
+
+def test_a_killed_run_resumes_without_duplicates_or_half_images(tiny_sdxl, frames, tmp_path, capsys):
+    out = tmp_path / "killed"
+    argv = ["--out", str(out), "--model", str(tiny_sdxl), "--mode", "both", "--frames", str(frames), *TINY,
+            "--batch-size", "1", "--count", "6", "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-m", "sn72_tools.synth.cli", *argv], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manifest = out / MANIFEST
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and child.poll() is None:
+        if manifest.exists() and manifest.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.02)
+    assert child.poll() is None, f"the run ended before it could be killed: {child.stderr.read()[-2000:]!r}"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    child.stderr.close()
+    done_before = Manifest.open(manifest).records
+    assert 2 <= len(done_before) < 6
+
+    assert main(argv) == 0
+    assert f"{len(done_before)} recorded before" in capsys.readouterr().out
+    rows = records(out)
+    assert sorted(row["index"] for row in rows) == list(range(6))  # each job once
+    assert len({row["sha256"] for row in rows}) == 6 and all(row["status"] == "written" for row in rows)
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.parent != out)
+    assert [p.relative_to(out).as_posix() for p in files] == sorted(row["path"] for row in rows)  # no .tmp left
+    for row in rows:
+        assert sha256((out / row["path"]).read_bytes()) == row["sha256"]
+        with Image.open(out / row["path"]) as image:
+            image.load()  # whole images only
+
+    # The resumed images are the ones an uninterrupted run makes (batch 1 in both: the same computation).
+    reference = tmp_path / "reference"
+    assert main([*argv[:1], str(reference), *argv[2:-3], "--count", "3", "--no-progress"]) == 0
+    by_index = {row["index"]: row["sha256"] for row in rows}
+    assert {row["index"]: row["sha256"] for row in records(reference)} == {i: by_index[i] for i in range(3)}
+
+
+def test_every_state_a_kill_leaves_is_repaired(tiny_sdxl, tmp_path):
+    out = tmp_path / "repair"
+    settings = Settings(model=str(tiny_sdxl), mode="t2i", seed=5, steps=2, size=64)
+    from sn72_tools.synth.pipelines import load_pipelines
+
+    run(out, settings, 3, 3, lambda: load_pipelines(str(tiny_sdxl), "cpu"), progress=False)
+    lines = (out / MANIFEST).read_text().splitlines(keepends=True)
+    last = json.loads(lines[-1])
+    # Killed after the rename but before the line (an image with no record), during the next line's append (a torn
+    # line), and while writing another image (a .tmp file).
+    (out / MANIFEST).write_text("".join(lines[:-1]) + lines[-1][:25])
+    (out / "none" / "synth-000009-t2i.png.tmp").write_bytes(b"\x89PNG half")
+    assert open_source(out).size == 3  # the half-written file is never read as an image
+    summary = run(out, settings, 3, 3, never_load, progress=False)
+    assert (summary.adopted, summary.temp_removed, summary.torn_bytes, summary.written) == (1, 1, 25, 0)
+    assert "repaired after a kill: 1 temp file(s) removed, 25 byte(s) of a torn manifest line cut" in summary.lines()
+    rows = records(out)
+    assert [row["index"] for row in rows] == [0, 1, 2] and rows[-1]["sha256"] == last["sha256"]
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_duplicates_are_refused_and_named(tiny_sdxl, tmp_path, capsys):
+    """A model whose decoder outputs zeros draws one flat grey image for every prompt: byte-identical files."""
+    from diffusers import AutoencoderKL
+
+    model = tmp_path / "flat-sdxl"
+    build_tiny_sdxl(model)
+    vae = AutoencoderKL.from_pretrained(model / "vae")
+    for parameter in vae.decoder.conv_out.parameters():
+        parameter.data.zero_()
+    vae.save_pretrained(model / "vae")
+    out = tmp_path / "dups"
+    argv = ["--out", str(out), "--model", str(model), *TINY, "--count", "3", "--no-progress"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "duplicates refused: 2: 1 (same bytes as 0), 2 (same bytes as 0)" in text
+    rows = records(out)
+    assert [(row["status"], row.get("duplicate_of"), row["path"]) for row in rows] == [
+        ("written", None, rows[0]["path"]), ("duplicate", 0, None), ("duplicate", 0, None)]
+    assert open_source(out).size == 1
+    assert main(argv) == 0  # recorded as refused: a re-run does not make them again
+    assert "(0 written now, 3 recorded before" in capsys.readouterr().out
+
+
+def test_a_missing_or_wrong_model_is_one_line(tmp_path, capsys):
+    (tmp_path / "not-a-pipeline").mkdir()
+    for model, message in [
+        (str(tmp_path / "not-a-pipeline"), "no diffusers pipeline there (model_index.json missing)"),
+        ("nobody/no-such-sdxl", "cannot load an SDXL pipeline"),
+    ]:
+        assert main(["--out", str(tmp_path / model.replace("/", "_")), "--model", model, "--count", "1",
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("sn72-synth: error:")]
+        assert len(errors) == 1 and message in errors[0], err
+    assert "sn72-download-models --synth-model nobody/no-such-sdxl" in errors[0]
+
+
+@pytest.mark.bench
+def test_the_gpu_bench_runs_its_cpu_path_and_bounds_its_time(tmp_path):
+    from sn72_lab import synth_bench
+
+    argv = ["--tiny", "--steps", "2", "--repeats", "2", "--batch-sizes", "1,2"]
+    assert synth_bench.main(["--out", str(tmp_path / "a"), *argv]) == 0
+    report = json.loads((tmp_path / "a" / "synth_bench.json").read_text())
+    assert [(r["mode"], r["batch_size"]) for r in report["results"]] == [("t2i", 1), ("t2i", 2), ("i2i", 1),
+                                                                        ("i2i", 2)]
+    for result in report["results"]:
+        spread = result["images_per_s"]
+        assert len(result["values"]) == 2 and 0 < spread["min"] <= spread["mean"] <= spread["max"]
+        assert result["image_size"] == [64, 64]
+    assert report["skipped"] == [] and report["i2i_denoising_steps"] == 1 and report["command"].startswith("python3")
+    assert synth_bench.main(["--out", str(tmp_path / "b"), *argv, "--seconds", "0"]) == 0
+    bounded = json.loads((tmp_path / "b" / "synth_bench.json").read_text())
+    assert bounded["results"] == [] and len(bounded["skipped"]) == 4
+
+
+def test_the_bench_configs_are_sdxl_base_sized():
+    """The real-size configs, built on the meta device (no memory): stable-diffusion-xl-base-1.0's parameter counts."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from sn72_lab.synth_bench import SDXL_TEXT, SDXL_TEXT_2, SDXL_UNET, SDXL_VAE
+
+    with torch.device("meta"):
+        text, text_2 = CLIPTextConfig(**SDXL_TEXT), CLIPTextConfig(**SDXL_TEXT_2)
+        models = [UNet2DConditionModel(**SDXL_UNET), AutoencoderKL(**SDXL_VAE), CLIPTextModel(text),
+                  CLIPTextModelWithProjection(text_2)]
+    counts = [sum(p.numel() for p in model.parameters()) for model in models]
+    assert counts == [2_567_463_684, 83_653_863, 123_060_480, 694_659_840]
