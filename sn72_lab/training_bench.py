@@ -2,6 +2,10 @@
 
     python -m sn72_lab.training_bench --model tiny-vit --images 600 --height 48           # this CPU
     bash scripts/train_bench.sh OUT                                                     # ViT-B/16 on CUDA
+    python3 -m sn72_lab.training_bench --presets all --size real --device cuda --out OUT   # every preset (below)
+
+`--presets` times the training presets instead (sn72_lab/preset_bench.py: images/s over windows, peak memory,
+the cost of an epoch of 35,000 images).
 
 The model is built locally with random weights (sn72_lab/tiny_models.py: `tiny-vit`, or `vit-b16`, the
 subnet's architecture at 224 px), the images are generated (sn72_tools/training/synthetic.py), and the run
@@ -81,9 +85,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-steps", type=int, default=3, help="optimiser steps not timed (warm-up)")
     parser.add_argument("--out", type=Path, default=Path("train-bench"), help="work folder; bench.json goes here")
     parser.add_argument("--no-progress", action="store_true")
+    presets = parser.add_argument_group("--presets mode (sn72_lab/preset_bench.py)")
+    presets.add_argument("--presets", metavar="NAMES",
+                         help="comma-separated presets of sn72_tools/training/recipe.py (an ensemble preset: its "
+                              "members), or all; times each with its recipe instead of --model")
+    presets.add_argument("--size", choices=["tiny", "real"], default="real",
+                         help="real: the hub model's architecture (random weights); tiny: for tests on a CPU")
+    presets.add_argument("--windows", type=int, default=5, help="measured windows per preset (default 5)")
+    presets.add_argument("--epoch-images", type=int, default=35_000, help="the epoch costed (default 35,000)")
+    presets.add_argument("--compute-steps", type=int, default=10,
+                         help="steps of the no-data-loading comparison per preset (0: none)")
+    presets.add_argument("--preset-budget-s", type=float, default=90.0,
+                         help="training seconds per preset before it is stopped (default 90)")
+    presets.add_argument("--deadline-s", type=float, default=480.0,
+                         help="start no preset after this many seconds of the bench (default 480)")
     args = parser.parse_args(argv)
     if args.images < 20 or args.height < 16 or args.batch_size < 1:
         parser.error("--images must be >= 20, --height >= 16 and --batch-size >= 1")
+    if args.presets:
+        from sn72_lab import preset_bench
+
+        if args.windows < 1 or args.epoch_images < 1:
+            parser.error("--windows and --epoch-images must be at least 1")
+        if "--batch-size" not in (argv if argv is not None else sys.argv[1:]):
+            args.batch_size = None  # each preset's own
+        return preset_bench.run(args)
     from sn72_tools.training.recipe import Recipe
     from sn72_tools.training.run import Inputs, resolve_device, train
     from sn72_tools.training.synthetic import make_cone_folder

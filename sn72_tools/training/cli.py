@@ -26,11 +26,21 @@ from pydantic import ValidationError
 
 from cascade.config import format_validation_error
 from sn72_tools.evaluation.datasets import KINDS
-from sn72_tools.training.recipe import AUGMENTATIONS, DEFAULT_MODEL, PRESETS, Recipe, TrainError, build_recipe
+from sn72_tools.training.recipe import (
+    AUGMENTATIONS,
+    DEFAULT_MODEL,
+    ENSEMBLES,
+    PRESETS,
+    REGIMES,
+    Recipe,
+    TrainError,
+    build_recipe,
+)
 
 _RECIPE_FLAGS = ("model", "mode", "resize", "epochs", "batch_size", "eval_batch_size", "learning_rate",
                  "weight_decay", "warmup_ratio", "label_smoothing", "class_weighting", "patience", "best_metric",
-                 "holdout", "fit_share", "augment", "augment_p", "precision", "seed", "workers")
+                 "holdout", "fit_share", "augment", "augment_p", "precision", "seed", "workers", "focal_gamma",
+                 "regime", "synthetic_share")
 WORSE_THAN_START = 3  # the run finished, but its model is no candidate
 
 
@@ -58,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-column", default="image", help="image column of parquet / datasets sets")
     parser.add_argument("--label-column", default="label", help="label column of parquet / datasets sets")
     recipe = parser.add_argument_group("recipe (defaults shown are used when no --preset sets them)")
-    recipe.add_argument("--preset", choices=list(PRESETS), help="the published SN72 recipe on ConvNeXt V2 or DINOv2")
+    recipe.add_argument("--preset", choices=[*PRESETS, *ENSEMBLES],
+                        help="a published recipe (docs/training.md, Presets); an ensemble preset names its members")
     recipe.add_argument("--model", help=f"hub id or local folder to start from (default {DEFAULT_MODEL})")
     recipe.add_argument("--mode", choices=["full", "probe"], help="full fine-tune (default) or linear probe")
     recipe.add_argument("--resize", choices=["squash", "letterbox", "center_crop"],
@@ -70,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
     recipe.add_argument("--warmup", dest="warmup_ratio", type=float, help="share of steps warming up (default 0.1)")
     recipe.add_argument("--label-smoothing", type=float, help="default 0")
+    recipe.add_argument("--focal-gamma", type=float, help="focal loss exponent (default 0: cross-entropy)")
+    recipe.add_argument("--regime", choices=REGIMES,
+                        help="validators' image condition to train for (default native: images as stored, no "
+                             "augmentation; the earlier two crop or letterbox to 224, then distort)")
+    recipe.add_argument("--synthetic-share", type=float,
+                        help="share of each epoch's samples drawn from --synthetic (needs --synthetic)")
     recipe.add_argument("--class-weighting", action=argparse.BooleanOptionalAction, default=None,
                         help="weigh the loss by inverse class frequency (default off)")
     recipe.add_argument("--patience", type=int, help="epochs without improvement before stopping (default 3; 0: off)")
@@ -83,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default auto: bf16 on CUDA")
     recipe.add_argument("--seed", type=int, help="default 0")
     recipe.add_argument("--workers", type=int, help="data-loading processes (default 0: in process)")
+    parser.add_argument("--synthetic", type=Path, metavar="DIR",
+                        help="generated images (0/ + 1/) that train only, never dev or fit (with --synthetic-share)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train")
     parser.add_argument("--resume", action="store_true", help="continue OUT's run from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds an earlier run")
@@ -118,8 +137,9 @@ def run(args: argparse.Namespace) -> list[str]:
         recipe = _recipe(args)
         seed = recipe.seed
         inputs = Inputs(data=args.data, out=args.out, dev=args.dev, fit=args.fit, exclude=args.exclude,
-                        kind=args.format, split=args.split, image_column=args.image_column,
-                        label_column=args.label_column, device=args.device, resume=args.resume,
+                        synthetic=args.synthetic, kind=args.format, split=args.split,
+                        image_column=args.image_column, label_column=args.label_column, device=args.device,
+                        resume=args.resume,
                         overwrite=args.overwrite, judge=not args.no_eval, progress=not args.no_progress)
         outcome = train(recipe, inputs)
         lines += outcome.lines

@@ -147,8 +147,9 @@ class PixelSet(torch.utils.data.Dataset[dict[str, Any]]):
     """Labelled images as the expert would see them, optionally distorted per epoch (seeded)."""
 
     def __init__(self, examples: Sequence[Example], start: StartingModel, resize: ResizeMode,
-                 augment: Sequence[str] = (), augment_p: float = 0.0, seed: int = 0) -> None:
+                 augment: Sequence[str] = (), augment_p: float = 0.0, seed: int = 0, regime: str = "native") -> None:
         self.examples = list(examples)
+        self.regime = regime  # an earlier validators' condition: every training image cropped/letterboxed first
         self.geometry = start.geometry
         self.classes = [start.class_of(e.label) for e in self.examples]
         self.resize: ResizeMode = resize
@@ -166,6 +167,8 @@ class PixelSet(torch.utils.data.Dataset[dict[str, Any]]):
 
     def image_bytes(self, index: int) -> bytes:
         data = self.examples[index].read()
+        if self.regime != "native":
+            data = distort.apply(self.regime, data, seed=self.seed)
         if self.augment and self.augment_p > 0:
             # Whether and how this image is distorted this epoch: the same in every run (and after --resume).
             rng = distort.image_rng(data, "augment", self.seed + 7919 * self.epoch)

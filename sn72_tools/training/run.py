@@ -34,14 +34,14 @@ from cascade.experts.base import ExpertError
 from cascade.experts.preprocess import recorded_resize, write_preprocess_record
 from sn72_tools.evaluation import roles
 from sn72_tools.promotion.served import serving_cascades
-from sn72_tools.training import card, data, judge
+from sn72_tools.training import card, data, judge, mix
+from sn72_tools.training.losses import RecipeTrainer
 from sn72_tools.training.model import (
     PixelSet,
     StartingModel,
     class_weights,
     inspect_model,
     load_starting_model,
-    make_loss,
     make_metrics,
     positive_probability,
 )
@@ -57,6 +57,7 @@ class Inputs:
     dev: list[Path] = field(default_factory=list)  # early stopping (default: --holdout of the data)
     fit: list[Path] = field(default_factory=list)  # the calibration fit (default: --fit-share of the data)
     exclude: list[Path] = field(default_factory=list)  # images in no role (a frozen judge set)
+    synthetic: Path | None = None  # generated images that train only (recipe.synthetic_share of each epoch: mix.py)
     kind: str = "auto"
     split: str | None = None
     image_column: str = "image"
@@ -187,7 +188,7 @@ class _NoBestModelWarning(logging.Filter):
 _NO_BEST_MODEL_WARNING = _NoBestModelWarning()
 
 
-def _callbacks(recipe: Recipe, train_set: PixelSet, extra: Sequence[Any]) -> list[Any]:
+def _callbacks(recipe: Recipe, train_set: PixelSet | mix.MixedSet, extra: Sequence[Any]) -> list[Any]:
     from transformers import EarlyStoppingCallback, TrainerCallback
 
     logging.getLogger("transformers.trainer_callback").addFilter(_NO_BEST_MODEL_WARNING)
@@ -223,8 +224,11 @@ def _swap_in(new: Path, final: Path) -> None:
 
 def train(recipe: Recipe, inputs: Inputs, callbacks: Sequence[Any] = ()) -> Outcome:
     """Train, save the model folder, judge it; raises TrainError for anything the operator must fix."""
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
+    if (inputs.synthetic is None) != (recipe.synthetic_share == 0.0):
+        raise TrainError("--synthetic DIR and --synthetic-share S (0 < S <= 0.9) go together: "
+                         f"got {inputs.synthetic or 'no --synthetic'} and share {recipe.synthetic_share}")
     resume_from = check_out(inputs)
     device = resolve_device(inputs.device)
     precision = _precision(recipe, device)
@@ -236,6 +240,7 @@ def train(recipe: Recipe, inputs: Inputs, callbacks: Sequence[Any] = ()) -> Outc
     except (ExpertError, roles.EvalError) as exc:
         raise TrainError(str(exc)) from exc
     split = read_data(inputs, recipe, info.geometry.side, base)
+    synthetic = _read_synthetic(inputs, split, info.geometry.side)
     for line in split.table():
         logger.info(line)
     start_out(inputs, split, resumed=resume_from is not None)
@@ -247,13 +252,22 @@ def train(recipe: Recipe, inputs: Inputs, callbacks: Sequence[Any] = ()) -> Outc
     if inputs.judge:
         for part, verdict in _judge_start(start, resize, device, inputs, recipe.seed, parts).items():
             judged[part]["before"] = verdict
-    train_set = PixelSet(split.train, start, resize, recipe.augment, recipe.augment_p, recipe.seed)
+    real_set = PixelSet(split.train, start, resize, recipe.distortions(), recipe.augment_p, recipe.seed,
+                        recipe.regime)
+    train_set: PixelSet | mix.MixedSet = real_set
+    if synthetic is not None:
+        train_set = mix.MixedSet(real_set, PixelSet(synthetic.examples, start, resize, recipe.distortions(),
+                                                    recipe.augment_p, recipe.seed, recipe.regime),
+                                 recipe.synthetic_share, recipe.seed)
+        logger.info("synthetic: {} images of {} ({} dropped: already real or excluded), {} per epoch ({:.0%} of "
+                    "its samples); never in dev or fit", len(synthetic.examples), synthetic.source,
+                    synthetic.dropped, train_set.per_epoch, recipe.synthetic_share)
     dev_set = PixelSet(split.dev, start, resize)
     weights = class_weights([e.label for e in split.train], start) if recipe.class_weighting else None
-    trainer = Trainer(
+    trainer = RecipeTrainer(
         model=start.model, args=_training_arguments(recipe, inputs, device, precision), train_dataset=train_set,
-        eval_dataset=dev_set, compute_loss_func=make_loss(weights, recipe.label_smoothing),
-        compute_metrics=make_metrics(start), callbacks=_callbacks(recipe, train_set, callbacks),
+        eval_dataset=dev_set, compute_metrics=make_metrics(start), callbacks=_callbacks(recipe, train_set, callbacks),
+        focal_gamma=recipe.focal_gamma, label_smoothing=recipe.label_smoothing, class_weights=weights,
     )
     logger.info("training {} on {} images ({} for early stopping, {} kept for the calibration fit), {} on {}, "
                 "resize {}", recipe.model, len(split.train), len(split.dev), len(split.fit), precision, device, resize)
@@ -284,10 +298,14 @@ def train(recipe: Recipe, inputs: Inputs, callbacks: Sequence[Any] = ()) -> Outc
                                "best_checkpoint": state.best_model_checkpoint, "best_metric": state.best_metric,
                                "trainer_dev": _trainer_metrics(predicted.metrics or {}),
                                "train_seconds": train_seconds, "train_images": len(split.train),
+                               "synthetic": None if synthetic is None else {
+                                   "source": synthetic.source, "images": len(synthetic.examples),
+                                   "dropped": synthetic.dropped, "per_epoch": len(train_set) - len(split.train)},
                                "device": device, "precision": precision})
     record["verdict"] = judge.against_start(judged, recipe.seed)
     card.write_card(new, record)
-    roles.write_lineage(new, (e.sha256 for e in split.train), (e.sha256 for e in split.dev), base, recipe.model)
+    trained_on = [*split.train, *(synthetic.examples if synthetic else [])]  # synthetic images are trained on too
+    roles.write_lineage(new, (e.sha256 for e in trained_on), (e.sha256 for e in split.dev), base, recipe.model)
     _swap_in(new, inputs.out / "model")
     worse = bool(record["verdict"] and record["verdict"]["worse"])
     return Outcome(inputs.out / "model", record, split, trainer_probabilities, engine_probabilities, train_seconds,
@@ -311,6 +329,15 @@ def _best_model(trainer: Any) -> None:
 def _trainer_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {key.removeprefix("test_"): float(value) for key, value in metrics.items()
             if key in ("test_loss", "test_mcc", "test_accuracy")}
+
+
+def _read_synthetic(inputs: Inputs, split: data.Split, side: int) -> mix.SyntheticSide | None:
+    """The --synthetic images that train (none of them a real image of any role, nor excluded)."""
+    if inputs.synthetic is None:
+        return None
+    examples, counts = data.read_sources([inputs.synthetic], kind="auto", min_side=side, progress=inputs.progress)
+    taken = {e.sha256 for part in (split.train, split.dev, split.fit) for e in part} | _hashes(inputs.exclude, inputs)
+    return mix.keep_for_training(examples, taken, counts[0].source)
 
 
 def _eval_device(device: str) -> str:

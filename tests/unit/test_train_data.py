@@ -154,7 +154,7 @@ def test_a_preset_fills_the_recipe_and_explicit_flags_win():
         5e-5, 0.05, 0.1, 0.05)
     assert recipe.class_weighting and recipe.resize == "letterbox" and recipe.mode == "full"
     assert build_recipe("sn72-dinov2", {}).model == "facebook/dinov2-with-registers-base"
-    assert set(PRESETS) == {"sn72-convnextv2", "sn72-dinov2"}
+    assert set(PRESETS) == {"sn72-convnextv2", "sn72-dinov2", "vit-b16-in21k"}
     plain = build_recipe(None, {})
     assert plain.model == "natix-network-org/roadwork" and plain.resize is None and not plain.augment
     with pytest.raises(TrainError, match="unknown preset 'sn71'"):
