@@ -17,13 +17,10 @@ from neurons.chain import MetagraphSnapshot, Neuron
 from neurons.config import MinerConfig
 from neurons.miner import Miner, serve
 from sn72_lab.offline import free_port
-from sn72_tools.client import axon_info, make_dendrite, query
+from sn72_tools.client import axon_info, query
+from tests.factories.dendrites import dendrite_of
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, marked_payload
-
-
-class _StaticMetagraph:
-    def __init__(self, snapshot: MetagraphSnapshot) -> None:
-        self.snapshot = snapshot
+from tests.factories.metagraph import StaticMetagraph
 
 
 @pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
@@ -55,25 +52,24 @@ def test_a_second_request_is_answered_while_the_first_is_computing(tmp_path, loo
         "cascade_file": "unused.yaml",
         "axon": {"host": "127.0.0.1", "port": port, "external_ip": "127.0.0.1", "event_loop": loop_kind},
     })
-    miner = Miner(miner_config, engine, _StaticMetagraph(snapshot))
+    miner = Miner(miner_config, engine, StaticMetagraph(snapshot))
     server = serve(miner_config, miner_wallet, miner)
     expected_module = "uvloop" if loop_kind == "uvloop" else "asyncio"
     assert type(engine._loop).__module__.split(".")[0] == expected_module
     assert type(server.server.servers[0]).__module__.split(".")[0] == expected_module  # uvicorn's listener
 
     async def scenario():
-        dendrite = make_dendrite(validator)
         target = axon_info("127.0.0.1", port, miner_wallet.hotkey.ss58_address)
-        try:
-            first = asyncio.create_task(query(dendrite, target, marked_payload(1), timeout_s=20))
-            assert await asyncio.to_thread(held.wait, 20)
-            second = await query(dendrite, target, marked_payload(2, seed=2), timeout_s=20)
-            assert not first.done(), "the first request should still be computing"
-            release.set()
-            return await first, second
-        finally:
-            release.set()
-            await dendrite.aclose_session()
+        async with dendrite_of(validator) as dendrite:
+            try:
+                first = asyncio.create_task(query(dendrite, target, marked_payload(1), timeout_s=20))
+                assert await asyncio.to_thread(held.wait, 20)
+                second = await query(dendrite, target, marked_payload(2, seed=2), timeout_s=20)
+                assert not first.done(), "the first request should still be computing"
+                release.set()
+                return await first, second
+            finally:
+                release.set()
 
     try:
         first, second = asyncio.run(scenario())

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from neurons.chain import Neuron, write_metagraph_json
 from neurons.protocol import ExtendedImageSynapse, ImageSynapse
 from sn72_lab.offline import MinerProcess, make_wallets, run_miner
 from sn72_lab.tiny_models import build_tiny_vit
-from sn72_tools.client import axon_info, encode_jpeg, make_dendrite, synthetic_image
+from sn72_tools.client import axon_info, encode_jpeg, synthetic_image
+from tests.factories.cascades import cascade_of, level, vit_expert
+from tests.factories.dendrites import dendrite_of
+from tests.factories.metrics import families
 
 pytestmark = pytest.mark.slow
 
@@ -23,30 +24,23 @@ MODEL_URL = "https://huggingface.co/someone/sn72-cascade"
 
 
 def tiny_cascade(model: Path) -> dict:
-    return {"version": "e2e", "release": "1.0.0", "levels": [{"name": "fast", "exit_margin": 0.3, "experts": [
-        {"name": "vit", "backend": "hf_classifier", "model": str(model), "device": "cpu", "max_batch": 4,
-         "options": {"positive_labels": ["Roadwork"]}}]}]}
+    return cascade_of(level(vit_expert(model, max_batch=4)), version="e2e", release="1.0.0")
 
 
 def send(process: MinerProcess, wallet, synapse_cls: type[ImageSynapse]) -> ImageSynapse:
     async def go() -> ImageSynapse:
-        dendrite = make_dendrite(wallet)
-        try:
+        async with dendrite_of(wallet) as dendrite:
             responses = await dendrite.forward(axons=[axon_info("127.0.0.1", process.port, process.hotkey)],
                                                synapse=synapse_cls(image=encode_jpeg(synthetic_image(7))),
                                                deserialize=False, timeout=9.0)
             return responses[0]
-        finally:
-            await dendrite.aclose_session()
 
     return asyncio.run(go())
 
 
 def registration_metrics(process: MinerProcess) -> tuple[float, float]:
-    url = f"http://127.0.0.1:{process.metrics_port}/metrics"
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    values = {f.name: f.samples[0].value for f in text_string_to_metric_families(text)
-              if f.name in ("sn72_miner_registered", "sn72_miner_uid")}
+    scraped = families(process.metrics_port)
+    values = {name: scraped[name].samples[0].value for name in ("sn72_miner_registered", "sn72_miner_uid")}
     return values["sn72_miner_registered"], values["sn72_miner_uid"]
 
 

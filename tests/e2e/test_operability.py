@@ -25,7 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sn72_lab.offline import ROOT, free_port, make_wallets
 from sn72_lab.tiny_models import build_tiny_vit
 from sn72_tools.client import encode_jpeg, synthetic_image
-from tests.e2e.test_miner_process import ask
+from tests.factories.cascades import cascade_of, level, vit_expert
+from tests.factories.dendrites import ask
 
 pytestmark = pytest.mark.slow
 DEPLOY = ROOT / "deploy"
@@ -37,9 +38,8 @@ class Miner:
     def __init__(self, folder: Path, wallets: Any, model: Path, **sections: Any) -> None:
         self.port, self.metrics_port = free_port(), free_port()
         self.hotkey = wallets.miner.hotkey.ss58_address
-        (folder / "cascade.yaml").write_text(yaml.safe_dump({"version": "ops", "levels": [{"name": "l1", "experts": [
-            {"name": "vit", "backend": "hf_classifier", "model": str(model), "device": "cpu", "warmup_batches": 3,
-             "options": {"positive_labels": ["Roadwork"]}}]}]}))
+        tiny = cascade_of(level(vit_expert(model, warmup_batches=3), name="l1", exit_margin=None), version="ops")
+        (folder / "cascade.yaml").write_text(yaml.safe_dump(tiny))
         config: dict[str, Any] = {
             "wallet": {"name": "miner", "hotkey": "default", "path": str(wallets.path)},
             "chain": {"offline": True, "metagraph_file": str(folder / "metagraph.json")},
@@ -189,9 +189,9 @@ def test_a_scrape_has_every_series_the_dashboard_and_alerts_query(assets):
     try:
         miner.wait_ready()
         wallets = assets[1]
-        outcomes = ask((miner, wallets), "validator", [encode_jpeg(synthetic_image(i)) for i in range(4)])
+        outcomes = ask(miner, wallets.validator, [encode_jpeg(synthetic_image(i)) for i in range(4)])
         assert all(o.status_code == 200 for o in outcomes)
-        assert ask((miner, wallets), "stranger", [encode_jpeg(synthetic_image(9))])[0].status_code == 403
+        assert ask(miner, wallets.stranger, [encode_jpeg(synthetic_image(9))])[0].status_code == 403
         status, text = miner.get("/metrics")
     finally:
         assert miner.stop() == 0

@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 
-from sn72_lab.offline import ensure_wallet, run_miner, write_offline_metagraph
+from sn72_lab.offline import run_miner
 from sn72_lab.tiny_models import build_tiny_vit
 from sn72_tools.client import synthetic_image
 from sn72_tools.evaluation.scoring import accuracy, mcc
 from sn72_tools.query import main as query_main
+from tests.factories.cascades import vit_cascade
+from tests.factories.dendrites import validator_wallets
 
 pytestmark = pytest.mark.slow
 
@@ -28,15 +30,9 @@ CALLERS = ("folder", "sheet", "no-retry", "retry", "names", "config")
 @pytest.fixture(scope="module")
 def miner(tmp_path_factory: pytest.TempPathFactory) -> Any:
     folder = tmp_path_factory.mktemp("query-miner")
-    wallets = folder / "wallets"
-    miner_wallet = ensure_wallet(wallets, "miner")
-    callers = {name: ensure_wallet(wallets, name) for name in CALLERS}
-    write_offline_metagraph(folder / "metagraph.json", 72, miner_wallet.hotkey.ss58_address,
-                            {w.hotkey.ss58_address: 5000.0 for w in callers.values()})
+    wallets, miner_wallet, _ = validator_wallets(folder, CALLERS, stake=5000.0)
     model = build_tiny_vit(folder / "models" / "tiny-vit")
-    cascade = {"version": "query-e2e", "prior": 0.5, "levels": [{"name": "fast", "exit_margin": 0.3, "experts": [
-        {"name": "vit", "backend": "hf_classifier", "model": str(model), "device": "cpu", "max_batch": 8,
-         "max_wait_ms": 2.0, "options": {"positive_labels": ["Roadwork"]}}]}]}
+    cascade = vit_cascade(model, "query-e2e", max_batch=8, max_wait_ms=2.0)
     extra = {"guards": {"rate_per_s": 5.0, "burst": 5.0}, "log_level": "WARNING"}
     with run_miner(folder, wallets, miner_wallet, cascade, extra=extra) as process:
         yield process, wallets

@@ -27,7 +27,8 @@ from sn72_lab.loadtest import scrape
 from sn72_lab.offline import ROOT, MinerProcess, Wallets, free_port, make_wallets, run_miner
 from sn72_lab.tiny_models import build_tiny_vit
 from sn72_tools.client import encode_jpeg, synthetic_image
-from tests.e2e.test_miner_process import ask
+from tests.factories.cascades import cascade_of, level, vit_expert
+from tests.factories.dendrites import ask
 
 pytestmark = pytest.mark.slow
 
@@ -49,16 +50,15 @@ class Served:
 
     def answer(self, first_image: int, count: int = 3) -> None:
         images = [encode_jpeg(synthetic_image(first_image + i, (320, 240))) for i in range(count)]
-        assert all(o.status_code == 200 for o in ask((self.process, self.wallets), "validator", images))
+        assert all(o.status_code == 200 for o in ask(self.process, self.wallets.validator, images))
 
 
 def expert(name: str, model: Path, **fields: Any) -> dict[str, Any]:
-    return {"name": name, "backend": "hf_classifier", "model": str(model), "device": "cpu", "warmup_batches": 1,
-            "options": {"positive_labels": ["Roadwork"]}, **fields}
+    return vit_expert(model, name, warmup_batches=1, **fields)
 
 
 def cascade(*experts: dict[str, Any]) -> dict[str, Any]:
-    return {"version": "ops", "levels": [{"name": "only", "exit_margin": 0.3, "experts": list(experts)}]}
+    return cascade_of(level(*experts, name="only"), version="ops")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import yaml
 
 from sn72_lab.offline import ROOT, free_port, make_wallets
 from sn72_lab.tiny_models import build_tiny_vit
+from tests.factories.cascades import cascade_of, level, vit_expert
 
 pytestmark = pytest.mark.slow
 
@@ -26,13 +27,8 @@ def setup(tmp_path_factory):
     return folder, wallets, model
 
 
-def expert(model: Any, **overrides: Any) -> dict[str, Any]:
-    return {"name": "vit", "backend": "hf_classifier", "model": str(model), "device": "cpu",
-            "options": {"positive_labels": ["Roadwork"]}, **overrides}
-
-
 def write_config(folder: Path, wallets: Any, experts: list[dict[str, Any]], **sections: Any) -> Path:
-    (folder / "cascade.yaml").write_text(yaml.safe_dump({"levels": [{"name": "l1", "experts": experts}]}))
+    (folder / "cascade.yaml").write_text(yaml.safe_dump(cascade_of(level(*experts, name="l1", exit_margin=None))))
     config: dict[str, Any] = {
         "wallet": {"name": "miner", "hotkey": "default", "path": str(wallets.path)},
         "chain": {"offline": True, "metagraph_file": str(folder.parent / "metagraph.json")},
@@ -69,7 +65,7 @@ def test_an_axon_port_held_by_another_process_is_a_one_line_error(setup):
     _, wallets, model = setup
     with socket.create_server(("127.0.0.1", 0)) as holder:
         port = holder.getsockname()[1]
-        config = write_config(case(setup, "axon-held"), wallets, [expert(model)], axon={"port": port})
+        config = write_config(case(setup, "axon-held"), wallets, [vit_expert(model)], axon={"port": port})
         done = start(config)
     assert done.returncode == 2
     assert errors_of(done) == [f"error: axon.port: the axon port 127.0.0.1:{port} is already in use by pid "
@@ -80,7 +76,7 @@ def test_a_metrics_port_held_by_another_process_is_a_one_line_error(setup):
     _, wallets, model = setup
     with socket.create_server(("127.0.0.1", 0)) as holder:
         port = holder.getsockname()[1]
-        config = write_config(case(setup, "metrics-held"), wallets, [expert(model)], metrics={"port": port})
+        config = write_config(case(setup, "metrics-held"), wallets, [vit_expert(model)], metrics={"port": port})
         done = start(config)
     assert done.returncode == 2
     [line] = errors_of(done)
@@ -99,7 +95,7 @@ def test_missing_config_and_cascade_files_are_one_line_errors(setup):
     assert done.returncode == 2
     [line] = errors_of(done)
     assert "cannot read config" in line and "absent.yaml" in line
-    config = write_config(folder, setup[1], [expert(setup[2])])
+    config = write_config(folder, setup[1], [vit_expert(setup[2])])
     (folder / "cascade.yaml").unlink()
     done = start(config)
     assert done.returncode == 2
@@ -108,7 +104,7 @@ def test_missing_config_and_cascade_files_are_one_line_errors(setup):
 
 
 def test_a_missing_wallet_is_a_one_line_error(setup):
-    config = write_config(case(setup, "no-wallet"), setup[1], [expert(setup[2])], wallet={"name": "nobody"})
+    config = write_config(case(setup, "no-wallet"), setup[1], [vit_expert(setup[2])], wallet={"name": "nobody"})
     done = start(config)
     assert done.returncode == 2
     [line] = errors_of(done)
@@ -117,7 +113,7 @@ def test_a_missing_wallet_is_a_one_line_error(setup):
 
 def test_a_missing_model_is_named_before_anything_loads(setup):
     folder = case(setup, "no-model")
-    config = write_config(folder, setup[1], [expert(folder / "gone"), expert(setup[2], name="ok")])
+    config = write_config(folder, setup[1], [vit_expert(folder / "gone"), vit_expert(setup[2], name="ok")])
     done = start(config)
     assert done.returncode == 2
     assert errors_of(done) == [f"error: models: vit (hf_classifier) {folder / 'gone'}: local path {folder / 'gone'} "
@@ -134,7 +130,7 @@ def test_an_unplaceable_cascade_says_why_in_one_line_per_problem(setup):
         pass
     folder = case(setup, "unplaceable")
     vlm = {"name": "vlm", "backend": "vlm_vllm", "model": str(setup[2]), "device": "auto"}
-    config = write_config(folder, setup[1], [expert(setup[2], device="cuda:0"), vlm])
+    config = write_config(folder, setup[1], [vit_expert(setup[2], device="cuda:0"), vlm])
     done = start(config)
     assert done.returncode == 2
     lines = errors_of(done)
@@ -145,7 +141,7 @@ def test_an_unplaceable_cascade_says_why_in_one_line_per_problem(setup):
 
 
 def test_a_bad_environment_value_names_its_variable(setup):
-    config = write_config(case(setup, "bad-env"), setup[1], [expert(setup[2])])
+    config = write_config(case(setup, "bad-env"), setup[1], [vit_expert(setup[2])])
     done = start(config, env={"MINER_AXON__PORT": "80a"})
     assert done.returncode == 2
     assert "axon.port: Input should be a valid integer" in done.stderr and "from environment MINER_AXON__PORT" in \
@@ -154,13 +150,13 @@ def test_a_bad_environment_value_names_its_variable(setup):
 
 def test_check_runs_every_step_short_of_loading(setup):
     folder = case(setup, "check")
-    good = write_config(folder, setup[1], [expert(setup[2])])
+    good = write_config(folder, setup[1], [vit_expert(setup[2])])
     done = start(good, "--check")
     assert done.returncode == 0, done.stdout + done.stderr
     steps = [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith(("ok", "FAIL"))]
     assert steps == ["ok   config", "ok   listeners", "ok   wallet", "ok   metagraph", "ok   models", "ok   devices",
                      "ok   placement"]
-    bad = write_config(folder, setup[1], [expert(folder / "gone")], wallet={"name": "nobody"})
+    bad = write_config(folder, setup[1], [vit_expert(folder / "gone")], wallet={"name": "nobody"})
     done = start(bad, "--check")
     assert done.returncode == 2
     failed = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]

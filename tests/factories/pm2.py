@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from sn72_lab.offline import ROOT, Wallets, free_port
+from tests.factories.cascades import vit_cascade
 
 PM2_SPEC = "pm2@7"
 
@@ -90,9 +91,7 @@ def wait_until(predicate: Any, timeout_s: float, what: str, step_s: float = 0.25
 
 def offline_miner_config(folder: Path, wallets: Wallets, model: Path) -> tuple[Path, int]:
     """miner.yaml (offline, loopback, a one-expert CPU cascade) and its metrics port."""
-    cascade = {"version": "pm2", "prior": 0.5, "levels": [{"name": "fast", "exit_margin": 0.3, "experts": [
-        {"name": "vit", "backend": "hf_classifier", "model": str(model), "device": "cpu", "max_batch": 8,
-         "max_wait_ms": 2.0, "options": {"positive_labels": ["Roadwork"]}}]}]}
+    cascade = vit_cascade(model, "pm2", max_batch=8, max_wait_ms=2.0)
     (folder / "cascade.yaml").write_text(yaml.safe_dump(cascade))
     metrics_port = free_port()
     config = {
