@@ -40,10 +40,12 @@ class Lineage:
     early_stopping: set[str] = field(default_factory=set)
     known: bool = False  # False: a hub model or a folder with no record (nothing can be checked)
     records: list[str] = field(default_factory=list)  # where it was read from
+    teacher_labelled: set[str] = field(default_factory=set)  # of `trained`: learnt from a teacher's label
 
     def merged(self, other: Lineage) -> Lineage:
         return Lineage(self.trained | other.trained, self.early_stopping | other.early_stopping,
-                       self.known or other.known, self.records + other.records)
+                       self.known or other.known, self.records + other.records,
+                       self.teacher_labelled | other.teacher_labelled)
 
     @property
     def seen(self) -> set[str]:
@@ -61,7 +63,8 @@ def model_lineage(model: str | Path) -> Lineage:
             data = json.loads(record.read_text())
         except (OSError, ValueError) as exc:
             raise EvalError(f"{record}: cannot read the model's data record ({exc})") from exc
-        return Lineage(set(data.get("trained", [])), set(data.get("early_stopping", [])), True, [str(record)])
+        return Lineage(set(data.get("trained", [])), set(data.get("early_stopping", [])), True, [str(record)],
+                       set((data.get("teacher_labels") or {}).get("sha256", [])))
     old = path.parent / _OLD_SPLIT_FILE
     if old.is_file():  # runs made before the lineage file: the run's split beside its model folder
         try:
@@ -73,15 +76,22 @@ def model_lineage(model: str | Path) -> Lineage:
 
 
 def write_lineage(folder: Path, trained: Iterable[str], early_stopping: Iterable[str], base: Lineage,
-                  base_model: str) -> dict[str, Any]:
-    """Record in a model folder what it learnt from, its base model's lineage included."""
-    data = {
+                  base_model: str, teacher: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Record in a model folder what it learnt from, its base model's lineage included.
+
+    `teacher` (sn72_tools/training/teacher.py `teacher_record`): the teacher labels of this run, which are also
+    among `trained`; "teacher_labels" keeps this run's count, weight and teachers, and every hash of it and its base.
+    """
+    data: dict[str, Any] = {
         "format": LINEAGE_FORMAT,
         "base_model": base_model,
         "base_lineage_known": base.known,
         "trained": sorted(set(trained) | base.trained),
         "early_stopping": sorted(set(early_stopping) | base.early_stopping),
     }
+    if teacher is not None or base.teacher_labelled:
+        this_run = teacher or {"count": 0, "weight": [], "by_teacher": {}, "sha256": []}
+        data["teacher_labels"] = {**this_run, "sha256": sorted(set(this_run["sha256"]) | base.teacher_labelled)}
     (folder / LINEAGE_FILE).write_text(json.dumps(data, indent=0) + "\n")
     return data
 
@@ -113,7 +123,8 @@ def cascade_roles(cascade: CascadeConfig, side: str) -> tuple[dict[str, set[str]
             notes.append(f"{side} expert {expert.name}: no record of its training images ({expert.model}); "
                          "a judge set it trained on cannot be detected")
             continue
-        roles[f"training of the {side} expert {expert.name}"] = lineage.trained
+        roles[f"training of the {side} expert {expert.name}"] = lineage.trained - lineage.teacher_labelled
+        roles[f"teacher labels the {side} expert {expert.name} trained on"] = lineage.teacher_labelled
         roles[f"early stopping of the {side} expert {expert.name}"] = lineage.early_stopping
     fitted: CalibrationFile | None = cascade.fitted()
     if fitted is not None:

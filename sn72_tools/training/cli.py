@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--workers", type=int, help="data-loading processes (default 0: in process)")
     parser.add_argument("--synthetic", type=Path, metavar="DIR",
                         help="generated images (0/ + 1/) that train only, never dev or fit (with --synthetic-share)")
+    parser.add_argument("--teacher-labels", dest="teacher_stores", type=Path, nargs="*", metavar="STORE",
+                        help="also train on the teacher labels (sn72-al teach) of these active-learning stores (none "
+                             "named: the stores among DATA), weighted, in the train role only")
+    parser.add_argument("--teacher-weight", type=float, default=0.5,
+                        help="per-sample loss weight of a teacher label, in (0, 1] (default 0.5; a person's is 1)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train")
     parser.add_argument("--resume", action="store_true", help="continue OUT's run from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds an earlier run")
@@ -140,7 +145,8 @@ def run(args: argparse.Namespace) -> list[str]:
                         synthetic=args.synthetic, kind=args.format, split=args.split,
                         image_column=args.image_column, label_column=args.label_column, device=args.device,
                         resume=args.resume,
-                        overwrite=args.overwrite, judge=not args.no_eval, progress=not args.no_progress)
+                        overwrite=args.overwrite, judge=not args.no_eval, progress=not args.no_progress,
+                        teacher_stores=args.teacher_stores, teacher_weight=args.teacher_weight)
         outcome = train(recipe, inputs)
         lines += outcome.lines
         if outcome.worse:
@@ -162,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--refit needs --cascade C (the cascade YAML that serves OUT/model)")
     if not args.data and (args.resume or args.dev or args.fit or args.exclude):
         parser.error("--resume, --dev, --fit-data and --exclude need the DATA of the run")
+    if not 0.0 < args.teacher_weight <= 1.0:
+        parser.error(f"--teacher-weight must lie in (0, 1] (a teacher label never outweighs a person's), got "
+                     f"{args.teacher_weight}")
     logger.remove()
     logger.add(sys.stderr, level="INFO")  # loading the model and reading the data come before any progress bar
     if args.no_progress:

@@ -44,6 +44,8 @@ class Example:
     name: str
     source: str
     read: Callable[[], bytes]
+    weight: float = 1.0  # its share of the loss: below 1 for a teacher label (sn72_tools/training/teacher.py)
+    teacher: str | None = None  # `teacher:<level>@<hash>` when a model gave the label, not a person
 
 
 @dataclass

@@ -34,7 +34,7 @@ from cascade.experts.base import ExpertError
 from cascade.experts.preprocess import recorded_resize, write_preprocess_record
 from sn72_tools.evaluation import roles
 from sn72_tools.promotion.served import serving_cascades
-from sn72_tools.training import card, data, judge, mix
+from sn72_tools.training import card, data, judge, mix, teacher
 from sn72_tools.training.losses import RecipeTrainer
 from sn72_tools.training.model import (
     PixelSet,
@@ -67,6 +67,8 @@ class Inputs:
     overwrite: bool = False
     judge: bool = True  # the eval tool's verdicts before and after (off for benchmarks)
     progress: bool = True
+    teacher_stores: list[Path] | None = None  # --teacher-labels: AL stores whose teacher labels train ([]: DATA's)
+    teacher_weight: float = teacher.DEFAULT_WEIGHT  # their per-sample loss weight
 
 
 @dataclass
@@ -154,9 +156,18 @@ def read_data(inputs: Inputs, recipe: Recipe, side: int, base: roles.Lineage) ->
     examples, counts = read(inputs.data)
     dev, dev_counts = read(inputs.dev) if inputs.dev else (None, None)
     fit, fit_counts = read(inputs.fit) if inputs.fit else (None, None)
-    return data.split_examples(examples, counts, dev=dev, dev_counts=dev_counts, fit=fit, fit_counts=fit_counts,
-                               dev_share=recipe.holdout, fit_share=recipe.fit_share, seed=recipe.seed,
-                               base_seen=frozenset(base.seen), exclude=_hashes(inputs.exclude, inputs))
+    exclude = _hashes(inputs.exclude, inputs)
+    split = data.split_examples(examples, counts, dev=dev, dev_counts=dev_counts, fit=fit, fit_counts=fit_counts,
+                                dev_share=recipe.holdout, fit_share=recipe.fit_share, seed=recipe.seed,
+                                base_seen=frozenset(base.seen), exclude=exclude)
+    if inputs.teacher_stores is None:
+        return split
+    stores = inputs.teacher_stores or teacher.stores_among(inputs.data)
+    if not stores:
+        raise TrainError("--teacher-labels without STORE: no active-learning store among DATA to read them from")
+    taught, taught_counts = teacher.read_teacher_examples(stores, inputs.teacher_weight, min_side=side,
+                                                          progress=inputs.progress)
+    return teacher.add_teacher_examples(split, taught, taught_counts, exclude)  # train role only, after the split
 
 
 def _training_arguments(recipe: Recipe, inputs: Inputs, device: str, precision: str) -> Any:
@@ -252,11 +263,13 @@ def train(recipe: Recipe, inputs: Inputs, callbacks: Sequence[Any] = ()) -> Outc
     if inputs.judge:
         for part, verdict in _judge_start(start, resize, device, inputs, recipe.seed, parts).items():
             judged[part]["before"] = verdict
-    real_set = PixelSet(split.train, start, resize, recipe.distortions(), recipe.augment_p, recipe.seed,
-                        recipe.regime)
+    # Teacher labels weigh less: every item then carries its loss weight (RecipeTrainer applies it).
+    pixel_set = teacher.WeightedPixelSet if teacher.weighted(split.train) else PixelSet
+    real_set = pixel_set(split.train, start, resize, recipe.distortions(), recipe.augment_p, recipe.seed,
+                         recipe.regime)
     train_set: PixelSet | mix.MixedSet = real_set
     if synthetic is not None:
-        train_set = mix.MixedSet(real_set, PixelSet(synthetic.examples, start, resize, recipe.distortions(),
+        train_set = mix.MixedSet(real_set, pixel_set(synthetic.examples, start, resize, recipe.distortions(),
                                                     recipe.augment_p, recipe.seed, recipe.regime),
                                  recipe.synthetic_share, recipe.seed)
         logger.info("synthetic: {} images of {} ({} dropped: already real or excluded), {} per epoch ({:.0%} of "
@@ -298,6 +311,8 @@ def train(recipe: Recipe, inputs: Inputs, callbacks: Sequence[Any] = ()) -> Outc
                                "best_checkpoint": state.best_model_checkpoint, "best_metric": state.best_metric,
                                "trainer_dev": _trainer_metrics(predicted.metrics or {}),
                                "train_seconds": train_seconds, "train_images": len(split.train),
+                               "teacher_labels": {k: v for k, v in (teacher.teacher_record(split.train) or
+                                                                    {"count": 0}).items() if k != "sha256"},
                                "synthetic": None if synthetic is None else {
                                    "source": synthetic.source, "images": len(synthetic.examples),
                                    "dropped": synthetic.dropped, "per_epoch": len(train_set) - len(split.train)},
@@ -305,7 +320,8 @@ def train(recipe: Recipe, inputs: Inputs, callbacks: Sequence[Any] = ()) -> Outc
     record["verdict"] = judge.against_start(judged, recipe.seed)
     card.write_card(new, record)
     trained_on = [*split.train, *(synthetic.examples if synthetic else [])]  # synthetic images are trained on too
-    roles.write_lineage(new, (e.sha256 for e in trained_on), (e.sha256 for e in split.dev), base, recipe.model)
+    roles.write_lineage(new, (e.sha256 for e in trained_on), (e.sha256 for e in split.dev), base, recipe.model,
+                        teacher.teacher_record(split.train))
     _swap_in(new, inputs.out / "model")
     worse = bool(record["verdict"] and record["verdict"]["worse"])
     return Outcome(inputs.out / "model", record, split, trainer_probabilities, engine_probabilities, train_seconds,
@@ -391,6 +407,10 @@ def _summary(record: dict[str, Any], inputs: Inputs) -> list[str]:
              f"trained on {run['train_images']} images in {run['train_seconds']:.1f} s on {run['device']} "
              f"({run['precision']}), {run['epochs_run']:.2f} epochs"
              + (" (stopped early)" if run["stopped_early"] else "")]
+    taught = run.get("teacher_labels") or {}
+    if taught.get("count"):
+        lines.append(f"of which {taught['count']} teacher labels at loss weight {taught['weight']} "
+                     f"({', '.join(taught['by_teacher'])}): training only, recorded in the model's sn72_data.json")
     trainer = run["trainer_dev"]
     if "mcc" in trainer:
         lines.append(f"early-stopping images, the trainer's view of the kept model: MCC {trainer['mcc']:.3f}, "
