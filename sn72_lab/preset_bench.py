@@ -146,15 +146,16 @@ def run(args: Any) -> int:
                         judge=False, progress=not args.no_progress)
         try:
             outcome = train(recipe, inputs, callbacks=[clock.callback, recorder, limit.callback])
-        except TrainError as exc:
-            results["presets"][preset] = {"error": str(exc)}
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+            side_hw = inspect_model(str(folder)).geometry.size_hw
+            del outcome
+            gc.collect()
+            compute = compute_only(folder, recipe.batch_size, side_hw, device, _precision(recipe, device),
+                                   steps=args.compute_steps)
+        except Exception as exc:  # noqa: BLE001  # one failing preset (out of memory) leaves the others
+            results["presets"][preset] = {"error": f"{type(exc).__name__}: {exc}"}
+            _write(args.out, results, began)
             continue
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-        side_hw = inspect_model(str(folder)).geometry.size_hw
-        del outcome
-        gc.collect()
-        compute = compute_only(folder, recipe.batch_size, side_hw, device, _precision(recipe, device),
-                               steps=args.compute_steps)
         entry: dict[str, Any] = {
             "model": _hub_id(preset), "recipe": {k: v for k, v in recipe.model_dump().items() if k != "model"},
             "input_hw": list(side_hw), "batch_size": recipe.batch_size, "steps": clock.steps,
@@ -171,12 +172,17 @@ def run(args: Any) -> int:
         else:
             entry["error"] = f"only {clock.steps} steps ran; give more --images or fewer --skip-steps"
         results["presets"][preset] = entry
+        _write(args.out, results, began)  # after each preset: a bench cut short still leaves what it measured
         if device == "cuda":
             torch.cuda.empty_cache()
-    results["wall_seconds"] = time.monotonic() - began
-    (args.out / "presets.json").write_text(json.dumps(results, indent=2) + "\n")
+    _write(args.out, results, began)
     print(json.dumps(results, indent=2))
     return 0 if all("images_per_s" in e for e in results["presets"].values()) else 1
+
+
+def _write(out: Path, results: dict[str, Any], began: float) -> None:
+    results["wall_seconds"] = time.monotonic() - began
+    (out / "presets.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 def _intervals_of(clock: Any) -> tuple[Any, list[float]]:

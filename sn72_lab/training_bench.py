@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.windows < 1 or args.epoch_images < 1:
             parser.error("--windows and --epoch-images must be at least 1")
-        if "--batch-size" not in (argv if argv is not None else sys.argv[1:]):
+        given = argv if argv is not None else sys.argv[1:]
+        if not any(a == "--batch-size" or a.startswith("--batch-size=") for a in given):
             args.batch_size = None  # each preset's own
         return preset_bench.run(args)
     from sn72_tools.training.recipe import Recipe
