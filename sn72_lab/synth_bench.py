@@ -109,12 +109,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         print(f"built the pipelines in {report['build_s']} s on {report['device']}", flush=True)
         frames_root = _frame(Path(work) / "frames")
         frames = list_frames(frames_root)
+        assert not frames.labelled  # one flat folder: every i2i job starts from the one frame
         for mode in args.modes:
             settings = Settings(model="bench", mode=mode, seed=0, steps=args.steps, guidance=args.guidance,
                                 strength=args.strength, size=args.size, frames=str(frames_root))
             last_per_image_s = 0.0
             for batch_size in args.batch_sizes:
-                jobs = [make_job(settings, index, frames, frames_root) for index in range(batch_size)]
+                jobs = [make_job(settings, index, frames) for index in range(batch_size)]
                 needed_s = last_per_image_s * batch_size * (args.repeats + 1)
                 if time.monotonic() + needed_s > deadline:
                     report["skipped"].append({"mode": mode, "batch_size": batch_size,

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sn72_tools.evaluation.datasets import IMAGE_SUFFIXES
+from sn72_tools.evaluation.datasets import FOLDER_LAYOUTS, IMAGE_SUFFIXES
 from sn72_tools.synth.prompts import build_prompt, job_seed
 
 # The validators' generation parameters (natix/validator/synthetic/config.py at 5d0756b; docs/synth.md).
@@ -63,17 +63,48 @@ class Job:
         return f"{LABEL_FOLDERS[self.label]}/{self.name}.{image_format}"
 
 
-def list_frames(folder: Path) -> list[Path]:
-    """The real frames i2i starts from, sorted so that a re-run picks the same ones."""
+@dataclass(frozen=True)
+class Frames:
+    """The real frames i2i starts from, sorted so that a re-run picks the same ones.
+
+    In a labelled folder (none/ and roadwork/, or 0/ and 1/, as the eval reads) a job draws a frame of its own
+    label, as the validators do (they caption and transform a cached frame of the label they drew); in a flat
+    folder any frame, and the label is the prompt's alone (a roadwork frame under a clear-road prompt at strength
+    0.7 may keep its cones: docs/synth.md).
+    """
+
+    root: Path
+    by_label: dict[int, list[Path]]  # -1: frames outside label folders
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.by_label.get(0) or self.by_label.get(1))
+
+    def pool(self, label: int) -> list[Path]:
+        return self.by_label.get(label, []) if self.labelled else self.by_label[-1]
+
+
+def frame_label(relative: Path) -> int:
+    """0/1 for a frame inside a label folder (none/ or 0/, roadwork/ or 1/), -1 otherwise."""
+    top = relative.parts[0].lower() if len(relative.parts) > 1 else ""
+    return next((layout.index(top) for layout in FOLDER_LAYOUTS if top in layout), -1)
+
+
+def list_frames(folder: Path) -> Frames:
     if not folder.is_dir():
         raise SynthError(f"--frames {folder}: not a folder")
-    frames = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not frames:
+    by_label: dict[int, list[Path]] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        by_label.setdefault(frame_label(path.relative_to(folder)), []).append(path)
+    if not by_label:
         raise SynthError(f"--frames {folder}: no images in it ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    frames = Frames(folder, by_label)
+    if frames.labelled and not (by_label.get(0) and by_label.get(1)):
+        raise SynthError(f"--frames {folder}: label folders hold only one label; give both or a flat folder")
     return frames
 
 
-def make_job(settings: Settings, index: int, frames: list[Path], frames_root: Path | None) -> Job:
+def make_job(settings: Settings, index: int, frames: Frames | None) -> Job:
     """Job `index`: labels alternate within each pair of indices in a seeded order (balanced at any count)."""
     rng = random.Random(job_seed(settings.seed, index))
     label = (index + random.Random(job_seed(settings.seed, index - index % 2)).randrange(2)) % 2
@@ -81,6 +112,7 @@ def make_job(settings: Settings, index: int, frames: list[Path], frames_root: Pa
     prompt = build_prompt(label, rng, mode)
     source = None
     if mode == "i2i":
-        assert frames_root is not None and frames, "i2i needs frames (checked by the CLI)"
-        source = str(frames[rng.randrange(len(frames))].relative_to(frames_root))
+        assert frames is not None, "i2i needs frames (checked by the CLI)"
+        pool = frames.pool(label)
+        source = pool[rng.randrange(len(pool))].relative_to(frames.root).as_posix()
     return Job(index, mode, label, job_seed(settings.seed, index), prompt.text, prompt.negative, source)

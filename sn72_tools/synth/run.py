@@ -87,8 +87,8 @@ def run(out: Path, settings: Settings, count: int, batch_size: int,
     manifest = Manifest.open(out / MANIFEST)
     summary.torn_bytes = manifest.torn_bytes
     frames_root = Path(settings.frames) if settings.frames else None
-    frames = list_frames(frames_root) if frames_root is not None else []
-    jobs = [make_job(settings, index, frames, frames_root) for index in range(count)]
+    frames = list_frames(frames_root) if frames_root is not None else None
+    jobs = [make_job(settings, index, frames) for index in range(count)]
     summary.already = sum(job.index in manifest.records for job in jobs)
     pending = []
     for job in jobs:

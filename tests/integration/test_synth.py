@@ -35,9 +35,12 @@ def tiny_sdxl(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory) -> Path:
+    """Labelled like the eval's folders: each i2i job starts from a frame of its own label."""
     folder = tmp_path_factory.mktemp("frames")
-    for index, size in enumerate([(96, 72), (120, 60), (80, 80)]):  # wider than 64: squashed to 64x64
-        Image.new("RGB", size, (60 * index, 120, 200 - 50 * index)).save(folder / f"frame{index}.jpg")
+    for index, (name, size) in enumerate([("none/a.jpg", (96, 72)), ("roadwork/b.jpg", (120, 60)),
+                                          ("roadwork/c.jpg", (80, 80))]):  # all larger than 64: squashed to 64x64
+        (folder / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", size, (60 * index, 120, 200 - 50 * index)).save(folder / name)
     return folder
 
 
@@ -64,6 +67,7 @@ def test_t2i_and_i2i_make_a_labelled_folder_the_eval_reads(tiny_sdxl, frames, tm
         assert row["path"].startswith(("none/", "roadwork/")[row["label"]])
         i2i = row["mode"] == "i2i"
         assert (row["source_frame"] is not None, row["strength"]) == ((True, 0.7) if i2i else (False, None))
+        assert not i2i or row["source_frame"].startswith(("none/", "roadwork/")[row["label"]])
         assert row["prompt"] and row["negative_prompt"] and isinstance(row["seed"], int)
     source = open_source(out)
     assert source.kind == "folder" and source.size == 4

@@ -16,7 +16,7 @@ from PIL import Image
 from sn72_tools.synth import snapshot
 from sn72_tools.synth.manifest import RUN_FILE, Manifest, check_settings
 from sn72_tools.synth.pipelines import validator_resize
-from sn72_tools.synth.plan import Settings, SynthError, make_job
+from sn72_tools.synth.plan import Settings, SynthError, list_frames, make_job
 from sn72_tools.synth.prompts import NEGATIVE_PROMPTS, ROADWORK_WORDS, build_prompt, job_seed, label_of
 
 seeds = st.integers(min_value=0, max_value=2**63 - 1)
@@ -60,22 +60,42 @@ def test_bad_label_or_mode_is_refused():
 @settings(max_examples=50, deadline=None)
 def test_jobs_are_balanced_and_do_not_depend_on_the_count(seed, pairs):
     run = Settings(model="m", mode="t2i", seed=seed)
-    jobs = [make_job(run, index, [], None) for index in range(2 * pairs)]
+    jobs = [make_job(run, index, None) for index in range(2 * pairs)]
     assert sum(job.label for job in jobs) == pairs  # each pair of indices holds one of each label
     assert len({job.seed for job in jobs}) == len(jobs)
-    assert make_job(run, 2 * pairs - 1, [], None) == jobs[-1]
+    assert make_job(run, 2 * pairs - 1, None) == jobs[-1]
     assert label_of(jobs[0].prompt) == jobs[0].label
 
 
 def test_mode_both_alternates_pairs_and_picks_frames(tmp_path):
-    frames = [tmp_path / f"f{i}.jpg" for i in range(3)]
+    for name in ("f0.jpg", "f1.jpg", "f2.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
     run = Settings(model="m", mode="both", seed=3, frames=str(tmp_path))
-    jobs = [make_job(run, index, frames, tmp_path) for index in range(8)]
+    jobs = [make_job(run, index, list_frames(tmp_path)) for index in range(8)]
     assert [job.mode for job in jobs] == ["t2i", "t2i", "i2i", "i2i"] * 2
     assert all((job.source_frame is None) == (job.mode == "t2i") for job in jobs)
     assert {job.source_frame for job in jobs if job.source_frame} <= {"f0.jpg", "f1.jpg", "f2.jpg"}
     assert jobs[2].negative_prompt == NEGATIVE_PROMPTS["i2i"] and jobs[0].name == "synth-000000-t2i"
     assert job_seed(3, 0) != job_seed(4, 0) and job_seed(3, 0) == jobs[0].seed
+
+
+def test_a_labelled_frames_folder_gives_each_job_a_frame_of_its_label(tmp_path):
+    for name in ("none/a.jpg", "none/b.png", "roadwork/c.jpg", "roadwork/sub/d.jpg", "loose.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    frames = list_frames(tmp_path)
+    assert frames.labelled and [p.name for p in frames.pool(1)] == ["c.jpg", "d.jpg"]
+    run = Settings(model="m", mode="i2i", seed=0, frames=str(tmp_path))
+    jobs = [make_job(run, index, frames) for index in range(40)]
+    assert all(job.source_frame.startswith(("none/", "roadwork/")[job.label]) for job in jobs)
+    assert {job.source_frame for job in jobs} == {"none/a.jpg", "none/b.png", "roadwork/c.jpg", "roadwork/sub/d.jpg"}
+    (tmp_path / "only" / "roadwork").mkdir(parents=True)
+    (tmp_path / "only" / "roadwork" / "e.jpg").write_bytes(b"")
+    with pytest.raises(SynthError, match="label folders hold only one label"):
+        list_frames(tmp_path / "only")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SynthError, match="no images in it"):
+        list_frames(tmp_path / "empty")
 
 
 def test_a_torn_last_line_is_cut_and_appends_go_on(tmp_path):
