@@ -52,14 +52,23 @@ SDXL_TEXT_2: dict[str, Any] = {  # OpenCLIP ViT-bigG/14's text tower, with its p
 
 def build(tiny: bool, device: str, work: Path) -> Any:
     """The pipelines to time: real-size on `device` built in place, or the tiny one saved and loaded like a hub id."""
-    from sn72_lab.tiny_models import assemble_sdxl, build_tiny_sdxl
-    from sn72_tools.synth.pipelines import Pipelines, load_pipelines
+    from sn72_lab.tiny_models import build_tiny_sdxl
+    from sn72_tools.synth.pipelines import load_pipelines
 
     if tiny:
         return load_pipelines(str(build_tiny_sdxl(work / "tiny-sdxl")), device)
+    return in_memory(SDXL_UNET, SDXL_VAE, SDXL_TEXT, SDXL_TEXT_2, device)
+
+
+def in_memory(unet: dict[str, Any], vae: dict[str, Any], text: dict[str, Any], text_2: dict[str, Any],
+              device: str) -> Any:
+    """Random-weight pipelines built on `device` (nothing saved: 7 GB of random weights are not worth writing)."""
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
-    text_to_image = assemble_sdxl(SDXL_UNET, SDXL_VAE, SDXL_TEXT, SDXL_TEXT_2, device=device)
+    from sn72_lab.tiny_models import assemble_sdxl
+    from sn72_tools.synth.pipelines import Pipelines
+
+    text_to_image = assemble_sdxl(unet, vae, text, text_2, device=device)
     text_to_image.set_progress_bar_config(disable=True)
     image_to_image = StableDiffusionXLImg2ImgPipeline.from_pipe(text_to_image)
     image_to_image.set_progress_bar_config(disable=True)

@@ -433,12 +433,11 @@ def assemble_sdxl(unet: dict[str, Any], vae: dict[str, Any], text: dict[str, Any
                                      scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER))
 
 
-def build_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
-    """A tiny SDXL pipeline (two-block UNet, three-block VAE, 1-layer text towers), saved like a hub snapshot.
+def tiny_sdxl_configs() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """UNet, VAE and the two text towers' configs of the tiny SDXL (`assemble_sdxl`'s arguments).
 
-    `StableDiffusionXLPipeline.from_pretrained(folder)` and `StableDiffusionXLImg2ImgPipeline.from_pretrained(folder)`
-    load it as they load stabilityai/stable-diffusion-xl-base-1.0. The VAE quarters each side (64 px -> 16 latent),
-    the UNet's added conditioning is six time ids of 8 plus the pooled text (16): 64 inputs.
+    The VAE quarters each side (64 px -> 16 latent); the UNet's added conditioning is six time ids of 8 plus the
+    pooled text (16): 64 inputs; its cross attention reads both towers' states: 16 + 16.
     """
     text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
             "projection_dim": 16}
@@ -447,11 +446,20 @@ def build_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
             "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "attention_head_dim": (2, 4),
             "use_linear_projection": True, "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
             "transformer_layers_per_block": (1, 1), "projection_class_embeddings_input_dim": 6 * 8 + 16,
-            "cross_attention_dim": 32, "norm_num_groups": 8}  # cross attention reads both towers' states: 16 + 16
+            "cross_attention_dim": 32, "norm_num_groups": 8}
     vae = {"block_out_channels": (8, 8, 16), "in_channels": 3, "out_channels": 3, "latent_channels": 4,
            "down_block_types": ("DownEncoderBlock2D",) * 3, "up_block_types": ("UpDecoderBlock2D",) * 3,
            "norm_num_groups": 8, "sample_size": 64}
-    pipeline = assemble_sdxl(unet, vae, text, text, seed=seed)
+    return unet, vae, text, text
+
+
+def build_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
+    """A tiny SDXL pipeline (two-block UNet, three-block VAE, 1-layer text towers), saved like a hub snapshot.
+
+    `StableDiffusionXLPipeline.from_pretrained(folder)` and `StableDiffusionXLImg2ImgPipeline.from_pretrained(folder)`
+    load it as they load stabilityai/stable-diffusion-xl-base-1.0.
+    """
+    pipeline = assemble_sdxl(*tiny_sdxl_configs(), seed=seed)
     folder.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(folder)
     return folder

@@ -203,6 +203,20 @@ def test_the_gpu_bench_runs_its_cpu_path_and_bounds_its_time(tmp_path):
     assert bounded["results"] == [] and len(bounded["skipped"]) == 4
 
 
+def test_the_bench_builds_in_memory_as_it_does_at_real_size(frames):
+    """The real-size path (built in place, i2i from the same weights) on the tiny configs, through the tool's call."""
+    from sn72_lab.synth_bench import in_memory
+    from sn72_lab.tiny_models import tiny_sdxl_configs
+    from sn72_tools.synth.pipelines import generate
+    from sn72_tools.synth.plan import list_frames, make_job
+
+    pipelines = in_memory(*tiny_sdxl_configs(), "cpu")
+    for mode in ("t2i", "i2i"):
+        settings = Settings(model="bench", mode=mode, seed=0, steps=2, size=64, frames=str(frames))
+        jobs = [make_job(settings, index, list_frames(frames)) for index in range(2)]
+        assert [image.size for image in generate(pipelines, jobs, settings, frames)] == [(64, 64)] * 2
+
+
 def test_the_bench_configs_are_sdxl_base_sized():
     """The real-size configs, built on the meta device (no memory): stable-diffusion-xl-base-1.0's parameter counts."""
     import torch
