@@ -188,11 +188,11 @@ def test_a_missing_or_wrong_model_is_one_line(tmp_path, capsys):
 def test_the_gpu_bench_runs_its_cpu_path_and_bounds_its_time(tmp_path):
     from sn72_lab import synth_bench
 
-    argv = ["--tiny", "--steps", "2", "--repeats", "2", "--batch-sizes", "1,2"]
+    # i2i only: the longer path (a 1920x1080 frame squashed first); t2i runs in the other tests.
+    argv = ["--tiny", "--steps", "2", "--repeats", "2", "--batch-sizes", "1,2", "--modes", "i2i"]
     assert synth_bench.main(["--out", str(tmp_path / "a"), *argv]) == 0
     report = json.loads((tmp_path / "a" / "synth_bench.json").read_text())
-    assert [(r["mode"], r["batch_size"]) for r in report["results"]] == [("t2i", 1), ("t2i", 2), ("i2i", 1),
-                                                                        ("i2i", 2)]
+    assert [(r["mode"], r["batch_size"]) for r in report["results"]] == [("i2i", 1), ("i2i", 2)]
     for result in report["results"]:
         spread = result["images_per_s"]
         assert len(result["values"]) == 2 and 0 < spread["min"] <= spread["mean"] <= spread["max"]
@@ -200,7 +200,7 @@ def test_the_gpu_bench_runs_its_cpu_path_and_bounds_its_time(tmp_path):
     assert report["skipped"] == [] and report["i2i_denoising_steps"] == 1 and report["command"].startswith("python3")
     assert synth_bench.main(["--out", str(tmp_path / "b"), *argv, "--seconds", "0"]) == 0
     bounded = json.loads((tmp_path / "b" / "synth_bench.json").read_text())
-    assert bounded["results"] == [] and len(bounded["skipped"]) == 4
+    assert bounded["results"] == [] and len(bounded["skipped"]) == 2
 
 
 def test_the_bench_builds_in_memory_as_it_does_at_real_size(frames):
