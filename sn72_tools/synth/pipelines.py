@@ -90,20 +90,25 @@ def generate(pipelines: Pipelines, jobs: list[Job], settings: Settings, frames_r
         "prompt": [job.prompt for job in jobs], "negative_prompt": [job.negative_prompt for job in jobs],
         "num_inference_steps": settings.steps, "guidance_scale": settings.guidance, "generator": generators,
     }
-    with torch.inference_mode():
-        if jobs[0].mode == "t2i":
-            result = pipelines.text_to_image(**common, height=settings.size, width=settings.size)
-        else:
-            assert frames_root is not None
-            frames = []
-            for job in jobs:
-                try:
-                    with Image.open(frames_root / str(job.source_frame)) as frame:
-                        frames.append(validator_resize(frame, settings.size))
-                except OSError as exc:
-                    raise SynthError(f"--frames: cannot read {job.source_frame} ({exc})") from exc
-            result = pipelines.image_to_image(**common, image=frames, strength=settings.strength)
-    return list(result.images)
+    extra: dict[str, Any]
+    if jobs[0].mode == "t2i":
+        call, extra = pipelines.text_to_image, {"height": settings.size, "width": settings.size}
+    else:
+        assert frames_root is not None
+        frames = []
+        for job in jobs:
+            try:
+                with Image.open(frames_root / str(job.source_frame)) as frame:
+                    frames.append(validator_resize(frame, settings.size))
+            except OSError as exc:
+                raise SynthError(f"--frames: cannot read {job.source_frame} ({exc})") from exc
+        call, extra = pipelines.image_to_image, {"image": frames, "strength": settings.strength}
+    try:
+        with torch.inference_mode():
+            return list(call(**common, **extra).images)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise SynthError(f"out of GPU memory at {len(jobs)} image(s) per call; lower --batch-size (the images "
+                         "done are kept: the same command continues)") from exc
 
 
 def encode(image: Image.Image, image_format: str) -> bytes:
