@@ -171,3 +171,34 @@ def test_the_cli_checks_its_bounds(tmp_path: Path, capsys):
         err = capsys.readouterr().err
         assert code == 2, argv
         assert message in err and err.count("\n") == 1 and err.startswith("sn72-synth: error:"), err
+
+
+def test_download_models_fetches_the_synth_model_in_one_precision(tmp_path, monkeypatch, capsys):
+    """sn72-download-models --synth-model, run for real; only huggingface_hub's network step is replaced."""
+    import huggingface_hub
+
+    from sn72_tools import download_models
+
+    calls: list[dict] = []
+
+    def fake_snapshot(repo_id: str, **kwargs):
+        calls.append({"repo_id": repo_id, **kwargs})
+        if repo_id == "nobody/missing":
+            raise huggingface_hub.errors.RepositoryNotFoundError("404 nobody/missing")
+        return str(tmp_path / "snap")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    sdxl = "stabilityai/stable-diffusion-xl-base-1.0"
+    assert download_models.main(["--synth-model", sdxl, "--cache-dir", str(tmp_path / "hub")]) == 0
+    assert calls[-1]["allow_patterns"] == snapshot.allow_patterns("fp16") and calls[-1]["cache_dir"] == tmp_path / "hub"
+    assert f"run sn72-synth --model {sdxl} --variant fp16" in capsys.readouterr().out
+    assert download_models.main(["--synth-model", "nobody/missing", "--synth-model", sdxl,
+                                 "--synth-variant", "none"]) == 1  # the failure is counted, the next one fetched
+    assert [call["repo_id"] for call in calls[-2:]] == ["nobody/missing", sdxl]
+    assert calls[-1]["allow_patterns"] == snapshot.allow_patterns(None)
+    fetched = len(calls)
+    assert download_models.main(["--synth-model", sdxl, "--dry-run"]) == 0 and len(calls) == fetched
+    assert "models--stabilityai--stable-diffusion-xl-base-1.0" in capsys.readouterr().out
+    assert download_models.main([]) == 2
+    assert "name a --cascade, a --synth-model, or both" in capsys.readouterr().err
+
