@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-args", default="", metavar="'FLAGS'",
                         help="more sn72-train flags for both runs, one string (e.g. '--epochs 2 --workers 8')")
     parser.add_argument("--min-fit-images", type=int, default=200, help="passed to sn72-eval --fit (default 200)")
+    parser.add_argument("--eval-args", default="", metavar="'FLAGS'",
+                        help="more sn72-eval --fit flags, one string (e.g. '--fit-resamples 100')")
     parser.add_argument("--promote-args", default="", metavar="'FLAGS'",
                         help="more sn72-promote flags, one string (e.g. '--dry-run --min-judge-images 100')")
     parser.add_argument("--seed", type=int, default=0)
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {unfitted}: {args.cascade} with {', '.join(names)} serving the new models")
     eval_argv = [str(fit_on), "--cascade", str(unfitted), "--fit", "--holdout", "0", "--out", str(folder),
                  "--calibration-out", str(folder / "calibration.json"), "--cache", str(args.out / "eval-cache"),
-                 "--min-fit-images", str(args.min_fit_images), "--seed", str(args.seed), *quiet]
+                 "--min-fit-images", str(args.min_fit_images), "--seed", str(args.seed),
+                 *shlex.split(args.eval_args), *quiet]
     _show("sn72-eval", eval_argv)
     code = eval_cli.main(eval_argv)
     if code != 0:

@@ -110,6 +110,17 @@ def test_presets_resolve_to_their_recipes_and_explicit_flags_win():
     assert Recipe().regime == "native" and Recipe().distortions() == []  # no augmentation unless asked
 
 
+def test_the_bench_and_the_stand_ins_expand_an_ensemble_preset_into_its_members():
+    from sn72_lab.preset_models import BUILDERS, single_presets
+
+    assert single_presets(["convnext-dinov2", "sn72-dinov2", "vit-b16-in21k"]) == [
+        "sn72-convnextv2", "sn72-dinov2", "vit-b16-in21k"]
+    assert single_presets(["all"]) == list(PRESETS)
+    assert {str(p["model"]) for p in PRESETS.values()} <= set(BUILDERS)  # every preset has a stand-in
+    with pytest.raises(ValueError, match="unknown preset"):
+        single_presets(["vit-l"])
+
+
 def test_an_ensemble_preset_names_its_members_and_an_unknown_one_is_refused():
     with pytest.raises(TrainError, match=r"--preset sn72-convnextv2.*--preset sn72-dinov2"):
         build_recipe("convnext-dinov2", {})
