@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -10,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,50 +19,39 @@ from cascade.config import DecodeConfig
 from neurons.protocol import ExtendedImageSynapse
 from sn72_lab.offline import make_wallets, run_miner
 from sn72_lab.tiny_models import build_tiny_vit
-from sn72_tools.client import axon_info, encode_jpeg, make_dendrite, query, synthetic_image
+from sn72_tools.client import encode_jpeg, synthetic_image
+from tests.factories.cascades import vit_cascade
+from tests.factories.dendrites import ask as ask_miner
 from tests.factories.engine import wait_for
+from tests.factories.metrics import axon_outcomes, families
 from tests.factories.processes import children_of, gone
 
 pytestmark = pytest.mark.slow
 
 
 def tiny_cascade(model: Path) -> dict:
-    return {
-        "version": "e2e",
-        "prior": 0.5,
-        "levels": [{
-            "name": "fast",
-            "exit_margin": 0.3,
-            "experts": [{"name": "vit", "backend": "hf_classifier", "model": str(model), "device": "cpu",
-                         "max_batch": 8, "max_wait_ms": 2.0, "options": {"positive_labels": ["Roadwork"]}}],
-        }],
-    }
+    return vit_cascade(model, max_batch=8, max_wait_ms=2.0)
 
 
 @pytest.fixture(scope="module")
-def miner(tmp_path_factory):
+def tiny_vit(tmp_path_factory) -> Path:
+    """One tiny ViT for the module: every miner here serves the same (read-only) model folder."""
+    return build_tiny_vit(tmp_path_factory.mktemp("models") / "tiny-vit")
+
+
+@pytest.fixture(scope="module")
+def miner(tmp_path_factory, tiny_vit):
     folder = tmp_path_factory.mktemp("miner")
     wallets = make_wallets(folder)
-    model = build_tiny_vit(folder / "models" / "tiny-vit")
     limits = {"decode": {"max_pixels": 1_000_000, "max_decode_pixels": 4_000_000, "oversize": "downscale"}}
-    with run_miner(folder, wallets.path, wallets.miner, tiny_cascade(model), extra=limits) as process:
+    with run_miner(folder, wallets.path, wallets.miner, tiny_cascade(tiny_vit), extra=limits) as process:
         yield process, wallets
 
 
 def ask(miner_and_wallets, who: str, payloads: list[str], synapse_cls=None):
+    """`payloads` signed by the module's wallet `who` (validator, non_validator, stranger)."""
     process, wallets = miner_and_wallets
-    wallet = getattr(wallets, who)
-
-    async def go():
-        dendrite = make_dendrite(wallet)
-        axon = axon_info("127.0.0.1", process.port, process.hotkey)
-        kwargs = {"synapse_cls": synapse_cls} if synapse_cls else {}
-        try:
-            return await asyncio.gather(*(query(dendrite, axon, p, timeout_s=9.0, **kwargs) for p in payloads))
-        finally:
-            await dendrite.aclose_session()
-
-    return asyncio.run(go())
+    return ask_miner(process, getattr(wallets, who), payloads, synapse_cls=synapse_cls)
 
 
 def png_b64(width: int, height: int) -> str:
@@ -110,22 +97,22 @@ def test_huge_images_are_downscaled_or_refused_never_crashing(miner):
 
 def test_metrics_are_exposed_in_prometheus_format(miner):
     process, _ = miner
-    ask(miner, "validator", [encode_jpeg(synthetic_image(5))])
-    text = urllib.request.urlopen(f"http://127.0.0.1:{process.metrics_port}/metrics", timeout=5).read().decode()
-    from prometheus_client.parser import text_string_to_metric_families
-
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    answered = sum(s.value for s in families["sn72_miner_requests"].samples if s.name.endswith("_total"))
+    # The module's miner is shared: count what this test causes, from a reading taken before it.
+    refused_before = axon_outcomes(process.metrics_port).get("refused_bad_image", 0.0)
+    bad = ["%%% definitely not base64 %%%", base64.b64encode(b"just some text").decode()]
+    outcomes = ask(miner, "validator", [encode_jpeg(synthetic_image(5)), *bad])
+    assert [o.status_code for o in outcomes] == [200, 400, 400], outcomes
+    scraped = families(process.metrics_port)
+    answered = sum(s.value for s in scraped["sn72_miner_requests"].samples if s.name.endswith("_total"))
     assert answered >= 1
-    refusals = {s.labels["outcome"]: s.value for s in families["sn72_miner_axon"].samples}
-    assert refusals.get("refused_bad_image", 0) >= 0
+    # counted before the 400 is sent (neurons/miner.py), so the scrape after the answers sees both
+    assert axon_outcomes(process.metrics_port).get("refused_bad_image", 0.0) - refused_before == len(bad)
 
 
 @pytest.mark.parametrize("worker", ["thread", "process"])
-def test_sigterm_drains_and_exits_cleanly(tmp_path, worker):
+def test_sigterm_drains_and_exits_cleanly(tmp_path, tiny_vit, worker):
     wallets = make_wallets(tmp_path)
-    model = build_tiny_vit(tmp_path / "models" / "tiny-vit")
-    cascade = tiny_cascade(model)
+    cascade = tiny_cascade(tiny_vit)
     cascade["levels"][0]["experts"][0]["worker"] = worker
     with run_miner(tmp_path, wallets.path, wallets.miner, cascade) as process:
         # One worker process per replica (worker: process), and the decode pool's workers for costly images
