@@ -38,10 +38,13 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = _Parser(prog="sn72-synth", description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, required=True, help="dataset folder (created; continued if it exists)")
-    parser.add_argument("--count", type=int, required=True, help="images in the folder when done (jobs 0..count-1)")
+    parser.add_argument("--count", type=int, required=True,
+                        help="jobs 0..count-1 done (an image each, bar refused duplicates)")
     parser.add_argument("--mode", choices=MODES, default="t2i",
                         help="t2i, i2i (needs --frames) or both (pairs of each in turn)")
-    parser.add_argument("--frames", type=Path, default=None, help="folder of real frames that i2i starts from")
+    parser.add_argument("--frames", type=Path, default=None,
+                        help="real frames i2i starts from; in none/ and roadwork/ (or 0/ and 1/) each job gets one "
+                             "of its own label")
     parser.add_argument("--model", default=SDXL_BASE, help=f"hub id or saved pipeline folder (default {SDXL_BASE})")
     parser.add_argument("--variant", default=None,
                         help="weights variant: fp16 (default for a hub id: what sn72-download-models --synth-model "
