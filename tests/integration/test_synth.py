@@ -231,3 +231,17 @@ def test_the_bench_configs_are_sdxl_base_sized():
                   CLIPTextModelWithProjection(text_2)]
     counts = [sum(p.numel() for p in model.parameters()) for model in models]
     assert counts == [2_567_463_684, 83_653_863, 123_060_480, 694_659_840]
+
+
+@pytest.mark.gpu
+def test_the_tool_runs_on_cuda_in_bfloat16(tiny_sdxl, frames, tmp_path, capsys):
+    import torch
+
+    from sn72_tools.synth.pipelines import load_pipelines
+
+    pipelines = load_pipelines(str(tiny_sdxl), "cuda")
+    assert pipelines.text_to_image.unet.dtype == pipelines.image_to_image.unet.dtype == torch.bfloat16
+    argv = ["--out", str(tmp_path / "gpu"), "--model", str(tiny_sdxl), "--mode", "both", "--frames", str(frames),
+            *TINY, "--count", "4", "--batch-size", "2", "--device", "cuda", "--no-progress"]
+    assert main(argv) == 0 and "(4 written now" in capsys.readouterr().out
+    assert open_source(tmp_path / "gpu").size == 4
