@@ -14,7 +14,6 @@ import itertools
 import os
 import resource
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -29,7 +28,9 @@ from sn72_lab.hostile.model import Context, Observation
 from sn72_lab.hostile.target import Cast, cascade, keypair, miner_overrides, write_cast
 from sn72_lab.hostile.wire import Target
 from sn72_lab.offline import MinerProcess, run_miner
-from sn72_tools.client import axon_info, encode_jpeg, make_dendrite, query, synthetic_image
+from sn72_tools.client import encode_jpeg, synthetic_image
+from tests.factories.dendrites import signed_query
+from tests.factories.metrics import axon_outcomes
 
 PROBE = Path(__file__).resolve().parent / "network_probe"
 PROBE_PREFIX = "SN72-NETWORK-PROBE"
@@ -72,7 +73,6 @@ class HostileMiner:
     process: MinerProcess
     cast: Cast
     target: Target
-    baseline_mb: float = 0.0
     _probers: Iterator[Any] = field(default_factory=lambda: iter(()))
 
     # -- identities ---------------------------------------------------------------------------------------------------
@@ -139,29 +139,26 @@ class HostileMiner:
     def answers(self, signer: Any | None = None) -> bool:
         """A signed request from a registered validator is answered with a probability (a real dendrite)."""
         image = encode_jpeg(synthetic_image(time.time_ns() % 1_000_000))
-        return bool(asyncio.run(ask(self.target, signer or self.prober(), image)).ok)
+        return bool(asyncio.run(self._query(signer or self.prober(), image)).ok)
 
     def ask(self, signer: Any, images: list[str]) -> list[Any]:
         """Signed requests at once through a real dendrite: their `sn72_tools.client.Outcome`s."""
 
         async def all_at_once() -> list[Any]:
-            return list(await asyncio.gather(*(ask(self.target, signer, image) for image in images)))
+            return list(await asyncio.gather(*(self._query(signer, image) for image in images)))
 
         return asyncio.run(all_at_once())
+
+    def _query(self, signer: Any, image: str) -> Any:
+        """One signed request from a dendrite of its own (a coroutine)."""
+        return signed_query(signer, self.target.port, self.target.miner_hotkey, image, host=self.target.host)
 
     def alive(self) -> bool:
         return self.process.alive() and self.answers()
 
     def refusals(self) -> dict[str, float]:
-        """Refusal counters by reason: the only place that knows the metric's name and label."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        url = f"http://127.0.0.1:{self.process.metrics_port}/metrics"
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-        for family in text_string_to_metric_families(text):
-            if family.name == "sn72_miner_axon":
-                return {s.labels["outcome"]: s.value for s in family.samples if s.name.endswith("_total")}
-        return {}
+        """Refusal counters by reason (tests/factories/metrics.py knows the metric's name and label)."""
+        return axon_outcomes(self.process.metrics_port)
 
     def validator_load(self, rate_per_s: float = 1.0) -> ValidatorLoad:
         return ValidatorLoad(self.cast.validator, self.target, rate_per_s=rate_per_s)
@@ -177,14 +174,6 @@ class HostileMiner:
         assert growth_mb < MEMORY_LIMIT_MB, f"resident memory grew {growth_mb:.0f} MB during this attack"
 
 
-async def ask(target: Target, signer: Any, image: str, timeout_s: float = 9.0) -> Any:
-    dendrite = make_dendrite(signer)
-    try:
-        return await query(dendrite, axon_info(target.host, target.port, target.miner_hotkey), image, timeout_s)
-    finally:
-        await dendrite.aclose_session()
-
-
 @pytest.fixture(scope="package")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileMiner]:
     folder = tmp_path_factory.mktemp("hostile")
@@ -198,7 +187,6 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileMiner]:
                              _probers=itertools.cycle(cast.probers[:PROBERS]))
         for _ in range(3):  # warm: first requests allocate buffers that later ones reuse
             assert miner.answers(), "the miner does not answer before any attack:\n" + "\n".join(miner.log()[-30:])
-        miner.baseline_mb = miner.rss_mb()
         yield miner
     finally:
         running.__exit__(None, None, None)

@@ -1,0 +1,41 @@
+"""Repeated hostile requests leave the miner's resident memory where the first round of them left it.
+
+A leak per request is what an attacker can turn into an out-of-memory kill: each attack's own check
+(`HostileMiner.survives`, < 200 MB) misses a small one, which only adds up over many requests. This test brings its
+own workload and its own baseline, so it means the same whatever ran before it on the shared miner
+(tests/security/conftest.py) and in whatever order: one warm-up round of the attacks that make the miner allocate
+most (decompression bombs, odd pixel formats, huge headers and JSON bodies; first requests allocate buffers, arenas
+and caches that later ones reuse), its resident memory read, then ROUNDS more rounds, and the memory read again.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = [pytest.mark.security, pytest.mark.slow]
+
+# Single requests (not `heavy`: no load beside them), each making the miner allocate far more than a request's size.
+ALLOCATING = [
+    "png-bomb", "jpeg-frame-bomb", "webp-canvas-bomb", "animation-2000-frames", "grey16-png", "rgb48-png",
+    "cmyk-jpeg", "truncated-jpeg", "jpeg-fill-bytes", "jpeg-empty-comment-markers", "header-block-100KB",
+    "many-headers", "json-deep-nesting", "json-1m-keys", "declared-100MB-body",
+]
+ROUNDS = 3  # after the warm-up round: 45 allocating requests
+GROWTH_LIMIT_MB = 32.0  # ~0.7 MB leaked per request (a 1 MB leak grew 45 MB); a sound miner: ~3 MB
+
+
+def test_resident_memory_stays_level_over_repeated_attacks(hostile):
+    def one_round() -> None:
+        for name in ALLOCATING:
+            observation = hostile.attack(name)
+            assert not observation.problems, f"{name}: {observation.problems}; seen {observation.statuses()}"
+
+    one_round()  # warm-up
+    assert hostile.answers(), "the miner does not answer after the warm-up round"
+    baseline_mb = hostile.rss_mb()
+    for _ in range(ROUNDS):
+        one_round()
+    assert hostile.answers(), "the miner does not answer after the repeated attacks"
+    growth_mb = hostile.rss_mb() - baseline_mb
+    assert growth_mb < GROWTH_LIMIT_MB, (f"resident memory grew {growth_mb:.0f} MB over {ROUNDS} rounds of "
+                                         f"{len(ALLOCATING)} allocating attacks after the warm-up round")
