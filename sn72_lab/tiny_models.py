@@ -115,7 +115,8 @@ def _tokenizer_corpus() -> list[str]:
 
 
 def _train_tokenizer(
-    special_tokens: list[str], add_eos: str | None, gemma_style: bool = False, vocab_size: int = 512
+    special_tokens: list[str], add_eos: str | None, gemma_style: bool = False, vocab_size: int = 512,
+    corpus: list[str] | None = None,
 ) -> Any:
     """A BPE tokenizer trained here with the `tokenizers` library, wrapped for `save_pretrained`/`from_pretrained`.
 
@@ -141,7 +142,7 @@ def _train_tokenizer(
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
         )
-    tokenizer.train_from_iterator(_tokenizer_corpus(), trainer)
+    tokenizer.train_from_iterator(corpus or _tokenizer_corpus(), trainer)
     if add_eos is not None:
         eos_id = tokenizer.token_to_id(add_eos)
         tokenizer.post_processor = processors.TemplateProcessing(
@@ -412,8 +413,12 @@ def assemble_sdxl(unet: dict[str, Any], vae: dict[str, Any], text: dict[str, Any
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
+    from sn72_tools.synth import prompts
+
     specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
-    tokenizer = _train_tokenizer(specials, add_eos="<eos>")
+    # The prompts' own words (and no import of the cascade's option models: the GPU bench runs without pydantic).
+    words = [*prompts.SCENES, *prompts.TIMES, *prompts.WEATHER, *prompts.CAMERAS, *prompts.ROADWORK_OBJECTS]
+    tokenizer = _train_tokenizer(specials, add_eos="<eos>", corpus=words * 8)
     tokenizer.pad_token, tokenizer.eos_token, tokenizer.bos_token, tokenizer.unk_token = specials
     tokenizer.model_max_length = 77  # what the pipeline pads and truncates to, as with CLIP's tokenizers
     ids = {"vocab_size": max(len(tokenizer), text.get("vocab_size", 0)), "max_position_embeddings": 77,
