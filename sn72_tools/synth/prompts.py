@@ -30,9 +30,8 @@ SCENES = (
 )
 TIMES = ("at dawn", "in the morning", "at midday", "in the afternoon", "at dusk", "at night, street lights on")
 WEATHER = ("in clear weather", "under an overcast sky", "in light rain with wet asphalt", "in fog",
-           "after snowfall", "in bright sunshine with long shadows")
-CAMERAS = ("dashcam behind the windshield", "wide dashcam view from the driver's seat", "car-mounted camera",
-           "from a moving vehicle")
+           "after snowfall", "on dry roads")
+CAMERAS = ("dashcam behind the windshield", "driver's-seat dashcam view", "car-mounted camera", "from a moving vehicle")
 # What makes a scene roadwork: the validators' later list of single elements, widened to the objects of the
 # subnet's dataset (cones, barriers, signs, machines, workers, closed lanes).
 ROADWORK_OBJECTS = (

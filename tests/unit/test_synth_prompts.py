@@ -43,6 +43,22 @@ def test_prompts_are_reproducible_from_the_seed(seed):
     assert build_prompt(1, random.Random(seed)) == build_prompt(1, random.Random(seed))
 
 
+def test_no_prompt_is_longer_than_50_words():
+    """The longest possible prompt, from the longest part of each template slot (sampling rarely draws it)."""
+    from sn72_tools.synth import prompts
+
+    def longest(options):
+        return max(len(option.split()) for option in options)
+
+    objects = sorted((len(name.split()) for name in prompts.ROADWORK_OBJECTS), reverse=True)
+    frame = longest(prompts.SCENES) + longest(prompts.TIMES) + longest(prompts.WEATHER) + longest(prompts.CAMERAS)
+    roadwork = 4 + frame + longest(prompts.ROADWORK_LEADS) + objects[0] + 1 + objects[1] + 4  # "and", "at a ..."
+    clear = 4 + frame + longest(prompts.CLEAR_LEADS)
+    assert max(roadwork, clear) <= 50
+    drawn = max(len(build_prompt(1, random.Random(seed)).text.split()) for seed in range(3000))
+    assert drawn <= roadwork
+
+
 def test_label_of_reads_plain_sentences():
     assert label_of("Photorealistic dashcam footage of a motorway with orange traffic cones.") == 1
     assert label_of("Photorealistic dashcam footage of a street with no construction, normal traffic.") == 0
