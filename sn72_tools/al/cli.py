@@ -59,13 +59,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from sn72_tools.al.teacher import teacher_line
+
     with _reader(args) as store:
         record_id = al_export.resolve(store, args.ref)
         record = None if record_id is None else al_export.get_record(store, record_id)
+        taught = None if record is None else teacher_line(store, record.image_hash, record.label)
     if record is None:
         print(f"error: no record with id or sha256 {args.ref!r}", file=sys.stderr)
         return 2
-    print("\n".join(al_export.format_record(record)))
+    print("\n".join(al_export.format_record(record) + ([taught] if taught else [])))
     return 0
 
 

@@ -143,6 +143,19 @@ def teacher_labels(store: ALStore) -> list[TeacherLabel]:
             for r in rows]
 
 
+def teacher_line(store: ALStore, image_hash: str, human_label: int | None) -> str | None:
+    """`sn72-al show`'s line for a record's teacher label (kept, not used, once a person has labelled it)."""
+    if not has_teacher_table(store):
+        return None
+    row = store.db.execute("SELECT label, source, probability, labelled_at FROM teacher_labels WHERE image_hash = ?",
+                           (image_hash,)).fetchone()
+    if row is None:
+        return None
+    used = "unused: a person labelled it" if human_label is not None else "training only, never a person's"
+    return (f"{'teacher_label':16} {row['label']} by {row['source']} (p={row['probability']:.4f}, "
+            f"{al_export.when(row['labelled_at'])} UTC; {used})")
+
+
 def teacher_counts(store: ALStore) -> dict[str, dict[str, int]]:
     """source -> {"0": n, "1": n} over the teacher labels in effect (records with no human label)."""
     counts: dict[str, dict[str, int]] = {}

@@ -80,7 +80,8 @@ def test_teaching_migrates_a_store_of_schema_1_beside_a_running_miner(tmp_path: 
     assert labels_of(folder)[1] == (None, None)  # the human column is untouched
 
 
-def test_a_teacher_label_never_overwrites_a_human_label_and_a_later_human_label_wins(tmp_path: Path) -> None:
+def test_a_teacher_label_never_overwrites_a_human_label_and_a_later_human_label_wins(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "al"
     ids = make_store(folder, 4)
     with ALStore(folder, writer=False) as store:
@@ -100,6 +101,13 @@ def test_a_teacher_label_never_overwrites_a_human_label_and_a_later_human_label_
         assert teacher.teacher_counts(store) == {"teacher:top@abc": {"0": 0, "1": 1}}
     source = open_source(folder)
     assert sorted(item.label for item in source.items()) == [0, 0] and source.size == 2
+    assert main(["stats", "--store", str(folder)]) == 0  # the human counts, and the teacher's on a line of its own
+    out = capsys.readouterr().out
+    assert "labels     0=2, 1=0, unlabelled=2" in out and "teacher    teacher:top@abc: 0=0, 1=1" in out
+    assert main(["show", str(ids[1]), "--store", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "label            0\n" in out and "teacher_label    1 by teacher:top@abc" in out
+    assert "unused: a person labelled it" in out
     report = al_export.export_folder(ALStore(folder, writer=False), tmp_path / "export")
     assert report.by_label == {"0": 2}
 
