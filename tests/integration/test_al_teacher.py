@@ -168,10 +168,14 @@ def test_teach_runs_the_unlabelled_records_through_the_engine_and_writes_only_co
 
 
 def test_teach_refuses_an_unknown_level_and_a_threshold_out_of_range(
-        tmp_path: Path, cnn_cascade: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "al"
     make_store(folder, 1)
-    common = ["teach", "--store", str(folder), "--cascade", str(cnn_cascade), "--cache", str(tmp_path / "c")]
+    cascade = tmp_path / "cascade.yaml"  # refused before any model loads: a hub id that is never fetched
+    cascade.write_text(yaml.safe_dump({"version": "t", "levels": [
+        {"name": name, "experts": [{"name": name, "backend": "hf_classifier", "model": "example/none"}]}
+        for name in ("fast", "top")]}))
+    common = ["teach", "--store", str(folder), "--cascade", str(cascade), "--cache", str(tmp_path / "c")]
     assert main([*common, "--level", "nope"]) == 2
     assert "no level 'nope'; its levels: fast, top" in capsys.readouterr().err
     assert main([*common, "--min-confidence", "0.4"]) == 2
