@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import yaml
 
 from sn72_lab.offline import ensure_wallet, free_port
 from sn72_tools.natix import Exit, build_request, main, repo_id_from_url
+from tests.factories.local_http import local_http_server
 
 MODEL_REPO = "someone/sn72-cascade"
 
@@ -61,38 +61,16 @@ class NatixServer:
 
 @pytest.fixture
 def serve() -> Iterator[Any]:
-    servers: list[ThreadingHTTPServer] = []
+    with ExitStack() as servers:
 
-    def start(natix: NatixServer) -> str:
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self, method: str) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status, text = natix.handle(method, self.path, body)
-                data = text.encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json" if text.startswith("{") else "text/html")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        def start(natix: NatixServer) -> str:
+            def handle(method: str, path: str, headers: Any, body: bytes) -> tuple[int, str, bytes]:
+                status, text = natix.handle(method, path, body)
+                return status, "application/json" if text.startswith("{") else "text/html", text.encode()
 
-            def do_POST(self) -> None:
-                self._answer("POST")
+            return servers.enter_context(local_http_server(handle))
 
-            def do_GET(self) -> None:
-                self._answer("GET")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+        yield start
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,9 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from sn72_lab.offline import ensure_wallet, free_port
 from sn72_lab.tiny_models import build_tiny_vit
 from sn72_tools.submission import ModelCard, main
 from tests.factories.experts import load_expert, make_images
+from tests.factories.local_http import local_http_server
 
 ROOT = Path(__file__).resolve().parents[2]
 CARD_KEYS = {"model_name": str, "description": str, "version": str, "submitted_by": str, "submission_time": int}
@@ -171,35 +170,15 @@ class FakeHub:
 @pytest.fixture
 def hub() -> Iterator[tuple[FakeHub, str]]:
     fake = FakeHub(token="hf_local_test_token")
+    base: list[str] = []  # the server's own URL, which the hub's answers name
 
-    class Handler(BaseHTTPRequestHandler):
-        def _answer(self, method: str) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            base = f"http://127.0.0.1:{self.server.server_address[1]}"
-            status, payload = fake.handle(method, self.path.split("?")[0], self.headers, body, base)
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def handle(method: str, path: str, headers: Any, body: bytes) -> tuple[int, str, bytes]:
+        status, payload = fake.handle(method, path.split("?")[0], headers, body, base[0])
+        return status, "application/json", json.dumps(payload).encode()
 
-        def do_POST(self) -> None:
-            self._answer("POST")
-
-        def do_GET(self) -> None:
-            self._answer("GET")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield fake, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with local_http_server(handle) as url:
+        base.append(url)
+        yield fake, url
 
 
 def run_cli(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -208,6 +187,7 @@ def run_cli(args: list[str], home: Path, **env: str) -> subprocess.CompletedProc
                           text=True, timeout=180, env={**os.environ, "HOME": str(home), **env})
 
 
+@pytest.mark.slow
 def test_the_folder_is_uploaded_through_huggingface_hub_to_hf_endpoint(workspace, hub, tmp_path):
     fake, endpoint = hub
     out = tmp_path / "submission"
@@ -225,6 +205,7 @@ def test_the_folder_is_uploaded_through_huggingface_hub_to_hf_endpoint(workspace
     assert f"natix.model_url: {endpoint}/someone/sn72-cascade" in done.stdout
 
 
+@pytest.mark.slow
 def test_a_refused_upload_says_why(workspace, hub, tmp_path):
     fake, endpoint = hub
     fake.refuse_with = 403
@@ -234,6 +215,7 @@ def test_a_refused_upload_says_why(workspace, hub, tmp_path):
     assert done.stderr.startswith("error: the hub refused the upload: HTTP 403 (log in: hf auth login")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("offline", ["1", "0"])
 def test_no_network_is_one_line(workspace, tmp_path, offline):
     done = run_cli(submit_args(workspace, tmp_path / "s"), tmp_path, HF_ENDPOINT=f"http://127.0.0.1:{free_port()}",

@@ -4,8 +4,6 @@ another program, and the exit code of each outcome."""
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from neurons.config import MinerConfig
 from neurons.reload import RESTART_EXIT_CODE
 from neurons.reload_command import EXIT_REFUSED, EXIT_SERVING, report
 from neurons.running import NotRunning, find_running
+from tests.factories.local_http import local_http_server
 
 
 def config(metrics_port: int) -> MinerConfig:
@@ -27,22 +26,12 @@ def test_a_config_without_a_metrics_port_is_refused_with_what_to_do():
 
 
 def test_a_metrics_port_held_by_another_program_is_not_taken_for_a_miner():
-    class NotAMiner(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(404)
-            self.end_headers()
+    def not_a_miner(method: str, path: str, headers: object, body: bytes) -> tuple[int, str, bytes]:
+        return 404, "", b""
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), NotAMiner)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with pytest.raises(NotRunning, match="answers 404: the metrics port is held by something that is not"):
-            find_running(config(server.server_address[1]))
-    finally:
-        server.shutdown()
-        server.server_close()
+    with local_http_server(not_a_miner) as url, \
+            pytest.raises(NotRunning, match="answers 404: the metrics port is held by something that is not"):
+        find_running(config(int(url.rsplit(":", 1)[1])))
 
 
 @pytest.mark.parametrize(("outcome", "restart", "code"), [
