@@ -16,7 +16,7 @@ import pytest
 from cascade import consensus
 from cascade.calibration import FitSource, threshold_map
 from sn72_tools.evaluation import replay
-from sn72_tools.evaluation.fit import best_threshold, fit_cascade, fit_expert, raw_logits
+from sn72_tools.evaluation.fit import FitSettings, best_threshold, fit_cascade, fit_expert, raw_logits
 from sn72_tools.evaluation.scoring import mcc
 from tests.factories.engine import cascade_config, expert_config
 
@@ -45,16 +45,23 @@ def source(max_mcc_loss: float = 0.01) -> FitSource:
                      held_out_images=0, split="simulated halves", seed=0, max_mcc_loss=max_mcc_loss)
 
 
+def settings(max_mcc_loss: float = 0.01) -> FitSettings:
+    """The fit's own settings but 100 resamples (as test_fit_evidence.py's): the intervals' refits on resamples were
+    90% of a fit's time (cProfile), and no test here reads an interval."""
+    return FitSettings(max_mcc_loss=max_mcc_loss, seed=0, bootstrap=100)
+
+
 @pytest.fixture(scope="module")
 def fitted():
     outputs, labels = simulate(8000, seed=1)
     cascade = two_level_cascade()
     result = fit_cascade(cascade, list(SKILLS), outputs, labels, source=source(), expert_seconds=COSTS_S,
-                         path=Path("/nonexistent/calibration.json"))
+                         path=Path("/nonexistent/calibration.json"), settings=settings())
     held_outputs, held_labels = simulate(8000, seed=2)
     return cascade, result, (outputs, labels), (held_outputs, held_labels)
 
 
+@pytest.mark.slow
 def test_fitted_temperatures_and_biases_are_close_to_the_true_ones(fitted):
     _, result, _, _ = fitted
     for name in SKILLS:
@@ -65,6 +72,7 @@ def test_fitted_temperatures_and_biases_are_close_to_the_true_ones(fitted):
         assert (fit.backend, fit.model) == ("hf_classifier", f"fake/{name}")
 
 
+@pytest.mark.slow
 def test_level_weights_are_near_one_for_independent_calibrated_experts(fitted):
     _, result, _, _ = fitted
     last = result.calibration.levels[-1]
@@ -73,6 +81,7 @@ def test_level_weights_are_near_one_for_independent_calibrated_experts(fitted):
     assert abs(last.intercept) < 0.1
 
 
+@pytest.mark.slow
 def test_pooled_mcc_beats_the_best_single_expert_on_held_out_data(fitted):
     _, result, _, (outputs, labels) = fitted
     pooling = consensus.Pooling.from_config(result.cascade)
@@ -82,6 +91,7 @@ def test_pooled_mcc_beats_the_best_single_expert_on_held_out_data(fitted):
     assert mcc(labels, levels[:, -1]) > best_single + 0.05, (mcc(labels, levels[:, -1]), best_single)
 
 
+@pytest.mark.slow
 def test_exit_margins_respect_the_mcc_loss_bound_while_cutting_mean_cost(fitted):
     cascade, result, _, (outputs, labels) = fitted
     choice = result.margins
@@ -98,12 +108,14 @@ def test_exit_margins_respect_the_mcc_loss_bound_while_cutting_mean_cost(fitted)
     assert costs[exits].mean() < 0.85 * costs[-1]
 
 
+@pytest.mark.slow
 def test_a_looser_bound_buys_a_cheaper_cascade_and_a_zero_bound_loses_nothing(fitted):
     cascade, result, (outputs, labels), _ = fitted
     margins = {}
     for loss in (0.0, 0.03):
         margins[loss] = fit_cascade(cascade, list(SKILLS), outputs, labels, source=source(loss),
-                                    expert_seconds=COSTS_S, path=Path("/nonexistent/c.json")).margins
+                                    expert_seconds=COSTS_S, path=Path("/nonexistent/c.json"),
+                                    settings=settings(loss)).margins
         assert margins[loss].mcc >= margins[loss].reference_mcc - loss
     assert margins[0.0].mcc >= margins[0.0].reference_mcc
     assert margins[0.03].cost_s < result.margins.cost_s < margins[0.0].cost_s
@@ -129,6 +141,7 @@ def test_no_better_threshold_means_no_map():
     assert best_threshold(labels, np.where(labels == 1, 0.9, 0.1)) == 0.5
 
 
+@pytest.mark.slow
 def test_an_inverted_or_useless_expert_says_almost_nothing_and_is_named():
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 2, 3000)
@@ -138,7 +151,7 @@ def test_an_inverted_or_useless_expert_says_almost_nothing_and_is_named():
     outputs = np.column_stack([inverted, simulate(3000, 4)[0][:, 1:]])
     cascade = two_level_cascade()
     result = fit_cascade(cascade, list(SKILLS), outputs, labels, source=source(), expert_seconds=COSTS_S,
-                         path=Path("/x/c.json"))
+                         path=Path("/x/c.json"), settings=settings())
     assert any("expert cheap answers no better than chance" in note for note in result.calibration.source.notes)
 
 
