@@ -16,7 +16,7 @@ from sn72_lab.offline import ensure_wallet
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 
 def test_the_stock_axon_and_the_miner_are_alternated_and_compared(tmp_path):

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from sn72_lab.loadtest import burst, drain, miner_late
-from sn72_lab.offline import ensure_wallet, run_miner, write_offline_metagraph
+from sn72_lab.offline import run_miner
 from sn72_lab.tiny_models import build_tiny_vit, build_tiny_yolo
 from sn72_tools.client import encode_jpeg, synthetic_image
+from tests.factories.cascades import level, vit_expert
+from tests.factories.dendrites import validator_wallets
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 
 def two_level_cascade(models: Path, detector_batch: int) -> dict:
@@ -22,9 +24,7 @@ def two_level_cascade(models: Path, detector_batch: int) -> dict:
     return {
         "version": "lifetime-e2e",
         "levels": [
-            {"name": "fast", "exit_margin": 0.5, "experts": [
-                {"name": "vit", "backend": "hf_classifier", "model": str(vit), "device": "cpu", "max_batch": 16,
-                 "max_wait_ms": 2.0, "options": {"positive_labels": ["Roadwork"]}}]},
+            level(vit_expert(vit, max_batch=16, max_wait_ms=2.0), exit_margin=0.5),
             {"name": "slow", "exit_margin": 0.5, "experts": [
                 {"name": "yolo", "backend": "detector", "model": str(yolo), "device": "cpu", "input_size": 320,
                  "max_batch": detector_batch, "max_wait_ms": 2.0, "options": {"classes": ["cone"]}}]},
@@ -32,21 +32,12 @@ def two_level_cascade(models: Path, detector_batch: int) -> dict:
     }
 
 
-def validators(folder: Path, count: int):
-    wallets = folder / "wallets"
-    miner = ensure_wallet(wallets, "miner")
-    callers = [ensure_wallet(wallets, f"validator{i}") for i in range(count)]
-    write_offline_metagraph(folder / "metagraph.json", 72, miner.hotkey.ss58_address,
-                            {w.hotkey.ss58_address: 1000.0 for w in callers})
-    return wallets, miner, callers
-
-
 def payloads(count: int, offset: int = 0) -> list[str]:
     return [encode_jpeg(synthetic_image(offset + i, (320, 240))) for i in range(count)]
 
 
 def test_a_burst_is_answered_in_time_and_the_late_count_agrees_with_the_client(tmp_path):
-    wallets, miner, callers = validators(tmp_path, 4)
+    wallets, miner, callers = validator_wallets(tmp_path, 4)
     extra = {"guards": {"rate_per_s": 0.0}, "scheduler": {"cache_size": 0}, "log_level": "WARNING",
              "axon": {"max_connections_per_ip": 1024}}  # the whole burst comes from one address
     # The client shares the two cores: the miner runs niced so the client times its requests as a validator would.
@@ -66,7 +57,7 @@ def test_a_burst_is_answered_in_time_and_the_late_count_agrees_with_the_client(t
 
 
 def test_sigterm_answers_every_accepted_request_before_exiting(tmp_path):
-    wallets, miner, callers = validators(tmp_path, 2)
+    wallets, miner, callers = validator_wallets(tmp_path, 2)
     extra = {"guards": {"rate_per_s": 0.0}, "scheduler": {"cache_size": 0}, "drain_timeout_s": 30.0}
     with run_miner(tmp_path, wallets, miner, two_level_cascade(tmp_path / "models", 1), extra=extra) as process:
         requests = 30

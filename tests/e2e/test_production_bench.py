@@ -20,7 +20,7 @@ from sn72_lab.production_models import production_vlm_parts, siglip2_so400m_part
 ROOT = Path(__file__).resolve().parents[2]
 TWIN = "cascade.bench-production-tiny.yaml"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 
 @pytest.fixture(scope="module")

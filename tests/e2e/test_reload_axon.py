@@ -20,11 +20,14 @@ import yaml
 from cascade.calibration import CalibrationFile, ExpertFit, FitSource, LevelFit, digest
 from cascade.model_identity import content_identity
 from sn72_lab.loadtest import SustainedLoad, Timed, scrape
-from sn72_lab.offline import MinerProcess, ensure_wallet, run_miner, write_offline_metagraph
+from sn72_lab.offline import MinerProcess, run_miner
 from sn72_lab.tiny_models import build_tiny_vit
 from sn72_tools.client import encode_jpeg, synthetic_image
+from tests.factories.cascades import cascade_of, level, vit_expert
+from tests.factories.dendrites import validator_wallets
+from tests.factories.metrics import axon_outcomes
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 OLD, NEW = 0.01, 0.99  # below: the old cascade answered; above: the new one
 TIMEOUT_S = 9.0  # the validators' timeout
@@ -32,15 +35,13 @@ EXTRA = {"guards": {"rate_per_s": 0.0}, "axon": {"max_connections_per_ip": 1024}
 
 
 def expert(name: str, model: Path, bias: float = 0.0, **fields: Any) -> dict[str, Any]:
-    return {"name": name, "backend": "hf_classifier", "model": str(model), "device": "cpu", "max_batch": 8,
-            "max_wait_ms": 2.0, "warmup_batches": 1, "calibration": {"bias": bias},
-            "options": {"positive_labels": ["Roadwork"]}, **fields}
+    return vit_expert(model, name, max_batch=8, max_wait_ms=2.0, warmup_batches=1, calibration={"bias": bias},
+                      **fields)
 
 
 def cascade(*experts: dict[str, Any], **top: Any) -> dict[str, Any]:
     # calibrated answers: the test tells the old cascade from the new one by the answer's value
-    return {"version": "reload-e2e", "answer": {"policy": "calibrated"},
-            "levels": [{"name": "only", "exit_margin": 0.3, "experts": list(experts)}], **top}
+    return cascade_of(level(*experts, name="only"), version="reload-e2e", answer={"policy": "calibrated"}, **top)
 
 
 def write_calibration(path: Path, expert_name: str, model: Path, bias: float) -> str:
@@ -55,15 +56,6 @@ def write_calibration(path: Path, expert_name: str, model: Path, bias: float) ->
     text = fitted.to_json()
     path.write_text(text)
     return digest(text.encode())
-
-
-def validators(folder: Path, count: int):
-    wallets = folder / "wallets"
-    miner = ensure_wallet(wallets, "miner")
-    callers = [ensure_wallet(wallets, f"validator{i}") for i in range(count)]
-    write_offline_metagraph(folder / "metagraph.json", 72, miner.hotkey.ss58_address,
-                            {w.hotkey.ss58_address: 1000.0 for w in callers})
-    return wallets, miner, callers
 
 
 def payloads(count: int) -> list[str]:
@@ -87,9 +79,7 @@ def check_every_answer(records: list[Timed], process: MinerProcess) -> None:
     """None refused, failed or late, from the client's side and the miner's."""
     bad = [r for r in records if not r.outcome.ok or r.outcome.latency_s > TIMEOUT_S]
     assert not bad, bad[:5]
-    outcomes = scrape(process.metrics_port)
-    axon = {k.split("outcome=")[1].rstrip("}"): v for k, v in outcomes.items()
-            if k.startswith("sn72_miner_axon_total{")}
+    axon = axon_outcomes(process.metrics_port)
     refusals = {k: v for k, v in axon.items()
                 if k.startswith(("refused", "late", "closed")) or k in ("answered_prior", "answered_engine_error")}
     assert not any(refusals.values()), refusals
@@ -104,7 +94,7 @@ def split(records: list[Timed], trigger_s: float, swapped_s: float) -> tuple[lis
 
 
 def test_a_refitted_calibration_file_is_served_under_load_without_losing_a_request(tmp_path):
-    wallets, miner, callers = validators(tmp_path, 2)
+    wallets, miner, callers = validator_wallets(tmp_path, 2)
     model = build_tiny_vit(tmp_path / "models" / "vit-a")
     write_calibration(tmp_path / "cal.json", "vit", model, bias=-12.0)
     extra = {**EXTRA, "reload": {"watch": True, "watch_settle_s": 0.2}}
@@ -133,7 +123,7 @@ def test_a_refitted_calibration_file_is_served_under_load_without_losing_a_reque
 
 
 def test_a_new_model_is_served_under_load_and_broken_cascades_are_refused_while_it_keeps_answering(tmp_path):
-    wallets, miner, callers = validators(tmp_path, 2)
+    wallets, miner, callers = validator_wallets(tmp_path, 2)
     old_model = build_tiny_vit(tmp_path / "models" / "vit-a", seed=0)
     new_model = build_tiny_vit(tmp_path / "models" / "vit-b", seed=1)
     cascade_file = tmp_path / "cascade.yaml"  # run_miner writes it there

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 
 def test_a_minute_of_traffic_survives_reloads_a_worker_kill_and_a_full_disk(tmp_path: Path):

@@ -320,6 +320,7 @@ def test_bad_input_is_a_one_line_error(task, tmp_path, capsys):
     assert usage.value.code == 2 and "give labelled DATA to train on" in capsys.readouterr().err
 
 
+@pytest.mark.bench
 def test_help_has_no_side_effects(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for main in (cli.main, bench.main):
@@ -329,6 +330,7 @@ def test_help_has_no_side_effects(tmp_path, capsys, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.bench
 def test_the_bench_times_training_steps_through_the_real_trainer(task, tmp_path, capsys):
     assert bench.main(["--images", "40", "--height", "32", "--batch-size", "4", "--skip-steps", "2", "--out",
                        str(tmp_path), "--no-progress"]) == 0

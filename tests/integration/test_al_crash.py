@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from cascade.observers.al_store import INDEX_NAME, ALStore
@@ -107,6 +108,7 @@ def check_consistent(store_dir: Path, acked: set[int]) -> dict[str, int]:
     return recovered
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_loses_no_acknowledged_record(tmp_path: Path) -> None:
     script = tmp_path / "writer.py"
     script.write_text(CHILD)

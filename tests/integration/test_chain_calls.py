@@ -63,6 +63,7 @@ def test_an_unreachable_chain_endpoint_fails_fast_in_one_line():
         connect_chain(f"ws://127.0.0.1:{free_port()}", 72, 600.0, timeout_s=30.0)
 
 
+@pytest.mark.slow
 def test_a_silent_chain_endpoint_times_out(silent_port):
     with pytest.raises(ChainError, match=r"no answer within 1 s"):
         connect_chain(f"ws://127.0.0.1:{silent_port}", 72, 600.0, timeout_s=1.0)
@@ -123,6 +124,7 @@ def test_the_watch_logs_each_change_once(tmp_path):
     assert lines[2].startswith("DEREGISTERED: hotkey me is no longer in the metagraph of netuid 323 (was uid 5)")
 
 
+@pytest.mark.slow
 def test_the_miner_exits_with_one_line_when_the_chain_is_unreachable(tmp_path):
     wallets = tmp_path / "wallets"
     ensure_wallet(wallets, "miner")

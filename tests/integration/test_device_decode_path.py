@@ -208,6 +208,7 @@ def test_a_bad_jpeg_is_refused_before_the_device_decoder_is_called(kind):
         engine.close()
 
 
+@pytest.mark.slow
 def test_a_jpeg_over_the_device_limit_reaches_the_expert_as_pils_reduced_array():
     events: Events = []
     config = expert_config("gpu")

@@ -43,6 +43,7 @@ def test_classes_match_names_case_insensitively_or_by_index() -> None:
         resolve_classes(names, ["excavator", 17])
 
 
+@pytest.mark.slow
 def test_one_probability_per_image_for_batches_of_mixed_sizes(weights: Path) -> None:
     expert = make_expert(weights)
     assert expert.class_ids == [2, 3, 4]  # the default names that this model has
@@ -54,6 +55,7 @@ def test_one_probability_per_image_for_batches_of_mixed_sizes(weights: Path) -> 
     assert expert.memory_bytes() > 0
 
 
+@pytest.mark.slow
 def test_real_detections_are_combined_by_noisy_or(weights: Path) -> None:
     # conf 0 keeps every box of the random network, so the noisy-OR path (not just the floor) runs
     every_class = list(range(len(TINY_YOLO_NAMES)))
@@ -68,6 +70,7 @@ def test_real_detections_are_combined_by_noisy_or(weights: Path) -> None:
         assert p > 0.0
 
 
+@pytest.mark.slow
 def test_one_predict_call_with_bgr_arrays_and_class_filter(weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     expert = make_expert(weights, input_size=320, options={"classes": ["cone", 3], "top_k": 2, "conf": 0.1})
     calls: list[tuple[list[np.ndarray], dict[str, Any]]] = []
@@ -103,6 +106,7 @@ class _Boxes:
         return len(self.conf)
 
 
+@pytest.mark.slow
 def test_unknown_class_names_are_a_clear_error(weights: Path) -> None:
     with pytest.raises(ExpertError, match=r"model\.names.*construction sign"):
         make_expert(weights, options={"classes": ["pothole", "excavator"]})

@@ -161,6 +161,7 @@ class SlowStart(FakeExpert):
         return super().predict_batch(images)
 
 
+@pytest.mark.slow
 def test_a_level_once_measured_too_slow_is_probed_and_used_again():
     fast = expert_config("fast")
     slow = expert_config("slow", warmup_batches=1, expected_latency_ms=None, max_batch=1)
@@ -185,6 +186,7 @@ def test_a_level_once_measured_too_slow_is_probed_and_used_again():
         engine.close()
 
 
+@pytest.mark.slow
 def test_a_flood_waits_for_admission_before_decoding_so_a_victim_is_decoded_at_once():
     from sn72_tools.client import encode_jpeg
 

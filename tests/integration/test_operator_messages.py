@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,6 +20,7 @@ def run(module: str, *args: str, home: Path, env: dict[str, str] | None = None) 
                           text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_sn72_query_with_a_missing_wallet_is_one_line_naming_the_key_file_and_the_fix(tmp_path):
     wallets = tmp_path / "wallets"
     done = run("sn72_tools.query", "--wallet.name", "validator", "--wallet.path", str(wallets), "--miner",
@@ -41,6 +43,7 @@ def write_miner(folder: Path, miner: dict, cascade: dict) -> Path:
 CASCADE = {"levels": [{"name": "fast", "experts": [{"name": "vit", "backend": "hf_classifier", "model": "m"}]}]}
 
 
+@pytest.mark.slow
 def test_a_typo_in_a_miner_key_is_answered_with_the_field_it_meant(tmp_path):
     config = write_miner(tmp_path, {"axon": {"prot": 8091}}, CASCADE)
     done = run("neurons.miner", "--config", str(config), home=tmp_path, env={"MINER_WALLET__HOTKY": "h"})
@@ -50,6 +53,7 @@ def test_a_typo_in_a_miner_key_is_answered_with_the_field_it_meant(tmp_path):
     assert "environment MINER_WALLET__HOTKY" in done.stderr
 
 
+@pytest.mark.slow
 def test_cascade_errors_name_the_expert_and_level_and_suggest_the_key(tmp_path):
     cascade = {"levels": [
         {"name": "fast", "experts": [{"name": "vit", "backend": "hf_classifier", "model": "m"}]},

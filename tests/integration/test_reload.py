@@ -134,6 +134,7 @@ def test_requests_in_flight_finish_on_the_old_cascade_new_ones_start_on_the_new_
         engine.close()
 
 
+@pytest.mark.slow
 def test_a_request_on_the_new_cascade_never_waits_for_the_same_image_on_the_old_one():
     gate = threading.Event()
     builds = Builds()
@@ -223,6 +224,7 @@ def test_a_cascade_that_does_not_fit_beside_the_serving_one_is_refused_with_the_
         engine.close()
 
 
+@pytest.mark.slow
 def test_reloads_back_to_back_free_every_replaced_cascade():
     gate = threading.Event()
     builds = Builds()

@@ -64,6 +64,7 @@ def test_an_idle_replica_that_does_not_wait_when_idle_starts_a_lone_request_at_o
         engine.close()
 
 
+@pytest.mark.slow
 def test_a_replica_that_waits_when_idle_holds_a_lone_request_for_its_window():
     # The longest window (room for a busy box), held even when idle: not the default.
     config = expert_config("a", max_batch=8, max_wait_ms=1000.0, wait_when_idle=True)

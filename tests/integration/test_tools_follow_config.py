@@ -51,6 +51,7 @@ def one_record(directory: Path) -> int:
     return record_id
 
 
+@pytest.mark.slow
 def test_sn72_al_finds_the_store_the_miner_config_names(tmp_path):
     (tmp_path / "conf").mkdir()
     config = miner_yaml(tmp_path / "conf")
@@ -97,6 +98,7 @@ def offline_miner(tmp_path) -> tuple[Path, Any, Path]:
     return config, wallet, metagraph
 
 
+@pytest.mark.slow
 def test_sn72_register_offline_takes_the_uid_from_the_metagraph_file(offline_miner, tmp_path):
     config, wallet, _ = offline_miner
     done = tool("sn72_tools.natix", "--config", str(config), "--dry-run", "--chain-timeout-s", "10", home=tmp_path,
@@ -106,6 +108,7 @@ def test_sn72_register_offline_takes_the_uid_from_the_metagraph_file(offline_min
     assert payload["uid"] == "5" and payload["natix_public_key"] == wallet.hotkey.ss58_address
 
 
+@pytest.mark.slow
 def test_sn72_register_offline_with_the_hotkey_missing_from_the_file_is_not_registered(offline_miner, tmp_path):
     config, _, metagraph = offline_miner
     write_metagraph_json(metagraph, 72, [Neuron(0, "5Someone", False, 0.0)])

@@ -23,8 +23,11 @@ from cascade.experts.registry import build_expert
 from cascade.experts.worker import WorkerExpert
 from cascade.request import Status
 from sn72_lab.tiny_models import build_tiny_vit
+from tests.factories.cascades import vit_expert
 from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_job, on_loop, wait_for
 from tests.factories.processes import children_of, gone
+
+pytestmark = pytest.mark.slow  # every test starts worker processes (a model load each)
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +36,7 @@ def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def vit_config(model: Path, **overrides: object) -> ExpertConfig:
-    fields: dict[str, object] = {"name": "vit", "backend": "hf_classifier", "model": str(model), "device": "cpu",
-                                 "worker": "process", "max_batch": 8, "max_wait_ms": 1.0,
-                                 "options": {"positive_labels": ["Roadwork"]}}
-    fields.update(overrides)
+    fields = {**vit_expert(model, worker="process", max_batch=8, max_wait_ms=1.0), **overrides}
     return ExpertConfig.model_validate(fields)
 
 
@@ -273,6 +273,7 @@ def test_workers_decode_jpegs_on_each_of_their_gpus_as_the_replica_in_process_do
             worker.close()
 
 
+@pytest.mark.bench
 def test_a_worker_builds_its_replica_with_the_engines_worker_factory_when_given_one(tiny_vit: Path) -> None:
     # The benchmarks' stand-in device (`sn72-bench engine --null-experts --null-device-ms ... --worker-process`):
     # a module-level factory travels to the worker by name, with its arguments.
@@ -297,6 +298,7 @@ def test_a_worker_builds_its_replica_with_the_engines_worker_factory_when_given_
         WorkerExpert(vit_config(tiny_vit), "cpu", factory=lambda config, device: build_expert(config, device))
 
 
+@pytest.mark.bench
 def test_a_batch_larger_than_the_socket_buffer_reaches_the_worker_while_the_engine_loop_is_busy(
         tiny_vit: Path) -> None:
     # Under load the engine's loop runs hundreds of requests' callbacks between two of its turns. A batch is

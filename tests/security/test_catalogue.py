@@ -23,7 +23,7 @@ from sn72_lab.hostile.load import LoadStats
 from sn72_lab.hostile.measure import PassLine, ResourcePeaks, ResourceSampler
 from sn72_lab.hostile.model import Observation
 
-pytestmark = pytest.mark.security
+pytestmark = [pytest.mark.security, pytest.mark.slow]  # every test here attacks the miner subprocess
 
 SINGLE = [attack for attack in catalogue() if not attack.heavy]
 SMALL_LINE = PassLine(min_model_share=0.99, max_p99_ms=1000.0, max_server_errors=0, max_rss_growth_mb=150.0)

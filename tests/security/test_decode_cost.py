@@ -48,6 +48,7 @@ def test_a_costly_frame_within_the_scan_limit_is_refused_by_its_work():
     assert refused.value.reason == "decode_work"
 
 
+@pytest.mark.slow
 def test_ordinary_jpegs_pass_the_scan_and_work_limits():
     for progressive in (False, True):
         data = jpeg_bytes(photo(1080, 1920), progressive=progressive)
@@ -87,6 +88,7 @@ def isolated_count(engine: Engine, outcome: str) -> int:
     return int(engine.stats.by_label("decode_isolated", "outcome")[outcome])
 
 
+@pytest.mark.slow
 def test_a_costly_decode_is_killed_at_its_deadline_and_other_callers_are_answered_meanwhile():
     expert = FakeExpert(expert_config("a"), "cpu", answer=lambda image: 0.9)
     engine = start_engine(expert, isolated_workers=1, isolate_above_work=10_000_000, **UNLIMITED)
@@ -108,6 +110,7 @@ def test_a_costly_decode_is_killed_at_its_deadline_and_other_callers_are_answere
     assert not engine.path.isolated.pids(), "a decode worker outlived the engine"  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_one_caller_cannot_hold_every_decode_worker(per_hotkey=1):
     expert = FakeExpert(expert_config("a"), "cpu", answer=lambda image: 0.9)
     engine = start_engine(expert, isolated_workers=2, isolated_per_hotkey=per_hotkey, isolate_above_work=10_000_000,
@@ -128,6 +131,7 @@ def test_one_caller_cannot_hold_every_decode_worker(per_hotkey=1):
 
 # -- the real miner, as the issue found it -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_many_scan_jpegs_are_refused_at_once_beside_the_validator(hostile):
     """Three ~160 KB 6000x6000 progressive JPEGs of 2,000 scans at once (distinct, so nothing is coalesced): each
     took ~4 s of a decode thread on this box, and the validator's requests waited behind them."""

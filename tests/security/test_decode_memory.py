@@ -77,6 +77,7 @@ KINDS = {  # name -> (expression building the image's bytes, DecodeConfig keywor
 }
 
 
+@pytest.mark.slow
 def test_the_estimate_covers_the_peak_of_every_kind_of_image():
     body = "from cascade.decode import decode_or_isolate\nfigures = {}\n"
     for name, (build, limits, min_side) in KINDS.items():

@@ -94,6 +94,7 @@ def test_any_payload_decodes_within_limits_or_is_refused(payload):
     assert decoded.image.dtype == np.uint8 and decoded.image.shape[2] == 3
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(valid_images())
 def test_every_accepted_format_and_mode_decodes(case):
@@ -106,6 +107,7 @@ def test_every_accepted_format_and_mode_decodes(case):
         assert abs(image.size[0] / image.size[1] - width / height) < 0.1 * max(1.0, width / height) + 2 / image.size[1]
 
 
+@pytest.mark.slow
 @FUZZ
 @given(mutated())
 def test_fuzz_mutated_images(data):

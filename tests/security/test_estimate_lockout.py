@@ -107,6 +107,7 @@ def _prediction(body: bytes) -> float | None:
         return None
 
 
+@pytest.mark.slow
 def test_slow_answers_to_one_caller_never_lock_out_the_others(served):
     """A burst of requests that take their whole 3 s timeout, from one caller; then an honest caller's requests with
     a 2 s timeout (shorter than what the slow ones took) are answered by the model, at once. Before: 408 each, in

@@ -15,7 +15,7 @@ from sn72_lab.hostile import heavy
 from sn72_lab.hostile.wire import HostileRequest
 from sn72_tools.client import encode_jpeg, synthetic_image
 
-pytestmark = pytest.mark.security
+pytestmark = [pytest.mark.security, pytest.mark.slow]  # every test here attacks the miner subprocess
 
 
 def test_a_spoofed_flood_does_not_cut_the_validator_off(hostile):

@@ -69,6 +69,7 @@ def test_the_limiter_answers_every_caller_and_stays_bounded(calls):
     assert len(limiter._buckets) <= 32  # hotkey spraying cannot grow it
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(st.lists(st.floats(0.0, 2.0, allow_nan=False), min_size=1, max_size=200))
 def test_one_hotkey_never_gets_more_than_its_burst_plus_its_rate(steps_s):
@@ -87,6 +88,7 @@ SLOT_PLANS = st.lists(st.tuples(st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0
                       min_size=1, max_size=40)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(SLOT_PLANS, st.integers(1, 6), st.integers(1, 6))
 def test_request_slots_hold_their_bounds_for_any_callers(plan, total, per_caller):

@@ -17,7 +17,7 @@ from sn72_lab.hostile.target import TEST_HTTP_LIMITS, known_axon_keys
 from sn72_lab.hostile.wire import CLOSED, HostileRequest, build, connect, send, send_raw
 from sn72_tools.client import encode_jpeg, synthetic_image
 
-pytestmark = pytest.mark.security
+pytestmark = [pytest.mark.security, pytest.mark.slow]  # every test here attacks the miner subprocess
 
 HEADER_TIMEOUT_S = TEST_HTTP_LIMITS["header_timeout_s"]
 BODY_TIMEOUT_S = TEST_HTTP_LIMITS["body_timeout_s"]

@@ -15,7 +15,7 @@ import pytest
 from sn72_lab.hostile import payloads
 from sn72_lab.hostile.catalogue import LEAKY
 
-pytestmark = pytest.mark.security
+pytestmark = [pytest.mark.security, pytest.mark.slow]  # every test here attacks the miner subprocess
 
 INSTALL_OR_NETWORK = re.compile(r"requirement|autoupdate|pip install|-m pip|pi[-_]heif|SN72-NETWORK-PROBE", re.I)
 

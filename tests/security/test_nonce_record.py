@@ -73,6 +73,7 @@ def fresh(signer: Any) -> HostileRequest:
     return HostileRequest(signer=signer, image=PAYLOAD, uuid=str(uuid.uuid4()))
 
 
+@pytest.mark.slow
 def test_the_record_stays_bounded_under_a_flood_and_nothing_it_forgets_replays(tmp_path):
     bound = 64
     with serving(tmp_path, nonce_record_size=bound) as served:

@@ -21,7 +21,7 @@ import pytest
 from sn72_lab.hostile import payloads
 from sn72_lab.hostile.wire import HostileRequest, Response, build, send, send_raw
 
-pytestmark = pytest.mark.security
+pytestmark = [pytest.mark.security, pytest.mark.slow]  # every test here attacks the miner subprocess
 
 NS_PER_S = 1_000_000_000
 OLD_VERSION = "7001000"  # bittensor 7.1.0 as `version_as_int` writes it: below the 7.2.0 that bittensor checks for

@@ -29,6 +29,7 @@ def test_help_has_no_side_effects(tmp_path):
     assert list(tmp_path.iterdir()) == []  # not even ~/.bittensor
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [
     ["--miner", "nonsense", "--miner-hotkey", "x", "--validator", "v", "--attacker", "a"],
     ["--miner", "127.0.0.1:1"],
@@ -42,6 +43,7 @@ def test_bad_input_gets_one_line(tmp_path, args):
     assert "Traceback" not in completed.stderr
 
 
+@pytest.mark.slow
 def test_a_run_against_the_miner_reports_each_attack(hostile, tmp_path):
     report = tmp_path / "report.json"
     completed = redteam(
@@ -63,6 +65,7 @@ def test_a_run_against_the_miner_reports_each_attack(hostile, tmp_path):
     assert "unsigned" in completed.stdout and "model in time" in completed.stdout  # the table
 
 
+@pytest.mark.slow
 def test_an_attack_that_misses_the_line_fails_the_run(hostile, tmp_path):
     """A line no miner meets (honest p99 under 1 ms): the attack's statuses are right, the run still fails."""
     report = tmp_path / "report.json"
@@ -88,6 +91,7 @@ def test_the_line_names_each_miss():
     assert line.failures(None, None, 0, None) == ["no honest request in the window"]
 
 
+@pytest.mark.slow
 def test_compare_puts_two_reports_side_by_side(tmp_path):
     def report(seen: str, passed: bool, share: float) -> dict:
         row = {"attack": "grey16-pngs-parallel", "seen": seen, "problems": [], "alive": True, "passed": passed,

@@ -28,6 +28,7 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget]:
     target.close()
 
 
+@pytest.mark.slow
 def test_fuzzed_requests_are_answered_below_500_and_reported_once(fuzz):
     @FUZZ
     @given(st.binary(max_size=2048))

@@ -39,6 +39,7 @@ def test_the_default_is_decisive_and_the_prior_is_sent_as_it_is():
         AnswerConfig(decisive_value=0.5)  # would send "no roadwork" for a roadwork decision
 
 
+@pytest.mark.slow
 def test_on_consensus_tasks_a_decisive_answer_earns_more_and_on_known_labels_the_same():
     """Simulated experts: the miner's calibrated answers are right ~80% of the time, hesitantly (0.55-0.75)."""
     rng = np.random.default_rng(0)

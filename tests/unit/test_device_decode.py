@@ -55,6 +55,7 @@ def test_jpegs_the_device_decoder_does_not_serve_as_pil_does_are_decoded_here(wh
     assert out.image.dtype == np.uint8 and out.image.shape[2] == 3
 
 
+@pytest.mark.slow
 def test_a_large_jpeg_is_decoded_here_at_reduced_scale_and_an_oversize_one_downscaled():
     big = jpeg_bytes(photo(1600, 2400), quality=50)  # 3.84 MP
     out = decode_or_defer(big, DecodeConfig(device_max_pixels=3_000_000), 224)
@@ -224,6 +225,7 @@ def test_jpegs_wait_encoded_only_when_every_replica_of_level_one_decodes_them():
     assert not defers_jpegs([])
 
 
+@pytest.mark.slow
 def test_the_gpu_check_script_answers_help_and_refuses_a_machine_without_cuda(tmp_path):
     import os
     import subprocess

@@ -9,6 +9,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 
@@ -31,6 +33,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.slow
 def test_every_tool_answers_help_and_leaves_nothing_behind(tmp_path):
     import json
 
@@ -47,6 +50,7 @@ def test_every_tool_answers_help_and_leaves_nothing_behind(tmp_path):
     assert leftovers == [], f"--help left files behind: {leftovers}"
 
 
+@pytest.mark.bench
 def test_the_gpu_bench_wrapper_answers_help(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path), "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_bench.sh"), "--help"], cwd=tmp_path, env=env,
@@ -62,6 +66,8 @@ def test_no_file_edits_sys_path():
     assert offenders == []
 
 
+@pytest.mark.bench
+@pytest.mark.slow
 def test_a_bench_on_a_model_not_built_yet_is_one_line_and_exit_2(tmp_path):
     cascade = tmp_path / "cascade.yaml"
     cascade.write_text(

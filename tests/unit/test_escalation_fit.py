@@ -10,6 +10,8 @@ from cascade.config import CascadeConfig, LevelConfig
 from cascade.consensus import Pooling, make_answer
 from sn72_lab.escalation import fit
 
+pytestmark = pytest.mark.bench  # the escalation fit of `sn72-bench traffic`
+
 
 def engine_escalates(probabilities: list[float], fitted) -> list[bool]:
     """What the engine decides for each level-1 answer with the fitted settings written into a real cascade."""

@@ -48,6 +48,7 @@ def fit(levels: list[list[str]], outputs: np.ndarray, labels: np.ndarray, **kwar
                        path=Path("/nonexistent/c.json"), settings=kwargs.pop("settings", FAST), **kwargs)
 
 
+@pytest.mark.slow
 def test_a_fit_set_below_the_floor_is_refused_with_the_numbers():
     outputs, labels = simulate(120, {"cheap": 1.0}, seed=1)
     with pytest.raises(EvalError, match=r"at least 200 labelled images \(50 of each class\).*has 120 \(60 of class 0"):
@@ -59,6 +60,7 @@ def test_a_fit_set_below_the_floor_is_refused_with_the_numbers():
     assert fit([["cheap"]], *simulate(120, {"cheap": 1.0}, seed=1), min_images=100).report["fit_images"] == 120
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_random_models_keep_the_raw_decision_no_map_and_no_early_exit(seed):
     """Two experts that know nothing, 300 images: any threshold or margin the data suggests is noise."""
@@ -85,6 +87,7 @@ def heteroscedastic(n: int, seed: int, spread: float, centre: float) -> tuple[np
     return (1.0 / (1.0 + np.exp(-scores)))[:, None], labels
 
 
+@pytest.mark.slow
 def test_a_threshold_map_is_used_only_when_it_beats_one_half_held_out():
     outputs, labels = heteroscedastic(4000, seed=1, spread=2.0, centre=2.0)
     strong = fit([["cheap"]], outputs, labels)
@@ -107,6 +110,7 @@ def test_a_threshold_map_is_used_only_when_it_beats_one_half_held_out():
         assert np.array_equal(served > 0.5, outputs[:, 0] > 0.5)
 
 
+@pytest.mark.slow
 def test_pooling_that_does_not_beat_the_best_expert_answers_with_that_expert_alone():
     # A good expert at level 2 and a useless one at level 1: pooling cannot beat the good one beyond noise.
     outputs, labels = simulate(600, {"cheap": 0.0, "big": 1.2}, seed=6)
@@ -123,6 +127,7 @@ def test_pooling_that_does_not_beat_the_best_expert_answers_with_that_expert_alo
     assert np.allclose(served, threshold_map(alone, levels[1].threshold), atol=1e-9)
 
 
+@pytest.mark.slow
 def test_pooling_never_turns_an_inverted_expert_around():
     """An expert whose answers are inverted gets the largest temperature; pooling must not give it a negative
     weight and serve its answers turned around (found by an outside review on flipped labels)."""
@@ -133,6 +138,7 @@ def test_pooling_never_turns_an_inverted_expert_around():
         assert all(w >= 0.0 for w in level.weights.values()), level.weights
 
 
+@pytest.mark.slow
 def test_three_independent_experts_are_pooled():
     outputs, labels = simulate(3000, {"cheap": 0.9, "big": 1.0, "other": 1.0}, seed=7)
     result = fit([["cheap"], ["big", "other"]], outputs, labels)
@@ -140,6 +146,7 @@ def test_three_independent_experts_are_pooled():
     assert result.report["structure"]["pooled_minus_best"]["low"] > 0
 
 
+@pytest.mark.slow
 def test_every_fitted_parameter_has_an_interval_that_holds_its_estimate():
     outputs, labels = simulate(1000, {"cheap": 1.0, "big": 1.1}, seed=8, temperature=2.0)
     result = fit([["cheap"], ["big"]], outputs, labels)
@@ -158,6 +165,7 @@ def test_every_fitted_parameter_has_an_interval_that_holds_its_estimate():
     assert result.calibration.report == result.report
 
 
+@pytest.mark.slow
 def test_the_vectorised_pooling_is_the_engines_own():
     """Cross-validation and the bootstrap pool on arrays: the same numbers must give the replay's answers."""
     outputs, labels = simulate(2000, {"cheap": 1.0, "big": 1.1, "other": 0.7}, seed=9, shift=1.5)

@@ -19,6 +19,7 @@ def side(title: str, name: str, outputs: np.ndarray, labels: np.ndarray) -> Side
     return Side(title, cascade, recording)
 
 
+@pytest.mark.slow
 def test_swapping_the_sides_turns_every_difference_around():
     rng = np.random.default_rng(3)
     labels = np.repeat([0, 1], 200)

@@ -71,6 +71,7 @@ def test_the_packages_outside_the_runtime_exist_and_hold_code(package):
     assert len(list((ROOT / package).rglob("*.py"))) > 5
 
 
+@pytest.mark.slow
 def test_the_miner_engine_and_every_expert_load_no_tool_at_run_time():
     code = (
         "import sys\n"

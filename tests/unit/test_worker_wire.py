@@ -147,6 +147,7 @@ def test_a_workers_stderr_becomes_the_miners_log_lines_with_their_levels():
                      "INFO worker vit@cuda:1 | some library output", "INFO worker vit@cuda:1 | Loading 100%"]
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.integers(0, 300_000), min_size=1, max_size=40), st.integers(1, 64))
 @example([5000, 0], 1)  # an empty last part (an empty array's memory) once left the sender spinning
