@@ -5,7 +5,7 @@
 # BEFORE_TREE is an unpacked older checkout (`git archive <commit> | tar -x -C DIR`); "after" is this repository.
 # engine: level 1 at production settings (config/cascade.bench-gpu-prod.yaml, idle dispatch as the default is now)
 #   under 512 closed-loop clients (throughput) and one client (batch-1 latency), ROUNDS times per side.
-# axon: the miner beside bittensor's stock axon through real dendrites (sn72-bench axon-vs-stock, 3 rounds inside).
+# axon: the miner beside bittensor's stock axon through real dendrites (sn72-bench axon-vs-stock, ROUNDS rounds inside).
 # Each side runs from its own tree (`python -m` puts the working directory first on sys.path), with the models
 # built once under this repository's .bench/. OUT/summary.txt has the medians and ranges per side.
 set -u -o pipefail
@@ -46,7 +46,7 @@ case "$WHAT" in
     for side in before after; do
       tree=$AFTER; [ "$side" = before ] && tree=$BEFORE
       run_side "$side" "$tree" 260 axon-vs-stock axon-vs-stock --cascade config/cascade.bench-gpu.yaml --worker-process \
-        --idle-dispatch --requests 1500 --concurrency 64 --wallets 8 --decode-workers 8 --rounds 3
+        --idle-dispatch --requests 1500 --concurrency 64 --wallets 8 --decode-workers 8 --rounds "$ROUNDS"
       echo "== $(date +%T) $side axon-vs-stock done"
     done ;;
   *) echo "error: engine or axon, got $WHAT" >&2; exit 2 ;;
