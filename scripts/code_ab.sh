@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The same GPU figures for two versions of the code in one lease, alternated so drift hits both alike:
-#   bash scripts/code_ab.sh BEFORE_TREE OUT engine [ROUNDS]   (one H200: ~5 minutes for 3 rounds)
-#   bash scripts/code_ab.sh BEFORE_TREE OUT axon               (one H200: ~8 minutes)
+#   bash scripts/code_ab.sh BEFORE_TREE OUT engine [ROUNDS]   (one H200: ~3 minutes a round)
+#   bash scripts/code_ab.sh BEFORE_TREE OUT axon [ROUNDS]      (one H200: ~1.5 minutes a round)
 # BEFORE_TREE is an unpacked older checkout (`git archive <commit> | tar -x -C DIR`); "after" is this repository.
 # engine: level 1 at production settings (config/cascade.bench-gpu-prod.yaml, idle dispatch as the default is now)
 #   under 512 closed-loop clients (throughput) and one client (batch-1 latency), ROUNDS times per side.
