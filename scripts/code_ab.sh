@@ -14,6 +14,7 @@ mkdir -p "${2:?usage: code_ab.sh BEFORE_TREE OUT engine|axon [ROUNDS]}"
 OUT=$(cd "$2" && pwd)
 WHAT=${3:?usage: code_ab.sh BEFORE_TREE OUT engine|axon [ROUNDS]}
 ROUNDS=${4:-3}
+SIDES=${SIDES:-before after}  # SIDES="after before" runs the newer code first in each round (an order check)
 AFTER=$(pwd)
 PY=${PYTHON:-python3}
 EXTRA=${EXTRA_PYTHONPATH:-}
@@ -33,7 +34,7 @@ run_side() {  # side tree limit name args...
 case "$WHAT" in
   engine)
     for round in $(seq 1 "$ROUNDS"); do
-      for side in before after; do
+      for side in $SIDES; do
         tree=$AFTER; [ "$side" = before ] && tree=$BEFORE
         run_side "$side" "$tree" 120 "c512-r$round" engine --cascade config/cascade.bench-gpu-prod.yaml --idle-dispatch \
           --requests 6000 --concurrency 512 --decode-workers 12
@@ -43,7 +44,7 @@ case "$WHAT" in
       done
     done ;;
   axon)
-    for side in before after; do
+    for side in $SIDES; do
       tree=$AFTER; [ "$side" = before ] && tree=$BEFORE
       run_side "$side" "$tree" 260 axon-vs-stock axon-vs-stock --cascade config/cascade.bench-gpu.yaml --worker-process \
         --idle-dispatch --requests 1500 --concurrency 64 --wallets 8 --decode-workers 8 --rounds "$ROUNDS"
