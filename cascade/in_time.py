@@ -4,10 +4,10 @@ Work that cannot end by its caller's deadline only takes time from work that can
 it starts. They ask one question, "does `now + need` end by the deadline?", of different estimates of the need,
 because each knows a different part of what is left:
 
-- The HTTP turn (neurons/http_guard.py, which writes the rule out as `turn_s + estimate > deadline`): `ServiceTime`
-  (neurons/deadlines.py), a high quantile of this caller's own recent turn-to-response times. Before the body is
-  read nothing is known of the image; what this caller's requests took covers all of it (body, decode, cascade,
-  the way out), and it is per caller so that no one's slow images judge another's requests.
+- The HTTP turn (neurons/http_guard.py): `ServiceTime` (neurons/deadlines.py), a high quantile of this caller's
+  own recent turn-to-response times. Before the body is read nothing is known of the image; what this caller's
+  requests took covers all of it (body, decode, cascade, the way out), and it is per caller so that no one's slow
+  images judge another's requests.
 - Admission (cascade/admission.py): no need at all. A slot is worth waiting for until the deadline itself; what
   the request needs once admitted is judged level by level, with better knowledge than a guess at the door.
 - The request path (cascade/lifetime.py): the time left to its levels, the deadline less the answer guard (time
