@@ -99,7 +99,8 @@ def parse_metagraph_json(data: Any, source: str = "metagraph file") -> Metagraph
 
 
 def write_metagraph_json(path: Path, netuid: int, neurons: list[Neuron]) -> None:
-    """The offline file format, written atomically (used by the demo, the tests and operators)."""
+    """The offline file format, written atomically: the miner reads it (offline_source above), the demo, the tests and
+    operators write it; kept beside its reader so the format has one definition."""
     payload = {"netuid": netuid, "neurons": [n.__dict__ for n in neurons]}
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2))
