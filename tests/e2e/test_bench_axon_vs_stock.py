@@ -1,5 +1,5 @@
 """`sn72-bench axon-vs-stock`: bittensor's stock axon and the miner, each in its own process, alternated and driven by
-real dendrites; the report holds every run and the ratio of the medians (issue 16's "80% of the stock axon")."""
+real dendrites; the report holds every run and the ratio of the medians (the target: 80% of the stock axon's rate)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""sn72-demo end to end with both of the miner's ports moved (issue 26, item 4): the demo reads the metrics from the
+"""sn72-demo end to end with both of the miner's ports moved: the demo reads the metrics from the
 port the miner was given, not from a fixed one. Uses the tiny models under .demo/models (built if missing)."""
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ def test_health_probes_before_during_and_after_start_up_and_while_draining(asset
         assert not miner.ready.is_set()
         assert status == 503 and phase.strip() in ("starting", "loading")
         assert miner.get("/healthz") == (200, "ok\n")
-        # The axon's port answers at once as well (issue 26): 503 with the reason, not a wait until the caller's
+        # The axon's port answers at once as well: 503 with the reason, not a wait until the caller's
         # timeout in the listen backlog. Only a miner that became ready meanwhile may answer otherwise.
         started_s = time.monotonic()
         early = http.client.HTTPConnection("127.0.0.1", miner.port, timeout=5)

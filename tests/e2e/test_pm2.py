@@ -1,4 +1,4 @@
-"""The miner under a real pm2, started through the project's pm2.config.js (issue 26, item 1).
+"""The miner under a real pm2, started through the project's pm2.config.js.
 
 pm2 7 reports a death by a signal as exit code 0 (lib/God.js: `handleExit(clu, code || 0, signal)`): with
 0 in `stop_exit_codes`, a miner killed by SIGKILL (the OOM killer) or SIGSEGV stayed down for good. And with

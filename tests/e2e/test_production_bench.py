@@ -1,4 +1,4 @@
-"""The production-size benchmark at tiny size (issue 16, item 1): the production cascade's tiny twins load through
+"""The production-size benchmark at tiny size: the production cascade's tiny twins load through
 the backends, `sn72-bench levels` and `sn72-bench traffic` (the real miner process, real dendrites) run end to end
 and write every field, and the production-size builders describe the real checkpoints' architectures."""
 

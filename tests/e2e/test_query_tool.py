@@ -132,7 +132,7 @@ def test_labels_by_file_name_may_have_the_eval_header(miner: Any, tmp_path: Path
 
 
 def test_the_miner_config_names_the_miner_to_query(miner: Any, tmp_path: Path) -> None:
-    """--config: the axon port and the miner's hotkey come from the miner's own YAML (issue 26, item 4)."""
+    """--config: the axon port and the miner's hotkey come from the miner's own YAML."""
     _, wallets = miner
     out = tmp_path / "report.json"
     code = query_main(["--wallet.name", "config", "--wallet.path", str(wallets), "--config",

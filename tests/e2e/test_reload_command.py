@@ -1,4 +1,4 @@
-"""Reloading the real miner as an operator does (issue 26, items 2 and 3), against one miner process on loopback.
+"""Reloading the real miner as an operator does, against one miner process on loopback.
 
 `sn72-miner reload --config M` checks the files, signals the miner running for M, waits for the outcome and exits
 with a code that says it; `--check` is no longer failed by the running miner's own ports; and the served version

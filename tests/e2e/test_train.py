@@ -259,7 +259,7 @@ class CrashAfterFirstCheckpoint:
 def test_resume_continues_from_the_checkpoint_to_the_same_weights(task, tmp_path, capsys):
     make_cone_folder(tmp_path / "small", 120, seed=3, size=(72, 48))
     # no fit share: 96 training images, six full batches an epoch (a resumed run over a short last batch ended
-    # 0.02 away from the straight one here: see the closing note of issue 24)
+    # 0.02 away from the straight one here)
     recipe = Recipe(model=str(task / "models" / "tiny-vit"), epochs=3, learning_rate=3e-3, patience=0,
                     batch_size=16, augment=["jpeg", "noise"], fit_share=0.0)
     straight = train(recipe, Inputs(data=[tmp_path / "small"], out=tmp_path / "a", judge=False, progress=False))

@@ -112,6 +112,7 @@ def test_the_ensemble_preset_trains_both_members_fits_their_level_and_is_judged(
     assert verdicts and verdicts[0].read_text().strip()
 
 
+@pytest.mark.bench
 def test_the_preset_bench_times_each_preset_through_the_real_trainer(tmp_path, capsys):
     out = tmp_path / "bench"
     assert training_bench.main(["--presets", "vit-b16-in21k", "--size", "tiny", "--device", "cpu",

@@ -1,4 +1,4 @@
-"""Mistakes an operator makes get one line that names the fix (issue 26, item 6), from the real entry points."""
+"""Mistakes an operator makes get one line that names the fix, from the real entry points."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The operator tools read the miner's own config (issue 26, item 4): `--config MINER_YAML`, or $MINER_CONFIG.
+"""The operator tools read the miner's own config: `--config MINER_YAML`, or $MINER_CONFIG.
 
 Each test runs the tool's entry module as a subprocess against real files: a store the config names, an offline
 metagraph the config names. A tool that used defaults of its own (./al-store, the chain) fails these.

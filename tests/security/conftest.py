@@ -1,4 +1,4 @@
-"""One real miner process for the security suite, attacked on loopback (issue 9).
+"""One real miner process for the security suite, attacked on loopback (the first red-team pass, docs/security.md).
 
 The miner runs the tiny ViT + tiny YOLO cascade (ultralytics imported, as in production) with the production
 guard limits (2/s, burst 20) and small HTTP-layer limits. It is started as an operator would start it, not as the

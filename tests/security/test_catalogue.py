@@ -4,12 +4,12 @@ Single-request attacks (identity and signature tampering, nonce games, routes an
 headers and bodies, hostile images, oversized header blocks, framing tricks): the expected status, then the miner
 alive. sn72_lab/hostile/catalogue.py says how each is sent.
 
-The heavy attacks issue 25 added run here in their small size beside the honest validator and must pass the line
-(sn72_lab/hostile/measure.py), scaled for the suite: >= 99% of honest requests answered in time with a model answer
-(not the prior), honest p99 <= 1 s, no 500, and the miner's peak resident memory during the attack at most 150 MB
-above its level at the start (the script's line is 300 MB for the full-size images; the small ones are 8 times
-fewer pixels, and 150 MB keeps room for the suite's other allocations). The older heavy attacks have their own
-tests (test_floods.py, test_http_layer.py).
+The heavy attacks of the second red-team pass (docs/security.md) run here in their small size beside the honest
+validator and must pass the line (sn72_lab/hostile/measure.py), scaled for the suite: >= 99% of honest requests answered
+in time with a model answer (not the prior), honest p99 <= 1 s, no 500, and the miner's peak resident memory during the
+attack at most 150 MB above its level at the start (the script's line is 300 MB for the full-size images; the small ones
+are 8 times fewer pixels, and 150 MB keeps room for the suite's other allocations). The older heavy attacks have their
+own tests (test_floods.py, test_http_layer.py).
 """
 
 from __future__ import annotations

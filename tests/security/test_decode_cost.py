@@ -1,4 +1,4 @@
-"""Decoding cost bounded before it is paid and while it is paid (issue 25, item 1).
+"""Decoding cost bounded before it is paid and while it is paid (the second red-team pass, docs/security.md).
 
 A progressive JPEG of many empty scans costs a pass over its frame per scan: ~90 KB and seconds of decoding. The
 header walk refuses such files at once (`decode.max_jpeg_scans`, `decode.max_decode_work`); an image that is

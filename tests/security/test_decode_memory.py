@@ -1,4 +1,4 @@
-"""The decode memory budget holds in bytes whatever the mode (issue 25, item 7).
+"""The decode memory budget holds in bytes whatever the mode (the second red-team pass, docs/security.md).
 
 The budget counted pixels while a pixel costs 1 to 25 bytes by format and mode: 16-bit grey PNGs went through int64
 at full size (~26 bytes a pixel), and three 5600x5600 ones at once took the miner from 1.0 to 2.55 GB. Each test

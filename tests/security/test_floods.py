@@ -1,7 +1,8 @@
 """Floods against the real miner with the production limits (2/s, burst 20), an honest validator beside them.
 
-Defect 1 of issue 9: unsigned requests claiming a validator's hotkey spent that validator's rate budget, because
-the bucket was charged before the signature was checked. Defect 6: one log line per refusal.
+Defect 1 of the first red-team pass (docs/security.md): unsigned requests claiming a validator's hotkey spent that
+validator's rate budget, because the bucket was charged before the signature was checked. Defect 6: one log line per
+refusal.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The HTTP layer's request slots and reports, in process (issue 25 items 5 and 8, issue 26 item 5).
+"""The HTTP layer's request slots and reports, in process (the second red-team pass's slots and reports,
+docs/security.md).
 
 A real bittensor axon with the miner's handlers (`neurons.miner.listen` and `serve`) on loopback, requests signed
 by real keys and sent over raw sockets from chosen loopback addresses (sn72_lab/hostile/wire.py). The engine behind

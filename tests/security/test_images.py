@@ -1,8 +1,8 @@
 """Hostile and unusual images sent the way validators send them (a real bittensor dendrite), and image bombs.
 
-Defects 3, 4 and 7 of issue 9: ultralytics' patched `PIL.Image.open` tried to install a HEIF plugin during a
-request and named the missing module in the answer; large PNGs were decoded in full and the memory kept; EXIF
-orientation was ignored and the answer carried the image back.
+Defects 3, 4 and 7 of the first red-team pass (docs/security.md): ultralytics' patched `PIL.Image.open` tried to install
+a HEIF plugin during a request and named the missing module in the answer; large PNGs were decoded in full and the
+memory kept; EXIF orientation was ignored and the answer carried the image back.
 """
 
 from __future__ import annotations

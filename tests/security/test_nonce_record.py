@@ -1,4 +1,5 @@
-"""The nonce record of the miner's axon, in process: bounded under a flood, configurable, and reset-proof (issue 25).
+"""The nonce record of the miner's axon, in process: bounded under a flood, configurable, and reset-proof (the second
+red-team pass, docs/security.md).
 
 A real bittensor axon with the miner's handlers (`neurons.miner.serve`) on loopback, requests built by real
 bittensor dendrites and signed by the callers' keys (sn72_lab/hostile/wire.py). The engine behind it answers with a

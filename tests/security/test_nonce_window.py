@@ -1,4 +1,4 @@
-"""Nonce freshness and replays against the real miner (issue 25, items 2 and 3).
+"""Nonce freshness and replays against the real miner (the second red-team pass, docs/security.md).
 
 bittensor 10.5's `Axon.default_verify` applies its age window only when the unsigned `bt_header_dendrite_version`
 header claims bittensor >= 7.2 (none at all without the header), and wants each nonce larger than the last one of

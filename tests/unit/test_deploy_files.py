@@ -1,4 +1,4 @@
-"""The operator's deploy files agree with each other and with the docs (issue 26, item 7).
+"""The operator's deploy files agree with each other and with the docs.
 
 The Prometheus config must check where the repository keeps it and where docker-compose mounts it; the alert
 table of docs/operations.md must list every rule of alerts.yml; every exit code the miner uses must be in each

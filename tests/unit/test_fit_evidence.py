@@ -1,5 +1,5 @@
 """Fitting only as far as the data supports it: size floor, shrinkage to the raw decision, structure choice,
-intervals on every parameter (issue: a fit on random models moved an exit margin to 0 on noise).
+intervals on every parameter (the defect: a fit on random models moved an exit margin to 0 on noise).
 
 Simulated experts as in test_fit.py: each sees s = skill * (2y - 1) + N(0, 1) and reports a (mis)calibrated
 probability of it; skill 0 is a model that knows nothing (a random-weight network).

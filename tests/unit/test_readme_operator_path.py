@@ -1,4 +1,4 @@
-"""The README's operator path matches the subnet as it is (issue 26, item 9), and its sn72-al commands name a store
+"""The README's operator path matches the subnet as it is, and its sn72-al commands name a store
 that exists (item 4): the README is what a new operator follows, word for word."""
 
 from __future__ import annotations
