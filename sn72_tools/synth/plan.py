@@ -98,10 +98,25 @@ def list_frames(folder: Path) -> Frames:
         by_label.setdefault(frame_label(path.relative_to(folder)), []).append(path)
     if not by_label:
         raise SynthError(f"--frames {folder}: no images in it ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    for paths in by_label.values():
+        for path in paths:
+            _check_frame(path)
     frames = Frames(folder, by_label)
     if frames.labelled and not (by_label.get(0) and by_label.get(1)):
         raise SynthError(f"--frames {folder}: label folders hold only one label; give both or a flat folder")
     return frames
+
+
+def _check_frame(path: Path) -> None:
+    """A frame that cannot be opened is a one-line error before any model loads (not a traceback a batch later)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise SynthError(f"--frames: {path} is not a readable image ({type(exc).__name__}: {exc}); "
+                         "remove or replace it") from exc
 
 
 def make_job(settings: Settings, index: int, frames: Frames | None) -> Job:

@@ -24,7 +24,7 @@ from sn72_tools.synth.manifest import (
     write_atomically,
 )
 from sn72_tools.synth.pipelines import Pipelines, batch_key, encode, generate
-from sn72_tools.synth.plan import LABEL_FOLDERS, Job, Settings, list_frames, make_job
+from sn72_tools.synth.plan import LABEL_FOLDERS, Job, Settings, SynthError, list_frames, make_job
 
 
 @dataclass
@@ -81,8 +81,14 @@ def run(out: Path, settings: Settings, count: int, batch_size: int,
 
     started = time.monotonic()
     check_settings(out, settings)
-    for folder in LABEL_FOLDERS:
-        (out / folder).mkdir(parents=True, exist_ok=True)
+    try:
+        for folder in LABEL_FOLDERS:
+            (out / folder).mkdir(parents=True, exist_ok=True)
+            probe = out / folder / ".sn72-synth-write-check"
+            probe.write_bytes(b"")  # before any model loads: a read-only folder is found in a second, not minutes
+            probe.unlink()
+    except OSError as exc:
+        raise SynthError(f"--out {out}: cannot write there ({type(exc).__name__}: {exc})") from exc
     summary = Summary(out, count, temp_removed=clean_leftovers(out))
     manifest = Manifest.open(out / MANIFEST)
     summary.torn_bytes = manifest.torn_bytes
@@ -97,8 +103,14 @@ def run(out: Path, settings: Settings, count: int, batch_size: int,
         on_disk = out / job.relative_path(settings.image_format)
         if on_disk.is_file():  # renamed into place, then killed before its line: the bytes are whole
             data = on_disk.read_bytes()
-            with Image.open(on_disk) as found:
-                size = found.size
+            try:
+                with Image.open(on_disk) as found:
+                    found.load()  # the whole image: a file cut short is made again, not adopted
+                    size = found.size
+            except (OSError, ValueError, SyntaxError):
+                on_disk.unlink()
+                pending.append(job)
+                continue
             _finish(job, data, size, settings, out, manifest, summary, already_on_disk=True)
         else:
             pending.append(job)

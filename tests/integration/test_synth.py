@@ -245,3 +245,45 @@ def test_the_tool_runs_on_cuda_in_bfloat16(tiny_sdxl, frames, tmp_path, capsys):
             *TINY, "--count", "4", "--batch-size", "2", "--device", "cuda", "--no-progress"]
     assert main(argv) == 0 and "(4 written now" in capsys.readouterr().out
     assert open_source(tmp_path / "gpu").size == 4
+
+
+def test_an_unreadable_frame_is_one_line_before_any_model_loads(frames, tmp_path, capsys):
+    broken = tmp_path / "frames"
+    for path in frames.rglob("*.jpg"):
+        (broken / path.relative_to(frames)).parent.mkdir(parents=True, exist_ok=True)
+        (broken / path.relative_to(frames)).write_bytes(path.read_bytes())
+    (broken / "roadwork" / "cut.jpg").write_bytes((frames / "none" / "a.jpg").read_bytes()[:40])  # header cut
+    # No model exists at this path: the frame is found first, so the error names it and nothing loads.
+    assert main(["--out", str(tmp_path / "out"), "--model", str(tmp_path / "no-model"), "--mode", "i2i",
+                 "--frames", str(broken), "--count", "2", "--no-progress"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sn72-synth: error:")]
+    assert len(errors) == 1 and "cut.jpg is not a readable image" in errors[0]
+
+
+def test_a_folder_it_cannot_write_is_one_line_before_any_model_loads(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "none").write_text("a file where a label folder goes")  # cannot be made a folder, even by root
+    settings = Settings(model="unused", mode="t2i", seed=1, steps=2, size=64)
+    with pytest.raises(Exception, match="cannot write there") as caught:
+        run(out, settings, 2, 2, never_load, progress=False)
+    assert type(caught.value).__name__ == "SynthError"
+
+
+def test_a_file_cut_short_after_its_rename_is_made_again_not_adopted(tiny_sdxl, tmp_path):
+    out = tmp_path / "cut"
+    settings = Settings(model=str(tiny_sdxl), mode="t2i", seed=6, steps=2, size=64)
+    from sn72_tools.synth.pipelines import load_pipelines
+
+    def load():
+        return load_pipelines(str(tiny_sdxl), "cpu")
+
+    run(out, settings, 2, 2, load, progress=False)
+    whole = records(out)
+    lines = (out / MANIFEST).read_text().splitlines(keepends=True)
+    (out / MANIFEST).write_text(lines[0])  # the second image's line lost, its file then cut short
+    second = out / whole[1]["path"]
+    second.write_bytes(second.read_bytes()[:100])
+    summary = run(out, settings, 2, 2, load, progress=False)
+    assert (summary.adopted, summary.written) == (0, 1)
+    assert records(out)[1]["sha256"] == whole[1]["sha256"]  # made again, the same seed's same image
