@@ -153,7 +153,8 @@ def test_a_client_that_leaves_before_its_answer_is_reported_once_as_gone(slots, 
     # open the gate before that and, on a busy machine, the answer can be written into the closing socket first and
     # be reported as a 200, a race of the test's, not a double report or a lost one.
     wait_for(lambda: address not in {p.client for p in list(slots.server.server.server_state.connections)})
-    wait_for(lambda: slots.server.guard.active == 1)  # still inside: the engine owns its lifetime
+    # Whether the axon's handler is still inside by now depends on how fast its framework saw the disconnect and
+    # cancelled it (the engine keeps the job either way): not what this test is about, so not waited for.
     held.set()
     reports = slots.reports_settled(1)
     assert reports == [("/ImageSynapse", CLIENT_GONE)], reports
