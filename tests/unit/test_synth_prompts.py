@@ -83,9 +83,18 @@ def test_jobs_are_balanced_and_do_not_depend_on_the_count(seed, pairs):
     assert label_of(jobs[0].prompt) == jobs[0].label
 
 
+def tiny_image(path: Path) -> None:
+    """A real 4x4 image (frames are opened when listed: an unreadable one is refused)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), (90, 120, 150)).save(path)
+
+
 def test_mode_both_alternates_pairs_and_picks_frames(tmp_path):
-    for name in ("f0.jpg", "f1.jpg", "f2.jpg", "notes.txt"):
-        (tmp_path / name).write_bytes(b"")
+    for name in ("f0.jpg", "f1.jpg", "f2.jpg"):
+        tiny_image(tmp_path / name)
+    (tmp_path / "notes.txt").write_bytes(b"")
     run = Settings(model="m", mode="both", seed=3, frames=str(tmp_path))
     jobs = [make_job(run, index, list_frames(tmp_path)) for index in range(8)]
     assert [job.mode for job in jobs] == ["t2i", "t2i", "i2i", "i2i"] * 2
@@ -97,17 +106,19 @@ def test_mode_both_alternates_pairs_and_picks_frames(tmp_path):
 
 def test_a_labelled_frames_folder_gives_each_job_a_frame_of_its_label(tmp_path):
     for name in ("none/a.jpg", "none/b.png", "roadwork/c.jpg", "roadwork/sub/d.jpg", "loose.jpg"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(b"")
+        tiny_image(tmp_path / name)
     frames = list_frames(tmp_path)
     assert frames.labelled and [p.name for p in frames.pool(1)] == ["c.jpg", "d.jpg"]
     run = Settings(model="m", mode="i2i", seed=0, frames=str(tmp_path))
     jobs = [make_job(run, index, frames) for index in range(40)]
     assert all(job.source_frame.startswith(("none/", "roadwork/")[job.label]) for job in jobs)
     assert {job.source_frame for job in jobs} == {"none/a.jpg", "none/b.png", "roadwork/c.jpg", "roadwork/sub/d.jpg"}
-    (tmp_path / "only" / "roadwork").mkdir(parents=True)
-    (tmp_path / "only" / "roadwork" / "e.jpg").write_bytes(b"")
+    tiny_image(tmp_path / "only" / "roadwork" / "e.jpg")
     with pytest.raises(SynthError, match="label folders hold only one label"):
+        list_frames(tmp_path / "only")
+    (tmp_path / "only" / "none" / "f.jpg").parent.mkdir()
+    (tmp_path / "only" / "none" / "f.jpg").write_bytes(b"not an image")
+    with pytest.raises(SynthError, match=r"f\.jpg is not a readable image"):
         list_frames(tmp_path / "only")
     (tmp_path / "empty").mkdir()
     with pytest.raises(SynthError, match="no images in it"):
