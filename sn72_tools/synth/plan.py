@@ -114,7 +114,8 @@ def _check_frame(path: Path) -> None:
     try:
         with Image.open(path) as image:
             image.verify()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, ImportError) as exc:
+        # ImportError: ultralytics, once imported, patches Image.open to try a HEIF plugin on what PIL cannot read.
         raise SynthError(f"--frames: {path} is not a readable image ({type(exc).__name__}: {exc}); "
                          "remove or replace it") from exc
 
