@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bittensor.core.axon import AxonMiddleware
@@ -107,20 +108,32 @@ class NotVerified(Exception):
     """Signature or nonce refused: the axon's verify step answers 401 with this message."""
 
 
-def strict_verify(axon: Any, record: NonceRecord) -> Any:
-    """bittensor's `default_verify`, exactly as strict on the signature, with `record`'s nonce rule.
+# Claims a verified nonce (the record's state, and the caller's rate limit): (why it is refused or None, whether the
+# caller is over its rate limit). In the miner process a call into the record; in a front process a round trip to
+# the miner process, which holds the one record for every front (neurons/serving_core.py).
+Admit = Callable[[str, str | None, int, str], Awaitable[tuple[str | None, bool]]]
+
+
+def record_admit(record: NonceRecord) -> Admit:
+    """Claims in `record` itself, with no rate limit (the stock axon's routes)."""
+
+    async def admit(signer: str, uuid: str | None, nonce: int, hotkey: str) -> tuple[str | None, bool]:
+        return record.claim(signer, uuid, nonce), False
+
+    return admit
+
+
+def strict_verifier(axon_hotkey: str, window: NonceRecord, admit: Admit) -> Callable[[Synapse], Awaitable[bool]]:
+    """bittensor's `default_verify`, exactly as strict on the signature, with the nonce rule of neurons/nonces.py:
+    `window`'s checks that need no record first (cheap, before the signature), then `admit` claims the nonce once
+    the signature holds. The verifier returns whether the caller is over its rate limit; it raises to refuse (401).
 
     The signed string is bittensor's: `nonce.dendrite_hotkey.axon_hotkey.uuid.body_hash`. What bittensor decides
     from the unsigned `bt_header_dendrite_version` header (whether the age window applies) is not read at all.
     """
     from bittensor_wallet import Keypair
 
-    # Read once: the key file is not re-read per request (docs/performance.md), and the miner's hotkey is fixed.
-    axon_hotkey = axon.wallet.hotkey.ss58_address
-
-    async def verify(synapse: Synapse) -> None:
-        # No await below: the nonce check and its record happen in one step of the event loop, so two copies of
-        # one request cannot both pass.
+    async def verify(synapse: Synapse) -> bool:
         dendrite = synapse.dendrite
         if dendrite is None:
             raise SynapseDendriteNoneException(synapse=synapse)
@@ -130,8 +143,7 @@ def strict_verify(axon: Any, record: NonceRecord) -> Any:
         public_key, nonce = keypair.public_key, dendrite.nonce
         if public_key is None or nonce is None:
             raise NotVerified("missing hotkey or nonce")
-        signer = public_key.hex()
-        refusal = record.refusal(signer, dendrite.uuid, nonce)
+        refusal = window.window_refusal(nonce)
         if refusal is not None:
             raise NotVerified(refusal)
         if not dendrite.signature:
@@ -139,7 +151,23 @@ def strict_verify(axon: Any, record: NonceRecord) -> Any:
         message = f"{nonce}.{dendrite.hotkey}.{axon_hotkey}.{dendrite.uuid}.{synapse.computed_body_hash}"
         if not keypair.verify(message, dendrite.signature):
             raise NotVerified("signature mismatch")
-        record.accept(signer, dendrite.uuid, nonce)  # only a verified request changes state
+        # Only a verified request changes state: the claim checks and records the nonce in one step (no await
+        # inside it), so two copies of one request cannot both pass.
+        refusal, rate_limited = await admit(public_key.hex(), dendrite.uuid, nonce, str(dendrite.hotkey))
+        if refusal is not None:
+            raise NotVerified(refusal)
+        return rate_limited
+
+    return verify
+
+
+def strict_verify(axon: Any, record: NonceRecord) -> Any:
+    """The axon's `default_verify`: `strict_verifier` claiming in `record`."""
+    # Read once: the key file is not re-read per request (docs/performance.md), and the miner's hotkey is fixed.
+    verifier = strict_verifier(axon.wallet.hotkey.ss58_address, record, record_admit(record))
+
+    async def verify(synapse: Synapse) -> None:
+        await verifier(synapse)
 
     return verify
 

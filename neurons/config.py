@@ -90,6 +90,12 @@ class AxonConfig(Strict):
     event_loop: EventLoopKind = Field(
         "uvloop", description="The HTTP server's event loop: uvloop (cheaper per request) or the standard library's."
     )
+    processes: int | None = Field(
+        None, ge=0, le=64,
+        description="Front processes for the HTTP work (parsing, signatures, bodies) beside the miner process, which "
+        "keeps the scheduler and the engine; 0 serves HTTP in the miner process. Default: 0 below 8 CPUs, else "
+        "a quarter of them, at most 4 (docs/performance.md).",
+    )
     nonce_max_age_s: float = Field(
         DEFAULT_MAX_AGE_S, gt=0.0, le=3600.0,
         description="A request signed longer ago than this (its nonce, by our clock) is refused (401), whatever its "
@@ -104,6 +110,14 @@ class AxonConfig(Strict):
         description="Verified nonces remembered to refuse replays (~220 bytes each); past it the busiest caller's "
         "oldest are dropped and its older nonces refused.",
     )
+
+
+def front_processes(axon: AxonConfig, cpus: int | None = None) -> int:
+    """`axon.processes`, or its default for this machine's CPU count."""
+    if axon.processes is not None:
+        return axon.processes
+    cpus = cpus or os.cpu_count() or 1
+    return 0 if cpus < 8 else min(4, cpus // 4)
 
 
 class DeadlineConfig(Strict):

@@ -20,7 +20,6 @@ for _name, _value in (("YOLO_OFFLINE", "1"), ("YOLO_AUTOINSTALL", "false"), ("HF
                       ("TRANSFORMERS_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1")):
     os.environ[_name] = _value
 
-import asyncio
 import signal
 import sys
 import threading
@@ -31,14 +30,11 @@ from typing import Any
 
 from loguru import logger
 
-from cascade.answer import shaped
 from cascade.config import EngineConfig
-from cascade.decode import DecodeError
-from cascade.request import Job, Result
 from neurons.chain import MetagraphSource, publish_axon
-from neurons.config import ConfigError, MinerConfig, load_config
-from neurons.deadlines import ResponseLag, client_deadline, sane_timeout, sent_before_arrival_s
-from neurons.guards import GuardPolicy, TokenBucketLimiter, blacklist, priority
+from neurons.config import ConfigError, MinerConfig, front_processes, load_config
+from neurons.deadlines import client_deadline, sane_timeout, sent_before_arrival_s
+from neurons.guards import GuardPolicy, blacklist, priority
 from neurons.http_guard import CLIENT_GONE, CURRENT, HttpLimits, RequestState, raise_fd_limit
 from neurons.logs import configured as logs_configured
 from neurons.logs import quiet_progress_bars
@@ -47,19 +43,22 @@ from neurons.protocol import ExtendedImageSynapse, ImageSynapse
 from neurons.reload import RESTART_EXIT_CODE, Reloader
 
 READY_LINE = "MINER READY"  # printed once the axon serves; scripts and tests wait for it
-_ANSWER_GRACE_S = 0.05  # the engine answers by its deadline; this is only the last guard's slack
 # Before the listener is bound: a request signed earlier was meant for a previous process, whose record of used
 # nonces is gone, so it is refused rather than replayable here (neurons/nonces.py).
 _STARTED_NS = time.time_ns()
 
 
 class Miner:
-    """The axon side: guards, verification with rate limits, forward. Engine and metagraph are handed in."""
+    """The axon's handlers: guards, verification, forward. What must hold across every front process (nonce claims,
+    rate limits, the engine) is asked of `core` (neurons/serving_core.py): by a call in the miner process, or over
+    the link from a front process (neurons/front.py)."""
 
     def __init__(self, config: MinerConfig, engine: Any, metagraph: MetagraphSource,
-                 outcomes: AxonOutcomes | None = None) -> None:
+                 outcomes: AxonOutcomes | None = None, core: Any = None, started_ns: int = _STARTED_NS) -> None:
+        from neurons.nonces import NonceRecord
+        from neurons.serving_core import ServingCore
+
         self.config = config
-        self.engine = engine
         self.metagraph = metagraph
         self.policy = GuardPolicy(
             allow_non_validators=config.guards.allow_non_validators,
@@ -67,13 +66,25 @@ class Miner:
             allowed_hotkeys=frozenset(config.guards.allowed_hotkeys),
             denied_hotkeys=frozenset(config.guards.denied_hotkeys),
         )
-        self.limiter = TokenBucketLimiter(config.guards.rate_per_s, config.guards.burst)
-        self.outcomes = outcomes or AxonOutcomes(summary_interval_s=config.summary_interval_s)
+        self.core = core if core is not None else ServingCore(
+            config, engine, outcomes or AxonOutcomes(summary_interval_s=config.summary_interval_s), started_ns)
+        self.outcomes = self.core.outcomes
+        limits = config.axon
+        # The nonce checks that need no record, made here before the signature (the record is the core's).
+        self._window = NonceRecord(limits.nonce_max_age_s, limits.nonce_future_s, limits.nonce_record_size,
+                                   not_before_ns=started_ns)
         self.in_flight = 0
-        # The engine's deadline keeps back what answers currently take to leave (at least margin_s).
-        self.response_lag = ResponseLag(config.deadline.margin_s, config.deadline.timeout_cap_s / 2)
         self._axon: Any = None
+        self._verifier: Any = None
         ImageSynapse.cache_required_fields = config.axon.cache_header_schema
+
+    @property
+    def engine(self) -> Any:
+        return self.core.engine
+
+    @property
+    def response_lag(self) -> Any:
+        return self.core.response_lag
 
     # -- blacklist (before the signature is checked: changes no per-hotkey state) ------------------
     def _blacklist(self, synapse: Any) -> tuple[bool, str]:
@@ -85,11 +96,11 @@ class Miner:
 
     # -- verification, then the per-hotkey rate limit ---------------------------------------------
     async def _verify(self, synapse: Any) -> None:
-        """The signature and nonce check (axon_hardening.strict_verify), the unsigned timeout capped first for the
-        deadline; then charge the bucket."""
+        """The signature and nonce check (axon_hardening.strict_verifier, claiming in the core), the unsigned timeout
+        capped first for the deadline; the core charges the caller's bucket with the claim."""
         synapse.timeout = sane_timeout(synapse.timeout, self.config.deadline.timeout_cap_s)
         try:
-            await self._axon.default_verify(synapse)
+            rate_limited = await self._verifier(synapse)
         except Exception:
             self.outcomes.add("refused_unverified")
             raise  # the axon answers 401
@@ -100,7 +111,7 @@ class Miner:
             trust_s = self.config.deadline.nonce_trust_s
             before_s = sent_before_arrival_s(synapse.dendrite.nonce, state.arrival_s, trust_s)
             state.client_deadline_s = client_deadline(state.arrival_s, float(synapse.timeout), before_s)
-            state.rate_limited = not self.limiter.allow(hotkey)
+            state.rate_limited = rate_limited
 
     # -- forward --------------------------------------------------------------------------------
     async def _forward(self, synapse: ImageSynapse) -> ImageSynapse:
@@ -112,48 +123,25 @@ class Miner:
                 self.outcomes.add("refused_rate_limit")
                 return self._reject(synapse, 429, "rate limit exceeded")
             client_deadline_s = state.client_deadline_s or state.arrival_s + self.config.deadline.timeout_cap_s
-            job = Job(
-                payload=synapse.image or "",
-                hotkey=state.hotkey or "",
-                stake=priority(state.hotkey, self.metagraph.snapshot),
-                arrival_s=state.arrival_s,
-                deadline_s=client_deadline_s - self.response_lag.reserve_s(),
-                testnet_label=synapse.testnet_label if synapse.testnet_label in (0, 1) else -1,
-            )
+            testnet_label = synapse.testnet_label if synapse.testnet_label in (0, 1) else -1
             self.in_flight += 1
             try:
-                return await self._answer(synapse, job)
+                reply = await self.core.answer(synapse.image or "", state.hotkey or "",
+                                               priority(state.hotkey, self.metagraph.snapshot), state.arrival_s,
+                                               client_deadline_s, testnet_label)
             finally:
                 self.in_flight -= 1
                 state.answered_s = time.monotonic()
+            if reply is None:
+                self.outcomes.add("answered_miner_timeout")
+                synapse.prediction = self.core.prior
+                return synapse
+            if reply.status != 200:
+                return self._reject(synapse, reply.status, reply.message)
+            synapse.prediction = reply.prediction
+            return synapse
         finally:
             synapse.image = ""  # never carry the image back to the caller
-
-    async def _answer(self, synapse: ImageSynapse, job: Job) -> ImageSynapse:
-        # The engine owns the job's lifetime and answers by its deadline on its own: never cancel it.
-        answer = asyncio.wrap_future(self.engine.submit(job))
-        done, _ = await asyncio.wait({answer}, timeout=max(0.0, job.deadline_s - time.monotonic()) + _ANSWER_GRACE_S)
-        if not done:
-            self.outcomes.add("answered_miner_timeout")
-            logger.error("engine did not answer request {} by its deadline; answering from the prior", job.request_id)
-            synapse.prediction = self.engine.config.cascade.prior
-            return synapse
-        try:
-            result: Result = answer.result()
-        except DecodeError as exc:
-            self.outcomes.add("refused_bad_image")
-            return self._reject(synapse, 400, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a per-request engine failure becomes an answer (prior)
-            self.outcomes.add("answered_engine_error")
-            logger.opt(exception=exc).error("engine failed request {}: {!r}; answering from the prior",
-                                            job.request_id, exc)
-            synapse.prediction = self.engine.config.cascade.prior
-            return synapse
-        # The calibrated probability stays the engine's (exits, metrics, active learning); the caller gets the
-        # answer shaped to how validators score it (cascade/answer.py).
-        synapse.prediction = float(shaped(result, self.engine.config.cascade.answer))
-        self.outcomes.add(f"answered_{result.status.value}")
-        return synapse
 
     @staticmethod
     def _reject(synapse: ImageSynapse, status: int, message: str) -> ImageSynapse:
@@ -169,36 +157,21 @@ class Miner:
 
     # -- HTTP-layer events ----------------------------------------------------------------------
     def on_response(self, state: RequestState) -> None:
-        """Every request once, when it is over (the HTTP guard reports each exactly once, 499 if its client left first):
-        late ones (past the caller's deadline) are counted here."""
-        if state.violation is not None:
-            self.outcomes.add(state.violation[2])
-            if state.violation[2] == "late_skipped":
-                return  # counted as late already: the caller had given up before its turn came
-        elif state.status == CLIENT_GONE:
-            self.outcomes.add("closed_client_gone")
-        elif state.status >= 500:
-            self.outcomes.add(f"error_{state.status}")
-        deadline_s = state.client_deadline_s or state.arrival_s + self.config.deadline.timeout_cap_s
-        if state.status == 200:
-            self.outcomes.observe_latency(state.finished_s - state.arrival_s)
-        if state.answered_s:
-            self.response_lag.record(state.finished_s - state.answered_s)
-        if state.finished_s > deadline_s:
-            self.outcomes.add("late_answer" if state.status == 200 else "late_other")
+        """Every request once, when it is over: the core counts it (late ones too) and learns the response lag."""
+        self.core.on_response(state)
 
     # -- wiring ---------------------------------------------------------------------------------
     def attach(self, axon: Any) -> None:
         """Serve both routes with the exact handler signatures `Axon.attach` checks; guard the ping route too."""
         import bittensor as bt
 
-        from neurons.axon_hardening import harden
-        from neurons.nonces import NonceRecord
+        from neurons.axon_hardening import harden, strict_verifier
 
         self._axon = axon
-        limits = self.config.axon
-        harden(axon, NonceRecord(limits.nonce_max_age_s, limits.nonce_future_s, limits.nonce_record_size,
-                                 not_before_ns=_STARTED_NS))
+        # The record the claims go to where it is in this process (the tools read its size there).
+        harden(axon, getattr(self.core, "nonces", self._window))
+        # Read once: the key file is not re-read per request (docs/performance.md), and the miner's hotkey is fixed.
+        self._verifier = strict_verifier(axon.wallet.hotkey.ss58_address, self._window, self.core.admit)
         for cls in (ImageSynapse, ExtendedImageSynapse):
             forward, blacklist_fn, verify_fn = self.handlers(cls)
             axon.attach(forward_fn=forward, blacklist_fn=blacklist_fn, verify_fn=verify_fn)
@@ -260,19 +233,18 @@ def listen(config: MinerConfig, outcomes: AxonOutcomes, sock: Any = None) -> Any
     return server
 
 
+def new_axon(config: MinerConfig, wallet: Any) -> Any:
+    """bittensor's axon for `config` (not serving: `serve` or a front process serves it; publishing reads it)."""
+    import bittensor as bt
+
+    return bt.Axon(wallet=wallet, port=config.axon.port, ip=config.axon.host, external_ip=config.axon.external_ip,
+                   external_port=config.axon.external_port, max_workers=config.axon.max_workers)
+
+
 def serve(config: MinerConfig, wallet: Any, miner: Miner, sock: Any = None, server: Any = None) -> Any:
     """The axon with the miner's handlers behind the HTTP guard, served by `server` (from `listen`; a new one on
     `sock` if None); the server."""
-    import bittensor as bt
-
-    axon = bt.Axon(
-        wallet=wallet,
-        port=config.axon.port,
-        ip=config.axon.host,
-        external_ip=config.axon.external_ip,
-        external_port=config.axon.external_port,
-        max_workers=config.axon.max_workers,
-    )
+    axon = new_axon(config, wallet)
     miner.attach(axon)
     server = server or listen(config, miner.outcomes, sock)
     server.open(axon, miner.on_response)
@@ -329,10 +301,23 @@ def _run(argv: list[str] | None) -> int:
     disable_created_metrics()  # `_created` series double every counter for nothing a dashboard reads
     registry = process_registry(CollectorRegistry())
     health = Health(registry)
-    axon_sock = startup.bind_listener(config.axon.host, config.axon.port, "axon", "axon.port",
-                                      backlog=config.axon.max_connections)
     outcomes = AxonOutcomes(registry, config.summary_interval_s)
-    server = listen(config, outcomes, axon_sock)  # 503 "not ready" at once until the axon serves, never a wait
+    front_count = front_processes(config.axon)
+    if front_count:  # the HTTP work in front processes (neurons/fronts.py), 503 "not ready" until `open`
+        from neurons.fronts import Fronts
+
+        listeners = startup.bind_listeners(config.axon.host, config.axon.port, "axon", "axon.port",
+                                           max(64, config.axon.max_connections // front_count), front_count)
+        try:
+            server: Any = Fronts(config, http_limits(config), listeners, outcomes, _STARTED_NS, registry).start()
+        except RuntimeError as exc:
+            raise startup.StartupError(f"axon.processes: {exc}", startup.EXIT_CRASH) from exc
+        outcomes.track_http(server)
+        logger.info("{} front processes serve the axon (pids {})", front_count, server.pids())
+    else:
+        axon_sock = startup.bind_listener(config.axon.host, config.axon.port, "axon", "axon.port",
+                                          backlog=config.axon.max_connections)
+        server = listen(config, outcomes, axon_sock)  # 503 "not ready" at once until the axon serves, never a wait
     metrics_server = None
     if config.metrics.port:
         metrics_sock = startup.bind_listener(config.metrics.host, config.metrics.port, "metrics", "metrics.port")
@@ -379,13 +364,22 @@ def _run(argv: list[str] | None) -> int:
     watch_gpu_memory(registry, [device for devices in report.placement.values() for device in devices])
     timeline.mark("load and warm-up")
 
-    miner = Miner(config, engine, metagraph, outcomes)
     reloader = Reloader(engine, config.cascade_file, registry=registry, build_info=build_info,
                         **config.reload.model_dump())
     health.details = reloader.state  # /status: what `sn72-miner reload` waits on
-    server = serve(config, wallet, miner, server=server)
+    if front_count:
+        from neurons.serving_core import ServingCore
+
+        try:
+            server.open(ServingCore(config, engine, outcomes, _STARTED_NS), metagraph)
+        except RuntimeError as exc:
+            raise startup.StartupError(f"axon.processes: {exc}", startup.EXIT_CRASH) from exc
+        axon = new_axon(config, wallet) if subtensor is not None else None
+    else:
+        server = serve(config, wallet, Miner(config, engine, metagraph, outcomes), server=server)
+        axon = server.axon
     if subtensor is not None:
-        publish_axon(subtensor, config.chain.netuid, server.axon, config.chain.timeout_s)
+        publish_axon(subtensor, config.chain.netuid, axon, config.chain.timeout_s)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -397,7 +391,7 @@ def _run(argv: list[str] | None) -> int:
     al = next((o for o in observers if hasattr(o, "stats")), None)
 
     def summarise(force: bool = False) -> None:
-        miner.outcomes.summarise(force=force, exits_by_level=engine.stats.exits_by_level,
+        outcomes.summarise(force=force, exits_by_level=engine.stats.exits_by_level,
                                  al_queue=None if al is None else al.stats().queue_depth)
 
     # A timed wait: a signal delivered to another thread does not interrupt an untimed lock wait.
@@ -409,9 +403,9 @@ def _run(argv: list[str] | None) -> int:
             break
     health.set(Phase.DRAINING)
     logger.info("stop requested: closing the listener and answering every accepted request")
-    before = miner.outcomes.snapshot()
+    before = outcomes.snapshot()
     drained = server.stop(config.drain_timeout_s)
-    answered = sum(v - before.get(k, 0) for k, v in miner.outcomes.snapshot().items() if k.startswith("answered_"))
+    answered = sum(v - before.get(k, 0) for k, v in outcomes.snapshot().items() if k.startswith("answered_"))
     if drained and engine.active() == 0:
         logger.info("drained: {} requests answered after the stop signal, none left", answered)
     else:

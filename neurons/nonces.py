@@ -73,16 +73,34 @@ class NonceRecord:
 
     def refusal(self, hotkey: str, uuid: str | None, nonce: object) -> str | None:
         """Why this nonce cannot be accepted, or None."""
+        return self.window_refusal(nonce) or self.seen_refusal(hotkey, uuid, nonce)  # type: ignore[arg-type]
+
+    def claim(self, hotkey: str, uuid: str | None, nonce: int) -> str | None:
+        """`refusal`, then `accept` when there is none, in one step: why it was refused, or None (now recorded).
+
+        With front processes (neurons/fronts.py) each front checks the window itself and the miner process claims
+        here, once for all of them: two copies of one request sent to two fronts cannot both pass."""
+        refusal = self.refusal(hotkey, uuid, nonce)
+        if refusal is None:
+            self.accept(hotkey, uuid, nonce)
+        return refusal
+
+    def window_refusal(self, nonce: object) -> str | None:
+        """The checks that need no record: a nonce at all, inside the age window, not before this process started."""
         if not isinstance(nonce, int) or isinstance(nonce, bool):
             return "missing nonce"
         now_ns = self.now_ns()
-        self._sweep(now_ns)
         if nonce < now_ns - self.max_age_ns:
             return f"nonce is too old: signed {_ago(now_ns - nonce)} ago, {self.max_age_ns / NS_PER_S:g} s allowed"
         if nonce > now_ns + self.future_ns:
             return f"nonce is in the future: {_ago(nonce - now_ns)} ahead, {self.future_ns / NS_PER_S:g} s allowed"
         if nonce < self.not_before_ns:
             return "nonce is older than this miner process"
+        return None
+
+    def seen_refusal(self, hotkey: str, uuid: str | None, nonce: int) -> str | None:
+        """The checks against the record: used before, or at or below the caller's floor."""
+        self._sweep(self.now_ns())
         signer = self._signers.get(hotkey)
         if signer is not None:
             if nonce <= signer.floor_ns:

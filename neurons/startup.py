@@ -66,23 +66,36 @@ def bind_listener(host: str, port: int, what: str, key: str, backlog: int = 2048
     SO_REUSEADDR lets a restarted miner take its port back from TIME_WAIT; it never lets two
     listeners share a port on Linux (SO_REUSEPORT, which would, is not set).
     """
+    return bind_listeners(host, port, what, key, backlog, groups=0)[0]
+
+
+def bind_listeners(host: str, port: int, what: str, key: str, backlog: int, groups: int) -> list[socket.socket]:
+    """`bind_listener`'s socket (groups 0), or `groups` sockets on the port, each caller's address routed to one of
+    them (neurons/caller_routing.py: one per front process); the same errors."""
+    from neurons.caller_routing import listeners_by_caller
+
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                              flags=socket.AI_PASSIVE)[0]
     except socket.gaierror as exc:
         raise StartupError(f"{key}: cannot bind the {what} to {host!r}: {exc.strerror}") from exc
-    sock = socket.socket(family, kind, proto)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(backlog)
+        if groups:
+            return listeners_by_caller(address, family, groups, backlog)
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+        except OSError:
+            sock.close()
+            raise
+        return [sock]
     except OSError as exc:
-        sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise StartupError(f"{key}: the {what} port {host}:{port} is already in use{_holder(port)}; stop that "
                                f"process or choose another port") from exc
         raise StartupError(f"{key}: cannot bind the {what} to {host}:{port}: {exc.strerror}") from exc
-    return sock
 
 
 def _holder(port: int) -> str:

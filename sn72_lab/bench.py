@@ -189,15 +189,24 @@ def _read_int(path: str) -> int | None:
         return None
 
 
-async def _drive_axon(process: Any, wallets: Sequence[Any], data: list[str], concurrency: int,
-                      timeout_s: float, sequential: bool) -> tuple[list[float], dict[str, int], float]:
+async def _drive_axon(process: Any, wallets: Sequence[Any], data: list[str], concurrency: int, timeout_s: float,
+                      sequential: bool, sources: int = 0) -> tuple[list[float], dict[str, int], float]:
+    import aiohttp
+
     from sn72_tools.client import axon_info, make_dendrite, query
 
     # One dendrite per concurrent caller, each with one request in flight: the axon refuses a nonce older than
     # the last one of a dendrite's uuid, which concurrent requests of one dendrite can be when they arrive out of
     # order (a 401 that validators, one request per miner at a time, never see).
     slots = 1 if sequential else concurrency
-    dendrites = [make_dendrite(wallets[i % len(wallets)]) for i in range(slots)]
+    # With sources, the dendrite must not think it is the axon's own host (it would send to 0.0.0.0, which no other
+    # loopback address reaches): a documentation address (TEST-NET-1) as its own.
+    dendrites = [make_dendrite(wallets[i % len(wallets)], "192.0.2.1" if sources else "127.0.0.1")
+                 for i in range(slots)]
+    for i, dendrite in enumerate(dendrites):
+        if sources:  # each from its own loopback address, as validators come from theirs (one front each)
+            address = f"127.0.{(i % sources) // 250}.{2 + (i % sources) % 250}"
+            dendrite._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
     idle: asyncio.Queue[Any] = asyncio.Queue()
     for dendrite in dendrites:
         idle.put_nowait(dendrite)
@@ -237,8 +246,10 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
     cascade = bench_cascade(args).model_dump(mode="json")
     # Every simulated validator sends from 127.0.0.1: lift the per-address share of request slots
     # (neurons/request_slots.py), as validators' distinct addresses would have.
+    processes = getattr(args, "processes", None)
     extra = {"axon": {"cache_header_schema": header_cache, "event_loop": args.event_loop,
-                      "max_concurrent_requests_per_ip": 100_000},
+                      "max_concurrent_requests_per_ip": 100_000,
+                      **({"processes": processes} if processes is not None else {})},
              "guards": {"rate_per_s": 0.0},
              "scheduler": {"cache_size": 0, "decode_workers": args.decode_workers, "event_loop": args.event_loop,
                            **({"gil_switch_interval_ms": args.gil_switch_ms} if args.gil_switch_ms else {})},
@@ -248,14 +259,16 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
               else run_miner(folder, folder / "wallets", miner, cascade, extra=extra))
     with server as process:
         # one warm-up round trip per wallet (dendrite sessions, first-request paths)
-        asyncio.run(_drive_axon(process, wallets, data[: len(wallets)], len(wallets), args.timeout_s, False))
+        sources = args.concurrency if args.sources is None else args.sources
+        asyncio.run(_drive_axon(process, wallets, data[: len(wallets)], len(wallets), args.timeout_s, False, sources))
         latencies, codes, elapsed = asyncio.run(
-            _drive_axon(process, wallets, data, args.concurrency, args.timeout_s, sequential))
+            _drive_axon(process, wallets, data, args.concurrency, args.timeout_s, sequential, sources))
     return {
         "mode": ("stock-axon" if stock else "axon") + ("-sequential" if sequential else ""),
         "header_cache": header_cache,
         "worker": "process" if getattr(args, "worker_process", False) else "thread",
         "event_loop": "asyncio" if stock else args.event_loop,
+        **({} if stock else {"processes": "default" if processes is None else processes}),
         **({"stock_hotkey": "once" if args.stock_hotkey_once else "per access"} if stock else {}),
         "requests": len(data),
         "wallets": len(wallets),
@@ -268,35 +281,42 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
 
 def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
     """The stock axon and the miner alternated `--rounds` times on the same traffic; the ratio of their medians.
+    With several `--processes` values, each round runs the miner once per value (front processes, neurons/fronts.py).
 
     One pair of runs is not enough: on one H200 host two pairs a minute apart gave 112% and 73% (the dendrites run
     on the same host as the servers, and each run is seconds long).
     """
-    runs: dict[str, list[dict[str, Any]]] = {"stock": [], "miner": []}
+    settings = [None] if not args.processes else list(args.processes)
+    names = ["stock", *("miner" if p is None else f"miner-p{p}" for p in settings)]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for _ in range(args.rounds):
-        for name in ("stock", "miner"):
-            runs[name].append(run_axon(args, stock=name == "stock"))
+        runs["stock"].append(run_axon(args, stock=True))
+        for name, processes in zip(names[1:], settings, strict=True):
+            runs[name].append(run_axon(argparse.Namespace(**{**vars(args), "processes": processes}), stock=False))
     rps = {name: [round(r["throughput_rps"], 1) for r in results] for name, results in runs.items()}
     p50 = {name: [round(r["latency_ms"]["p50"], 1) for r in results] for name, results in runs.items()}
     medians = {name: statistics.median(values) for name, values in rps.items()}
-    return {
+    report: dict[str, Any] = {
         "mode": "axon-vs-stock",
         "rounds": args.rounds,
         "requests_per_run": args.requests,
         "concurrency": args.concurrency,
         "wallets": args.wallets,
+        "sources": args.concurrency if args.sources is None else args.sources,
         "worker": "process" if args.worker_process else "thread",
         "stock_hotkey": runs["stock"][0]["stock_hotkey"],
         "stock_rps": rps["stock"],
-        "miner_rps": rps["miner"],
         "stock_p50_ms": p50["stock"],
-        "miner_p50_ms": p50["miner"],
-        "miner_over_stock_per_round": [round(m / s, 3) for m, s in zip(rps["miner"], rps["stock"], strict=True)],
         "stock_rps_median": medians["stock"],
-        "miner_rps_median": medians["miner"],
-        "miner_over_stock": medians["miner"] / medians["stock"],
-        "status_codes": {name: [r["status_codes"] for r in results] for name, results in runs.items()},
     }
+    for name in names[1:]:
+        report[f"{name}_rps"] = rps[name]
+        report[f"{name}_p50_ms"] = p50[name]
+        report[f"{name}_over_stock_per_round"] = [round(m / s, 3) for m, s in zip(rps[name], rps["stock"], strict=True)]
+        report[f"{name}_rps_median"] = medians[name]
+        report[f"{name}_over_stock"] = medians[name] / medians["stock"]
+    report["status_codes"] = {name: [r["status_codes"] for r in results] for name, results in runs.items()}
+    return report
 
 
 @contextlib.contextmanager
@@ -405,6 +425,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--timeout-s", type=float, default=9.0)
             p.add_argument("--gil-switch-ms", type=float, default=None,
                            help="the miner's scheduler.gil_switch_interval_ms (default: the miner's own)")
+            p.add_argument("--processes", type=int, nargs="+" if name == "axon-vs-stock" else None, default=None,
+                           help="the miner's axon.processes (front processes; default: the miner's own); "
+                           "axon-vs-stock: several values, each run every round")
+            p.add_argument("--sources", type=int, default=None,
+                           help="loopback addresses the dendrites send from, as distinct validators (default: one "
+                           "per concurrent dendrite; 0: all from 127.0.0.1)")
             p.add_argument("--stock", action="store_true",
                            help="axon: bittensor's stock axon, trivial forward, instead of the miner (reference)")
             p.add_argument("--stock-hotkey-once", action="store_true",

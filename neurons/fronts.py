@@ -1,0 +1,319 @@
+"""The miner process's side of its front processes: start them, answer them, restart them, drain them.
+
+With `axon.processes` N > 0 the axon's HTTP work (parsing, the guards' cheap checks, signature verification,
+bodies, the answer's serialisation) runs in N front processes (neurons/front.py), so one process's interpreter lock
+no longer holds the HTTP server, verification and the engine's loop at once. The scheduler, admission, batching and
+the engine stay here, in one process; so do the nonce record, the rate limits, the response lag and every counter
+(neurons/serving_core.py), so that what held with one process holds with N:
+- a nonce is claimed here, once, whichever front saw it; a caller's token bucket is one bucket;
+- each caller's address is handed to one front by the kernel (neurons/caller_routing.py), so its per-address
+  caps are kept in one place; the totals (connections, request slots, body bytes) are split between fronts;
+- deadlines count from the request's first byte, read by the front (CLOCK_MONOTONIC is one clock for all);
+- one metrics endpoint: fronts send their counters and reports here, and their HTTP gauges every second;
+- drain: the listeners close here, each front answers what it accepted (the engine still runs) and exits;
+- a front that dies is restarted (its socket, held here, keeps its callers' new connections waiting meanwhile),
+  and the requests it had admitted and not reported are counted, `closed_front_died`;
+- no orphans: a front exits when its link closes and is killed by the kernel if this process dies.
+One thread per front reads its link; the engine's answers are sent from the engine's own threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from loguru import logger
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from neurons import front_link as link
+from neurons.chain import MetagraphSnapshot
+from neurons.config import MinerConfig
+from neurons.http_limits import HttpLimits
+
+_SEND_TIMEOUT_S = 2.0  # a front that reads nothing for this long is stuck: its answers are dropped, not waited on
+_RESTART_DELAY_S = 1.0  # doubled while a front dies within _STABLE_S of its start, up to _RESTART_MAX_S
+_STABLE_S = 10.0
+_RESTART_MAX_S = 30.0
+
+
+def front_limits(limits: HttpLimits, fronts: int) -> HttpLimits:
+    """Each front's share: the totals divided, the per-address caps as configured (a caller's address is one
+    front's), each within its front's total."""
+    per_ip_slots = limits.max_concurrent_requests_per_ip or max(1, limits.max_concurrent_requests // 2)
+    return dataclasses.replace(
+        limits,
+        max_connections=max(1, limits.max_connections // fronts),
+        max_concurrent_requests=max(1, limits.max_concurrent_requests // fronts),
+        max_concurrent_requests_per_ip=per_ip_slots,
+        body_budget_bytes=limits.bodies_in_flight_bytes // fronts,  # never below two bodies of the largest size
+    )
+
+
+@dataclass(eq=False)
+class _Front:
+    index: int
+    listener: socket.socket
+    process: subprocess.Popen[bytes] | None = None
+    link: socket.socket | None = None
+    arena: Any = None
+    view: memoryview | None = None
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+    pending: int = 0  # admitted (nonce claimed) and not yet reported over
+    jobs: dict[int, Any] = field(default_factory=dict)  # job id -> job, until answered
+    stats: tuple[int, int, int] = (0, 0, 0)  # active, waiting, connections
+    serving: threading.Event = field(default_factory=threading.Event)
+    opened: threading.Event = field(default_factory=threading.Event)
+    started_s: float = 0.0
+    restart_delay_s: float = _RESTART_DELAY_S
+
+
+class Fronts:
+    """N front processes on the axon's port. `start` (503 until `open`), `open` (serve the core), `stop` (drain)."""
+
+    def __init__(self, config: MinerConfig, limits: HttpLimits, listeners: list[socket.socket], outcomes: Any,
+                 started_ns: int, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.limits = front_limits(limits, len(listeners))
+        self.outcomes = outcomes
+        self.started_ns = started_ns
+        self.core: Any = None
+        self.snapshot = MetagraphSnapshot(config.chain.netuid)
+        self._fronts = [_Front(index, sock) for index, sock in enumerate(listeners)]
+        self._stopping = False
+        self._lock = threading.Lock()
+        # Every front is started from this one thread, alive as long as the process: the kernel's parent-death
+        # signal (neurons/front.py) follows the thread that started a child, not the process.
+        self._spawns: queue.Queue[tuple[_Front, Future[None]]] = queue.Queue()
+        threading.Thread(target=self._spawner, name="front-spawner", daemon=True).start()
+        registry = registry if registry is not None else CollectorRegistry()
+        self._restarts = Counter("sn72_miner_front_restarts", "Front processes restarted after they died",
+                                 registry=registry)
+        alive = Gauge("sn72_miner_fronts", "Front processes serving the axon", ["state"], registry=registry)
+        alive.labels("alive").set_function(lambda: sum(1 for f in self._fronts if _alive(f)))
+        alive.labels("configured").set(len(self._fronts))
+        connections = Gauge("sn72_miner_http_connections", "Open connections at the HTTP layer", registry=registry)
+        connections.set_function(lambda: sum(f.stats[2] for f in self._fronts))
+
+    # -- the HTTP layer's gauges, summed (AxonOutcomes.track_http reads these) -------------------
+    @property
+    def active(self) -> int:
+        return sum(front.stats[0] for front in self._fronts)
+
+    @property
+    def waiting(self) -> int:
+        return sum(front.stats[1] for front in self._fronts)
+
+    def pids(self) -> list[int]:
+        return [front.process.pid for front in self._fronts if front.process is not None and _alive(front)]
+
+    # -- life -----------------------------------------------------------------------------------
+    def start(self, timeout_s: float = 60.0) -> Fronts:
+        """Start every front; returns once each listens (answering 503 until `open`)."""
+        for front in self._fronts:
+            self._spawn_soon(front).result()
+        self._wait(lambda f: f.serving, timeout_s, "listening")
+        return self
+
+    def open(self, core: Any, metagraph: Any, timeout_s: float = 30.0) -> None:
+        """Serve `core` from now on (and keep the fronts' metagraph current); returns once every front serves."""
+        self.core = core
+        metagraph.subscribe(self._new_snapshot)
+        for front in self._fronts:
+            self._send(front, (link.OPEN, core.prior))
+        self._wait(lambda f: f.opened, timeout_s, "serving")
+
+    def stop(self, timeout_s: float) -> bool:
+        """Drain: no new connections; each front answers what it accepted and exits. True when all did in time."""
+        with self._lock:
+            self._stopping = True
+        for front in self._fronts:
+            front.listener.close()  # the fronts' copies close as they shut down: then the port refuses
+            if front.process is not None and front.process.poll() is None:
+                front.process.send_signal(signal.SIGTERM)
+        until_s = time.monotonic() + timeout_s + 5.0
+        clean = True
+        for front in self._fronts:
+            if front.process is None:
+                continue
+            try:
+                code = front.process.wait(max(0.0, until_s - time.monotonic()))
+                clean &= code in (0, -signal.SIGTERM, -signal.SIGINT)
+            except subprocess.TimeoutExpired:
+                logger.warning("front {} did not finish draining in time: killed", front.index)
+                front.process.kill()
+                front.process.wait()
+                clean = False
+        return clean
+
+    # -- spawning -------------------------------------------------------------------------------
+    def _spawner(self) -> None:
+        while True:
+            front, done = self._spawns.get()
+            try:
+                self._spawn(front)
+                done.set_result(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever asked
+                done.set_exception(exc)
+
+    def _spawn_soon(self, front: _Front) -> Future[None]:
+        done: Future[None] = Future()
+        self._spawns.put((front, done))
+        return done
+
+    def _spawn(self, front: _Front) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(_SEND_TIMEOUT_S), 0))
+        arena_fd = link.new_arena(self.limits.bodies_in_flight_bytes)
+        arena = link.map_arena(arena_fd, self.limits.bodies_in_flight_bytes)
+        fds = (theirs.fileno(), front.listener.fileno(), arena_fd)
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "neurons.front", *map(str, fds), self.config.axon.event_loop],
+                pass_fds=fds, stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+            os.close(arena_fd)
+        front.process, front.link, front.arena, front.view = process, ours, arena, memoryview(arena)
+        front.serving.clear()
+        front.opened.clear()
+        front.pending, front.stats, front.started_s = 0, (0, 0, 0), time.monotonic()
+        self._send(front, (link.HELLO, self.config.model_dump(mode="json"), front.index, self.limits,
+                           self.limits.bodies_in_flight_bytes, self.started_ns, self.snapshot))
+        threading.Thread(target=self._follow, args=(front, ours), name=f"front-{front.index}", daemon=True).start()
+
+    def _wait(self, event: Any, timeout_s: float, what: str) -> None:
+        until_s = time.monotonic() + timeout_s
+        for front in self._fronts:
+            while not event(front).wait(0.1):
+                if front.process is not None and front.process.poll() is not None:
+                    raise RuntimeError(f"front process {front.index} exited ({front.process.returncode}) before "
+                                       f"{what}: its lines above say why")
+                if time.monotonic() > until_s:
+                    raise RuntimeError(f"front process {front.index} was not {what} within {timeout_s:.0f} s")
+
+    def _send(self, front: _Front, message: tuple[Any, ...]) -> None:
+        data = link.frame(message)
+        with front.send_lock:
+            try:
+                assert front.link is not None
+                front.link.sendall(data)
+            except OSError:
+                pass  # the front is gone or stuck: its reader thread notices and restarts it
+
+    def _new_snapshot(self, snapshot: MetagraphSnapshot) -> None:
+        self.snapshot = snapshot
+        for front in self._fronts:
+            self._send(front, (link.SNAPSHOT, snapshot))
+
+    # -- one front's link -----------------------------------------------------------------------
+    def _follow(self, front: _Front, sock: socket.socket) -> None:
+        reader = link.BlockingReader(sock)
+        try:
+            while True:
+                self._handle(front, reader.read())
+        except (link.LinkClosed, OSError):
+            pass
+        except Exception as exc:  # noqa: BLE001 - a message this side cannot handle ends the front, not the miner
+            logger.opt(exception=exc).error("front {}: link failed: {!r}", front.index, exc)
+        finally:
+            sock.close()
+            self._gone(front)
+
+    def _handle(self, front: _Front, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == link.JOB:
+            self._job(front, *message[1:])
+        elif kind == link.ADMIT:
+            _, request_id, signer, uuid, nonce, hotkey = message
+            refusal, limited = self.core.claim(signer, uuid, nonce, hotkey)
+            if refusal is None:
+                front.pending += 1
+            self._send(front, (link.ADMITTED, request_id, refusal, limited))
+        elif kind == link.REPORT:
+            state = message[1]
+            if state.hotkey:
+                front.pending = max(0, front.pending - 1)
+            if self.core is not None:
+                self.core.on_response(state)
+        elif kind == link.OUTCOME:
+            self.outcomes.add(message[1], message[2])
+        elif kind == link.STATS:
+            front.stats = message[1:4]
+        elif kind == link.SERVING:
+            front.serving.set()
+        elif kind == link.OPENED:
+            front.opened.set()
+
+    def _job(self, front: _Front, request_id: int, hotkey: str, stake: float, arrival_s: float,
+             client_deadline_s: float, testnet_label: int, held: tuple[int, int] | None, inline: str | None) -> None:
+        if inline is None:
+            assert held is not None and front.view is not None
+            start, length = held
+            payload = str(front.view[start:start + length], "ascii")  # the one copy: arena -> the engine's str
+        else:
+            payload = inline
+        job = self.core.job(payload, hotkey, stake, arrival_s, client_deadline_s, testnet_label)
+        front.jobs[request_id] = job
+        self.core.submit(job).add_done_callback(partial(self._answered, front, request_id, job))
+
+    def _answered(self, front: _Front, request_id: int, job: Any, done: Future[Any]) -> None:
+        reply = self.core.reply(job, done)
+        if front.jobs.pop(request_id, None) is not None:  # not if its front died meanwhile
+            self._send(front, (link.ANSWER, request_id, *reply))
+
+    def _gone(self, front: _Front) -> None:
+        process = front.process
+        code = None
+        if process is not None:
+            try:
+                code = process.wait(5.0)
+            except subprocess.TimeoutExpired:
+                process.kill()  # its link closed but it lives on: it cannot serve without one
+                code = process.wait()
+        lost, front.pending = front.pending, 0
+        front.jobs.clear()
+        if front.view is not None:
+            front.view.release()
+            front.arena.close()
+            front.view = front.arena = None
+        with self._lock:
+            if self._stopping:
+                return
+        if lost:
+            self.outcomes.add("closed_front_died", lost)
+        quick = time.monotonic() - front.started_s < _STABLE_S
+        front.restart_delay_s = min(_RESTART_MAX_S, front.restart_delay_s * 2) if quick else _RESTART_DELAY_S
+        logger.error("front process {} (pid {}) exited with {}; {} admitted requests lost; restarting in {:.0f} s",
+                     front.index, process.pid if process else "?", code, lost, front.restart_delay_s)
+        self._restarts.inc()
+        timer = threading.Timer(front.restart_delay_s, self._restart, args=(front,))
+        timer.daemon = True
+        timer.start()
+
+    def _restart(self, front: _Front) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+        try:
+            self._spawn_soon(front).result()
+        except OSError as exc:
+            logger.error("front process {} could not be restarted: {!r}", front.index, exc)
+            return
+        if self.core is not None:
+            self._send(front, (link.OPEN, self.core.prior))
+
+
+def _alive(front: _Front) -> bool:
+    return front.process is not None and front.process.poll() is None and front.serving.is_set()
