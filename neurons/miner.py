@@ -308,12 +308,7 @@ def _run(argv: list[str] | None) -> int:
 
         listeners = startup.bind_listeners(config.axon.host, config.axon.port, "axon", "axon.port",
                                            max(64, config.axon.max_connections // front_count), front_count)
-        try:
-            server: Any = Fronts(config, http_limits(config), listeners, outcomes, _STARTED_NS, registry).start()
-        except RuntimeError as exc:
-            raise startup.StartupError(f"axon.processes: {exc}", startup.EXIT_CRASH) from exc
-        outcomes.track_http(server)
-        logger.info("{} front processes serve the axon (pids {})", front_count, server.pids())
+        server: Any = Fronts(config, http_limits(config), listeners, outcomes, _STARTED_NS, registry)
     else:
         axon_sock = startup.bind_listener(config.axon.host, config.axon.port, "axon", "axon.port",
                                           backlog=config.axon.max_connections)
@@ -327,7 +322,14 @@ def _run(argv: list[str] | None) -> int:
                 if metrics_server else "")
     timeline.mark("listeners")
 
-    wallet, hotkey_address = startup.open_wallet(config)
+    wallet, hotkey_address = startup.open_wallet(config)  # checked here first: each front opens it too
+    if front_count:
+        try:
+            server.start()
+        except RuntimeError as exc:
+            raise startup.StartupError(f"axon.processes: {exc}", startup.EXIT_CRASH) from exc
+        outcomes.track_http(server)
+        logger.info("{} front processes serve the axon (pids {})", front_count, server.pids())
     timeline.mark("wallet")
     subtensor, metagraph = startup.open_metagraph(config)
     metagraph.start()

@@ -123,6 +123,10 @@ def run_miner(folder: Path, wallet_path: Path, miner_wallet: Any, cascade: dict[
         "drain_timeout_s": 10.0,
         "log_level": "INFO",
     }
+    # The whole suite may run with front processes (tests/README: SN72_TEST_AXON_PROCESSES=2), unless a test sets them.
+    fronts = os.environ.get("SN72_TEST_AXON_PROCESSES")
+    if fronts and "processes" not in (extra or {}).get("axon", {}):
+        config["axon"]["processes"] = int(fronts)
     for key, value in (extra or {}).items():
         if isinstance(value, dict):
             config.setdefault(key, {}).update(value)

@@ -1,0 +1,213 @@
+"""The miner with front processes (`axon.processes: 2`), on loopback: what held with one process holds with two.
+
+Requests are sent from many loopback addresses (127.0.0.x), as validators come from theirs: the kernel hands each
+address to one front (neurons/caller_routing.py, with a secret mix), so sixteen addresses reach both fronts but
+for a chance of 2^-15.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from sn72_lab.hostile.wire import HostileRequest, Target, build, send, send_raw
+from sn72_lab.loadtest import drain
+from sn72_lab.offline import run_miner
+from sn72_lab.tiny_models import build_tiny_vit, build_tiny_yolo
+from sn72_tools.client import encode_jpeg, synthetic_image
+from tests.factories.cascades import level, vit_cascade, vit_expert
+from tests.factories.dendrites import validator_wallets
+from tests.factories.engine import wait_for
+from tests.factories.metrics import axon_outcomes, families
+from tests.factories.processes import children_of, gone
+
+pytestmark = pytest.mark.slow
+
+SOURCES = [f"127.0.0.{i}" for i in range(2, 18)]
+BURST = 5
+PER_IP_CONNECTIONS = 3
+
+
+def image(seed: int) -> str:
+    return encode_jpeg(synthetic_image(seed, (96, 96)))
+
+
+def fronts_of(miner_pid: int) -> list[int]:
+    """The miner's front processes (its other children are decode or expert workers)."""
+    return [pid for pid in children_of(miner_pid) if b"neurons.front" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fronts")
+    wallets, miner, callers = validator_wallets(folder, ["replayer", "limited", "plain"])
+    model = build_tiny_vit(folder / "models" / "tiny-vit")
+    extra = {"axon": {"processes": 2, "max_connections_per_ip": PER_IP_CONNECTIONS},
+             "guards": {"rate_per_s": 0.01, "burst": float(BURST)}, "scheduler": {"cache_size": 0}}
+    with run_miner(folder, wallets, miner, vit_cascade(model, max_batch=8, max_wait_ms=2.0), extra=extra) as process:
+        yield process, {w.name: w.hotkey for w in callers}
+
+
+def target(process) -> Target:
+    return Target("127.0.0.1", process.port, process.hotkey)
+
+
+def test_two_fronts_serve_and_report_on_one_metrics_endpoint(served):
+    process, signers = served
+    assert len(fronts_of(process.process.pid)) == 2
+    metrics = families(process.metrics_port)
+    fronts = {s.labels["state"]: s.value for s in metrics["sn72_miner_fronts"].samples}
+    assert fronts == {"alive": 2.0, "configured": 2.0}
+    before = axon_outcomes(process.metrics_port)
+
+    async def go() -> list:
+        good = [send(HostileRequest(signer=signers["plain"], image=image(i), uuid=str(uuid.uuid4()),
+                                    source_ip=source), target(process)) for i, source in enumerate(SOURCES[:4])]
+        forged = [send(HostileRequest(signer=signers["plain"], image=image(9), signature="0x" + "00" * 64,
+                                      source_ip=source), target(process)) for source in SOURCES[4:8]]
+        return list(await asyncio.gather(*good, *forged))
+
+    replies = asyncio.run(go())
+    assert [r.status for r in replies] == [200] * 4 + [401] * 4, [(r.status, r.message) for r in replies]
+    # counted in the miner process: answers by the core, refusals sent over by the fronts, each exactly once
+    wait_for(lambda: axon_outcomes(process.metrics_port).get("refused_unverified", 0)
+             - before.get("refused_unverified", 0) == 4, 5.0)
+    after = axon_outcomes(process.metrics_port)
+    answered = sum(v - before.get(k, 0) for k, v in after.items() if k.startswith("answered_"))
+    assert answered == 4, after
+    latency = families(process.metrics_port)["sn72_miner_http_requests"]
+    assert {s.labels["state"] for s in latency.samples} == {"active", "waiting"}
+
+
+def test_a_replay_is_refused_exactly_once_whichever_front_sees_it(served):
+    process, signers = served
+    head, body = build(HostileRequest(signer=signers["replayer"], image=image(100)), target(process))
+
+    async def go() -> list:
+        return list(await asyncio.gather(*(send_raw(target(process), head + body, 15.0, source)
+                                           for source in SOURCES)))
+
+    replies = asyncio.run(go())
+    statuses = sorted(str(r.status) for r in replies)
+    assert statuses == ["200"] + ["401"] * (len(SOURCES) - 1), [(r.status, r.message) for r in replies]
+    assert all("already used" in r.message for r in replies if r.status == 401), [r.message for r in replies]
+
+
+def test_a_callers_rate_limit_is_one_bucket_across_fronts(served):
+    process, signers = served
+
+    async def go() -> list:
+        return list(await asyncio.gather(*(
+            send(HostileRequest(signer=signers["limited"], image=image(200 + i), uuid=str(uuid.uuid4()),
+                                source_ip=source), target(process)) for i, source in enumerate(SOURCES))))
+
+    statuses = sorted(str(r.status) for r in asyncio.run(go()))
+    assert statuses == ["200"] * BURST + ["429"] * (len(SOURCES) - BURST), statuses
+
+
+def test_per_address_connection_caps_hold_as_configured(served):
+    """One address's connections all reach one front: its cap holds once, not once per front."""
+    process, _ = served
+    held = []
+    try:
+        for _ in range(3 * PER_IP_CONNECTIONS):
+            sock = socket.socket()
+            sock.bind(("127.0.0.99", 0))
+            sock.connect(("127.0.0.1", process.port))
+            held.append(sock)
+        time.sleep(0.5)
+        open_now = 0
+        for sock in held:
+            sock.setblocking(False)
+            try:
+                open_now += sock.recv(1) != b""  # data: not expected; b"": closed
+            except BlockingIOError:
+                open_now += 1  # nothing to read and not closed: still open
+            except ConnectionError:
+                pass
+        assert open_now == PER_IP_CONNECTIONS
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_front_ignores_sighup_reload_is_the_miner_process_s(served):
+    process, _ = served
+    front = fronts_of(process.process.pid)[0]
+    os.kill(front, signal.SIGHUP)
+    time.sleep(0.5)
+    assert not gone(front) and front in fronts_of(process.process.pid)
+
+
+def slow_cascade(models: Path) -> dict:
+    """Level 1 never confident, so every request waits for a detector far slower than level 1, one at a time."""
+    vit = build_tiny_vit(models / "tiny-vit")
+    yolo = build_tiny_yolo(models / "tiny-yolo")
+    return {"version": "fronts-e2e", "levels": [
+        level(vit_expert(vit, max_batch=16, max_wait_ms=2.0), exit_margin=0.5),
+        {"name": "slow", "exit_margin": 0.5, "experts": [
+            {"name": "yolo", "backend": "detector", "model": str(yolo), "device": "cpu", "input_size": 320,
+             "max_batch": 1, "max_wait_ms": 2.0, "options": {"classes": ["cone"]}}]},
+    ]}
+
+
+def test_a_killed_front_is_restarted_and_its_admitted_requests_counted(tmp_path):
+    wallets, miner, callers = validator_wallets(tmp_path, 1)
+    extra = {"axon": {"processes": 2}, "guards": {"rate_per_s": 0.0}, "scheduler": {"cache_size": 0}}
+    with run_miner(tmp_path, wallets, miner, slow_cascade(tmp_path / "models"), extra=extra) as process:
+        signer = callers[0].hotkey
+        first = fronts_of(process.process.pid)
+
+        async def go() -> list:
+            sent = [asyncio.ensure_future(send(HostileRequest(
+                signer=signer, image=encode_jpeg(synthetic_image(300 + i, (640, 480))), uuid=str(uuid.uuid4()),
+                source_ip=SOURCES[i % len(SOURCES)]), target(process), timeout_s=30.0)) for i in range(96)]
+            await asyncio.sleep(0.5)  # taken in; the detector works through them one at a time (seconds)
+            os.kill(first[0], signal.SIGKILL)
+            return list(await asyncio.gather(*sent))
+
+        replies = asyncio.run(go())
+        statuses = [r.status for r in replies]
+        assert set(statuses) <= {200, "closed"} and "closed" in statuses, statuses
+        wait_for(lambda: len(fronts_of(process.process.pid)) == 2 and
+                 families(process.metrics_port)["sn72_miner_fronts"].samples[0].value == 2, 30.0)
+        assert set(fronts_of(process.process.pid)) != set(first)
+        outcomes = axon_outcomes(process.metrics_port)
+        # each request the dead front had admitted and not reported is counted; its callers saw their connection close
+        assert 1 <= outcomes.get("closed_front_died", 0) <= statuses.count("closed"), (outcomes, statuses)
+        restarts = families(process.metrics_port)["sn72_miner_front_restarts"].samples[0].value
+        assert restarts == 1
+
+        async def after() -> list:
+            return list(await asyncio.gather(*(send(HostileRequest(
+                signer=signer, image=image(400 + i), uuid=str(uuid.uuid4()), source_ip=source), target(process),
+                timeout_s=30.0) for i, source in enumerate(SOURCES))))
+
+        assert [r.status for r in asyncio.run(after())] == [200] * len(SOURCES)  # both fronts serve every address
+        pids = fronts_of(process.process.pid)
+        process.process.kill()  # the miner dies at once, with no chance to stop its fronts
+        process.process.wait(10)
+        wait_for(lambda: all(gone(pid) for pid in pids), 10.0)  # none outlives it
+
+
+def test_sigterm_answers_every_accepted_request_through_the_fronts(tmp_path):
+    wallets, miner, callers = validator_wallets(tmp_path, 2)
+    extra = {"axon": {"processes": 2}, "guards": {"rate_per_s": 0.0}, "scheduler": {"cache_size": 0},
+             "drain_timeout_s": 30.0}
+    with run_miner(tmp_path, wallets, miner, slow_cascade(tmp_path / "models"), extra=extra) as process:
+        pids = fronts_of(process.process.pid)
+        requests = 20
+        report, code = drain(process, callers, [encode_jpeg(synthetic_image(500 + i, (320, 240)))
+                                                for i in range(requests)], timeout_s=20.0)
+    assert code == 0
+    assert report.valid == requests, report.as_dict()  # none refused, none disconnected
+    drained = [line for line in process.lines if "drained:" in line]
+    assert drained and "none left" in drained[0], process.lines[-20:]
+    assert all(gone(pid) for pid in pids)

@@ -1,0 +1,69 @@
+"""The pieces of the front processes that need no process: each front's share of the HTTP limits, the arena's
+allocation, the link's framing."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from neurons import front_link as link
+from neurons.fronts import front_limits
+from neurons.http_limits import HttpLimits
+
+
+def test_front_shares_split_the_totals_and_keep_per_address_caps():
+    limits = HttpLimits(1 << 20, 10.0, 15.0, max_connections=4096, max_connections_per_ip=256,
+                        max_concurrent_requests=128, body_budget_bytes=64 << 20)
+    share = front_limits(limits, 4)
+    assert (share.max_connections, share.max_concurrent_requests) == (1024, 32)
+    # one address is one front's: its caps as configured (half of the 128 slots by default), within the share
+    assert share.max_connections_per_ip == 256 and share.requests_per_ip == 32
+    assert share.bodies_in_flight_bytes == (64 << 20) // 4
+    # never below two bodies of the largest size, so the largest body always fits a caller's share
+    assert front_limits(HttpLimits(1 << 20, 10.0, 15.0, 4096, 256), 8).bodies_in_flight_bytes == 2 << 20
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 300)), max_size=120))
+def test_the_arena_never_hands_out_overlapping_space_and_gets_it_all_back(steps):
+    space = link.ArenaSpace(4096)
+    taken: dict[int, int] = {}
+    for give_back, nbytes in steps:
+        if give_back and taken:
+            start = next(iter(taken))
+            space.give_back(start, taken.pop(start))
+            continue
+        start = space.take(nbytes)
+        if start is None:
+            assert max((n for _, n in space.extents()), default=0) < nbytes  # refused only when no extent fits
+            continue
+        assert start >= 0 and start + nbytes <= 4096
+        assert all(start + nbytes <= s or s + n <= start for s, n in taken.items())
+        taken[start] = nbytes
+    assert space.used == sum(taken.values())
+    for start, nbytes in list(taken.items()):
+        space.give_back(start, nbytes)
+    assert space.extents() == [(0, 4096)] and space.used == 0  # merged back into one
+
+
+def test_frames_cross_a_socket_whole_whatever_the_reads_split():
+    ours, theirs = socket.socketpair()
+    messages = [(link.JOB, i, "x" * (i * 1000), None) for i in range(50)]
+
+    def write() -> None:  # from another thread: the frames are larger than the socket's buffer
+        ours.sendall(b"".join(link.frame(m) for m in messages))
+        ours.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    reader = link.BlockingReader(theirs)
+    assert [reader.read() for _ in messages] == messages
+    writer.join()
+    try:
+        reader.read()
+        raise AssertionError("a closed link must raise LinkClosed")
+    except link.LinkClosed:
+        pass
