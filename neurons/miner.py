@@ -54,10 +54,11 @@ class Miner:
     the link from a front process (neurons/front.py)."""
 
     def __init__(self, config: MinerConfig, engine: Any, metagraph: MetagraphSource,
-                 outcomes: AxonOutcomes | None = None, core: Any = None, started_ns: int = _STARTED_NS) -> None:
+                 outcomes: AxonOutcomes | None = None, core: Any = None, started_ns: int | None = None) -> None:
         from neurons.nonces import NonceRecord
         from neurons.serving_core import ServingCore
 
+        started_ns = _STARTED_NS if started_ns is None else started_ns  # read now: the tests set the module's
         self.config = config
         self.metagraph = metagraph
         self.policy = GuardPolicy(

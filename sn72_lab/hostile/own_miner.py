@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from sn72_lab.hostile.setup import write_target
 from sn72_lab.hostile.target import Cast
 from sn72_lab.offline import stop_process
@@ -45,8 +47,13 @@ def _operator_limits() -> None:  # runs in the child before exec
 
 
 @contextmanager
-def own_miner(folder: Path, source: Path, ready_timeout_s: float = 300.0) -> Iterator[OwnMiner]:
+def own_miner(folder: Path, source: Path, ready_timeout_s: float = 300.0,
+              processes: int | None = None) -> Iterator[OwnMiner]:
     cast, port, metrics_port = write_target(folder, probers=SIGNERS)
+    if processes is not None:  # front processes (neurons/fronts.py)
+        config = yaml.safe_load((folder / "miner.yaml").read_text())
+        config.setdefault("axon", {})["processes"] = processes
+        (folder / "miner.yaml").write_text(yaml.safe_dump(config))
     log = folder / "miner.log"
     env = {name: value for name, value in os.environ.items() if name not in OFFLINE_SWITCHES}
     env.update({"PYTHONUNBUFFERED": "1", "HOME": str(folder), "PYTHONPATH": str(source)})

@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "DIR/target, start it (from --source), attack it and stop it")
     parser.add_argument("--source", type=Path, default=Path.cwd(),
                         help="with --out and no --miner: the checkout whose miner is started (default: here)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="with --out and no --miner: the started miner's axon.processes (front processes)")
     parser.add_argument("--full", action="store_true",
                         help="full-size attacks (the sizes and durations of docs/security.md's second pass; "
                         "minutes); default: small ones")
@@ -280,7 +282,7 @@ def attack_own_miner(args: argparse.Namespace) -> int:
     if not (source / "neurons" / "miner.py").is_file():
         raise UsageError(f"--source {source} holds no neurons/miner.py")
     args.out.mkdir(parents=True, exist_ok=True)
-    with own_miner(args.out.resolve() / "target", source) as miner:
+    with own_miner(args.out.resolve() / "target", source, processes=args.processes) as miner:
         args.miner_log = miner.log
         args.metrics = args.metrics or f"http://127.0.0.1:{miner.metrics_port}/metrics"
         args.max_connections_per_ip = args.max_connections_per_ip or TEST_HTTP_LIMITS["max_connections_per_ip"]

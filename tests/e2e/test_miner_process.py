@@ -117,7 +117,9 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path, tiny_vit, worker):
     with run_miner(tmp_path, wallets.path, wallets.miner, cascade) as process:
         # One worker process per replica (worker: process), and the decode pool's workers for costly images
         # (decode.isolated_workers, 2 by default), which the miner starts in the background once it serves.
-        expected = (1 if worker == "process" else 0) + DecodeConfig().isolated_workers
+        # With front processes (SN72_TEST_AXON_PROCESSES), those too.
+        fronts = int(os.environ.get("SN72_TEST_AXON_PROCESSES") or 0)
+        expected = (1 if worker == "process" else 0) + DecodeConfig().isolated_workers + fronts
         wait_for(lambda: len(children_of(process.process.pid)) == expected, timeout_s=30)
         children = children_of(process.process.pid)
         assert ask((process, wallets), "validator", [encode_jpeg(synthetic_image(6))])[0].status_code == 200

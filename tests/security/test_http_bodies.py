@@ -89,7 +89,7 @@ def bodies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bodies]:
     served = Bodies(Target("127.0.0.1", port, miner_wallet.hotkey.ss58_address), None, miner, signers, gate)
     served.server = serve(config, miner_wallet, miner)
     # The last validator's bucket: one request, then a token every 20 s (the others keep the full burst).
-    miner.limiter._buckets[signers[-1].ss58_address] = (1.0, time.monotonic())
+    miner.core.limiter._buckets[signers[-1].ss58_address] = (1.0, time.monotonic())
     try:
         yield served
     finally:
