@@ -20,6 +20,7 @@ for _name, _value in (("YOLO_OFFLINE", "1"), ("YOLO_AUTOINSTALL", "false"), ("HF
     os.environ[_name] = _value
 
 import asyncio
+import contextlib
 import ctypes
 import itertools
 import signal
@@ -223,7 +224,13 @@ async def _serve(link_sock: socket.socket, listener: socket.socket, arena_fd: in
         channel.send(link.SERVING, os.getpid())
 
     tasks.append(asyncio.create_task(announce()))
-    await server.server.serve(sockets=[listener])  # SIGTERM or SIGINT: answer what was accepted, then return
+    # SIGTERM or SIGINT: answer what was accepted, then return. uvicorn's own handlers would raise the signal again
+    # once it is done, ending the process before the last reports reach the miner process: ours only ask it to stop.
+    loop = asyncio.get_running_loop()
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(stop_signal, lambda: setattr(server.server, "should_exit", True))
+    server.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    await server.server.serve(sockets=[listener])
     for task in tasks:
         task.cancel()
     await writer.drain()

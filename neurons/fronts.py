@@ -19,6 +19,7 @@ One thread per front reads its link; the engine's answers are sent from the engi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import queue
@@ -70,6 +71,8 @@ class _Front:
     arena: Any = None
     view: memoryview | None = None
     send_lock: threading.Lock = field(default_factory=threading.Lock)
+    backlog: list[bytes] = field(default_factory=list)  # frames the socket had no room for, oldest first
+    backlog_ready: threading.Condition | None = None
     pending: int = 0  # admitted (nonce claimed) and not yet reported over
     jobs: dict[int, Any] = field(default_factory=dict)  # job id -> job, until answered
     stats: tuple[int, int, int] = (0, 0, 0)  # active, waiting, connections
@@ -185,7 +188,12 @@ class Fronts:
         finally:
             theirs.close()
             os.close(arena_fd)
-        front.process, front.link, front.arena, front.view = process, ours, arena, memoryview(arena)
+        with front.send_lock:
+            front.process, front.link, front.arena, front.view = process, ours, arena, memoryview(arena)
+            front.backlog.clear()
+            if front.backlog_ready is not None:
+                front.backlog_ready.notify_all()  # the old sending thread ends
+                front.backlog_ready = None
         front.serving.clear()
         front.opened.clear()
         front.pending, front.stats, front.started_s = 0, (0, 0, 0), time.monotonic()
@@ -204,13 +212,49 @@ class Fronts:
                     raise RuntimeError(f"front process {front.index} was not {what} within {timeout_s:.0f} s")
 
     def _send(self, front: _Front, message: tuple[Any, ...]) -> None:
+        """Never blocks its caller (answers are sent from the engine's own thread): what the socket has no room for
+        now goes to the front's sending thread, and everything after it too, in order."""
         data = link.frame(message)
         with front.send_lock:
+            sock = front.link
+            if sock is None:
+                return
+            if not front.backlog:
+                try:
+                    sent = sock.send(data, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    return  # the front is gone: its reader thread notices and restarts it
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            front.backlog.append(data)
+            if front.backlog_ready is None:
+                front.backlog_ready = threading.Condition(front.send_lock)
+                threading.Thread(target=self._send_backlog, args=(front, sock), name=f"front-{front.index}-send",
+                                 daemon=True).start()
+            front.backlog_ready.notify()
+
+    def _send_backlog(self, front: _Front, sock: socket.socket) -> None:
+        """The front's sending thread, started the first time its socket was full: writes the backlog, blocking
+        (at most _SEND_TIMEOUT_S per write: a front that reads nothing that long is stuck, and its link is closed)."""
+        assert front.backlog_ready is not None
+        while True:
+            with front.send_lock:
+                while not front.backlog and front.link is sock:
+                    front.backlog_ready.wait()
+                if front.link is not sock:
+                    return  # restarted: a new socket, a new thread when it needs one
+                data = b"".join(front.backlog)
+                front.backlog.clear()
             try:
-                assert front.link is not None
-                front.link.sendall(data)
+                sock.sendall(data)
             except OSError:
-                pass  # the front is gone or stuck: its reader thread notices and restarts it
+                logger.error("front {}: its link took nothing for {:.0f} s; closing it", front.index, _SEND_TIMEOUT_S)
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # its reader thread sees the end and restarts the front
+                return
 
     def _new_snapshot(self, snapshot: MetagraphSnapshot) -> None:
         self.snapshot = snapshot
@@ -270,7 +314,10 @@ class Fronts:
 
     def _answered(self, front: _Front, request_id: int, job: Any, done: Future[Any]) -> None:
         reply = self.core.reply(job, done)
-        if front.jobs.pop(request_id, None) is not None:  # not if its front died meanwhile
+        # Not if its front died meanwhile: a restarted front numbers its requests from 1 again, so the entry must be
+        # this very job, not a newer request of the same number.
+        if front.jobs.get(request_id) is job:
+            del front.jobs[request_id]
             self._send(front, (link.ANSWER, request_id, *reply))
 
     def _gone(self, front: _Front) -> None:
