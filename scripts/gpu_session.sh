@@ -56,6 +56,8 @@ case "$PART" in
     "axon-miner-proc|70|$B axon --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 1500 --concurrency 64 --wallets 8 --decode-workers 8 --json $WORK/axon-miner-proc.json"
     "axon-vs-stock|260|$B axon-vs-stock --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 1500 --concurrency 64 --wallets 8 --decode-workers 8 --rounds 3 --json $WORK/axon-vs-stock.json"
     "axon-vs-stock-strict|260|$B axon-vs-stock --stock-hotkey-once --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 1500 --concurrency 64 --wallets 8 --decode-workers 8 --rounds 3 --json $WORK/axon-vs-stock-strict.json"
+    "axon-fronts|480|$B axon-vs-stock --stock-hotkey-once --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 4000 --concurrency 256 --client-processes 4 --wallets 8 --decode-workers 8 --rounds 3 --processes 0 4 --json $WORK/axon-fronts.json"
+    "roundtrip-fronts|120|$B roundtrip --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 300 --rounds 2 --processes 4 --json $WORK/roundtrip-fronts.json"
     "axon-miner-proc-asyncio|70|$B axon --cascade config/cascade.bench-gpu.yaml --event-loop asyncio --worker-process --idle-dispatch --requests 1500 --concurrency 64 --wallets 8 --decode-workers 8 --json $WORK/axon-miner-proc-asyncio.json"
   ) ;;
   production) STEPS=(

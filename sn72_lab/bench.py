@@ -190,7 +190,8 @@ def _read_int(path: str) -> int | None:
 
 
 async def _drive_axon(process: Any, wallets: Sequence[Any], data: list[str], concurrency: int, timeout_s: float,
-                      sequential: bool, sources: int = 0) -> tuple[list[float], dict[str, int], float]:
+                      sequential: bool, sources: int = 0,
+                      first_source: int = 0) -> tuple[list[float], dict[str, int], float]:
     import aiohttp
 
     from sn72_tools.client import axon_info, make_dendrite, query
@@ -205,7 +206,8 @@ async def _drive_axon(process: Any, wallets: Sequence[Any], data: list[str], con
                  for i in range(slots)]
     for i, dendrite in enumerate(dendrites):
         if sources:  # each from its own loopback address, as validators come from theirs (one front each)
-            address = f"127.0.{(i % sources) // 250}.{2 + (i % sources) % 250}"
+            source = first_source + i % sources
+            address = f"127.0.{source // 250}.{2 + source % 250}"
             dendrite._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
     idle: asyncio.Queue[Any] = asyncio.Queue()
     for dendrite in dendrites:
@@ -229,6 +231,54 @@ async def _drive_axon(process: Any, wallets: Sequence[Any], data: list[str], con
     for dendrite in dendrites:
         await dendrite.aclose_session()
     return latencies, codes, elapsed
+
+
+def _drive_from_processes(process: Any, wallet_path: Path, wallets: int, data: list[str], concurrency: int,
+                          timeout_s: float, sources: int, clients: int) -> tuple[list[float], dict[str, int], float]:
+    """`_drive_axon` split over `clients` processes (one Python client tops out near the fronts' rate), started
+    together after each has warmed up; their latencies and codes merged, the elapsed time from the first start to
+    the last end."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(clients)
+    results = context.Queue()
+    workers = []
+    for k in range(clients):
+        share = data[k::clients]
+        names = [f"validator{i}" for i in range(wallets)]
+        job = (process.port, process.hotkey, str(wallet_path), names, share, max(1, concurrency // clients), timeout_s,
+               max(1, sources // clients) if sources else 0, k * max(1, sources // clients) if sources else 0)
+        worker = context.Process(target=_client_process, args=(job, barrier, results), daemon=True)
+        worker.start()
+        workers.append(worker)
+    done = [results.get(timeout=600) for _ in workers]
+    for worker in workers:
+        worker.join(30)
+    latencies = [latency for _, _, lats, _ in done for latency in lats]
+    codes: dict[str, int] = {}
+    for _, _, _, part in done:
+        for code, count in part.items():
+            codes[code] = codes.get(code, 0) + count
+    return latencies, codes, max(end for _, end, _, _ in done) - min(began for began, _, _, _ in done)
+
+
+def _client_process(job: tuple[Any, ...], barrier: Any, results: Any) -> None:
+    """One client process of `_drive_from_processes`."""
+    from types import SimpleNamespace
+
+    from sn72_lab.offline import ensure_wallet
+
+    port, hotkey, wallet_path, names, data, concurrency, timeout_s, sources, first_source = job
+    wallets = [ensure_wallet(Path(wallet_path), name) for name in names]
+    target = SimpleNamespace(port=port, hotkey=hotkey)
+    asyncio.run(_drive_axon(target, wallets, data[: len(wallets)], len(wallets), timeout_s, False, sources,
+                            first_source))
+    barrier.wait()
+    began = time.monotonic()
+    latencies, codes, elapsed = asyncio.run(_drive_axon(target, wallets, data, concurrency, timeout_s, False,
+                                                        sources, first_source))
+    results.put((began, began + elapsed, latencies, codes))
 
 
 def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bool = False,
@@ -257,12 +307,18 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
     data = payloads(args.requests, args.image_size, args.distinct)
     server = (run_stock_axon(folder / "wallets", miner, args.stock_hotkey_once) if stock
               else run_miner(folder, folder / "wallets", miner, cascade, extra=extra))
+    clients = 1 if sequential else max(1, getattr(args, "client_processes", 1))
     with server as process:
-        # one warm-up round trip per wallet (dendrite sessions, first-request paths)
         sources = args.concurrency if args.sources is None else args.sources
-        asyncio.run(_drive_axon(process, wallets, data[: len(wallets)], len(wallets), args.timeout_s, False, sources))
-        latencies, codes, elapsed = asyncio.run(
-            _drive_axon(process, wallets, data, args.concurrency, args.timeout_s, sequential, sources))
+        if clients > 1:
+            latencies, codes, elapsed = _drive_from_processes(process, folder / "wallets", len(wallets), data,
+                                                              args.concurrency, args.timeout_s, sources, clients)
+        else:
+            # one warm-up round trip per wallet (dendrite sessions, first-request paths)
+            asyncio.run(_drive_axon(process, wallets, data[: len(wallets)], len(wallets), args.timeout_s, False,
+                                    sources))
+            latencies, codes, elapsed = asyncio.run(
+                _drive_axon(process, wallets, data, args.concurrency, args.timeout_s, sequential, sources))
     return {
         "mode": ("stock-axon" if stock else "axon") + ("-sequential" if sequential else ""),
         "header_cache": header_cache,
@@ -273,6 +329,7 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
         "requests": len(data),
         "wallets": len(wallets),
         "concurrency": 1 if sequential else args.concurrency,
+        "client_processes": clients,
         "throughput_rps": len(data) / elapsed,
         "latency_ms": {k: v * 1000 for k, v in percentiles(latencies, (50, 95, 99, 100)).items()},
         "status_codes": codes,
@@ -303,6 +360,7 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "wallets": args.wallets,
         "sources": args.concurrency if args.sources is None else args.sources,
+        "client_processes": args.client_processes,
         "worker": "process" if args.worker_process else "thread",
         "stock_hotkey": runs["stock"][0]["stock_hotkey"],
         "stock_rps": rps["stock"],
@@ -428,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--processes", type=int, nargs="+" if name == "axon-vs-stock" else None, default=None,
                            help="the miner's axon.processes (front processes; default: the miner's own); "
                            "axon-vs-stock: several values, each run every round")
+            p.add_argument("--client-processes", type=int, default=1,
+                           help="axon, axon-vs-stock: the dendrites split over this many client processes (one "
+                           "Python client process tops out near a thousand or two requests a second)")
             p.add_argument("--sources", type=int, default=None,
                            help="loopback addresses the dendrites send from, as distinct validators (default: one "
                            "per concurrent dendrite; 0: all from 127.0.0.1)")

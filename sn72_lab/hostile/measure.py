@@ -16,6 +16,7 @@ it gets back:
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -83,17 +84,36 @@ class ResourceSampler:
         self._start_mb = self._peak_mb = self._end_mb = self._rss_mb()
         self._peak_fds = self._fds()
 
+    def _serving(self) -> list[Any]:
+        """The miner and its front processes (`axon.processes`: bodies and connections live there), re-listed each
+        second."""
+        now_s = time.monotonic()
+        if now_s - getattr(self, "_listed_s", -1.0) >= 1.0:
+            self._listed_s = now_s
+            try:
+                self._fronts = [child for child in self._process.children()
+                                if "neurons.front" in " ".join(child.cmdline())]
+            except Exception:  # noqa: BLE001 - as below
+                self._fronts = []
+        return [self._process, *getattr(self, "_fronts", [])]
+
     def _rss_mb(self) -> float:
-        try:
-            return float(self._process.memory_info().rss) / (1024 * 1024)
-        except Exception:  # noqa: BLE001 - psutil raises NoSuchProcess/AccessDenied/ZombieProcess: a dead miner
-            return 0.0
+        total = 0.0
+        for process in self._serving():
+            try:
+                total += float(process.memory_info().rss) / (1024 * 1024)
+            except Exception:  # noqa: BLE001 - psutil raises NoSuchProcess/AccessDenied/ZombieProcess: a dead miner
+                continue
+        return total
 
     def _fds(self) -> int:
-        try:
-            return int(self._process.num_fds())
-        except Exception:  # noqa: BLE001 - as above
-            return 0
+        total = 0
+        for process in self._serving():
+            try:
+                total += int(process.num_fds())
+            except Exception:  # noqa: BLE001 - as above
+                continue
+        return total
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
