@@ -4,7 +4,7 @@ Linux's SO_REUSEPORT lets several sockets listen on one port and spreads new con
 default it picks by a hash of both ends' addresses and ports, so one caller's connections land on every front,
 and each front's per-address caps (connections, request slots, body bytes) would hold N times over. A classic BPF
 program attached to the group (SO_ATTACH_REUSEPORT_CBPF, Linux 4.5+) picks the socket from the caller's address
-alone, mixed with a secret chosen at start-up (so no caller can pick its front): every per-address cap is then
+alone, mixed with secrets chosen at start-up (so no caller can pick its front): every per-address cap is then
 kept by exactly one front, as configured. The program reads the source address through the network-header
 offset (SKF_NET_OFF), IPv4 or the last 32 bits of an IPv6 address.
 
@@ -25,20 +25,28 @@ _SKF_AD_PROTOCOL = -0x1000  # SKF_AD_OFF + SKF_AD_PROTOCOL: the packet's etherty
 _SKF_NET_OFF = -0x100000  # offsets from the network header
 _ETH_P_IPV6 = 0x86DD
 # opcodes (<linux/filter.h>)
-_LD_W_ABS, _LD_H_ABS, _JEQ_K, _JA = 0x20, 0x28, 0x15, 0x05
-_MUL_K, _RSH_K, _MOD_K, _RET_A = 0x24, 0x74, 0x94, 0x16
+_LD_W_ABS, _LD_H_ABS, _JEQ_K, _JA, _TAX = 0x20, 0x28, 0x15, 0x05, 0x07
+_MUL_K, _RSH_K, _XOR_X, _MOD_K, _RET_A = 0x24, 0x74, 0xAC, 0x94, 0x16
 
 
-def caller_program(groups: int, secret: int) -> list[tuple[int, int, int, int]]:
-    """The socket's index in the group: (source address x secret) >> 16, mod `groups`."""
+def caller_program(groups: int, secrets_: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """The socket's index in the group: the source address through a multiply-xorshift mix (MurmurHash3's
+    finaliser, with two secret odd multipliers), mod `groups`. Neighbouring addresses land apart: a plain multiply
+    sent runs of four or five consecutive addresses to one front (the outside test of 5 December)."""
+    first, second = secrets_
+
+    def xorshift(bits: int) -> list[tuple[int, int, int, int]]:
+        return [(_TAX, 0, 0, 0), (_RSH_K, 0, 0, bits), (_XOR_X, 0, 0, 0)]  # A ^= A >> bits
+
     return [
         (_LD_H_ABS, 0, 0, _SKF_AD_PROTOCOL),
         (_JEQ_K, 0, 2, _ETH_P_IPV6),
         (_LD_W_ABS, 0, 0, _SKF_NET_OFF + 8 + 12),  # IPv6: the source address's last 32 bits
         (_JA, 0, 0, 1),
         (_LD_W_ABS, 0, 0, _SKF_NET_OFF + 12),  # IPv4: the source address
-        (_MUL_K, 0, 0, secret),
-        (_RSH_K, 0, 0, 16),
+        *xorshift(16), (_MUL_K, 0, 0, first),
+        *xorshift(13), (_MUL_K, 0, 0, second),
+        *xorshift(16),
         (_MOD_K, 0, 0, groups),
         (_RET_A, 0, 0, 0),
     ]
@@ -46,7 +54,8 @@ def caller_program(groups: int, secret: int) -> list[tuple[int, int, int, int]]:
 
 def route_by_caller(sock: socket.socket, groups: int, secret: int | None = None) -> None:
     """Attach the program to `sock`'s reuseport group (which must hold `groups` listening sockets)."""
-    program = caller_program(groups, secrets.randbits(31) * 2 + 1 if secret is None else secret)
+    program = caller_program(groups, (secrets.randbits(31) * 2 + 1, secrets.randbits(31) * 2 + 1) if secret is None
+                             else (secret, secret))
     code = b"".join(struct.pack("HBBI", op, jt, jf, k & 0xFFFFFFFF) for op, jt, jf, k in program)
     buffer = ctypes.create_string_buffer(code, len(code))
     sock_fprog = struct.pack("HL", len(program), ctypes.addressof(buffer))  # struct sock_fprog

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import ctypes
 import itertools
+import resource
 import signal
 import socket
 import sys
@@ -47,7 +48,7 @@ class Link:
         self._reader = reader
         self._writer = writer
         self.arena = arena
-        self.space = link.ArenaSpace(size)
+        self.space = link.ArenaSpace(size, link.ARENA_HEADER)
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._held: dict[int, tuple[int, int]] = {}  # job id -> arena extent, given back with its answer
@@ -127,8 +128,7 @@ class RemoteCore:
         if not done:
             logger.error("the miner process did not answer a request by its deadline; answering from the prior")
             return None
-        prediction, status, message = future.result()
-        return Reply(prediction, status, message)
+        return Reply(*future.result())
 
     def _place(self, payload: str) -> tuple[tuple[int, int] | None, str | None]:
         """The payload in the arena ((offset, length), None), or inline (None, payload) when it does not fit or is
@@ -152,6 +152,18 @@ class SnapshotHolder:
 
     def __init__(self, snapshot: MetagraphSnapshot) -> None:
         self.snapshot = snapshot
+
+
+def _process_figures() -> tuple[int, float, int]:
+    """This process's resident bytes, CPU seconds and open descriptors (the miner process publishes them)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        with open("/proc/self/statm") as statm:
+            rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        fds = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        rss, fds = usage.ru_maxrss * 1024, 0
+    return rss, usage.ru_utime + usage.ru_stime, fds
 
 
 def _die_with_parent() -> None:
@@ -213,8 +225,28 @@ async def _serve(link_sock: socket.socket, listener: socket.socket, arena_fd: in
     async def report() -> None:
         while True:
             guard = server.guard
-            channel.send(link.STATS, guard.active, guard.waiting, server.connections())
+            channel.send(link.STATS, guard.active, guard.waiting, server.connections(), *_process_figures())
             await asyncio.sleep(_STATS_INTERVAL_S)
+
+    # Every request taken in once serving and every one over, counted where the miner process can read them if this
+    # process dies.
+    arrived = finished = 0
+    guard = server.guard
+
+    async def counted(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal arrived, finished
+        if scope["type"] != "http" or guard.app is None:
+            await guard(scope, receive, send)
+            return
+        arrived += 1
+        link.ARRIVALS.pack_into(channel.arena, 0, arrived, finished)
+        try:
+            await guard(scope, receive, send)
+        finally:
+            finished += 1
+            link.ARRIVALS.pack_into(channel.arena, 0, arrived, finished)
+
+    server.server.config.app = counted
 
     tasks = [asyncio.create_task(follow()), asyncio.create_task(report())]
 

@@ -66,6 +66,15 @@ class BlockingReader:
         return message
 
 
+# The arena's first 16 bytes: how many requests the front has taken in since it started serving, and how many of
+# those are over (answered, refused, or their caller gone). The front writes them, with no system call, as each
+# request arrives and ends; the miner process reads them when the front dies: the difference is what it lost,
+# whether waiting for a slot, being read or in the engine (a message would be lost with the front if it had not
+# left its buffers yet).
+ARRIVALS = struct.Struct("QQ")
+ARENA_HEADER = 64  # one cache line, then the payloads
+
+
 def new_arena(size: int) -> int:
     """A shared memory file of `size` bytes (unnamed: gone once both processes close it); its descriptor."""
     fd = os.memfd_create("sn72-front-arena", os.MFD_CLOEXEC)
@@ -80,11 +89,11 @@ def map_arena(fd: int, size: int) -> mmap.mmap:
 class ArenaSpace:
     """First-fit allocation of the arena's bytes (the front's, on its event loop only), merging freed neighbours."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, first: int = 0) -> None:
         self.size = size
-        self._starts: list[int] = [0]  # free extents, sorted by start
-        self._lengths: dict[int, int] = {0: size}
-        self.used = 0
+        self._starts: list[int] = [first]  # free extents, sorted by start
+        self._lengths: dict[int, int] = {first: size - first}
+        self.used = first
 
     def take(self, nbytes: int) -> int | None:
         """The offset of `nbytes` free bytes, now taken; None if no free extent is that large."""

@@ -44,20 +44,23 @@ from neurons.config import MinerConfig
 from neurons.http_limits import HttpLimits
 
 _SEND_TIMEOUT_S = 2.0  # a front that reads nothing for this long is stuck: its answers are dropped, not waited on
-_RESTART_DELAY_S = 1.0  # doubled while a front dies within _STABLE_S of its start, up to _RESTART_MAX_S
+_RESTART_DELAY_S = 1.0  # after a quick death (within _STABLE_S of its start); doubled each time, up to _RESTART_MAX_S
 _STABLE_S = 10.0
 _RESTART_MAX_S = 30.0
 
 
 def front_limits(limits: HttpLimits, fronts: int) -> HttpLimits:
-    """Each front's share: the totals divided, the per-address caps as configured (a caller's address is one
-    front's), each within its front's total."""
+    """Each front's share: the totals divided; the per-address caps as configured (a caller's address is one
+    front's), except that one address never holds more than half of its front's request slots: the share it was
+    given of the whole (half of it by default) would otherwise be all of one front's, and every other caller of
+    that front would wait behind it (the outside test of 5 December)."""
+    slots = max(1, limits.max_concurrent_requests // fronts)
     per_ip_slots = limits.max_concurrent_requests_per_ip or max(1, limits.max_concurrent_requests // 2)
     return dataclasses.replace(
         limits,
         max_connections=max(1, limits.max_connections // fronts),
-        max_concurrent_requests=max(1, limits.max_concurrent_requests // fronts),
-        max_concurrent_requests_per_ip=per_ip_slots,
+        max_concurrent_requests=slots,
+        max_concurrent_requests_per_ip=min(per_ip_slots, max(1, slots // 2)),
         body_budget_bytes=limits.bodies_in_flight_bytes // fronts,  # never below two bodies of the largest size
     )
 
@@ -73,13 +76,13 @@ class _Front:
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     backlog: list[bytes] = field(default_factory=list)  # frames the socket had no room for, oldest first
     backlog_ready: threading.Condition | None = None
-    pending: int = 0  # admitted (nonce claimed) and not yet reported over
     jobs: dict[int, Any] = field(default_factory=dict)  # job id -> job, until answered
     stats: tuple[int, int, int] = (0, 0, 0)  # active, waiting, connections
+    process_figures: tuple[int, float, int] = (0, 0.0, 0)  # resident bytes, CPU seconds, open descriptors
     serving: threading.Event = field(default_factory=threading.Event)
     opened: threading.Event = field(default_factory=threading.Event)
     started_s: float = 0.0
-    restart_delay_s: float = _RESTART_DELAY_S
+    restart_delay_s: float = 0.0
 
 
 class Fronts:
@@ -108,6 +111,13 @@ class Fronts:
         alive.labels("configured").set(len(self._fronts))
         connections = Gauge("sn72_miner_http_connections", "Open connections at the HTTP layer", registry=registry)
         connections.set_function(lambda: sum(f.stats[2] for f in self._fronts))
+        # The process_* series are this process's; each front's own, as it last reported them (every second).
+        for name, what, index in (("resident_memory_bytes", "Resident memory of each front process", 0),
+                                  ("cpu_seconds", "CPU seconds of each front process since it started", 1),
+                                  ("open_fds", "Open file descriptors of each front process", 2)):
+            gauge = Gauge(f"sn72_miner_front_{name}", what, ["front"], registry=registry)
+            for front in self._fronts:
+                gauge.labels(str(front.index)).set_function(partial(_figure, front, index))
 
     # -- the HTTP layer's gauges, summed (AxonOutcomes.track_http reads these) -------------------
     @property
@@ -120,6 +130,10 @@ class Fronts:
 
     def pids(self) -> list[int]:
         return [front.process.pid for front in self._fronts if front.process is not None and _alive(front)]
+
+    def describe(self) -> str:
+        return ", ".join(f"front {front.index} pid {front.process.pid}" for front in self._fronts
+                         if front.process is not None)
 
     # -- life -----------------------------------------------------------------------------------
     def start(self, timeout_s: float = 60.0) -> Fronts:
@@ -141,15 +155,21 @@ class Fronts:
         """Drain: no new connections; each front answers what it accepted and exits. True when all did in time."""
         with self._lock:
             self._stopping = True
+        draining = []
         for front in self._fronts:
             front.listener.close()  # the fronts' copies close as they shut down: then the port refuses
             if front.process is not None and front.process.poll() is None:
                 front.process.send_signal(signal.SIGTERM)
-        until_s = time.monotonic() + timeout_s + 5.0
+                draining.append(front)
+            else:  # died and not restarted yet: the connections waiting for it are reset as the socket closes
+                logger.warning("front {} was down when the stop came: connections waiting for it are reset",
+                               front.index)
+        # uvicorn's own graceful timeout is the drain timeout (rounded up to a second): a front still there a second
+        # later is stuck (stopped, or its loop blocked), and is killed.
+        until_s = time.monotonic() + max(1.0, round(timeout_s)) + 1.0
         clean = True
-        for front in self._fronts:
-            if front.process is None:
-                continue
+        for front in draining:
+            assert front.process is not None
             try:
                 code = front.process.wait(max(0.0, until_s - time.monotonic()))
                 clean &= code in (0, -signal.SIGTERM, -signal.SIGINT)
@@ -196,7 +216,7 @@ class Fronts:
                 front.backlog_ready = None
         front.serving.clear()
         front.opened.clear()
-        front.pending, front.stats, front.started_s = 0, (0, 0, 0), time.monotonic()
+        front.stats, front.started_s = (0, 0, 0), time.monotonic()
         self._send(front, (link.HELLO, self.config.model_dump(mode="json"), front.index, self.limits,
                            self.limits.bodies_in_flight_bytes, self.started_ns, self.snapshot))
         threading.Thread(target=self._follow, args=(front, ours), name=f"front-{front.index}", daemon=True).start()
@@ -282,19 +302,17 @@ class Fronts:
         elif kind == link.ADMIT:
             _, request_id, signer, uuid, nonce, hotkey = message
             refusal, limited = self.core.claim(signer, uuid, nonce, hotkey)
-            if refusal is None:
-                front.pending += 1
             self._send(front, (link.ADMITTED, request_id, refusal, limited))
         elif kind == link.REPORT:
             state = message[1]
-            if state.hotkey:
-                front.pending = max(0, front.pending - 1)
+            if state.outcome:
+                self.outcomes.add(state.outcome)
             if self.core is not None:
                 self.core.on_response(state)
         elif kind == link.OUTCOME:
             self.outcomes.add(message[1], message[2])
         elif kind == link.STATS:
-            front.stats = message[1:4]
+            front.stats, front.process_figures = message[1:4], message[4:7]
         elif kind == link.SERVING:
             front.serving.set()
         elif kind == link.OPENED:
@@ -315,7 +333,8 @@ class Fronts:
     def _answered(self, front: _Front, request_id: int, job: Any, done: Future[Any]) -> None:
         reply = self.core.reply(job, done)
         # Not if its front died meanwhile: a restarted front numbers its requests from 1 again, so the entry must be
-        # this very job, not a newer request of the same number.
+        # this very job, not a newer request of the same number. Counted from the front's report, once the answer
+        # has left (a front that dies first has it counted as lost instead).
         if front.jobs.get(request_id) is job:
             del front.jobs[request_id]
             self._send(front, (link.ANSWER, request_id, *reply))
@@ -329,9 +348,11 @@ class Fronts:
             except subprocess.TimeoutExpired:
                 process.kill()  # its link closed but it lives on: it cannot serve without one
                 code = process.wait()
-        lost, front.pending = front.pending, 0
+        lost = 0
         front.jobs.clear()
         if front.view is not None:
+            arrived, finished = link.ARRIVALS.unpack_from(front.arena, 0)
+            lost = max(0, arrived - finished)
             front.view.release()
             front.arena.close()
             front.view = front.arena = None
@@ -340,10 +361,15 @@ class Fronts:
                 return
         if lost:
             self.outcomes.add("closed_front_died", lost)
+        # At once the first time; after a death within _STABLE_S of its start, 1 s, then doubling up to 30 s.
         quick = time.monotonic() - front.started_s < _STABLE_S
-        front.restart_delay_s = min(_RESTART_MAX_S, front.restart_delay_s * 2) if quick else _RESTART_DELAY_S
-        logger.error("front process {} (pid {}) exited with {}; {} admitted requests lost; restarting in {:.0f} s",
-                     front.index, process.pid if process else "?", code, lost, front.restart_delay_s)
+        front.restart_delay_s = (min(_RESTART_MAX_S, max(_RESTART_DELAY_S, front.restart_delay_s * 2)) if quick
+                                 else 0.0)
+        drained = code in (0, -signal.SIGTERM, -signal.SIGINT)
+        (logger.warning if drained else logger.error)(
+            "front {} (pid {}) {} (exit {}); {} requests it had taken in were lost; restarting it{}", front.index,
+            process.pid if process else "?", "drained and stopped on a signal of its own" if drained else "died",
+            code, lost, f" in {front.restart_delay_s:.0f} s" if front.restart_delay_s else "")
         self._restarts.inc()
         timer = threading.Timer(front.restart_delay_s, self._restart, args=(front,))
         timer.daemon = True
@@ -364,3 +390,7 @@ class Fronts:
 
 def _alive(front: _Front) -> bool:
     return front.process is not None and front.process.poll() is None and front.serving.is_set()
+
+
+def _figure(front: _Front, index: int) -> float:
+    return float(front.process_figures[index]) if _alive(front) else 0.0

@@ -93,6 +93,8 @@ class RequestState:
     answered_s: float = 0.0  # monotonic: when the handler had its answer (the rest is the response path)
     finished_s: float = 0.0
     violation: Refusal | None = None  # the HTTP layer's own refusal
+    outcome: str = ""  # the engine's answer's counter (answered_*, refused_bad_image); with front processes counted
+    # from the report, once the answer has left (a front that dies first loses it: `closed_front_died` instead)
 
 
 CURRENT: contextvars.ContextVar[RequestState | None] = contextvars.ContextVar("sn72_request", default=None)
@@ -130,6 +132,7 @@ class HttpGuard:
         self.bodies = ByteBudget(limits.bodies_in_flight_bytes)  # bytes of bodies in flight (by Content-Length)
         self.service = ServiceTime()  # per caller: how long its answered requests take from their turn to a response
         self.active = 0  # requests inside the app now (for draining and metrics)
+        self.routes: frozenset[str] | None = None  # the synapse names served (None: any name the app may know)
         self._errors = _ErrorLog()
 
     @property
@@ -137,10 +140,13 @@ class HttpGuard:
         """Requests waiting for their turn."""
         return self.slots.waiting
 
-    def open(self, app: Any, on_response: ResponseListener | None = None) -> None:
-        """Start serving `app` (the miner is ready); `on_response` replaces the listener if given."""
+    def open(self, app: Any, on_response: ResponseListener | None = None,
+             routes: frozenset[str] | None = None) -> None:
+        """Start serving `app` (the miner is ready); `on_response` replaces the listener if given; `routes`: the
+        synapse names the app serves (any other path is refused here, 404, and counted)."""
         if on_response is not None:
             self.on_response = on_response
+        self.routes = routes
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -197,8 +203,10 @@ class HttpGuard:
         method = scope.get("method", "")
         if method not in _METHODS:
             return 405, f"method not allowed: {_shown(method, 16)} (POST or GET)", "refused_method"
-        if not _ROUTE.fullmatch(scope.get("path", "")):
-            raw_path = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "replace")
+        path = scope.get("path", "")
+        if not _ROUTE.fullmatch(path) or (self.routes is not None and path[1:] not in self.routes):
+            # bittensor's own 404 for a well-formed unknown name listed every synapse served, and was counted nowhere
+            raw_path = scope.get("raw_path") or path.encode("utf-8", "replace")
             return 404, f"no such route: {method} {_shown(raw_path.decode('latin-1'))}", "refused_bad_path"
         if framed_by_transfer_encoding(scope.get("headers", ())):
             # Never read (neurons/http_connections.py stops parsing at the head): a dendrite sends a Content-Length.

@@ -137,6 +137,7 @@ class Miner:
                 self.outcomes.add("answered_miner_timeout")
                 synapse.prediction = self.core.prior
                 return synapse
+            state.outcome = reply.outcome
             if reply.status != 200:
                 return self._reject(synapse, reply.status, reply.message)
             synapse.prediction = reply.prediction
@@ -330,7 +331,7 @@ def _run(argv: list[str] | None) -> int:
         except RuntimeError as exc:
             raise startup.StartupError(f"axon.processes: {exc}", startup.EXIT_CRASH) from exc
         outcomes.track_http(server)
-        logger.info("{} front processes serve the axon (pids {})", front_count, server.pids())
+        logger.info("{} front processes serve the axon: {}", front_count, server.describe())
     timeline.mark("wallet")
     subtensor, metagraph = startup.open_metagraph(config)
     metagraph.start()

@@ -83,7 +83,7 @@ class AxonServer:
     def open(self, axon: Any, on_response: ResponseListener | None = None) -> None:
         """Serve `axon` (its handlers attached and hardened) from now on; `on_response` replaces the listener."""
         self.axon = axon
-        self.guard.open(axon.app, on_response)
+        self.guard.open(axon.app, on_response, frozenset(axon.forward_class_types))
         axon.started = True
 
     def connections(self) -> int:

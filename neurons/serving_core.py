@@ -32,11 +32,13 @@ ANSWER_GRACE_S = 0.05  # the engine answers by its deadline; this is only the la
 
 
 class Reply(NamedTuple):
-    """The answer for the caller: 200 with a prediction, or a refusal (status and message)."""
+    """The answer for the caller: 200 with a prediction, or a refusal (status and message); `outcome` is its counter,
+    added once the answer is on its way (`ServingCore.answer`; with fronts, once a live front has it)."""
 
     prediction: float
     status: int = 200
     message: str = ""
+    outcome: str = ""
 
 
 class ServingCore:
@@ -82,21 +84,19 @@ class ServingCore:
         return self.engine.submit(job)  # type: ignore[no-any-return]
 
     def reply(self, job: Job, done: Future[Result]) -> Reply:
-        """The caller's answer from the engine's (done) future, counted."""
+        """The caller's answer from the engine's (done) future (not counted yet: `Reply.outcome`)."""
         try:
             result = done.result()
         except DecodeError as exc:
-            self.outcomes.add("refused_bad_image")
-            return Reply(-1.0, 400, str(exc))
+            return Reply(-1.0, 400, str(exc), "refused_bad_image")
         except Exception as exc:  # noqa: BLE001 - a per-request engine failure becomes an answer (prior)
-            self.outcomes.add("answered_engine_error")
             logger.opt(exception=exc).error("engine failed request {}: {!r}; answering from the prior",
                                             job.request_id, exc)
-            return Reply(self.prior)
+            return Reply(self.prior, outcome="answered_engine_error")
         # The calibrated probability stays the engine's (exits, metrics, active learning); the caller gets the
         # answer shaped to how validators score it (cascade/answer.py).
-        self.outcomes.add(f"answered_{result.status.value}")
-        return Reply(float(shaped(result, self.engine.config.cascade.answer)))
+        prediction = float(shaped(result, self.engine.config.cascade.answer))
+        return Reply(prediction, outcome=f"answered_{result.status.value}")
 
     async def answer(self, payload: str, hotkey: str, stake: float, arrival_s: float, client_deadline_s: float,
                      testnet_label: int) -> Reply | None:
@@ -108,7 +108,9 @@ class ServingCore:
         if not done:
             logger.error("engine did not answer request {} by its deadline; answering from the prior", job.request_id)
             return None
-        return self.reply(job, future)
+        reply = self.reply(job, future)
+        self.outcomes.add(reply.outcome)
+        return reply
 
     # -- reports --------------------------------------------------------------------------------
     def on_response(self, state: RequestState) -> None:
