@@ -63,3 +63,21 @@ def test_the_stock_axon_says_ready_only_once_it_accepts_connections(tmp_path):
     miner = ensure_wallet(tmp_path / "wallets", "miner")
     with bench.run_stock_axon(tmp_path / "wallets", miner) as process:
         socket.create_connection(("127.0.0.1", process.port), timeout=5).close()
+
+
+def test_front_processes_are_compared_in_the_same_rounds_from_client_processes(tmp_path):
+    """`--processes 0 2 --client-processes 2`: the H200 step `axon-fronts` in small (its first run must not be on the
+    device)."""
+    (tmp_path / "config").mkdir()
+    shutil.copy(ROOT / "config" / "cascade.bench-cpu.yaml", tmp_path / "config" / "cascade.bench-cpu.yaml")
+    assert make_tiny_models.main(["--out", str(tmp_path / ".bench" / "models"), "tiny-vit"]) == 0
+    out = tmp_path / "fronts.json"
+    assert bench.main(["axon-vs-stock", "--cascade", str(tmp_path / "config" / "cascade.bench-cpu.yaml"),
+                       "--requests", "8", "--concurrency", "4", "--wallets", "2", "--rounds", "1",
+                       "--stock-hotkey-once", "--processes", "0", "2", "--client-processes", "2",
+                       "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["client_processes"] == 2 and report["sources"] == 4
+    for name in ("miner-p0", "miner-p2"):
+        assert report["status_codes"][name] == [{"200": 8}], report["status_codes"]
+        assert report[f"{name}_over_stock"] == pytest.approx(report[f"{name}_rps_median"] / report["stock_rps_median"])
