@@ -367,7 +367,7 @@ class Fronts:
                                  else 0.0)
         drained = code in (0, -signal.SIGTERM, -signal.SIGINT)
         (logger.warning if drained else logger.error)(
-            "front {} (pid {}) {} (exit {}); {} requests it had taken in were lost; restarting it{}", front.index,
+            "front {} (pid {}) {} (exit {}); requests it had taken in and lost: {}; restarting it{}", front.index,
             process.pid if process else "?", "drained and stopped on a signal of its own" if drained else "died",
             code, lost, f" in {front.restart_delay_s:.0f} s" if front.restart_delay_s else "")
         self._restarts.inc()
