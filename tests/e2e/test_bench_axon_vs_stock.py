@@ -19,12 +19,18 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 
+def bench_cascade(folder: Path) -> Path:
+    """The CPU bench cascade under `folder/config`, its tiny ViT built under `folder/.bench/models`."""
+    (folder / "config").mkdir()
+    shutil.copy(ROOT / "config" / "cascade.bench-cpu.yaml", folder / "config" / "cascade.bench-cpu.yaml")
+    assert make_tiny_models.main(["--out", str(folder / ".bench" / "models"), "tiny-vit"]) == 0
+    return folder / "config" / "cascade.bench-cpu.yaml"
+
+
 def test_the_stock_axon_and_the_miner_are_alternated_and_compared(tmp_path):
-    (tmp_path / "config").mkdir()
-    shutil.copy(ROOT / "config" / "cascade.bench-cpu.yaml", tmp_path / "config" / "cascade.bench-cpu.yaml")
-    assert make_tiny_models.main(["--out", str(tmp_path / ".bench" / "models"), "tiny-vit"]) == 0
+    cascade = bench_cascade(tmp_path)
     out = tmp_path / "ab.json"
-    assert bench.main(["axon-vs-stock", "--cascade", str(tmp_path / "config" / "cascade.bench-cpu.yaml"),
+    assert bench.main(["axon-vs-stock", "--cascade", str(cascade),
                        "--requests", "6", "--concurrency", "2", "--wallets", "2", "--rounds", "2",
                        "--json", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -68,11 +74,9 @@ def test_the_stock_axon_says_ready_only_once_it_accepts_connections(tmp_path):
 def test_front_processes_are_compared_in_the_same_rounds_from_client_processes(tmp_path):
     """`--processes 0 2 --client-processes 2`: the H200 step `axon-fronts` in small (its first run must not be on the
     device)."""
-    (tmp_path / "config").mkdir()
-    shutil.copy(ROOT / "config" / "cascade.bench-cpu.yaml", tmp_path / "config" / "cascade.bench-cpu.yaml")
-    assert make_tiny_models.main(["--out", str(tmp_path / ".bench" / "models"), "tiny-vit"]) == 0
+    cascade = bench_cascade(tmp_path)
     out = tmp_path / "fronts.json"
-    assert bench.main(["axon-vs-stock", "--cascade", str(tmp_path / "config" / "cascade.bench-cpu.yaml"),
+    assert bench.main(["axon-vs-stock", "--cascade", str(cascade),
                        "--requests", "8", "--concurrency", "4", "--wallets", "2", "--rounds", "1",
                        "--stock-hotkey-once", "--processes", "0", "2", "--client-processes", "2",
                        "--json", str(out)]) == 0
