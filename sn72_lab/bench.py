@@ -346,10 +346,13 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
     settings = [None] if not args.processes else list(args.processes)
     names = ["stock", *("miner" if p is None else f"miner-p{p}" for p in settings)]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for _ in range(args.rounds):
+    for round_number in range(1, args.rounds + 1):
         runs["stock"].append(run_axon(args, stock=True))
         for name, processes in zip(names[1:], settings, strict=True):
             runs[name].append(run_axon(argparse.Namespace(**{**vars(args), "processes": processes}), stock=False))
+        # Progress on stderr, and the figures so far survive a run cut short by a time limit.
+        done = ", ".join(f"{name} {runs[name][-1]['throughput_rps']:.0f} req/s" for name in names)
+        print(f"round {round_number}/{args.rounds}: {done}", file=sys.stderr, flush=True)
     rps = {name: [round(r["throughput_rps"], 1) for r in results] for name, results in runs.items()}
     p50 = {name: [round(r["latency_ms"]["p50"], 1) for r in results] for name, results in runs.items()}
     medians = {name: statistics.median(values) for name, values in rps.items()}
