@@ -285,6 +285,7 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
              stock: bool | None = None) -> dict[str, Any]:
     """Through a real axon: the miner, or bittensor's stock axon (`stock`, else `--stock`)."""
     from sn72_lab.offline import ensure_wallet, run_miner, write_offline_metagraph
+    from sn72_lab.process_cpu import cpu_by_role, cpu_ms_per_request
 
     stock = getattr(args, "stock", False) if stock is None else stock
 
@@ -311,14 +312,17 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
     with server as process:
         sources = args.concurrency if args.sources is None else args.sources
         if clients > 1:
+            cpu_before = cpu_by_role(process.process.pid)
             latencies, codes, elapsed = _drive_from_processes(process, folder / "wallets", len(wallets), data,
                                                               args.concurrency, args.timeout_s, sources, clients)
         else:
             # one warm-up round trip per wallet (dendrite sessions, first-request paths)
             asyncio.run(_drive_axon(process, wallets, data[: len(wallets)], len(wallets), args.timeout_s, False,
                                     sources))
+            cpu_before = cpu_by_role(process.process.pid)
             latencies, codes, elapsed = asyncio.run(
                 _drive_axon(process, wallets, data, args.concurrency, args.timeout_s, sequential, sources))
+        cpu_ms = cpu_ms_per_request(cpu_before, cpu_by_role(process.process.pid), len(data))
     return {
         "mode": ("stock-axon" if stock else "axon") + ("-sequential" if sequential else ""),
         "header_cache": header_cache,
@@ -333,6 +337,10 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
         "throughput_rps": len(data) / elapsed,
         "latency_ms": {k: v * 1000 for k, v in percentiles(latencies, (50, 95, 99, 100)).items()},
         "status_codes": codes,
+        # Where the CPU went: "server" is the miner process (or the stock axon), "fronts" its front processes,
+        # "worker" its expert workers, "decode" its isolated decoders; with client processes their start-up is inside
+        # the window.
+        "cpu_ms_per_request": cpu_ms,
     }
 
 
@@ -376,6 +384,7 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
         report[f"{name}_over_stock_per_round"] = [round(m / s, 3) for m, s in zip(rps[name], rps["stock"], strict=True)]
         report[f"{name}_rps_median"] = medians[name]
         report[f"{name}_over_stock"] = medians[name] / medians["stock"]
+    report["cpu_ms_per_request"] = {name: [r["cpu_ms_per_request"] for r in results] for name, results in runs.items()}
     report["status_codes"] = {name: [r["status_codes"] for r in results] for name, results in runs.items()}
     return report
 

@@ -85,3 +85,8 @@ def test_front_processes_are_compared_in_the_same_rounds_from_client_processes(t
     for name in ("miner-p0", "miner-p2"):
         assert report["status_codes"][name] == [{"200": 8}], report["status_codes"]
         assert report[f"{name}_over_stock"] == pytest.approx(report[f"{name}_rps_median"] / report["stock_rps_median"])
+    # Where the CPU went: the fronts' own processes carry the HTTP work only when there are fronts.
+    cpu = report["cpu_ms_per_request"]
+    assert cpu["miner-p2"][0].get("fronts", 0) > 0, cpu
+    assert "fronts" not in cpu["miner-p0"][0] and "fronts" not in cpu["stock"][0], cpu
+    assert all(run["server"] > 0 for runs in cpu.values() for run in runs), cpu
