@@ -65,6 +65,18 @@ def front_limits(limits: HttpLimits, fronts: int) -> HttpLimits:
     )
 
 
+def lowered_per_address_slots(limits: HttpLimits, fronts: int) -> str | None:
+    """The start-up line when an explicit `axon.max_concurrent_requests_per_ip` is more than a front may give one
+    address (half of its slots) and is lowered: an operator who set it must not find it silently changed."""
+    configured = limits.max_concurrent_requests_per_ip
+    given = front_limits(limits, fronts).requests_per_ip
+    if not configured or given >= configured:
+        return None
+    return (f"axon.max_concurrent_requests_per_ip {configured} is lowered to {given} with {fronts} front processes: "
+            f"a caller's address reaches one front, which has {max(1, limits.max_concurrent_requests // fronts)} of "
+            f"the {limits.max_concurrent_requests} request slots, and one address may hold at most half of them")
+
+
 @dataclass(eq=False)
 class _Front:
     index: int
@@ -92,6 +104,8 @@ class Fronts:
                  started_ns: int, registry: CollectorRegistry | None = None) -> None:
         self.config = config
         self.limits = front_limits(limits, len(listeners))
+        if (lowered := lowered_per_address_slots(limits, len(listeners))) is not None:
+            logger.warning(lowered)
         self.outcomes = outcomes
         self.started_ns = started_ns
         self.core: Any = None

@@ -412,6 +412,11 @@ def _run(argv: list[str] | None) -> int:
     answered = sum(v - before.get(k, 0) for k, v in outcomes.snapshot().items() if k.startswith("answered_"))
     if drained and engine.active() == 0:
         logger.info("drained: {} requests answered after the stop signal, none left", answered)
+    elif engine.active() == 0:
+        # With front processes: one did not finish in time and was killed (its own line above says which); the
+        # requests it still held are counted closed_front_died.
+        logger.warning("drain incomplete: {} answered after the stop signal; a front process had to be killed, and "
+                       "the requests it held are counted closed_front_died", answered)
     else:
         logger.warning("drain incomplete: {} answered, {} still in the engine", answered, engine.active())
     summarise(force=True)

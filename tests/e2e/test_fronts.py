@@ -232,3 +232,30 @@ def test_sigterm_answers_every_accepted_request_through_the_fronts(tmp_path):
     drained = [line for line in process.lines if "drained:" in line]
     assert drained and "none left" in drained[0], process.lines[-20:]
     assert all(gone(pid) for pid in pids)
+
+
+def test_a_frozen_front_is_killed_at_the_drain_timeout_and_the_stop_says_so(tmp_path):
+    """A front stopped with SIGSTOP cannot drain: the miner kills it a second past drain_timeout_s and says the drain
+    was incomplete because of it (not "0 still in the engine"); an explicit per-address cap above half a front's
+    slots was lowered at start-up, and said."""
+    wallets, miner, _ = validator_wallets(tmp_path, 1)
+    extra = {"axon": {"processes": 2, "max_concurrent_requests": 16, "max_concurrent_requests_per_ip": 8},
+             "scheduler": {"cache_size": 0}, "drain_timeout_s": 2.0}
+    model = build_tiny_vit(tmp_path / "models" / "tiny-vit")
+    with run_miner(tmp_path, wallets, miner, vit_cascade(model), extra=extra) as process:
+        assert any("max_concurrent_requests_per_ip 8 is lowered to 4 with 2 front processes" in line
+                   for line in process.lines), process.lines[-30:]
+        frozen, other = fronts_of(process.process.pid)
+        os.kill(frozen, signal.SIGSTOP)
+        started = time.monotonic()
+        process.process.send_signal(signal.SIGTERM)
+        code = process.process.wait(30)
+        took_s = time.monotonic() - started
+    assert code == 0, process.lines[-20:]
+    assert 2.0 < took_s < 8.0, took_s  # killed at round(2 s) + 1 s, not left to hang
+    wait_for(lambda: any("drain incomplete" in line for line in process.lines), timeout_s=5.0)
+    incomplete = [line for line in process.lines if "drain incomplete" in line]
+    assert "a front process had to be killed" in incomplete[0] and "still in the engine" not in incomplete[0], \
+        incomplete
+    assert any("did not finish draining in time: killed" in line for line in process.lines)
+    assert gone(frozen) and gone(other)

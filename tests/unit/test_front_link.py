@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neurons import front_link as link
-from neurons.fronts import front_limits
+from neurons.fronts import front_limits, lowered_per_address_slots
 from neurons.http_limits import HttpLimits
 
 
@@ -26,6 +26,15 @@ def test_front_shares_split_the_totals_and_keep_per_address_caps():
     assert share.bodies_in_flight_bytes == (64 << 20) // 4
     # never below two bodies of the largest size, so the largest body always fits a caller's share
     assert front_limits(HttpLimits(1 << 20, 10.0, 15.0, 4096, 256), 8).bodies_in_flight_bytes == 2 << 20
+
+
+def test_an_explicit_per_address_cap_lowered_for_the_fronts_is_said_and_one_that_fits_is_not():
+    limits = HttpLimits(1 << 20, 10.0, 15.0, max_connections=4096, max_connections_per_ip=256,
+                        max_concurrent_requests=128, body_budget_bytes=64 << 20, max_concurrent_requests_per_ip=40)
+    line = lowered_per_address_slots(limits, 4)
+    assert line is not None and "40 is lowered to 16 with 4 front processes" in line and "32 of the 128" in line
+    assert lowered_per_address_slots(dataclasses.replace(limits, max_concurrent_requests_per_ip=16), 4) is None
+    assert lowered_per_address_slots(dataclasses.replace(limits, max_concurrent_requests_per_ip=0), 4) is None
 
 
 @settings(max_examples=200, deadline=None)
