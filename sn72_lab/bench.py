@@ -323,6 +323,9 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
             latencies, codes, elapsed = asyncio.run(
                 _drive_axon(process, wallets, data, args.concurrency, args.timeout_s, sequential, sources))
         cpu_ms = cpu_ms_per_request(cpu_before, cpu_by_role(process.process.pid), len(data))
+        # The miner's own late counters (answers after the caller's deadline), as its metrics endpoint has them once
+        # every accepted request is over; the stock axon keeps none.
+        late = None if stock else _late_counts(process.metrics_port)
     return {
         "mode": ("stock-axon" if stock else "axon") + ("-sequential" if sequential else ""),
         "header_cache": header_cache,
@@ -341,7 +344,19 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
         # "worker" its expert workers, "decode" its isolated decoders; with client processes their start-up is inside
         # the window.
         "cpu_ms_per_request": cpu_ms,
+        **({} if late is None else {"late": late}),
     }
+
+
+def _late_counts(metrics_port: int) -> dict[str, float]:
+    from sn72_lab.loadtest import settled
+
+    samples = settled(metrics_port, timeout_s=15.0)
+    key = "sn72_miner_axon_total{{outcome={}}}".format
+    if key("late_answer") not in samples:  # exported from start-up: its absence means the name changed
+        raise RuntimeError(f"the miner's metrics have no {key('late_answer')}")
+    # late_skipped appears once it is first counted
+    return {outcome: samples.get(key(outcome), 0.0) for outcome in ("late_answer", "late_other", "late_skipped")}
 
 
 def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
@@ -385,6 +400,7 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
         report[f"{name}_rps_median"] = medians[name]
         report[f"{name}_over_stock"] = medians[name] / medians["stock"]
     report["cpu_ms_per_request"] = {name: [r["cpu_ms_per_request"] for r in results] for name, results in runs.items()}
+    report["late"] = {name: [r["late"] for r in results] for name, results in runs.items() if name != "stock"}
     report["status_codes"] = {name: [r["status_codes"] for r in results] for name, results in runs.items()}
     return report
 

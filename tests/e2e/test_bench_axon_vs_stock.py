@@ -90,3 +90,6 @@ def test_front_processes_are_compared_in_the_same_rounds_from_client_processes(t
     assert cpu["miner-p2"][0].get("fronts", 0) > 0, cpu
     assert "fronts" not in cpu["miner-p0"][0] and "fronts" not in cpu["stock"][0], cpu
     assert all(run["server"] > 0 for runs in cpu.values() for run in runs), cpu
+    # The miner's own late counters, read from its metrics (eight requests, each answered in milliseconds).
+    assert set(report["late"]) == {"miner-p0", "miner-p2"}, report["late"]
+    assert report["late"]["miner-p2"] == [{"late_answer": 0.0, "late_other": 0.0, "late_skipped": 0.0}], report["late"]
