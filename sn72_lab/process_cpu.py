@@ -10,13 +10,30 @@ from pathlib import Path
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_s(pid: int) -> float | None:
-    """User + system seconds of one live process, or None once it is gone."""
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields after the command name of /proc/PID/stat (state, ppid, ...), or None once it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        text = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S  # utime, stime (fields 14 and 15 of stat)
+    return text.rsplit(")", 1)[1].split()
+
+
+def children_of(pid: int) -> list[int]:
+    """Live processes whose parent is `pid` (not zombies)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = stat_fields(int(entry.name))
+            if fields is not None and fields[0] != "Z" and int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _cpu_s(pid: int) -> float | None:
+    """User + system seconds of one live process, or None once it is gone."""
+    fields = stat_fields(pid)
+    return None if fields is None else (int(fields[11]) + int(fields[12])) / _TICKS_PER_S  # utime, stime
 
 
 def _role(pid: int) -> str:
@@ -31,19 +48,6 @@ def _role(pid: int) -> str:
     return "decode" if b"cascade.decode_worker" in command else "other"
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
 def cpu_by_role(pid: int) -> dict[int, tuple[str, float]]:
     """{pid: (role, cpu seconds)} for the server and each of its children ("server", "fronts", "worker" for expert
     workers, "decode" for the isolated decoders, "other")."""
@@ -51,7 +55,7 @@ def cpu_by_role(pid: int) -> dict[int, tuple[str, float]]:
     own = _cpu_s(pid)
     if own is not None:
         figures[pid] = ("server", own)
-    for child in _children(pid):
+    for child in children_of(pid):
         seconds = _cpu_s(child)
         if seconds is not None:
             figures[child] = (_role(child), seconds)
