@@ -69,11 +69,11 @@ def lowered_per_address_slots(limits: HttpLimits, fronts: int) -> str | None:
     """The start-up line when an explicit `axon.max_concurrent_requests_per_ip` is more than a front may give one
     address (half of its slots) and is lowered: an operator who set it must not find it silently changed."""
     configured = limits.max_concurrent_requests_per_ip
-    given = front_limits(limits, fronts).requests_per_ip
-    if not configured or given >= configured:
+    share = front_limits(limits, fronts)
+    if not configured or share.requests_per_ip >= configured:
         return None
-    return (f"axon.max_concurrent_requests_per_ip {configured} is lowered to {given} with {fronts} front processes: "
-            f"a caller's address reaches one front, which has {max(1, limits.max_concurrent_requests // fronts)} of "
+    return (f"axon.max_concurrent_requests_per_ip {configured} is lowered to {share.requests_per_ip} with {fronts} "
+            f"front processes: a caller's address reaches one front, which has {share.max_concurrent_requests} of "
             f"the {limits.max_concurrent_requests} request slots, and one address may hold at most half of them")
 
 
@@ -188,7 +188,8 @@ class Fronts:
                 code = front.process.wait(max(0.0, until_s - time.monotonic()))
                 clean &= code in (0, -signal.SIGTERM, -signal.SIGINT)
             except subprocess.TimeoutExpired:
-                logger.warning("front {} did not finish draining in time: killed", front.index)
+                logger.warning("front {} did not finish draining in time: killed (drain incomplete: a front process "
+                               "had to be killed, and the requests it held are counted closed_front_died)", front.index)
                 front.process.kill()
                 front.process.wait()
                 clean = False

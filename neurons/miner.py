@@ -413,10 +413,9 @@ def _run(argv: list[str] | None) -> int:
     if drained and engine.active() == 0:
         logger.info("drained: {} requests answered after the stop signal, none left", answered)
     elif engine.active() == 0:
-        # With front processes: one did not finish in time and was killed (its own line above says which); the
-        # requests it still held are counted closed_front_died.
-        logger.warning("drain incomplete: {} answered after the stop signal; a front process had to be killed, and "
-                       "the requests it held are counted closed_front_died", answered)
+        # The HTTP layer's own line above says what did not finish (the in-process server, or which front was killed).
+        logger.warning("drain incomplete: {} answered after the stop signal; the HTTP layer did not finish in time",
+                       answered)
     else:
         logger.warning("drain incomplete: {} answered, {} still in the engine", answered, engine.active())
     summarise(force=True)
