@@ -60,7 +60,7 @@ case "$PART" in
     "axon-fronts-c512|150|$B axon --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 8000 --concurrency 512 --client-processes 6 --wallets 8 --decode-workers 8 --processes 8 --json $WORK/axon-fronts-c512.json"
     "engine-1gpu-proc-c256|80|$B engine --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 6000 --concurrency 256 --decode-workers 12 --json $WORK/engine-1gpu-proc-c256.json"
     "axon-fronts-gil|150|if command -v py-spy >/dev/null; then py-spy record --subprocesses --gil --threads --nonblocking -r 100 --format raw -o $WORK/fronts-gil.raw -- $B axon --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 12000 --concurrency 256 --client-processes 4 --wallets 8 --decode-workers 8 --processes 8 --json $WORK/axon-fronts-gil.json && gzip $WORK/fronts-gil.raw; else echo 'py-spy is not installed (carry its wheel)'; exit 3; fi"
-    "roundtrip-fronts|120|$B roundtrip --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 300 --rounds 2 --processes 4 --json $WORK/roundtrip-fronts.json"
+    "roundtrip-fronts|150|$B roundtrip --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 300 --rounds 2 --processes 4 --stock --stock-hotkey-once --json $WORK/roundtrip-fronts.json"
     "axon-miner-proc-asyncio|70|$B axon --cascade config/cascade.bench-gpu.yaml --event-loop asyncio --worker-process --idle-dispatch --requests 1500 --concurrency 64 --wallets 8 --decode-workers 8 --json $WORK/axon-miner-proc-asyncio.json"
   ) ;;
   production) STEPS=(

@@ -434,13 +434,24 @@ def run_stock_axon(wallet_path: Path, miner: Any, hotkey_once: bool = False) -> 
 
 
 def run_roundtrip(args: argparse.Namespace) -> dict[str, Any]:
-    """Sequential round trips, stock per-response schema rebuild vs cached, alternated to cancel drift."""
+    """Sequential round trips, stock per-response schema rebuild vs cached, alternated to cancel drift.
+
+    `--stock`: each round also times bittensor's stock axon (trivial forward; `--stock-hotkey-once` as elsewhere),
+    the floor of the dendrite's and the axon's own path, so what the miner adds to a round trip beyond its engine
+    can be read beside it.
+    """
     args.wallets = 1
     runs: dict[str, list[dict[str, Any]]] = {"without_header_cache": [], "with_header_cache": []}
+    if args.stock:
+        runs["stock_axon"] = []
     for _ in range(args.rounds):
-        runs["without_header_cache"].append(run_axon(args, header_cache=False, sequential=True))
-        runs["with_header_cache"].append(run_axon(args, header_cache=True, sequential=True))
+        runs["without_header_cache"].append(run_axon(args, header_cache=False, sequential=True, stock=False))
+        runs["with_header_cache"].append(run_axon(args, header_cache=True, sequential=True, stock=False))
+        if args.stock:
+            runs["stock_axon"].append(run_axon(args, sequential=True, stock=True))
     report: dict[str, Any] = {"mode": "roundtrip", "requests_per_run": args.requests, "rounds": args.rounds}
+    if args.stock:
+        report["stock_hotkey"] = runs["stock_axon"][0]["stock_hotkey"]
     for name, results in runs.items():
         report[name] = {
             f"{point}_ms_round{i + 1}": r["latency_ms"][point]
@@ -521,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
                            help="loopback addresses the dendrites send from, as distinct validators (default: one "
                            "per concurrent dendrite; 0: all from 127.0.0.1)")
             p.add_argument("--stock", action="store_true",
-                           help="axon: bittensor's stock axon, trivial forward, instead of the miner (reference)")
+                           help="axon: bittensor's stock axon, trivial forward, instead of the miner (reference); "
+                           "roundtrip: the stock axon's round trip too, each round")
             p.add_argument("--stock-hotkey-once", action="store_true",
                            help="the stock axon reads its hotkey once, as the miner does (as shipped it re-reads "
                            "the key file twice per request): the stricter reference")

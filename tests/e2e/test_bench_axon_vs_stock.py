@@ -93,3 +93,17 @@ def test_front_processes_are_compared_in_the_same_rounds_from_client_processes(t
     # The miner's own late counters, read from its metrics (eight requests, each answered in milliseconds).
     assert set(report["late"]) == {"miner-p0", "miner-p2"}, report["late"]
     assert report["late"]["miner-p2"] == [{"late_answer": 0.0, "late_other": 0.0, "late_skipped": 0.0}], report["late"]
+
+
+def test_the_round_trip_times_the_stock_axon_beside_the_miner_each_round(tmp_path):
+    """`roundtrip --stock`: the stock axon's sequential round trip, the floor of bittensor's own path, in every round
+    beside the miner's (without it, a batch-1 figure through the axon cannot say what the miner itself adds)."""
+    cascade = bench_cascade(tmp_path)
+    out = tmp_path / "roundtrip.json"
+    assert bench.main(["roundtrip", "--cascade", str(cascade), "--requests", "5", "--rounds", "2",
+                       "--stock", "--stock-hotkey-once", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["stock_hotkey"] == "once"
+    for name in ("without_header_cache", "with_header_cache", "stock_axon"):
+        assert set(report[name]) >= {"p50_ms_round1", "p50_ms_round2", "p50_ms_median"}, report
+        assert report[name]["p50_ms_median"] > 0
