@@ -283,13 +283,18 @@ def _client_process(job: tuple[Any, ...], barrier: Any, results: Any) -> None:
 
 def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bool = False,
              stock: bool | None = None) -> dict[str, Any]:
-    """Through a real axon: the miner, or bittensor's stock axon (`stock`, else `--stock`)."""
+    """Through a real axon: the miner, or bittensor's stock axon (`stock`, else `--stock`). The run's wallets,
+    configs and metagraph live in a temporary folder removed afterwards (a lease's dozens of runs left one each)."""
+    stock = getattr(args, "stock", False) if stock is None else stock
+    with tempfile.TemporaryDirectory(prefix="sn72-bench-") as folder:
+        return _run_axon_in(Path(folder), args, header_cache, sequential, stock)
+
+
+def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, sequential: bool,
+                 stock: bool) -> dict[str, Any]:
     from sn72_lab.offline import ensure_wallet, run_miner, write_offline_metagraph
     from sn72_lab.process_cpu import cpu_by_role, cpu_ms_per_request
 
-    stock = getattr(args, "stock", False) if stock is None else stock
-
-    folder = Path(tempfile.mkdtemp(prefix="sn72-bench-"))
     miner = ensure_wallet(folder / "wallets", "miner")
     wallets = [ensure_wallet(folder / "wallets", f"validator{i}") for i in range(args.wallets)]
     write_offline_metagraph(folder / "metagraph.json", 72, miner.hotkey.ss58_address,

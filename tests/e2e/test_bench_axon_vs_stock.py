@@ -7,6 +7,7 @@ import asyncio
 import json
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -95,10 +96,14 @@ def test_front_processes_are_compared_in_the_same_rounds_from_client_processes(t
     assert report["late"]["miner-p2"] == [{"late_answer": 0.0, "late_other": 0.0, "late_skipped": 0.0}], report["late"]
 
 
-def test_the_round_trip_times_the_stock_axon_beside_the_miner_each_round(tmp_path):
+def test_the_round_trip_times_the_stock_axon_beside_the_miner_each_round(tmp_path, monkeypatch):
     """`roundtrip --stock`: the stock axon's sequential round trip, the floor of bittensor's own path, in every round
-    beside the miner's (without it, a batch-1 figure through the axon cannot say what the miner itself adds)."""
+    beside the miner's (without it, a batch-1 figure through the axon cannot say what the miner itself adds). Each
+    run's folder (wallets, configs) is removed after it."""
     cascade = bench_cascade(tmp_path)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     out = tmp_path / "roundtrip.json"
     assert bench.main(["roundtrip", "--cascade", str(cascade), "--requests", "5", "--rounds", "2",
                        "--stock", "--stock-hotkey-once", "--json", str(out)]) == 0
@@ -107,3 +112,4 @@ def test_the_round_trip_times_the_stock_axon_beside_the_miner_each_round(tmp_pat
     for name in ("without_header_cache", "with_header_cache", "stock_axon"):
         assert set(report[name]) >= {"p50_ms_round1", "p50_ms_round2", "p50_ms_median"}, report
         assert report[name]["p50_ms_median"] > 0
+    assert not list(temporary.glob("sn72-bench-*")), list(temporary.iterdir())
