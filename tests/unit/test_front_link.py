@@ -112,3 +112,44 @@ def test_each_caller_address_reaches_one_listener_and_neighbours_are_spread():
     finally:
         for listener in listeners:
             listener.close()
+
+
+def test_a_front_writes_the_frames_of_one_loop_turn_at_once_and_flushes_what_is_left_before_it_ends():
+    """The front's link queues frames and writes a turn's worth in one call (one system call, one wake-up of the
+    miner process's reader, instead of one per frame); `flush` writes what is queued without a turn of the loop,
+    as the front's last drain needs: nothing queued is lost, and the order holds."""
+    import asyncio
+
+    from neurons.front import Link
+
+    ours, theirs = socket.socketpair()
+
+    async def go() -> list[bytes]:
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        writes: list[bytes] = []
+        real_write = writer.write
+
+        def counting_write(data: bytes) -> None:
+            writes.append(bytes(data))
+            real_write(data)
+
+        writer.write = counting_write  # type: ignore[method-assign]
+        channel = Link(reader, writer, None, 0)
+        for number in range(5):
+            channel.send(link.OUTCOME, f"o{number}", 1)
+        assert writes == []  # queued: written when this turn ends
+        await asyncio.sleep(0)
+        assert len(writes) == 1
+        channel.send(link.REPORT, "last")
+        channel.flush()  # no turn of the loop before the front's end
+        assert len(writes) == 2
+        await writer.drain()
+        writer.close()
+        return writes
+
+    writes = asyncio.run(go())
+    received = link.BlockingReader(theirs)
+    messages = [received.read() for _ in range(6)]
+    assert messages == [(link.OUTCOME, f"o{n}", 1) for n in range(5)] + [(link.REPORT, "last")]
+    assert b"".join(writes) == b"".join(link.frame(m) for m in messages)
+    theirs.close()
