@@ -3,6 +3,7 @@ allocation, the link's framing."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
 import threading
@@ -153,3 +154,55 @@ def test_a_front_writes_the_frames_of_one_loop_turn_at_once_and_flushes_what_is_
     assert messages == [(link.OUTCOME, f"o{n}", 1) for n in range(5)] + [(link.REPORT, "last")]
     assert b"".join(writes) == b"".join(link.frame(m) for m in messages)
     theirs.close()
+
+
+def test_the_answers_of_one_engine_turn_reach_their_front_in_one_write_and_never_a_restarted_front():
+    """The miner process's side: answers completed in one turn of the engine's loop (a batch) are framed and written
+    to their front once; if the front was restarted before the turn ended, they are dropped (the dead front's
+    requests are counted lost, and the new front numbers its requests from 1 again: an old answer would reach a new
+    request of the same number). Off the loop, an answer is written at once."""
+    import asyncio
+
+    from neurons.fronts import Fronts, _Front
+
+    fronts = Fronts.__new__(Fronts)  # only the sending half, on real sockets
+    writes: list[bytes] = []
+    real_send_data = Fronts._send_data
+
+    def counting(self: Fronts, front: _Front, data: bytes) -> None:
+        writes.append(data)
+        real_send_data(self, front, data)
+
+    fronts._send_data = counting.__get__(fronts)  # type: ignore[method-assign]
+    ours, theirs = socket.socketpair()
+    front = _Front(0, listener=None)  # type: ignore[arg-type]
+    front.link = ours
+
+    async def one_turn() -> None:
+        for number in (1, 2, 3):
+            fronts._send_soon(front, (link.ANSWER, number, 0.9))
+        assert writes == []
+        await asyncio.sleep(0)
+
+    asyncio.run(one_turn())
+    assert len(writes) == 1
+    reader = link.BlockingReader(theirs)
+    assert [reader.read() for _ in range(3)] == [(link.ANSWER, n, 0.9) for n in (1, 2, 3)]
+
+    restarted, restarted_peer = socket.socketpair()
+
+    async def restart_within_the_turn() -> None:
+        fronts._send_soon(front, (link.ANSWER, 1, 0.1))
+        front.link = restarted  # what _spawn does for a front that died
+        await asyncio.sleep(0)
+
+    asyncio.run(restart_within_the_turn())
+    assert len(writes) == 1  # nothing written, to either link
+    restarted_peer.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        assert restarted_peer.recv(1) == b""
+
+    fronts._send_soon(front, (link.ANSWER, 7, 0.5))  # no running loop: at once
+    assert len(writes) == 2 and link.BlockingReader(restarted_peer).read() == (link.ANSWER, 7, 0.5)
+    for sock in (ours, theirs, restarted, restarted_peer):
+        sock.close()
