@@ -191,8 +191,9 @@ class Fronts:
                 code = front.process.wait(max(0.0, until_s - time.monotonic()))
                 clean &= code in (0, -signal.SIGTERM, -signal.SIGINT)
             except subprocess.TimeoutExpired:
-                logger.warning("front {} did not finish draining in time: killed (drain incomplete: a front process "
-                               "had to be killed, and the requests it held are counted closed_front_died)", front.index)
+                logger.warning("front {} (pid {}) did not finish draining in time: killed (drain incomplete: a front "
+                               "process had to be killed, and the requests it held are counted closed_front_died)",
+                               front.index, front.process.pid)
                 front.process.kill()
                 front.process.wait()
                 clean = False
@@ -423,8 +424,17 @@ class Fronts:
         except OSError as exc:
             logger.error("front process {} could not be restarted: {!r}", front.index, exc)
             return
-        if self.core is not None:
-            self._send(front, (link.OPEN, self.core.prior))
+        pid = front.process.pid if front.process is not None else "?"
+        if self.core is None:
+            logger.info("front {} restarted (pid {}); it serves once the miner is ready", front.index, pid)
+            return
+        self._send(front, (link.OPEN, self.core.prior))
+        # An operator who read "died ... restarting it" learns when its callers are served again, and by which pid.
+        if front.opened.wait(_RESTART_MAX_S):
+            logger.info("front {} serves again (pid {})", front.index, pid)
+        else:
+            logger.warning("front {} was restarted (pid {}) but does not serve yet after {:.0f} s", front.index, pid,
+                           _RESTART_MAX_S)
 
 
 def _alive(front: _Front) -> bool:

@@ -246,6 +246,10 @@ def test_a_killed_front_is_restarted_and_every_request_it_held_counted_once(tmp_
         wait_for(lambda: len(fronts_of(process.process.pid)) == 2 and
                  families(process.metrics_port)["sn72_miner_fronts"].samples[0].value == 2, 30.0)
         assert set(fronts_of(process.process.pid)) != set(first)
+        replaced = (set(fronts_of(process.process.pid)) - set(first)).pop()
+        # the operator reads when it serves again, and as which process (the outside operator's pass of 5 December)
+        wait_for(lambda: f"front 0 serves again (pid {replaced})" in "\n".join(process.lines)
+                 or f"front 1 serves again (pid {replaced})" in "\n".join(process.lines), 10.0)
         outcomes = axon_outcomes(process.metrics_port)
         # Every request the dead front had taken in (in the engine, being read, or waiting for a slot) counted once,
         # as its callers saw it: closed; and none of them counted as answered as well.
@@ -306,5 +310,5 @@ def test_a_frozen_front_is_killed_at_the_drain_timeout_and_the_stop_says_so(tmp_
     incomplete = [line for line in process.lines if "drain incomplete" in line]
     assert "a front process had to be killed" in incomplete[0] and "still in the engine" not in incomplete[0], \
         incomplete
-    assert any("did not finish draining in time: killed" in line for line in process.lines)
+    assert any(f"(pid {frozen}) did not finish draining in time: killed" in line for line in process.lines)
     assert gone(frozen) and gone(other)
