@@ -2,10 +2,12 @@
 
 Messages are small tuples, pickled (both ends are this program; nothing a caller sent is unpickled: a caller's
 bytes travel as `str`/`bytes` values inside tuples the sender built). Each frame is a 4-byte length and the
-pickle. The image, the only large thing, is not pickled: the front writes the base64 text into its arena (a
-memfd both processes map, made by the miner process and handed to the front at spawn) and sends where it lies;
-the miner process reads it out once, into the `str` the engine takes, before it answers, so the front frees the
-space when the answer comes. A payload that finds no room in the arena (fragmentation) travels inside the message.
+pickle; the front's frames of one turn of its event loop, and the engine's answers of one turn of its own, go in
+one write (one system call, one wake-up). The image, the only large thing, is not pickled: the front writes the
+base64 text into its arena (a memfd both processes map, made by the miner process and handed to the front at spawn)
+and sends where it lies; the miner process reads it out once, into the `str` the engine takes, before it answers,
+so the front frees the space when the answer comes. A payload that finds no room in the arena (fragmentation)
+travels inside the message.
 
 Front -> miner: ADMIT (a verified nonce to claim), JOB, OUTCOME (a counter), REPORT (a response, once it is over),
 STATS (the HTTP layer's gauges), SERVING (the front answers 503 until open; now it listens), OPENED.

@@ -14,7 +14,8 @@ the engine stay here, in one process; so do the nonce record, the rate limits, t
 - a front that dies is restarted (its socket, held here, keeps its callers' new connections waiting meanwhile),
   and the requests it had admitted and not reported are counted, `closed_front_died`;
 - no orphans: a front exits when its link closes and is killed by the kernel if this process dies.
-One thread per front reads its link; the engine's answers are sent from the engine's own threads.
+One thread per front reads its link; the engine's answers are sent from the engine's own thread, those of one turn
+of its loop (a batch) in one write per front.
 """
 
 from __future__ import annotations
