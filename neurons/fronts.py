@@ -425,7 +425,8 @@ class Fronts:
         except OSError as exc:
             logger.error("front process {} could not be restarted: {!r}", front.index, exc)
             return
-        pid = front.process.pid if front.process is not None else "?"
+        process = front.process
+        pid = process.pid if process is not None else "?"
         if self.core is None:
             logger.info("front {} restarted (pid {}); it serves once the miner is ready", front.index, pid)
             return
@@ -433,7 +434,7 @@ class Fronts:
         # An operator who read "died ... restarting it" learns when its callers are served again, and by which pid.
         if front.opened.wait(_RESTART_MAX_S):
             logger.info("front {} serves again (pid {})", front.index, pid)
-        else:
+        elif front.process is process and process is not None and process.poll() is None:  # not dead again
             logger.warning("front {} was restarted (pid {}) but does not serve yet after {:.0f} s", front.index, pid,
                            _RESTART_MAX_S)
 
