@@ -87,6 +87,12 @@ def _cmd_teach(args: argparse.Namespace) -> int:
     return teacher.cmd_teach(args)
 
 
+def _cmd_unteach(args: argparse.Namespace) -> int:
+    from sn72_tools.al import teacher
+
+    return teacher.cmd_unteach(args)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     export = al_export.export_parquet if args.format == "parquet" else al_export.export_folder
     with _reader(args) as store:
@@ -157,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     teach.add_argument("--cache", type=Path, default=Path(".eval-cache"), help="the eval tool's output cache")
     teach.add_argument("--no-progress", action="store_true")
     teach.set_defaults(func=_cmd_teach)
+    unteach = commands.add_parser("unteach", parents=[common], help="drop the teacher labels of one or more sources "
+                                  "(a bad teach run); their records are asked again by the next teach")
+    unteach.add_argument("sources", nargs="*", help="teacher sources as `stats` prints them (teacher:<level>@<hash>)")
+    unteach.add_argument("--all", action="store_true", help="every source")
+    unteach.add_argument("--dry-run", action="store_true")
+    unteach.set_defaults(func=_cmd_unteach)
     export = commands.add_parser("export", parents=[common], help="image folder or parquet for training")
     export.add_argument("format", choices=["folder", "parquet"])
     export.add_argument("out", type=Path, help="new folder (folder) or new .parquet file (parquet)")

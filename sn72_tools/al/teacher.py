@@ -165,6 +165,32 @@ def teacher_counts(store: ALStore) -> dict[str, dict[str, int]]:
     return counts
 
 
+def teacher_sources(store: ALStore) -> dict[str, int]:
+    """Every source's stored teacher labels, those a person has since overruled included."""
+    if not has_teacher_table(store):
+        return {}
+    rows = store.db.execute("SELECT source, COUNT(*) FROM teacher_labels GROUP BY source ORDER BY source").fetchall()
+    return {str(row[0]): int(row[1]) for row in rows}
+
+
+def drop_teacher_labels(store: ALStore, sources: list[str] | None, dry_run: bool = False) -> dict[str, int]:
+    """Remove the teacher labels of `sources` (None: every source) in one transaction; source -> labels dropped.
+
+    A bad `teach` run (an uncalibrated cascade, a low threshold) is undone by its source, and its records are
+    asked again by the next `teach`. A person's labels are another column and are never touched. An unknown source
+    raises TeachError naming the ones the store holds."""
+    held = teacher_sources(store)
+    chosen = list(held) if sources is None else sources
+    unknown = [source for source in chosen if source not in held]
+    if unknown:
+        known = ", ".join(held) or "none"
+        raise TeachError(f"no teacher labels from {', '.join(unknown)} in this store (it holds: {known})")
+    if not dry_run and chosen:
+        with store.transaction():
+            store.db.executemany("DELETE FROM teacher_labels WHERE source = ?", [(source,) for source in chosen])
+    return {source: held[source] for source in chosen}
+
+
 # ----- the engine side ----------------------------------------------------------------------------
 
 
@@ -251,6 +277,27 @@ def teach(directory: Path, cascade_path: Path, *, level: str | None, min_confide
     for image_hash, label, _ in confident:
         report.labelled[label] += image_hash in written  # what was written, not what was answered
     return report
+
+
+def cmd_unteach(args: argparse.Namespace) -> int:
+    if bool(args.sources) == args.all:
+        print("error: name the teacher sources to drop (as `sn72-al stats` prints them), or --all", file=sys.stderr)
+        return 2
+    try:
+        with ALStore(args.store, writer=False) as store:
+            dropped = drop_teacher_labels(store, None if args.all else list(args.sources), dry_run=args.dry_run)
+            left = sum(teacher_sources(store).values())
+    except TeachError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:
+        print(f"error: {exc!r}", file=sys.stderr)
+        return 1
+    verb = "would drop" if args.dry_run else "dropped"
+    for source, count in dropped.items():
+        print(f"{verb} {count} teacher labels of {source}")
+    print(f"{left} teacher labels {'in the store' if args.dry_run else 'left'}; a person's labels are untouched")
+    return 0
 
 
 def cmd_teach(args: argparse.Namespace) -> int:

@@ -181,3 +181,36 @@ def test_teach_refuses_an_unknown_level_and_a_threshold_out_of_range(
     assert main([*common, "--min-confidence", "0.4"]) == 2
     assert "--min-confidence must lie in (0.5, 1]" in capsys.readouterr().err
     assert main([*common, "--limit", "0"]) == 2
+
+
+def test_unteach_drops_one_sources_teacher_labels_and_their_records_are_asked_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad `teach` run is undone by its source: its labels go, another source's stay, a person's label is another
+    column and stays, and the records it had labelled are among those the next `teach` asks about."""
+    folder = tmp_path / "al"
+    ids = make_store(folder, 4)
+    with ALStore(folder, writer=False) as store:
+        by_id = {r.id: r.image_hash for r in al_export.iter_records(store)}
+        teacher.put_teacher_labels(store, [(by_id[ids[0]], 1, 0.99), (by_id[ids[1]], 0, 0.02)], "teacher:bad@aaa",
+                                   0.6, "v1")
+        teacher.put_teacher_labels(store, [(by_id[ids[2]], 1, 0.98)], "teacher:good@bbb", 0.95, "v1")
+        al_export.apply_labels(store, [(ids[1], 1)])  # a person, after the bad teacher
+    assert main(["unteach", "--store", str(folder)]) == 2  # neither sources nor --all
+    assert "name the teacher sources" in capsys.readouterr().err
+    assert main(["unteach", "--store", str(folder), "teacher:nope@000"]) == 2
+    err = capsys.readouterr().err
+    assert "no teacher labels from teacher:nope@000" in err and "teacher:bad@aaa, teacher:good@bbb" in err
+    assert main(["unteach", "--store", str(folder), "teacher:bad@aaa", "--dry-run"]) == 0
+    assert "would drop 2 teacher labels of teacher:bad@aaa" in capsys.readouterr().out
+    with ALStore(folder, writer=False) as store:
+        assert teacher.teacher_sources(store) == {"teacher:bad@aaa": 2, "teacher:good@bbb": 1}  # a dry run
+    assert main(["unteach", "--store", str(folder), "teacher:bad@aaa"]) == 0
+    out = capsys.readouterr().out
+    assert "dropped 2 teacher labels of teacher:bad@aaa" in out and "1 teacher labels left" in out
+    with ALStore(folder, writer=False) as store:
+        assert teacher.teacher_counts(store) == {"teacher:good@bbb": {"0": 0, "1": 1}}
+        assert [r.id for r in teacher.unlabelled_without_teacher(store)] == [ids[0], ids[3]]
+        assert {r.id: r.label for r in al_export.iter_records(store)}[ids[1]] == 1  # the person's label stays
+    assert main(["unteach", "--store", str(folder), "--all"]) == 0
+    with ALStore(folder, writer=False) as store:
+        assert teacher.teacher_sources(store) == {}
