@@ -287,12 +287,9 @@ def cmd_unteach(args: argparse.Namespace) -> int:
         with ALStore(args.store, writer=False) as store:
             dropped = drop_teacher_labels(store, None if args.all else list(args.sources), dry_run=args.dry_run)
             left = sum(teacher_sources(store).values())
-    except TeachError as exc:
+    except TeachError as exc:  # a database error is the CLI's (exit 1), as for every command
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except sqlite3.Error as exc:
-        print(f"error: {exc!r}", file=sys.stderr)
-        return 1
     verb = "would drop" if args.dry_run else "dropped"
     for source, count in dropped.items():
         print(f"{verb} {count} teacher labels of {source}")
