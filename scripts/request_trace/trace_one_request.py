@@ -30,13 +30,12 @@ BACKGROUND = ("metagraph", "metrics-http", "MainThread", "QueueFeeder", "log-", 
 def drive(out: Path, old_layout: bool) -> None:
     if old_layout:
         from cascade.tiny_models import build_tiny_vit  # type: ignore[import-not-found]
-        from neurons.client import axon_info, encode_jpeg, make_dendrite, synthetic_image  # type: ignore
+        from neurons.client import axon_info, encode_jpeg, make_dendrite, query, synthetic_image  # type: ignore
         from neurons.offline import ensure_wallet, run_miner, write_offline_metagraph  # type: ignore
     else:
         from sn72_lab.offline import ensure_wallet, run_miner, write_offline_metagraph
         from sn72_lab.tiny_models import build_tiny_vit
-        from sn72_tools.client import axon_info, encode_jpeg, make_dendrite, synthetic_image
-    from neurons.protocol import ImageSynapse
+        from sn72_tools.client import axon_info, encode_jpeg, make_dendrite, query, synthetic_image
 
     run = out / "run"
     run.mkdir(parents=True, exist_ok=True)
@@ -50,11 +49,14 @@ def drive(out: Path, old_layout: bool) -> None:
          "max_wait_ms": 1.0, "options": {"positive_labels": ["Roadwork"]}}]}]}
 
     async def ask(process: Any, seed: int) -> tuple[float, float]:
+        """One request through the client's own `query`; a trace of a refused request would measure the refusal."""
         dendrite = make_dendrite(validator)
         try:
             sent = time.monotonic()
-            await dendrite.forward(axon_info("127.0.0.1", process.port, process.hotkey),
-                                   ImageSynapse(image=encode_jpeg(synthetic_image(seed, (640, 480)))), timeout=9.0)
+            outcome = await query(dendrite, axon_info("127.0.0.1", process.port, process.hotkey),
+                                  encode_jpeg(synthetic_image(seed, (640, 480))))
+            if outcome.status_code != 200:
+                raise SystemExit(f"request {seed} answered {outcome.status_code} {outcome.message}: nothing to trace")
             return sent, time.monotonic()
         finally:
             await dendrite.aclose_session()
