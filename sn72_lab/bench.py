@@ -446,14 +446,14 @@ def run_roundtrip(args: argparse.Namespace) -> dict[str, Any]:
     can be read beside it.
     """
     args.wallets = 1
-    runs: dict[str, list[dict[str, Any]]] = {"without_header_cache": [], "with_header_cache": []}
+    sides: dict[str, dict[str, bool]] = {"without_header_cache": {"header_cache": False, "stock": False},
+                                         "with_header_cache": {"header_cache": True, "stock": False}}
     if args.stock:
-        runs["stock_axon"] = []
+        sides["stock_axon"] = {"stock": True}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
     for _ in range(args.rounds):
-        runs["without_header_cache"].append(run_axon(args, header_cache=False, sequential=True, stock=False))
-        runs["with_header_cache"].append(run_axon(args, header_cache=True, sequential=True, stock=False))
-        if args.stock:
-            runs["stock_axon"].append(run_axon(args, sequential=True, stock=True))
+        for name, side in sides.items():
+            runs[name].append(run_axon(args, sequential=True, **side))
     report: dict[str, Any] = {"mode": "roundtrip", "requests_per_run": args.requests, "rounds": args.rounds}
     if args.stock:
         report["stock_hotkey"] = runs["stock_axon"][0]["stock_hotkey"]
