@@ -17,7 +17,7 @@ from tests.factories.dendrites import validator_wallets
 pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 
-def two_level_cascade(models: Path, detector_batch: int) -> dict:
+def two_level_cascade(models: Path, detector_batch: int, detector_size: int = 320) -> dict:
     """Level 1 never confident, so every request wants level 2, a detector far slower than level 1."""
     vit = build_tiny_vit(models / "tiny-vit")
     yolo = build_tiny_yolo(models / "tiny-yolo")
@@ -26,8 +26,9 @@ def two_level_cascade(models: Path, detector_batch: int) -> dict:
         "levels": [
             level(vit_expert(vit, max_batch=16, max_wait_ms=2.0), exit_margin=0.5),
             {"name": "slow", "exit_margin": 0.5, "experts": [
-                {"name": "yolo", "backend": "detector", "model": str(yolo), "device": "cpu", "input_size": 320,
-                 "max_batch": detector_batch, "max_wait_ms": 2.0, "options": {"classes": ["cone"]}}]},
+                {"name": "yolo", "backend": "detector", "model": str(yolo), "device": "cpu",
+                 "input_size": detector_size, "max_batch": detector_batch, "max_wait_ms": 2.0,
+                 "options": {"classes": ["cone"]}}]},
         ],
     }
 
@@ -59,7 +60,11 @@ def test_a_burst_is_answered_in_time_and_the_late_count_agrees_with_the_client(t
 def test_sigterm_answers_every_accepted_request_before_exiting(tmp_path):
     wallets, miner, callers = validator_wallets(tmp_path, 2)
     extra = {"guards": {"rate_per_s": 0.0}, "scheduler": {"cache_size": 0}, "drain_timeout_s": 30.0}
-    with run_miner(tmp_path, wallets, miner, two_level_cascade(tmp_path / "models", 1), extra=extra) as process:
+    # The detector at 640 px (~4x its 320 px cost): the burst is taken in well before it is answered, so the stop
+    # finds work to finish even when the client is slow to send (two xdist workers once let the 320 px detector answer
+    # all 30 before the signal: "0 answered after the stop signal").
+    cascade = two_level_cascade(tmp_path / "models", 1, detector_size=640)
+    with run_miner(tmp_path, wallets, miner, cascade, extra=extra) as process:
         requests = 30
         report, code = drain(process, callers, payloads(requests, offset=500), timeout_s=20.0)
     assert code == 0
