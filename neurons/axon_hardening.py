@@ -56,28 +56,37 @@ class HardenedAxonMiddleware(AxonMiddleware):
             raise MalformedRequest(message, synapse=_refusal(message)) from exc
 
 
+def checked_body(axon: Any, route: str, body: bytes, header_hash: str) -> tuple[dict[str, Any], Synapse]:
+    """The request body as a dict and as `route`'s synapse, or HTTPException(400) with a short reason (never the body
+    echoed): not JSON, not an object, not the synapse's fields, a field that is NaN or an infinity, or not the body
+    its signed `computed_body_hash` header names."""
+    try:
+        body_dict = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, "request body is not JSON") from exc
+    if not isinstance(body_dict, dict):
+        raise HTTPException(400, "request body is not a JSON object")
+    try:
+        parsed: Synapse = axon.forward_class_types[route](**body_dict)
+    except (ValidationError, TypeError, ValueError) as exc:
+        raise HTTPException(400, f"request body is not a valid {route}") from exc
+    odd = non_finite_field(parsed.model_dump(exclude={"prediction"}))
+    if odd is not None:
+        raise HTTPException(400, f"request body field {odd} is not a finite number")
+    if parsed.body_hash != header_hash:
+        raise HTTPException(400, "request body does not match its computed_body_hash")
+    return body_dict, parsed
+
+
 def strict_body_check(axon: Any) -> Any:
-    """The axon's body check, answering 400 (not 500) for a body that is not this synapse."""
+    """The axon's body check (its FastAPI route's dependency), answering 400 (not 500) for a body that is not this
+    synapse (`checked_body`)."""
 
     async def verify_body_integrity(request: Request) -> dict[str, Any]:
         body = await request.body()
         route = request.url.path.split("/")[1]
-        try:
-            body_dict = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise HTTPException(400, "request body is not JSON") from exc
-        if not isinstance(body_dict, dict):
-            raise HTTPException(400, "request body is not a JSON object")
-        try:
-            parsed = axon.forward_class_types[route](**body_dict)
-        except (ValidationError, TypeError, ValueError) as exc:
-            raise HTTPException(400, f"request body is not a valid {route}") from exc
-        odd = non_finite_field(parsed.model_dump(exclude={"prediction"}))
-        if odd is not None:
-            raise HTTPException(400, f"request body field {odd} is not a finite number")
-        if parsed.body_hash != request.headers.get("computed_body_hash", ""):
-            raise HTTPException(400, "request body does not match its computed_body_hash")
-        return body_dict
+        body_dict, _ = checked_body(axon, route, body, request.headers.get("computed_body_hash", ""))
+        return body_dict  # FastAPI builds the handler's synapse from the body again
 
     return verify_body_integrity
 

@@ -90,6 +90,12 @@ class AxonConfig(Strict):
     event_loop: EventLoopKind = Field(
         "uvloop", description="The HTTP server's event loop: uvloop (cheaper per request) or the standard library's."
     )
+    dispatch: Literal["direct", "fastapi"] = Field(
+        "direct",
+        description="How a request reaches the handlers: direct (bittensor's own steps called in order as one plain "
+        "ASGI function) or fastapi (through bittensor's FastAPI app and middleware, as the stock axon serves). Both "
+        "answer alike; direct costs about half the CPU a request (docs/performance.md).",
+    )
     processes: int | None = Field(
         None, ge=0, le=64,
         description="Front processes for the HTTP work (parsing, signatures, bodies) beside the miner process, which "

@@ -233,7 +233,7 @@ async def _serve(link_sock: socket.socket, listener: socket.socket, arena_fd: in
                 holder.snapshot = message[1]
             elif kind == link.OPEN:
                 core.prior = message[1]
-                server.open(axon, miner.on_response)
+                server.open(axon, miner.on_response, config.axon.dispatch)
                 channel.send(link.OPENED)
 
     async def report() -> None:

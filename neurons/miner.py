@@ -249,7 +249,7 @@ def serve(config: MinerConfig, wallet: Any, miner: Miner, sock: Any = None, serv
     axon = new_axon(config, wallet)
     miner.attach(axon)
     server = server or listen(config, miner.outcomes, sock)
-    server.open(axon, miner.on_response)
+    server.open(axon, miner.on_response, config.axon.dispatch)
     return server
 
 

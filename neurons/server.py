@@ -80,10 +80,14 @@ class AxonServer:
             time.sleep(0.01)
         return self
 
-    def open(self, axon: Any, on_response: ResponseListener | None = None) -> None:
-        """Serve `axon` (its handlers attached and hardened) from now on; `on_response` replaces the listener."""
+    def open(self, axon: Any, on_response: ResponseListener | None = None, dispatch: str = "direct") -> None:
+        """Serve `axon` (its handlers attached and hardened) from now on; `on_response` replaces the listener;
+        `dispatch`: "direct" (neurons/axon_dispatch.py) or "fastapi" (the axon's own app)."""
+        from neurons.axon_dispatch import SynapseDispatch
+
         self.axon = axon
-        self.guard.open(axon.app, on_response, frozenset(axon.forward_class_types))
+        app = SynapseDispatch(axon) if dispatch == "direct" else axon.app
+        self.guard.open(app, on_response, frozenset(axon.forward_class_types))
         axon.started = True
 
     def connections(self) -> int:

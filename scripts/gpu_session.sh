@@ -63,6 +63,8 @@ case "$PART" in
     "axon-fronts-1gpu-c512|420|$B axon-vs-stock --stock-hotkey-once --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 8000 --concurrency 512 --client-processes 8 --wallets 8 --decode-workers 8 --rounds 3 --processes 8 --json $WORK/axon-fronts-1gpu-c512.json"
     "axon-fronts-2gpu-c512|420|$B axon-vs-stock --stock-hotkey-once --cascade config/cascade.bench-gpu-x2.yaml --worker-process --idle-dispatch --requests 8000 --concurrency 512 --client-processes 8 --wallets 8 --decode-workers 16 --rounds 3 --processes 8 --json $WORK/axon-fronts-2gpu-c512.json"
     "roundtrip-fronts|150|$B roundtrip --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 300 --rounds 2 --processes 4 --stock --stock-hotkey-once --json $WORK/roundtrip-fronts.json"
+    "axon-dispatch|560|$B axon-vs-stock --stock-hotkey-once --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 4000 --concurrency 256 --client-processes 4 --wallets 8 --decode-workers 8 --rounds 3 --processes 8 --dispatch direct fastapi --json $WORK/axon-dispatch.json"
+    "roundtrip-dispatch|200|$B roundtrip --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 300 --rounds 2 --processes 4 --dispatch direct fastapi --stock --stock-hotkey-once --json $WORK/roundtrip-dispatch.json"
     "axon-miner-proc-asyncio|70|$B axon --cascade config/cascade.bench-gpu.yaml --event-loop asyncio --worker-process --idle-dispatch --requests 1500 --concurrency 64 --wallets 8 --decode-workers 8 --json $WORK/axon-miner-proc-asyncio.json"
   ) ;;
   production) STEPS=(

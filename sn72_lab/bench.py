@@ -303,9 +303,11 @@ def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, seq
     # Every simulated validator sends from 127.0.0.1: lift the per-address share of request slots
     # (neurons/request_slots.py), as validators' distinct addresses would have.
     processes = getattr(args, "processes", None)
+    dispatch = getattr(args, "dispatch", None)
     extra = {"axon": {"cache_header_schema": header_cache, "event_loop": args.event_loop,
                       "max_concurrent_requests_per_ip": 100_000,
-                      **({"processes": processes} if processes is not None else {})},
+                      **({"processes": processes} if processes is not None else {}),
+                      **({"dispatch": dispatch} if dispatch is not None else {})},
              "guards": {"rate_per_s": 0.0},
              "scheduler": {"cache_size": 0, "decode_workers": args.decode_workers, "event_loop": args.event_loop,
                            **({"gil_switch_interval_ms": args.gil_switch_ms} if args.gil_switch_ms else {})},
@@ -336,7 +338,8 @@ def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, seq
         "header_cache": header_cache,
         "worker": "process" if getattr(args, "worker_process", False) else "thread",
         "event_loop": "asyncio" if stock else args.event_loop,
-        **({} if stock else {"processes": "default" if processes is None else processes}),
+        **({} if stock else {"processes": "default" if processes is None else processes,
+                             "dispatch": "default" if dispatch is None else dispatch}),
         **({"stock_hotkey": "once" if args.stock_hotkey_once else "per access"} if stock else {}),
         "requests": len(data),
         "wallets": len(wallets),
@@ -371,13 +374,16 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
     One pair of runs is not enough: on one H200 host two pairs a minute apart gave 112% and 73% (the dendrites run
     on the same host as the servers, and each run is seconds long).
     """
-    settings = [None] if not args.processes else list(args.processes)
-    names = ["stock", *("miner" if p is None else f"miner-p{p}" for p in settings)]
+    dispatches = [None] if not args.dispatch else list(args.dispatch)
+    settings = [(p, d) for p in ([None] if not args.processes else list(args.processes)) for d in dispatches]
+    names = ["stock", *(("miner" if p is None else f"miner-p{p}") + ("" if len(dispatches) == 1 else f"-{d}")
+                        for p, d in settings)]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for round_number in range(1, args.rounds + 1):
-        runs["stock"].append(run_axon(args, stock=True))
-        for name, processes in zip(names[1:], settings, strict=True):
-            runs[name].append(run_axon(argparse.Namespace(**{**vars(args), "processes": processes}), stock=False))
+        runs["stock"].append(run_axon(argparse.Namespace(**{**vars(args), "dispatch": None}), stock=True))
+        for name, (processes, dispatch) in zip(names[1:], settings, strict=True):
+            runs[name].append(run_axon(argparse.Namespace(**{**vars(args), "processes": processes,
+                                                             "dispatch": dispatch}), stock=False))
         # Progress on stderr, and the figures so far survive a run cut short by a time limit.
         done = ", ".join(f"{name} {runs[name][-1]['throughput_rps']:.0f} req/s" for name in names)
         print(f"round {round_number}/{args.rounds}: {done}", file=sys.stderr, flush=True)
@@ -446,14 +452,19 @@ def run_roundtrip(args: argparse.Namespace) -> dict[str, Any]:
     can be read beside it.
     """
     args.wallets = 1
-    sides: dict[str, dict[str, bool]] = {"without_header_cache": {"header_cache": False, "stock": False},
-                                         "with_header_cache": {"header_cache": True, "stock": False}}
+    dispatches = list(args.dispatch or [])
+    sides: dict[str, dict[str, Any]] = {"without_header_cache": {"header_cache": False, "stock": False},
+                                        "with_header_cache": {"header_cache": True, "stock": False}}
+    if dispatches:  # `--dispatch A B`: the miner once per dispatch (header cache on, as served) instead
+        sides = {f"dispatch_{d}": {"header_cache": True, "stock": False, "dispatch": d} for d in dispatches}
     if args.stock:
         sides["stock_axon"] = {"stock": True}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
     for _ in range(args.rounds):
         for name, side in sides.items():
-            runs[name].append(run_axon(args, sequential=True, **side))
+            options = {"header_cache": side.get("header_cache", True), "stock": side["stock"]}
+            runs[name].append(run_axon(argparse.Namespace(**{**vars(args), "dispatch": side.get("dispatch")}),
+                                       sequential=True, **options))
     report: dict[str, Any] = {"mode": "roundtrip", "requests_per_run": args.requests, "rounds": args.rounds}
     if args.stock:
         report["stock_hotkey"] = runs["stock_axon"][0]["stock_hotkey"]
@@ -530,6 +541,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--processes", type=int, nargs="+" if name == "axon-vs-stock" else None, default=None,
                            help="the miner's axon.processes (front processes; default: the miner's own); "
                            "axon-vs-stock: several values, each run every round")
+            several = name in ("axon-vs-stock", "roundtrip")
+            p.add_argument("--dispatch", choices=("direct", "fastapi"), nargs="+" if several else None, default=None,
+                           help="the miner's axon.dispatch (default: the miner's own); axon-vs-stock, "
+                           "roundtrip: several values, each run every round (for each --processes value)")
             p.add_argument("--client-processes", type=int, default=1,
                            help="axon, axon-vs-stock: the dendrites split over this many client processes (one "
                            "Python client process tops out near a thousand or two requests a second)")

@@ -113,3 +113,27 @@ def test_the_round_trip_times_the_stock_axon_beside_the_miner_each_round(tmp_pat
         assert set(report[name]) >= {"p50_ms_round1", "p50_ms_round2", "p50_ms_median"}, report
         assert report[name]["p50_ms_median"] > 0
     assert not list(temporary.glob("sn72-bench-*")), list(temporary.iterdir())
+
+
+def test_the_two_dispatches_are_compared_in_the_same_rounds(tmp_path):
+    """`--dispatch direct fastapi`: the H200 steps `axon-dispatch` and `roundtrip-dispatch` in small; each miner run
+    records the dispatch it was started with."""
+    cascade = bench_cascade(tmp_path)
+    out = tmp_path / "dispatch.json"
+    assert bench.main(["axon-vs-stock", "--cascade", str(cascade), "--requests", "6", "--concurrency", "3",
+                       "--wallets", "2", "--rounds", "1", "--stock-hotkey-once", "--processes", "0",
+                       "--dispatch", "direct", "fastapi", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["status_codes"]) == {"stock", "miner-p0-direct", "miner-p0-fastapi"}
+    assert all(runs == [{"200": 6}] for runs in report["status_codes"].values()), report["status_codes"]
+    out = tmp_path / "roundtrip.json"
+    assert bench.main(["roundtrip", "--cascade", str(cascade), "--requests", "3", "--rounds", "1",
+                       "--dispatch", "direct", "fastapi", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert {"dispatch_direct", "dispatch_fastapi"} <= set(report) and "without_header_cache" not in report
+    assert all(report[side]["p50_ms_median"] > 0 for side in ("dispatch_direct", "dispatch_fastapi"))
+    out = tmp_path / "axon.json"
+    assert bench.main(["axon", "--cascade", str(cascade), "--requests", "4", "--concurrency", "2", "--wallets", "1",
+                       "--dispatch", "fastapi", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["dispatch"] == "fastapi" and report["status_codes"] == {"200": 4}
