@@ -262,13 +262,18 @@ def save_partial(args: argparse.Namespace, report: dict[str, Any]) -> None:
 
 
 def run_traffic(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's wallets, configs and metagraph live in a temporary folder removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="sn72-traffic-") as folder:
+        return _run_traffic_in(Path(folder), args)
+
+
+def _run_traffic_in(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     from sn72_lab.offline import ensure_wallet, run_miner, write_offline_metagraph
 
     base = load_cascade(args.cascade).model_dump(mode="json", exclude_none=True)
     steady = max(2, round(args.rps * args.duration_s))
     burst_count = max(2, round(args.rps * args.burst_factor * args.burst_s))
     payloads, sizes = make_payloads(max(steady, burst_count))
-    folder = Path(tempfile.mkdtemp(prefix="sn72-traffic-"))
     miner = ensure_wallet(folder / "wallets", "miner")
     validators = [ensure_wallet(folder / "wallets", f"validator{i}") for i in range(args.wallets)]
     write_offline_metagraph(folder / "metagraph.json", 72, miner.hotkey.ss58_address,

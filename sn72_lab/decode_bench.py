@@ -261,14 +261,15 @@ def main(argv: list[str] | None = None) -> int:
             runs = [(args.size, batches)] + [(large, [32]) for large in args.large]
             report["device"] = device_section(args.device, runs, args.reps, args.side)
         if "engine" in sections:
-            model = args.model
-            if model is None:
-                from sn72_lab.tiny_models import build_vit_b16
+            with tempfile.TemporaryDirectory(prefix="sn72-decode-bench-") as scratch:  # the built model, removed after
+                model = args.model
+                if model is None:
+                    from sn72_lab.tiny_models import build_vit_b16
 
-                model = build_vit_b16(Path(tempfile.mkdtemp(prefix="sn72-decode-bench-")) / "vit-b16")
-            print(f"engine: {args.requests} distinct 640x480 JPEGs, {args.concurrency} clients", flush=True)
-            report["engine"] = engine_section(model, args.device, args.requests, args.concurrency,
-                                              args.decode_workers, args.budget_s)
+                    model = build_vit_b16(Path(scratch) / "vit-b16")
+                print(f"engine: {args.requests} distinct 640x480 JPEGs, {args.concurrency} clients", flush=True)
+                report["engine"] = engine_section(model, args.device, args.requests, args.concurrency,
+                                                  args.decode_workers, args.budget_s)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

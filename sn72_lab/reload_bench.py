@@ -167,9 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.clients < 1 or args.settle_s < 0:
         print("error: --clients must be >= 1 and --settle-s >= 0", file=sys.stderr)
         return 2
-    work = args.work or Path(tempfile.mkdtemp(prefix="sn72-reload-bench-"))
     try:
-        report = bench(work, args)
+        if args.work is not None:
+            report = bench(args.work, args)
+        else:
+            with tempfile.TemporaryDirectory(prefix="sn72-reload-bench-") as work:  # models and wallets, removed after
+                report = bench(Path(work), args)
     except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
