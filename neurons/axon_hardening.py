@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -111,6 +112,27 @@ def non_finite_field(value: Any, path: str = "") -> str | None:
         if found is not None:
             return found
     return None
+
+
+# What h11 sends as a header value: visible latin-1 characters, spaces and tabs only between them (or nothing).
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e\x80-\xff](?:[\x20\x09\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?")
+
+
+def header_safe(synapse: Synapse) -> Synapse:
+    """The answer with every text its headers echo made sendable: the caller's body sets the answer's `name` and its
+    `axon` and `dendrite` fields, and bittensor sends each back as a header (`Synapse.to_headers`). A value no header
+    can carry ("€", an emoji, a CR LF) made the answer fail after it was computed: a 500, or with a CR LF the
+    connection closed unanswered. Such a `name` becomes the synapse's class name; such a terminal field is dropped
+    (None: not sent back, and the caller's dendrite keeps its own value)."""
+    if synapse.name is not None and not _HEADER_VALUE.fullmatch(synapse.name):
+        synapse.name = type(synapse).__name__
+    for terminal in (synapse.axon, synapse.dendrite):
+        if terminal is None:
+            continue
+        for key, value in terminal.__dict__.items():
+            if isinstance(value, str) and not _HEADER_VALUE.fullmatch(value):
+                setattr(terminal, key, None)
+    return synapse
 
 
 class NotVerified(Exception):

@@ -31,6 +31,7 @@ from typing import Any
 from loguru import logger
 
 from cascade.config import EngineConfig
+from neurons.axon_hardening import header_safe
 from neurons.chain import MetagraphSource, publish_axon
 from neurons.config import ConfigError, MinerConfig, front_processes, load_config
 from neurons.deadlines import client_deadline, sane_timeout, sent_before_arrival_s
@@ -144,6 +145,7 @@ class Miner:
             return synapse
         finally:
             synapse.image = ""  # never carry the image back to the caller
+            header_safe(synapse)  # and nothing its headers cannot carry
 
     @staticmethod
     def _reject(synapse: ImageSynapse, status: int, message: str) -> ImageSynapse:
@@ -181,7 +183,7 @@ class Miner:
         _, blacklist_fn, verify_fn = self.handlers(bt.Synapse)
 
         async def ping(synapse: bt.Synapse) -> bt.Synapse:
-            return synapse
+            return header_safe(synapse)
 
         axon.attach(forward_fn=ping, blacklist_fn=blacklist_fn, verify_fn=verify_fn)
 

@@ -128,6 +128,10 @@ class ServingCore:
             self.outcomes.add("closed_client_gone")
         elif state.status >= 500:
             self.outcomes.add(f"error_{state.status}")
+        elif state.status == 400 and not state.outcome:
+            # Headers bittensor cannot parse, or a body that is not the synapse: refused by the axon's own steps,
+            # which count nothing themselves (the engine's own 400s carry their outcome).
+            self.outcomes.add("refused_malformed")
         deadline_s = state.client_deadline_s or state.arrival_s + self.config.deadline.timeout_cap_s
         if state.status == 200:
             self.outcomes.observe_latency(state.finished_s - state.arrival_s)

@@ -11,6 +11,7 @@ time). A real dendrite then reads an answer from each.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,10 +24,10 @@ from cascade.config import ExpertConfig
 from neurons.config import MinerConfig
 from neurons.miner import Miner, serve
 from sn72_lab.hostile.target import keypair
-from sn72_lab.hostile.wire import HostileRequest, Response, Target, build, send_raw
+from sn72_lab.hostile.wire import HostileRequest, Response, Target, build, send, send_raw
 from sn72_lab.offline import ensure_wallet, free_port
 from tests.factories.dendrites import signed_query
-from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, marked_payload
+from tests.factories.engine import FakeExpert, cascade_config, expert_config, make_engine, marked_payload, wait_for
 from tests.factories.metagraph import StaticMetagraph, validators_snapshot
 
 # What differs between two answers of the same axon to the same request: not the dispatch's to keep.
@@ -180,3 +181,56 @@ def test_the_shipped_default_is_direct() -> None:
     assert MinerConfig.model_validate({"cascade_file": "x.yaml"}).axon.dispatch == "direct"
     with pytest.raises(ValueError):
         MinerConfig.model_validate({"cascade_file": "x.yaml", "axon": {"dispatch": "starlette"}})
+
+
+def _with_content_type(head: bytes, value: bytes | None) -> bytes:
+    line = b"Content-Type: application/json\r\n"
+    return head.replace(line, b"" if value is None else b"Content-Type: " + value + b"\r\n")
+
+
+@pytest.mark.parametrize("content_type", [b"text/plain", b"application/octet-stream", b"", None])
+def test_a_body_sent_as_another_content_type(pair: Pair, content_type: bytes | None) -> None:
+    """A signed body whose Content-Type is not JSON (no dendrite sends one): the direct dispatch reads it as the
+    JSON its signed hash names and answers; bittensor's app answers 500 (FastAPI hands the handler bytes)."""
+    head, body = build(_request(pair), pair.direct)
+    data = _with_content_type(head, content_type) + body
+    direct = asyncio.run(send_raw(pair.direct, data))
+    fastapi = asyncio.run(send_raw(pair.fastapi, data))
+    assert direct.status == 200 and 0.0 <= direct.json()["prediction"] <= 1.0, direct
+    # bittensor's app with bittensor 10.5 and FastAPI 0.165: "'bytes' object does not support item assignment", a
+    # 500 (docs/security.md says so for `axon.dispatch: fastapi`).
+    assert fastapi.status == 500, fastapi
+
+
+@pytest.mark.parametrize("label,part,key,value", [
+    ("the caller's uuid, a euro sign", "dendrite", "uuid", "\u20ac"),
+    ("the caller's ip, an emoji", "dendrite", "ip", "\U0001F4A9"),
+    ("the status message, CR LF and a header", "axon", "status_message", "x\r\nX-Injected: 1"),
+    ("the status message, a leading space", "axon", "status_message", " Success"),
+])
+def test_body_fields_no_header_can_carry_are_not_echoed(pair: Pair, label: str, part: str, key: str,
+                                                        value: str) -> None:
+    """The answer echoes the body's `axon` and `dendrite` fields as headers: a value no header can carry made a
+    computed answer fail (500, or the connection closed unanswered with a CR LF). Now the field is left out of the
+    answer, which is 200 in both dispatches and alike."""
+    request = _request(pair)
+    synapse = json.loads(build(request, pair.direct)[1])
+    request.fields = {part: {**synapse[part], key: value}}
+    direct, fastapi = _both(pair, request)
+    assert direct.status == 200, (label, direct)
+    assert "x-injected" not in direct.headers
+    assert _comparable(direct)[:2] == _comparable(fastapi)[:2], label
+    # Left out; a 200's empty status message is bittensor's "Success".
+    assert direct.json()[part][key] == ("Success" if key == "status_message" else None), label
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'{"prediction": "x"', b"   "])
+def test_every_malformed_body_is_counted_once(pair: Pair, body: bytes) -> None:
+    """400s from the body check were counted nowhere (an outside finding: 30 requests, no outcome moved)."""
+    for miner, target in zip(pair.miners, (pair.direct, pair.fastapi), strict=True):
+        before = miner.outcomes.get("refused_malformed")
+        answer = asyncio.run(send(_request(pair, body=body), target))
+        assert answer.status == 400, answer
+        wait_for(lambda m=miner, b=before: m.outcomes.get("refused_malformed") >= b + 1, 5.0)
+        time.sleep(0.05)
+        assert miner.outcomes.get("refused_malformed") == before + 1
