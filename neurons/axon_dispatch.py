@@ -6,7 +6,7 @@ routing, which solves the route's dependency (the body check, which parses the J
 the same JSON again and validates it into the synapse a second time for the handler's argument. Profiled on an H200
 under load (docs/performance.md), that machinery was about 40% of a front process's interpreter time.
 
-`SynapseDispatch` makes the same calls in the same order and answers with the same bytes:
+`SynapseDispatch` makes the same calls in the same order and answers what a dendrite sends with the same bytes:
 the middleware's own `preprocess`, `blacklist`, `verify` and `priority` (the hardened ones, neurons/axon_hardening.py),
 the body check that answers 400 for a body that is not the synapse, the attached forward function, and the axon's
 own `synapse_to_response`, `log_and_handle_error` and `create_error_response` for the answer and every error. What it
@@ -15,7 +15,9 @@ dependency solving. The HTTP guard (neurons/http_guard.py) in front of it has al
 would have answered for an unknown route, a method other than POST or GET and a protocol upgrade.
 
 `axon.dispatch: fastapi` serves through bittensor's own app instead (docs/configuration.md);
-tests/integration/test_axon_dispatch.py holds both paths to the same status, body and headers, request for request.
+tests/integration/test_axon_dispatch.py holds both paths to the same status, body and headers, request for request,
+and holds the few deliberate differences docs/security.md lists (a body sent as another content type: answered here,
+a 500 from bittensor's app; the wording of a parse error).
 """
 
 from __future__ import annotations

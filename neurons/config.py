@@ -94,7 +94,8 @@ class AxonConfig(Strict):
         "direct",
         description="How a request reaches the handlers: direct (bittensor's own steps called in order as one plain "
         "ASGI function) or fastapi (through bittensor's FastAPI app and middleware, as the stock axon serves). Both "
-        "answer alike; direct costs about half the CPU a request (docs/performance.md).",
+        "answer alike (docs/security.md names the exceptions); direct costs about a third less CPU a request "
+        "(docs/performance.md).",
     )
     processes: int | None = Field(
         None, ge=0, le=64,
