@@ -452,19 +452,18 @@ def run_roundtrip(args: argparse.Namespace) -> dict[str, Any]:
     can be read beside it.
     """
     args.wallets = 1
-    dispatches = list(args.dispatch or [])
-    sides: dict[str, dict[str, Any]] = {"without_header_cache": {"header_cache": False, "stock": False},
-                                        "with_header_cache": {"header_cache": True, "stock": False}}
-    if dispatches:  # `--dispatch A B`: the miner once per dispatch (header cache on, as served) instead
-        sides = {f"dispatch_{d}": {"header_cache": True, "stock": False, "dispatch": d} for d in dispatches}
+    # Each side: (header cache, stock axon, dispatch). `--dispatch A B`: the miner once per dispatch (header cache on,
+    # as served) instead of once per header-cache setting.
+    sides: dict[str, tuple[bool, bool, str | None]] = (
+        {f"dispatch_{d}": (True, False, d) for d in args.dispatch} if args.dispatch
+        else {"without_header_cache": (False, False, None), "with_header_cache": (True, False, None)})
     if args.stock:
-        sides["stock_axon"] = {"stock": True}
+        sides["stock_axon"] = (True, True, None)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
     for _ in range(args.rounds):
-        for name, side in sides.items():
-            options = {"header_cache": side.get("header_cache", True), "stock": side["stock"]}
-            runs[name].append(run_axon(argparse.Namespace(**{**vars(args), "dispatch": side.get("dispatch")}),
-                                       sequential=True, **options))
+        for name, (header_cache, stock, dispatch) in sides.items():
+            runs[name].append(run_axon(argparse.Namespace(**{**vars(args), "dispatch": dispatch}),
+                                       header_cache=header_cache, sequential=True, stock=stock))
     report: dict[str, Any] = {"mode": "roundtrip", "requests_per_run": args.requests, "rounds": args.rounds}
     if args.stock:
         report["stock_hotkey"] = runs["stock_axon"][0]["stock_hotkey"]
