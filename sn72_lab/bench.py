@@ -49,6 +49,31 @@ def payloads(count: int, size: tuple[int, int], distinct: int | None = None) -> 
     return [unique[i % distinct] for i in range(count)]
 
 
+def steady_rps(ends: Sequence[float], trim: float = 0.1) -> float | None:
+    """Answers a second between the first and the last `trim` of them (None for fewer than 20 answers).
+
+    requests / elapsed also counts a closed loop's start (every caller's first request at once: new connections,
+    first batches) and its tail (fewer callers than `concurrency` left): seconds each in a run of a few seconds, and
+    unequal between the engine alone and the axon (which opens a connection per dendrite). The middle of the run is
+    where both are at their own pace; both figures are reported.
+    """
+    ordered = sorted(ends)
+    first, last = int(len(ordered) * trim), int(len(ordered) * (1 - trim)) - 1
+    if len(ordered) < 20 or ordered[last] <= ordered[first]:  # fewer than 20: no rate worth the name
+        return None
+    return (last - first) / (ordered[last] - ordered[first])
+
+
+class Drive(typing.NamedTuple):
+    """What one driven run of dendrites saw: each request's latency, the status codes counted, the run's wall time,
+    and when each request was answered (`time.monotonic()`, one clock for every process on the host)."""
+
+    latencies: list[float]
+    codes: dict[str, int]
+    elapsed: float
+    ends: list[float]
+
+
 def slowed_factory(delay_s: float, level_experts: set[str]) -> Any:
     """Wrap the real experts of the last level so each batch takes `delay_s` longer (a stand-in VLM)."""
     from cascade.experts.registry import build_expert
@@ -160,6 +185,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         "requests": len(data),
         "concurrency": "all-at-once" if args.burst else args.concurrency,
         "throughput_rps": len(data) / elapsed,
+        "steady_rps": steady_rps(done_at),  # the middle 80% of the answers (steady_rps's docstring says why)
         "latency_ms": {k: v * 1000 for k, v in percentiles(latencies, (50, 95, 99, 100)).items()},
         "late_answers": late,
         "statuses": snapshot["requests"],
@@ -191,7 +217,7 @@ def _read_int(path: str) -> int | None:
 
 async def _drive_axon(process: Any, wallets: Sequence[Any], data: list[str], concurrency: int, timeout_s: float,
                       sequential: bool, sources: int = 0,
-                      first_source: int = 0) -> tuple[list[float], dict[str, int], float]:
+                      first_source: int = 0) -> Drive:
     import aiohttp
 
     from sn72_tools.client import axon_info, make_dendrite, query
@@ -214,6 +240,7 @@ async def _drive_axon(process: Any, wallets: Sequence[Any], data: list[str], con
         idle.put_nowait(dendrite)
     axon = axon_info("127.0.0.1", process.port, process.hotkey)
     latencies: list[float] = []
+    ends: list[float] = []
     codes: dict[str, int] = {}
 
     async def one(i: int) -> None:
@@ -222,6 +249,7 @@ async def _drive_axon(process: Any, wallets: Sequence[Any], data: list[str], con
             outcome = await query(dendrite, axon, data[i], timeout_s)
         finally:
             idle.put_nowait(dendrite)
+        ends.append(time.monotonic())
         latencies.append(outcome.latency_s)
         codes[str(outcome.status_code)] = codes.get(str(outcome.status_code), 0) + 1
 
@@ -230,11 +258,11 @@ async def _drive_axon(process: Any, wallets: Sequence[Any], data: list[str], con
     elapsed = time.monotonic() - began
     for dendrite in dendrites:
         await dendrite.aclose_session()
-    return latencies, codes, elapsed
+    return Drive(latencies, codes, elapsed, ends)
 
 
 def _drive_from_processes(process: Any, wallet_path: Path, wallets: int, data: list[str], concurrency: int,
-                          timeout_s: float, sources: int, clients: int) -> tuple[list[float], dict[str, int], float]:
+                          timeout_s: float, sources: int, clients: int) -> Drive:
     """`_drive_axon` split over `clients` processes (one Python client tops out near the fronts' rate), started
     together after each has warmed up; their latencies and codes merged, the elapsed time from the first start to
     the last end."""
@@ -255,12 +283,13 @@ def _drive_from_processes(process: Any, wallet_path: Path, wallets: int, data: l
     done = [results.get(timeout=600) for _ in workers]
     for worker in workers:
         worker.join(30)
-    latencies = [latency for _, _, lats, _ in done for latency in lats]
     codes: dict[str, int] = {}
-    for _, _, _, part in done:
-        for code, count in part.items():
+    for _, _, part in done:
+        for code, count in part.codes.items():
             codes[code] = codes.get(code, 0) + count
-    return latencies, codes, max(end for _, end, _, _ in done) - min(began for began, _, _, _ in done)
+    return Drive([latency for _, _, part in done for latency in part.latencies], codes,
+                 max(end for _, end, _ in done) - min(began for began, _, _ in done),
+                 [end for _, _, part in done for end in part.ends])
 
 
 def _client_process(job: tuple[Any, ...], barrier: Any, results: Any) -> None:
@@ -276,9 +305,8 @@ def _client_process(job: tuple[Any, ...], barrier: Any, results: Any) -> None:
                             first_source))
     barrier.wait()
     began = time.monotonic()
-    latencies, codes, elapsed = asyncio.run(_drive_axon(target, wallets, data, concurrency, timeout_s, False,
-                                                        sources, first_source))
-    results.put((began, began + elapsed, latencies, codes))
+    drive = asyncio.run(_drive_axon(target, wallets, data, concurrency, timeout_s, False, sources, first_source))
+    results.put((began, began + drive.elapsed, drive))
 
 
 def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bool = False,
@@ -320,14 +348,14 @@ def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, seq
         sources = args.concurrency if args.sources is None else args.sources
         if clients > 1:
             cpu_before = cpu_by_role(process.process.pid)
-            latencies, codes, elapsed = _drive_from_processes(process, folder / "wallets", len(wallets), data,
-                                                              args.concurrency, args.timeout_s, sources, clients)
+            drive = _drive_from_processes(process, folder / "wallets", len(wallets), data, args.concurrency,
+                                          args.timeout_s, sources, clients)
         else:
             # one warm-up round trip per wallet (dendrite sessions, first-request paths)
             asyncio.run(_drive_axon(process, wallets, data[: len(wallets)], len(wallets), args.timeout_s, False,
                                     sources))
             cpu_before = cpu_by_role(process.process.pid)
-            latencies, codes, elapsed = asyncio.run(
+            drive = asyncio.run(
                 _drive_axon(process, wallets, data, args.concurrency, args.timeout_s, sequential, sources))
         cpu_ms = cpu_ms_per_request(cpu_before, cpu_by_role(process.process.pid), len(data))
         # The miner's own late counters (answers after the caller's deadline), as its metrics endpoint has them once
@@ -345,9 +373,10 @@ def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, seq
         "wallets": len(wallets),
         "concurrency": 1 if sequential else args.concurrency,
         "client_processes": clients,
-        "throughput_rps": len(data) / elapsed,
-        "latency_ms": {k: v * 1000 for k, v in percentiles(latencies, (50, 95, 99, 100)).items()},
-        "status_codes": codes,
+        "throughput_rps": len(data) / drive.elapsed,
+        "steady_rps": steady_rps(drive.ends),  # the middle 80% of the answers (steady_rps's docstring says why)
+        "latency_ms": {k: v * 1000 for k, v in percentiles(drive.latencies, (50, 95, 99, 100)).items()},
+        "status_codes": drive.codes,
         # Where the CPU went: "server" is the miner process (or the stock axon), "fronts" its front processes,
         # "worker" its expert workers, "decode" its isolated decoders; with client processes their start-up is inside
         # the window.
@@ -385,9 +414,12 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
             runs[name].append(run_axon(argparse.Namespace(**{**vars(args), "processes": processes,
                                                              "dispatch": dispatch}), stock=False))
         # Progress on stderr, and the figures so far survive a run cut short by a time limit.
-        done = ", ".join(f"{name} {runs[name][-1]['throughput_rps']:.0f} req/s" for name in names)
+        done = ", ".join(f"{name} {runs[name][-1]['throughput_rps']:.0f} req/s "
+                         f"(steady {runs[name][-1]['steady_rps'] or float('nan'):.0f})" for name in names)
         print(f"round {round_number}/{args.rounds}: {done}", file=sys.stderr, flush=True)
     rps = {name: [round(r["throughput_rps"], 1) for r in results] for name, results in runs.items()}
+    steady = {name: [None if r["steady_rps"] is None else round(r["steady_rps"], 1) for r in results]
+              for name, results in runs.items()}
     p50 = {name: [round(r["latency_ms"]["p50"], 1) for r in results] for name, results in runs.items()}
     medians = {name: statistics.median(values) for name, values in rps.items()}
     report: dict[str, Any] = {
@@ -410,6 +442,11 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
         report[f"{name}_over_stock_per_round"] = [round(m / s, 3) for m, s in zip(rps[name], rps["stock"], strict=True)]
         report[f"{name}_rps_median"] = medians[name]
         report[f"{name}_over_stock"] = medians[name] / medians["stock"]
+    # The same per round over the middle 80% of each run's answers (`steady_rps`), to set beside the engine's own
+    for name in names:
+        report[f"{name}_steady_rps"] = steady[name]
+        known = [value for value in steady[name] if value is not None]
+        report[f"{name}_steady_rps_median"] = statistics.median(known) if known else None
     report["cpu_ms_per_request"] = {name: [r["cpu_ms_per_request"] for r in results] for name, results in runs.items()}
     report["late"] = {name: [r["late"] for r in results] for name, results in runs.items() if name != "stock"}
     report["status_codes"] = {name: [r["status_codes"] for r in results] for name, results in runs.items()}

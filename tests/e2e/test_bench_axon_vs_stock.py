@@ -57,7 +57,7 @@ def test_the_stricter_stock_reference_reads_its_hotkey_once(tmp_path, hotkey_onc
     with bench.run_stock_axon(tmp_path / "wallets", miner, hotkey_once=hotkey_once) as process:
         key_file = tmp_path / "wallets" / "miner" / "hotkeys" / "default"
         key_file.rename(key_file.with_suffix(".moved"))
-        _, codes, _ = asyncio.run(bench._drive_axon(process, [caller], data, 1, 9.0, True))
+        codes = asyncio.run(bench._drive_axon(process, [caller], data, 1, 9.0, True)).codes
     if hotkey_once:
         assert codes == {"200": 3}
     else:
@@ -78,20 +78,24 @@ def test_front_processes_are_compared_in_the_same_rounds_from_client_processes(t
     cascade = bench_cascade(tmp_path)
     out = tmp_path / "fronts.json"
     assert bench.main(["axon-vs-stock", "--cascade", str(cascade),
-                       "--requests", "8", "--concurrency", "4", "--wallets", "2", "--rounds", "1",
+                       "--requests", "24", "--concurrency", "4", "--wallets", "2", "--rounds", "1",
                        "--stock-hotkey-once", "--processes", "0", "2", "--client-processes", "2",
                        "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["client_processes"] == 2 and report["sources"] == 4
     for name in ("miner-p0", "miner-p2"):
-        assert report["status_codes"][name] == [{"200": 8}], report["status_codes"]
+        assert report["status_codes"][name] == [{"200": 24}], report["status_codes"]
         assert report[f"{name}_over_stock"] == pytest.approx(report[f"{name}_rps_median"] / report["stock_rps_median"])
+    # The rate over the middle of each run needs 20 answers: both client processes' answer times are merged.
+    for name in ("stock", "miner-p0", "miner-p2"):
+        assert report[f"{name}_steady_rps"][0] > 0, report
+        assert report[f"{name}_steady_rps_median"] == report[f"{name}_steady_rps"][0]
     # Where the CPU went: the fronts' own processes carry the HTTP work only when there are fronts.
     cpu = report["cpu_ms_per_request"]
     assert cpu["miner-p2"][0].get("fronts", 0) > 0, cpu
     assert "fronts" not in cpu["miner-p0"][0] and "fronts" not in cpu["stock"][0], cpu
     assert all(run["server"] > 0 for runs in cpu.values() for run in runs), cpu
-    # The miner's own late counters, read from its metrics (eight requests, each answered in milliseconds).
+    # The miner's own late counters, read from its metrics (24 requests, each answered in milliseconds).
     assert set(report["late"]) == {"miner-p0", "miner-p2"}, report["late"]
     assert report["late"]["miner-p2"] == [{"late_answer": 0.0, "late_other": 0.0, "late_skipped": 0.0}], report["late"]
 
