@@ -124,6 +124,8 @@ def guarded_protocol(limits: HttpLimits, on_close: ConnectionEvent) -> type[H11P
                 return
             if self._request_started_s is None and self._between_requests():
                 self._request_started_s = time.monotonic()
+                if self._header_timer is None:  # a kept-alive connection's next request: its deadline starts now
+                    self._header_timer = self.loop.call_later(limits.header_timeout_s, self._header_timeout)
             super().data_received(data)
             scope = self.scope
             if scope is not None and scope is not self._stamped:  # a request's headers are complete
@@ -177,9 +179,14 @@ def guarded_protocol(limits: HttpLimits, on_close: ConnectionEvent) -> type[H11P
             return self.cycle is None or self.cycle.response_complete
 
         def _wait_for_request(self) -> None:
+            """A fresh connection's headers are due within the header deadline of its accept. A kept-alive one is
+            idle until its next request's first byte, which starts that request's deadline (`data_received`):
+            uvicorn's keep-alive timer closes it if nothing comes (with `header_timeout_s` below `keep_alive_s`,
+            an idle pooled connection used to be closed early and counted as a slow-headers attack)."""
             idle[self] = None
             self._cancel_header_timer()
-            self._header_timer = self.loop.call_later(limits.header_timeout_s, self._header_timeout)
+            if self._served == 0:
+                self._header_timer = self.loop.call_later(limits.header_timeout_s, self._header_timeout)
 
         def _cancel_header_timer(self) -> None:
             if self._header_timer is not None:
