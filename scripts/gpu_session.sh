@@ -10,7 +10,9 @@
 #   bash scripts/gpu_session.sh production OUT [--dry-run]   (5 minutes on two H200s, at most 9)
 #     the production-size cascade (scripts/prod_bench.sh) on both GPUs, the training bench on the second GPU
 #     while the models are built, then the hot-reload bench (device memory before, during and after).
-# ONLY="step step ..." runs the named steps alone (the names the dry run prints).
+# ONLY="step step ..." runs the named steps alone (the names the dry run prints). BUDGET_S=N: every step's limit is cut
+# to what is left of N seconds from the start, and steps with under 10 s left are skipped, so the results are packed
+# before the device's own per-command limit ends the command (a command cut off there brings nothing back).
 # Each step has its own time limit; a failing step is logged and the next one runs. Runs from the repository
 # root with `python3 -m ...` (PYTHONPATH must hold the repository and the carried wheels, pybase64 among them).
 set -u -o pipefail
@@ -82,6 +84,11 @@ for step in "${STEPS[@]}"; do
   IFS='|' read -r name limit cmd <<< "$step"
   if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
   if [ -n "$DRY" ]; then echo "$name (<= ${limit}s): $cmd"; continue; fi
+  if [ -n "${BUDGET_S:-}" ]; then
+    left=$(( BUDGET_S - ($(date +%s) - start) ))
+    if [ "$left" -lt 10 ]; then echo "== $name skipped: ${left}s left of BUDGET_S=$BUDGET_S"; continue; fi
+    [ "$left" -lt "$limit" ] && limit=$left
+  fi
   echo "== $(date +%T) $name (<= ${limit}s)"
   timeout "$limit" bash -c "$cmd" > "$WORK/$name.log" 2>&1
   rc=$?
