@@ -30,7 +30,7 @@ from bittensor.core.axon import create_error_response, log_and_handle_error
 from bittensor.core.errors import InvalidRequestNameError, SynapseException
 from bittensor.core.synapse import Synapse, TerminalInfo
 from fastapi import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from neurons.axon_hardening import HardenedAxonMiddleware, checked_body
@@ -72,6 +72,11 @@ class SynapseDispatch:
             return create_error_response(log_and_handle_error(synapse, exc, start_time=start_time))
         except HTTPException as exc:  # the body check's 400 (neurons/axon_hardening.py answers it so in the app)
             return JSONResponse(status_code=exc.status_code, content={"message": exc.detail})
+        except ClientDisconnect:
+            # The body ended early: the HTTP guard refused it (over the rate limit, too slow, too large) and answers
+            # that itself, or the caller left. Counted there, not an error: bittensor's handler logged one ERROR line
+            # per refused request, a log any caller over its rate limit could fill.
+            return Response(status_code=400)
         except Exception as exc:  # noqa: BLE001 - the middleware answers every other failure from the synapse
             return create_error_response(log_and_handle_error(synapse, exc, start_time=start_time))
 
