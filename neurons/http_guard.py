@@ -200,6 +200,10 @@ class HttpGuard:
         """What the stock axon would answer badly, and everything while the miner is not ready: refused at once."""
         if scope.get(UPGRADE_KEY):
             return 400, "protocol upgrades are not served", "refused_upgrade"
+        header_bytes = sum(len(name) + len(value) + 4 for name, value in scope.get("headers", ()))
+        if header_bytes > self.limits.max_header_bytes:
+            return (431, f"request header block over {self.limits.max_header_bytes} bytes",
+                    "refused_headers_too_large")
         method = scope.get("method", "")
         if method not in _METHODS:
             return 405, f"method not allowed: {_shown(method, 16)} (POST or GET)", "refused_method"
@@ -331,7 +335,7 @@ class HttpGuard:
         status, text, _ = refusal
         body = json.dumps({"message": text}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        if refusal[2] in ("refused_upgrade", "error_500"):
+        if refusal[2] in ("refused_upgrade", "error_500", "refused_headers_too_large"):
             headers.append((b"connection", b"close"))  # no next request on a connection in an unknown state
         if status == 405:
             headers.append((b"allow", ", ".join(_METHODS).encode()))

@@ -21,6 +21,9 @@ class HttpLimits:
     # or 100,000 nested lists is refused before any of it is parsed.
     max_body_structure: int = 1024
     body_budget_bytes: int | None = None  # bodies in flight at once, in bytes; None: 4 x max_request_bytes
+    # The request's header block, counted once it is parsed: h11's own limit holds only for a block still arriving
+    # (one that comes in a single read of 100 KB is parsed whole, and was served).
+    max_header_bytes: int = 16 * 1024
 
     @property
     def requests_per_ip(self) -> int:

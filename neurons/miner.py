@@ -216,7 +216,8 @@ def http_limits(config: MinerConfig) -> HttpLimits:
     axon = config.axon
     return HttpLimits(axon.max_request_bytes, axon.header_timeout_s, axon.body_timeout_s, axon.max_connections,
                       axon.max_connections_per_ip, axon.max_concurrent_requests, config.deadline.timeout_cap_s,
-                      config.deadline.nonce_trust_s, axon.max_concurrent_requests_per_ip)
+                      config.deadline.nonce_trust_s, axon.max_concurrent_requests_per_ip,
+                      max_header_bytes=axon.max_header_bytes)
 
 
 def listen(config: MinerConfig, outcomes: AxonOutcomes, sock: Any = None) -> Any:
