@@ -20,8 +20,8 @@ from typing import Any
 from loguru import logger
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-# bittensor's axon logs one ERROR line per refused or failed request ("Type#uuid: message").
-# "Type#uuid: message"; bittensor strips the space when the message is empty (ClientDisconnect has none)
+# bittensor's axon logs one ERROR line per refused or failed request ("Type#uuid: message"; its logger strips the
+# trailing space when the exception has no text, as Starlette's ClientDisconnect has none).
 _AXON_ERROR_LINE = re.compile(r"^\w+#[0-9a-f-]{36}:(?: |$)")
 _LATENCY_SAMPLES = 20_000  # per interval; beyond it a uniform reservoir keeps the quantiles honest
 
