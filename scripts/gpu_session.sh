@@ -41,6 +41,7 @@ case "$PART" in
     "engine-1gpu-proc|80|$B engine --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 6000 --concurrency 512 --decode-workers 12 --json $WORK/engine-1gpu-proc.json"
     "engine-1gpu-proc-asyncio|80|$B engine --cascade config/cascade.bench-gpu.yaml --event-loop asyncio --worker-process --idle-dispatch --requests 6000 --concurrency 512 --decode-workers 12 --json $WORK/engine-1gpu-proc-asyncio.json"
     "engine-1gpu-proc-admit-all|80|$B engine --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 6000 --concurrency 512 --max-in-flight 1024 --decode-workers 12 --json $WORK/engine-1gpu-proc-admit-all.json"
+    "stages|90|$B stages --cascade config/cascade.bench-gpu.yaml --device cuda:0 --reps 300 --json $WORK/stages.json"
     "engine-1gpu-c1-proc|50|$B engine --cascade config/cascade.bench-gpu.yaml --worker-process --idle-dispatch --requests 300 --concurrency 1 --json $WORK/engine-1gpu-c1-proc.json"
     "engine-2gpu-proc|100|$B engine --cascade config/cascade.bench-gpu-x2.yaml --worker-process --idle-dispatch --requests 8000 --concurrency 512 --decode-workers 16 --json $WORK/engine-2gpu-proc.json"
     "engine-2gpu-proc-admit-all|100|$B engine --cascade config/cascade.bench-gpu-x2.yaml --worker-process --idle-dispatch --requests 8000 --concurrency 512 --max-in-flight 1024 --decode-workers 16 --json $WORK/engine-2gpu-proc-admit-all.json"

@@ -37,7 +37,7 @@ from typing import Any
 
 from cascade.config import EngineConfig, ExpertConfig, SchedulerConfig, load_cascade
 from cascade.event_loop import EventLoopKind, new_event_loop
-from sn72_lab import bench_levels, bench_models, bench_report, bench_traffic
+from sn72_lab import bench_levels, bench_models, bench_report, bench_stages, bench_traffic
 from sn72_lab.bench_stand_in import null_factory
 from sn72_tools.client import encode_jpeg, percentiles, synthetic_image
 
@@ -595,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
                            "the key file twice per request): the stricter reference")
     bench_models.add_parsers(sub)
     bench_levels.add_parser(sub)
+    bench_stages.add_parser(sub)
     bench_traffic.add_parser(sub)
     sub.add_parser("report", help="markdown tables of a levels/traffic run's JSON").add_argument(
         "out", type=Path, help="folder holding levels.json and/or traffic.json")
@@ -602,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "report":
         return bench_report.main([str(args.out)])
     runners = {"engine": run_engine, "axon": run_axon, "roundtrip": run_roundtrip, "axon-vs-stock": run_axon_vs_stock,
-               "levels": bench_levels.run_levels,
+               "levels": bench_levels.run_levels, "stages": bench_stages.run_stages,
                "traffic": bench_traffic.run_traffic}
     from cascade.experts.base import ExpertError
     from cascade.placement import PlacementError
