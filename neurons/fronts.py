@@ -99,6 +99,7 @@ class _Front:
     opened: threading.Event = field(default_factory=threading.Event)
     started_s: float = 0.0
     restart_delay_s: float = 0.0
+    restarts: int = 0  # times this front was restarted after it ended
 
 
 class Fronts:
@@ -148,6 +149,12 @@ class Fronts:
 
     def pids(self) -> list[int]:
         return [front.process.pid for front in self._fronts if front.process is not None and _alive(front)]
+
+    def state(self) -> list[dict[str, Any]]:
+        """Each front for `/status` (any thread): its pid, whether it serves, its restarts and open connections."""
+        return [{"front": front.index, "pid": front.process.pid if front.process is not None else None,
+                 "serving": _alive(front), "restarts": front.restarts, "connections": front.stats[2]}
+                for front in self._fronts]
 
     def describe(self) -> str:
         return ", ".join(f"front {front.index} pid {front.process.pid}" for front in self._fronts
@@ -412,6 +419,7 @@ class Fronts:
             process.pid if process else "?", "drained and stopped on a signal of its own" if drained else "died",
             code, lost, f" in {front.restart_delay_s:.0f} s" if front.restart_delay_s else "")
         self._restarts.inc()
+        front.restarts += 1
         timer = threading.Timer(front.restart_delay_s, self._restart, args=(front,))
         timer.daemon = True
         timer.start()

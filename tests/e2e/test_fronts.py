@@ -25,7 +25,7 @@ from sn72_tools.client import encode_jpeg, synthetic_image
 from tests.factories.cascades import level, vit_cascade, vit_expert
 from tests.factories.dendrites import validator_wallets
 from tests.factories.engine import wait_for
-from tests.factories.metrics import axon_outcomes, families
+from tests.factories.metrics import axon_outcomes, families, miner_status
 from tests.factories.processes import children_of, gone
 
 pytestmark = pytest.mark.slow
@@ -258,6 +258,11 @@ def test_a_killed_front_is_restarted_and_every_request_it_held_counted_once(tmp_
         assert answered == statuses.count(200), (outcomes, statuses)
         restarts = families(process.metrics_port)["sn72_miner_front_restarts"].samples[0].value
         assert restarts == 1
+        # /status names the processes that serve now, and which one was restarted (the outside review of 5 December)
+        fronts = miner_status(process.metrics_port)["fronts"]
+        assert {f["pid"] for f in fronts} == set(fronts_of(process.process.pid)), fronts
+        assert [f["serving"] for f in fronts] == [True, True], fronts
+        assert sorted((f["pid"] == replaced, f["restarts"]) for f in fronts) == [(False, 0), (True, 1)], fronts
 
         async def after() -> list:
             return list(await asyncio.gather(*(send(HostileRequest(

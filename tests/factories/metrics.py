@@ -21,3 +21,11 @@ def axon_outcomes(metrics_port: int, host: str = "127.0.0.1") -> dict[str, float
     if family is None:
         return {}
     return {s.labels["outcome"]: s.value for s in family.samples if s.name.endswith("_total")}
+
+
+def miner_status(metrics_port: int, host: str = "127.0.0.1") -> dict[str, Any]:
+    """The miner's `/status` JSON (pid, phase, serving version, last reload, fronts)."""
+    import json
+
+    with urllib.request.urlopen(f"http://{host}:{metrics_port}/status", timeout=5) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
