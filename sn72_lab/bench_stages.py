@@ -9,6 +9,7 @@ configured), warms it up, and times on distinct JPEGs of `--image-size`:
 - each stage alone, the device synchronised after each (`bytes_to_tensor`, `decode`, `preprocess`, `forward`,
   `answer`): the sum is above the whole call, as every stage's device work is waited for;
 - `forward_device`: the forward's device time alone (CUDA events around it), the part no host change can shorten;
+- with `compile_max_batch` set: the whole call against a twin without compiled buckets, alternated (`compile_ab`);
 - other ways to decode one JPEG for the same batch (`decode_alternatives`): torchvision's nvJPEG with one tensor
   instead of a list, libjpeg-turbo on the host plus the upload, PIL (the miner's host path) plus the upload.
 
@@ -23,6 +24,7 @@ import base64
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +95,11 @@ def run_stages(args: argparse.Namespace) -> dict[str, Any]:
         "mode": "stages", "cascade": str(args.cascade), "expert": config.name, "device": device,
         "device_name": torch.cuda.get_device_name(device) if cuda else "cpu", "decoder": note,
         "image_size": list(args.image_size), "reps": args.reps, "cuda_graphs": expert.options.cuda_graphs,
-        "dtype": str(expert.dtype),
+        "dtype": str(expert.dtype), "compiled_buckets": getattr(expert.logits_of, "compiled_buckets", None),
     }
     report["predict_batch"] = summary(timed(whole, args.reps, args.warmup, lambda: None))
+    if cuda and expert.options.compile_max_batch > 0:
+        report["compile_ab"] = _compile_ab(expert, config, images, args)
 
     staged: dict[str, list[float]] = {name: [] for name in STAGES}
     marks: list[float] = []
@@ -135,6 +139,30 @@ def run_stages(args: argparse.Namespace) -> dict[str, Any]:
         report["forward_device"] = summary(_device_times(expert, batch, args.reps, device))
         report["decode_alternatives"] = _decode_alternatives(jpegs, device, args.reps, args.warmup, sync)
     return report
+
+
+def _one(expert: Any, images: Sequence[Any], i: int) -> None:
+    expert.predict_batch([images[i]])
+
+
+def _compile_ab(expert: Any, config: Any, images: Sequence[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """`predict_batch` at batch 1 of the expert as configured and of a twin without compiled buckets, the same images,
+    alternated in `args.rounds` rounds (drift hits both alike)."""
+    from cascade.experts.jpeg import enable_device_jpeg
+    from cascade.experts.registry import build_expert
+
+    twin: Any = build_expert(config.model_copy(update={"options": {**config.options, "compile_max_batch": 0}}),
+                             args.device)
+    twin.load()
+    enable_device_jpeg(twin, "auto")
+    sides = {"compiled": expert, "eager_graphs": twin}
+    rounds: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(args.rounds):
+        for name, side in sides.items():
+            times = timed(partial(_one, side, images), args.reps, args.warmup, lambda: None)
+            rounds[name].append(summary(times)["p50"])
+    twin.close()
+    return {"rounds_p50": rounds, "median_p50": {name: statistics.median(v) for name, v in rounds.items()}}
 
 
 def _device_times(expert: Any, batch: Any, reps: int, device: str) -> list[float]:
@@ -190,4 +218,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--image-size", type=size, default=(640, 480), help="WxH of the generated JPEGs")
     p.add_argument("--reps", type=int, default=200, help="timed calls per figure")
     p.add_argument("--warmup", type=int, default=20, help="untimed calls before each figure")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="with compiled buckets: alternated rounds of the expert and its uncompiled twin")
     p.add_argument("--json", type=Path)

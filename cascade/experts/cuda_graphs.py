@@ -4,11 +4,18 @@ A ViT-B/16 at batch 1 spends most of its GPU time launching kernels; replaying a
 launches them all at once. Batches are padded up to the next bucket (powers of two up to
 `max_batch`), copied into the bucket's static input, replayed, and the first rows of the static
 output are returned. Anything that cannot be captured falls back to the eager forward.
+
+A graph still runs one kernel per operation, each a few microseconds apart: at batch 1 a ViT-B/16's ~165 kernels
+took 1.3-1.6 ms of device time on an H100 for ~0.7 ms of work (`sn72-bench stages`). Buckets up to
+`compile_max_batch` are therefore captured from a `torch.compile`d forward (inductor: layer norms, biases and
+activations fused into fewer kernels; 1.0 ms there), at ~20 s of load per bucket. Compiling is an optimisation too:
+a model inductor cannot take whole keeps the eager forward for every bucket (logged).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import torch
@@ -45,12 +52,20 @@ class GraphedForward:
     """Replays `forward` for batches up to `max_batch`; falls back to eager beyond that."""
 
     def __init__(self, forward: Forward, sample_shape: tuple[int, ...], max_batch: int, device: str,
-                 dtype: torch.dtype, channels_last: bool = False) -> None:
+                 dtype: torch.dtype, channels_last: bool = False, compile_max_batch: int = 0) -> None:
         self.forward = forward
         self.buckets = bucket_sizes(max_batch)
         self.inputs: dict[int, torch.Tensor] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.compiled_buckets: list[int] = []  # captured from the compiled forward
+        # Kept with the graphs, as the eager forward is. NOTE: dynamo keys its compiled code by the forward's code
+        # object, so in one process every reload of the same backend compiles again and counts towards dynamo's
+        # recompile limit; past it the capture below falls back to the eager forward (logged). A worker process
+        # (`worker: process`) loads each model in a fresh process.
+        self.compiled_forward = torch.compile(forward, dynamic=False, fullgraph=True) if compile_max_batch > 0 else None
+        fused = self.compiled_forward
+        compile_s = 0.0
         with _capture_lock:  # one capture at a time on a device's shared capture stream
             pool = torch.cuda.graph_pool_handle()
             side = capture_stream(device)
@@ -60,17 +75,30 @@ class GraphedForward:
                     static = torch.zeros((size, *sample_shape), device=device, dtype=dtype)
                     if channels_last:
                         static = static.contiguous(memory_format=torch.channels_last)
+                    run = forward
+                    if fused is not None and size <= compile_max_batch:
+                        began = time.monotonic()
+                        try:
+                            fused(static)  # compiles for this shape
+                            run = fused
+                            self.compiled_buckets.insert(0, size)
+                        except Exception as exc:  # noqa: BLE001 - the eager forward stays correct
+                            logger.warning("torch.compile could not take the forward ({}: {}); every batch bucket "
+                                           "runs the eager one", type(exc).__name__, str(exc).split("\n")[0][:300])
+                            fused = None
+                        compile_s += time.monotonic() - began
                     for _ in range(2):  # kernels selected and lazily initialised before capture
-                        forward(static)
+                        run(static)
                     graph = torch.cuda.CUDAGraph()
                     # thread_local: a hot reload captures while other replicas' threads keep serving on the device;
                     # the default ("global") mode would fail their allocations and copies during the capture.
                     with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"):
-                        out = forward(static)
+                        out = run(static)
                     self.inputs[size], self.outputs[size], self.graphs[size] = static, out, graph
             torch.cuda.current_stream(device).wait_stream(side)
             torch.cuda.synchronize(device)
-        logger.info("captured CUDA graphs for batch buckets {}", self.buckets)
+        compiled = f"; compiled buckets {self.compiled_buckets} ({compile_s:.1f} s)" if self.compiled_buckets else ""
+        logger.info("captured CUDA graphs for batch buckets {}{}", self.buckets, compiled)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         n = batch.shape[0]
@@ -83,12 +111,13 @@ class GraphedForward:
 
 
 def try_graph(forward: Forward, sample_shape: tuple[int, ...], max_batch: int, device: str,
-              dtype: torch.dtype, channels_last: bool = False) -> Forward:
-    """A graphed forward on CUDA, or the eager one where capture is impossible (logged)."""
+              dtype: torch.dtype, channels_last: bool = False, compile_max_batch: int = 0) -> Forward:
+    """A graphed forward on CUDA (buckets up to `compile_max_batch` compiled first), or the eager one where capture is
+    impossible (logged)."""
     if not device.startswith("cuda"):
         return forward
     try:
-        return GraphedForward(forward, sample_shape, max_batch, device, dtype, channels_last)
+        return GraphedForward(forward, sample_shape, max_batch, device, dtype, channels_last, compile_max_batch)
     except Exception as exc:  # noqa: BLE001 - capture is an optimisation: eager stays correct
         logger.warning("CUDA graph capture failed ({!r}); running eagerly", exc)
         return forward

@@ -71,7 +71,7 @@ class ClassifierExpert(Expert):
             from cascade.experts.cuda_graphs import try_graph
 
             self.logits_of = try_graph(self.logits_of, (3, *self.size_hw), self.config.max_batch, self.device,
-                                       self.dtype, self.channels_last)
+                                       self.dtype, self.channels_last, self.options.compile_max_batch)
 
     @torch.inference_mode()
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[float | DecodeError]:

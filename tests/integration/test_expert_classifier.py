@@ -74,3 +74,30 @@ def test_cuda_graphs_answer_as_the_eager_model_does(tiny_vit):
         images = mixed_images(n)
         assert graphed.predict_batch(images) == pytest.approx(eager.predict_batch(images), abs=2e-2)
     assert torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+def test_compiled_buckets_answer_as_the_eager_model_does(tiny_vit):
+    compiled = load(tiny_vit, device="cuda:0", cuda_graphs=True, compile_max_batch=2)
+    eager = load(tiny_vit, device="cuda:0", cuda_graphs=False)
+    assert compiled.logits_of.compiled_buckets == [1, 2]  # the larger buckets are captured from the eager forward
+    for n in (1, 2, 3, 8):
+        images = mixed_images(n)
+        assert compiled.predict_batch(images) == pytest.approx(eager.predict_batch(images), abs=2e-2)
+
+
+@pytest.mark.gpu
+def test_a_forward_inductor_cannot_take_whole_keeps_the_eager_forward_in_every_bucket():
+    from cascade.experts.cuda_graphs import GraphedForward
+
+    layer = torch.nn.Linear(4, 2).to("cuda:0")
+
+    def forward(x):
+        torch._dynamo.graph_break()  # nothing in eager mode; fullgraph compilation refuses it
+        return layer(x)
+
+    with torch.inference_mode():
+        graphed = GraphedForward(forward, (4,), 4, "cuda:0", torch.float32, compile_max_batch=4)
+        assert graphed.compiled_buckets == [] and sorted(graphed.graphs) == [1, 2, 4]
+        x = torch.randn(3, 4, device="cuda:0")
+        assert torch.allclose(graphed(x), layer(x))
