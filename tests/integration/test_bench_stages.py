@@ -1,4 +1,4 @@
-"""`sn72-bench stages` on the CPU: the classifier's call timed whole and stage by stage through the miner's own loader."""
+"""`sn72-bench stages` on the CPU: the classifier's call timed whole and stage by stage, through the miner's loader."""
 
 from __future__ import annotations
 
@@ -47,5 +47,5 @@ def test_a_cascade_whose_first_expert_is_not_a_classifier_is_refused_with_the_re
         {"name": "clip", "backend": "zero_shot", "model": "some/model", "device": "cpu"}]}]}
     path = layout / "config" / "zero-shot.yaml"
     path.write_text(yaml.safe_dump(cascade))
-    with pytest.raises(SystemExit, match="stages times an hf_classifier expert.*'zero_shot'"):
+    with pytest.raises(SystemExit, match=r"stages times an hf_classifier expert.*'zero_shot'"):
         bench.main(["stages", "--cascade", str(path)])
