@@ -14,7 +14,11 @@ configured), warms it up, and times on distinct JPEGs of `--image-size`:
   instead of a list, libjpeg-turbo on the host plus the upload, PIL (the miner's host path) plus the upload.
 
 Figures in milliseconds: p50, p90 and the mean over `--reps` calls after `--warmup` untimed ones, each call on the next
-image. CPU devices time the same stages without a device decoder (PIL's pixels) and without device events.
+image. `stages_sum_p50` adds the stages' medians: each stage waits for its device work, the whole call does not, so
+the sum can be above the call (device work the call overlaps with host work) or below it (the call's own bookkeeping
+between stages: the decoded batch's checks, the answers put back in order). On a CPU the JPEGs are decoded by PIL
+before the timing (as the miner's decode threads do), so `decode` is ~0; there, on a busy machine, set
+OMP_NUM_THREADS=1 (torch's thread pool stalls when the cores are oversubscribed, tens of milliseconds at a time).
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ def run_stages(args: argparse.Namespace) -> dict[str, Any]:
     from sn72_lab.bench import payloads
 
     config = load_cascade(args.cascade).levels[0].experts[0]
+    if args.compile_max_batch is not None:  # the same expert with or without compiled buckets, whatever the file says
+        config = config.model_copy(update={"options": {**config.options, "compile_max_batch": args.compile_max_batch}})
     if config.backend != "hf_classifier":
         raise SystemExit(f"stages times an hf_classifier expert; the first expert of {args.cascade} is "
                          f"{config.backend!r}")
@@ -94,7 +100,8 @@ def run_stages(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "mode": "stages", "cascade": str(args.cascade), "expert": config.name, "device": device,
         "device_name": torch.cuda.get_device_name(device) if cuda else "cpu", "decoder": note,
-        "image_size": list(args.image_size), "reps": args.reps, "cuda_graphs": expert.options.cuda_graphs,
+        "image_size": list(args.image_size), "reps": args.reps, "unit": "ms",
+        "cuda_graphs": bool(cuda and expert.options.cuda_graphs),
         "dtype": str(expert.dtype), "compiled_buckets": getattr(expert.logits_of, "compiled_buckets", None),
     }
     report["predict_batch"] = summary(timed(whole, args.reps, args.warmup, lambda: None))
@@ -218,6 +225,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--image-size", type=size, default=(640, 480), help="WxH of the generated JPEGs")
     p.add_argument("--reps", type=int, default=200, help="timed calls per figure")
     p.add_argument("--warmup", type=int, default=20, help="untimed calls before each figure")
+    p.add_argument("--compile-max-batch", type=int, default=None, metavar="N",
+                   help="the expert's options.compile_max_batch for this run (default: as the cascade file says; "
+                   "N > 0 on CUDA also times an uncompiled twin, alternated)")
     p.add_argument("--rounds", type=int, default=3,
                    help="with compiled buckets: alternated rounds of the expert and its uncompiled twin")
     p.add_argument("--json", type=Path)

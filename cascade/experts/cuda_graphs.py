@@ -5,11 +5,11 @@ launches them all at once. Batches are padded up to the next bucket (powers of t
 `max_batch`), copied into the bucket's static input, replayed, and the first rows of the static
 output are returned. Anything that cannot be captured falls back to the eager forward.
 
-A graph still runs one kernel per operation, each a few microseconds apart: at batch 1 a ViT-B/16's ~165 kernels
-took 1.3-1.6 ms of device time on an H100 for ~0.7 ms of work (`sn72-bench stages`). Buckets up to
-`compile_max_batch` are therefore captured from a `torch.compile`d forward (inductor: layer norms, biases and
-activations fused into fewer kernels; 1.0 ms there), at ~20 s of load per bucket. Compiling is an optimisation too:
-a model inductor cannot take whole keeps the eager forward for every bucket (logged).
+A graph still runs one kernel per operation, one after another: at batch 1 a ViT-B/16's ~165 kernels took 1.3-1.6 ms
+of device time on an H100 for ~0.7 ms of kernel work (`sn72-bench stages`, scripts/forward_variants.py). Buckets up to
+`compile_max_batch` (off unless set) are captured from a `torch.compile`d forward instead: 1.0 ms there, with more
+kernels and attention in fp32 (docs/performance.md, "Where batch 1 goes"), at 9-51 s of load for three buckets.
+Compiling is an optimisation too: a model inductor cannot take whole keeps the eager forward for every bucket (logged).
 """
 
 from __future__ import annotations

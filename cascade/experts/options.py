@@ -26,7 +26,7 @@ class ClassifierOptions(_Options):
     compile_max_batch: int = Field(
         0, ge=0, le=4096,
         description="With cuda_graphs: batch buckets up to this size are captured from a torch.compile'd forward "
-        "(fewer, fused kernels: batch-1 latency down; ~20 s more load per bucket). 0: none.",
+        "(batch-1 latency down, seconds more load; docs/configuration.md). 0: none.",
     )
 
 
