@@ -35,6 +35,22 @@ def roadwork_indices(id2label: dict[int, str], names: Sequence[str], indices: Se
     return found
 
 
+def check_model_reference(name: str, model: str, backend: str) -> None:
+    """ExpertError naming the problem when `model` is a path that is not a saved model, or not a hub id at all
+    (transformers' own message for a missing folder is about the form of a repo id)."""
+    from cascade.model_sources import ModelRef, Source, check_local, classify_model
+
+    source, problem = classify_model(model, backend)
+    try:
+        if source is Source.INVALID:
+            raise ValueError(f"{model!r} is {problem}")
+        if source is Source.LOCAL:
+            check_local(ModelRef(name, backend, model, source, None))
+    except ValueError as exc:
+        raise ExpertError(f"expert {name}: {exc} (the bench and demo models are built by sn72-make-tiny-models; "
+                          "a hub id is fetched by sn72-download-models)") from None
+
+
 def eager_logits(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     def logits(pixels: torch.Tensor) -> torch.Tensor:
         return model(pixel_values=pixels).logits
@@ -49,6 +65,7 @@ class ClassifierExpert(Expert):
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
         self.dtype = torch_dtype(self.config.dtype, self.device)
+        check_model_reference(self.name, self.config.model, self.config.backend)
         try:
             processor = AutoImageProcessor.from_pretrained(self.config.model)
             model = AutoModelForImageClassification.from_pretrained(self.config.model, dtype=self.dtype)

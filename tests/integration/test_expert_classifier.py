@@ -47,6 +47,22 @@ def test_a_batch_answers_as_its_images_do_alone(tiny_vit):
     assert together == pytest.approx(alone, abs=1e-5)
 
 
+@pytest.mark.parametrize(("model", "words"), [
+    ("/nowhere/tiny-vit", "local path /nowhere/tiny-vit does not exist"),
+    ("not a model", "neither an existing path nor a hub id"),
+])
+def test_a_model_that_is_not_there_is_named_with_what_builds_it(model, words):
+    expert = build_expert(ExpertConfig(name="vit", backend="hf_classifier", model=model), "cpu")
+    with pytest.raises(ExpertError, match=f"expert vit: .*{words}.*sn72-make-tiny-models"):
+        expert.load()
+
+
+def test_a_saved_model_folder_without_its_config_is_refused_as_such(tmp_path):
+    expert = build_expert(ExpertConfig(name="vit", backend="hf_classifier", model=str(tmp_path)), "cpu")
+    with pytest.raises(ExpertError, match=r"has no config\.json"):
+        expert.load()
+
+
 def test_label_mapping_by_name_or_index():
     labels = {0: "None", 1: "Roadwork"}
     assert roadwork_indices(labels, ["roadwork"], []) == [1]
