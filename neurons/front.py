@@ -286,13 +286,14 @@ async def _serve(link_sock: socket.socket, listener: socket.socket, arena_fd: in
 
 def _configure_logs(config: MinerConfig, index: int) -> None:
     """Lines on stderr (pm2 keeps them with the miner's), marked with the front; the miner process writes the files."""
-    from neurons.logs import quiet_progress_bars
+    from neurons.logs import quiet_progress_bars, route_standard_logging
     from neurons.outcomes import quiet_bittensor_request_logs
 
     quiet_progress_bars()
     logger.remove()
     logger.add(sys.stderr, level=config.log_level,
                format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | front " + str(index) + " | {message}")
+    route_standard_logging()  # bittensor's lines too, once, marked with the front
     quiet_bittensor_request_logs()
 
 

@@ -65,8 +65,26 @@ def configure(config: LogConfig, level: str, stream: TextIO | None = None) -> No
                        enqueue=True, backtrace=False, diagnose=False, encoding="utf-8")
         except (OSError, ValueError) as exc:
             raise LogSetupError(f"logs.file: cannot write the log file {config.file}: {exc}") from exc
-    logging.basicConfig(handlers=[_ToLoguru()], level=logging.WARNING, force=True)
+    route_standard_logging()
     _configured = True
+
+
+def route_standard_logging() -> None:
+    """The standard `logging` records (warnings and up, and what bittensor's own logger lets through) into loguru.
+
+    bittensor gives its logger a handler of its own (a queue to a coloured console writer) and lets the record go on
+    to the root logger too: with ours there, each of its lines was written twice, once without our format (nor, in a
+    front process, the `front N` mark). Its handler is taken off, so the root logger's carries them, once.
+    """
+    from logging.handlers import QueueHandler
+
+    logging.basicConfig(handlers=[_ToLoguru()], level=logging.WARNING, force=True)
+    import bittensor.utils.btlogging  # noqa: F401 - its logging machine adds its handler when first imported
+
+    ours = logging.getLogger("bittensor")
+    for handler in list(ours.handlers):
+        if isinstance(handler, QueueHandler):
+            ours.removeHandler(handler)
 
 
 class _ToLoguru(logging.Handler):
