@@ -25,6 +25,7 @@ import concurrent.futures
 import contextlib
 import functools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -307,6 +308,13 @@ def _client_process(job: tuple[Any, ...], barrier: Any, results: Any) -> None:
     began = time.monotonic()
     drive = asyncio.run(_drive_axon(target, wallets, data, concurrency, timeout_s, False, sources, first_source))
     results.put((began, began + drive.elapsed, drive))
+    # bittensor logs through a multiprocessing queue that a thread of its own reads, stopped by an atexit handler. A
+    # multiprocessing child runs no atexit handlers but closes its queues as it ends, so that thread died of EOFError
+    # with a traceback on stderr in every client process of every run. The result is flushed, then the process ends
+    # without the finalizers (nothing else of it needs them).
+    results.close()
+    results.join_thread()
+    os._exit(0)
 
 
 def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bool = False,
