@@ -99,7 +99,7 @@ class _Front:
     opened: threading.Event = field(default_factory=threading.Event)
     started_s: float = 0.0
     restart_delay_s: float = 0.0
-    restarts: int = 0  # times this front was restarted after it ended
+    restarts: int = 0  # times it ended while the miner served (counted as it ends, before the restart)
 
 
 class Fronts:

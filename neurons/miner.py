@@ -374,10 +374,9 @@ def _run(argv: list[str] | None) -> int:
     reloader = Reloader(engine, config.cascade_file, registry=registry, build_info=build_info,
                         **config.reload.model_dump())
     health.details = reloader.state  # /status: what `sn72-miner reload` waits on
-    if front_count:  # and which processes serve the axon: an operator's `kill`, `py-spy` or `top -p` needs their pids
-        fronts = server
-        health.details = lambda: {**reloader.state(), "fronts": fronts.state()}
     if front_count:
+        fronts = server  # /status also says which processes serve the axon: `kill`, `py-spy` or `top -p` need pids
+        health.details = lambda: {**reloader.state(), "fronts": fronts.state()}
         from neurons.serving_core import ServingCore
 
         try:
