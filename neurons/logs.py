@@ -70,7 +70,8 @@ def configure(config: LogConfig, level: str, stream: TextIO | None = None) -> No
 
 
 def route_standard_logging() -> None:
-    """The standard `logging` records (warnings and up, and what bittensor's own logger lets through) into loguru.
+    """The standard `logging` records (warnings and up, and what bittensor's own logger lets through) and Python's
+    `warnings` into loguru.
 
     bittensor gives its logger a handler of its own (a queue to a coloured console writer) and lets the record go on
     to the root logger too: with ours there, each of its lines was written twice, once without our format (nor, in a
@@ -79,6 +80,7 @@ def route_standard_logging() -> None:
     from logging.handlers import QueueHandler
 
     logging.basicConfig(handlers=[_ToLoguru()], level=logging.WARNING, force=True)
+    logging.captureWarnings(True)  # a library's `warnings.warn` too: one timestamped line, not two bare ones on stderr
     import bittensor.utils.btlogging  # noqa: F401 - its logging machine adds its handler when first imported
 
     ours = logging.getLogger("bittensor")

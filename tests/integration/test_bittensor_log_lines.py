@@ -52,3 +52,16 @@ def test_a_front_process_marks_bittensor_warnings_as_its_own_lines():
     lines = [line for line in out.splitlines() if MARK in line]
     assert len(lines) == 1, out
     assert f"| front 3 | bittensor: {MARK}" in lines[0] and "\x1b[" not in lines[0], lines
+
+
+def test_a_library_warning_is_one_line_of_the_log_not_two_bare_ones():
+    out = output_of(f"""
+        import warnings
+        from neurons.config import LogConfig
+        from neurons.logs import configure
+        configure(LogConfig(), "INFO")
+        warnings.warn("{MARK}", UserWarning, stacklevel=1)
+    """)
+    lines = [line for line in out.splitlines() if MARK in line]
+    assert len(lines) == 1 and "| WARNING  |" in lines[0] and "py.warnings: " in lines[0], out
+    assert "warnings.warn(" not in out, out  # Python's own display adds the source line as a second, bare line
