@@ -21,6 +21,7 @@ from cascade.config import load_cascade
 from cascade.experts.cuda_graphs import GraphedForward
 from cascade.experts.hf_classifier import eager_logits
 from cascade.experts.registry import build_expert
+from sn72_lab.bench_stages import device_times
 
 out = sys.argv[1]
 
@@ -34,19 +35,7 @@ report: dict = {"torch": torch.__version__, "attn": getattr(model.config, "_attn
 
 
 def device_ms(fn, reps=200):
-    with torch.inference_mode():
-        for _ in range(20):
-            fn(x)
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn(x)
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-    times.sort()
+    times = sorted(device_times(fn, x, reps, warmup=20))
     return {"p50": times[len(times) // 2], "p10": times[len(times) // 10]}
 
 

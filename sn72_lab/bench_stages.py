@@ -32,16 +32,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from sn72_tools.client import percentiles
 
 STAGES = ("bytes_to_tensor", "decode", "preprocess", "forward", "answer")
 
 
 def summary(times_ms: Sequence[float]) -> dict[str, float]:
     """p50, p90 and mean of a list of millisecond figures."""
-    ordered = sorted(times_ms)
-    return {"p50": statistics.median(ordered), "p90": float(np.percentile(ordered, 90)),
-            "mean": statistics.fmean(ordered)}
+    return {**percentiles(times_ms, (50, 90)), "mean": statistics.fmean(times_ms)}
 
 
 def timed(run: Callable[[int], Any], reps: int, warmup: int, sync: Callable[[], None]) -> list[float]:
@@ -143,7 +141,7 @@ def run_stages(args: argparse.Namespace) -> dict[str, Any]:
     report["stages_sum_p50"] = sum(report["stages"][name]["p50"] for name in STAGES)
 
     if cuda:
-        report["forward_device"] = summary(_device_times(expert, batch, args.reps, device))
+        report["forward_device"] = summary(device_times(expert.logits_of, batch, args.reps))
         report["decode_alternatives"] = _decode_alternatives(jpegs, device, args.reps, args.warmup, sync)
     return report
 
@@ -172,16 +170,20 @@ def _compile_ab(expert: Any, config: Any, images: Sequence[Any], args: argparse.
     return {"rounds_p50": rounds, "median_p50": {name: statistics.median(v) for name, v in rounds.items()}}
 
 
-def _device_times(expert: Any, batch: Any, reps: int, device: str) -> list[float]:
-    """Device milliseconds of the forward alone (CUDA events), the batch already on the device."""
+def device_times(forward: Callable[[Any], Any], batch: Any, reps: int, warmup: int = 0) -> list[float]:
+    """Device milliseconds of `forward(batch)` alone (CUDA events), the batch already on the device, after `warmup`
+    untimed calls (scripts/forward_variants.py uses this too)."""
     import torch
 
     times = []
     with torch.inference_mode():
+        for _ in range(warmup):
+            forward(batch)
+        torch.cuda.synchronize()
         for _ in range(reps):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            expert.logits_of(batch)
+            forward(batch)
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end))

@@ -9,13 +9,11 @@ The tests share the miner and run in file order; each leaves the cascade file as
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from sn72_lab.tiny_models import build_tiny_vit
 from sn72_tools.client import encode_jpeg, synthetic_image
 from tests.factories.cascades import cascade_of, level, vit_expert
 from tests.factories.dendrites import ask
+from tests.factories.metrics import miner_status
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +41,7 @@ class Served:
         self.cascade_file = folder / "cascade.yaml"
 
     def status(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.process.metrics_port}/status", timeout=5) as response:
-            return json.loads(response.read())  # type: ignore[no-any-return]
+        return miner_status(self.process.metrics_port)
 
     def write(self, cascade: dict[str, Any] | str) -> None:
         self.cascade_file.write_text(cascade if isinstance(cascade, str) else yaml.safe_dump(cascade))
