@@ -421,10 +421,19 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
         for name, (processes, dispatch) in zip(names[1:], settings, strict=True):
             runs[name].append(run_axon(argparse.Namespace(**{**vars(args), "processes": processes,
                                                              "dispatch": dispatch}), stock=False))
-        # Progress on stderr, and the figures so far survive a run cut short by a time limit.
+        # Progress on stderr, and the figures so far survive a run cut short by a time limit: the report of the
+        # rounds done is written after each (a GPU lease's command limit once cut the third round and lost the JSON).
         done = ", ".join(f"{name} {runs[name][-1]['throughput_rps']:.0f} req/s "
                          f"(steady {runs[name][-1]['steady_rps'] or float('nan'):.0f})" for name in names)
         print(f"round {round_number}/{args.rounds}: {done}", file=sys.stderr, flush=True)
+        if getattr(args, "json", None) and round_number < args.rounds:
+            args.json.write_text(json.dumps(_vs_stock_report(args, names, runs), indent=2))
+    return _vs_stock_report(args, names, runs)
+
+
+def _vs_stock_report(args: argparse.Namespace, names: list[str],
+                     runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The rounds run so far (`rounds_completed` of `rounds`): per-round figures, medians and ratios of medians."""
     rps = {name: [round(r["throughput_rps"], 1) for r in results] for name, results in runs.items()}
     steady = {name: [None if r["steady_rps"] is None else round(r["steady_rps"], 1) for r in results]
               for name, results in runs.items()}
@@ -433,6 +442,7 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "mode": "axon-vs-stock",
         "rounds": args.rounds,
+        "rounds_completed": len(runs["stock"]),
         "requests_per_run": args.requests,
         "concurrency": args.concurrency,
         "wallets": args.wallets,

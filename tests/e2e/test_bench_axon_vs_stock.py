@@ -47,6 +47,28 @@ def test_the_stock_axon_and_the_miner_are_alternated_and_compared(tmp_path):
                                                     zip(report["miner_rps"], report["stock_rps"], strict=True)]
 
 
+def test_a_run_cut_after_its_first_round_leaves_that_rounds_report(tmp_path, monkeypatch):
+    """A command limit that stops the bench in round 2 must not lose round 1 (it once lost two rounds of a lease)."""
+    cascade = bench_cascade(tmp_path)
+    out = tmp_path / "cut.json"
+    real_run, calls = bench.run_axon, []
+
+    def cut_in_round_two(args, stock):
+        calls.append(stock)
+        if len(calls) > 2:  # round 1 ran the stock axon and the miner; round 2 is cut before its first run
+            raise KeyboardInterrupt("the command's time limit")
+        return real_run(args, stock=stock)
+
+    monkeypatch.setattr(bench, "run_axon", cut_in_round_two)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["axon-vs-stock", "--cascade", str(cascade), "--requests", "4", "--concurrency", "2",
+                    "--wallets", "2", "--rounds", "3", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["rounds"] == 3 and report["rounds_completed"] == 1
+    assert len(report["stock_rps"]) == len(report["miner_rps"]) == 1
+    assert report["status_codes"]["miner"] == [{"200": 4}]
+
+
 @pytest.mark.parametrize("hotkey_once", [True, False])
 def test_the_stricter_stock_reference_reads_its_hotkey_once(tmp_path, hotkey_once):
     """`--stock-hotkey-once`: the stock axon signs from the key it loaded at start-up, as the miner does; as shipped
