@@ -6,9 +6,11 @@ level through the miner's own registry and device-decoder set-up (nvJPEG where t
 configured), warms it up, and times on distinct JPEGs of `--image-size`:
 
 - `predict_batch`: the call as the worker makes it, end to end (the host floats at the end wait for the device);
-- each stage alone, the device synchronised after each (`bytes_to_tensor`, `decode`, `preprocess`, `forward`,
-  `answer`): the sum is above the whole call, as every stage's device work is waited for;
-- `forward_device`: the forward's device time alone (CUDA events around it), the part no host change can shorten;
+- each stage alone, the device synchronised after each (`bytes_to_tensor`, `decode`, `preprocess`, `forward`: the
+  model and the answer's head, softmax over the roadwork labels, as one graph; `answer`: the copy to the host): the
+  sum is above the whole call, as every stage's device work is waited for;
+- `forward_device`: the forward's device time alone, the head included (CUDA events around it), the part no host
+  change can shorten;
 - with `compile_max_batch` set: the whole call against a twin without compiled buckets, alternated (`compile_ab`);
 - other ways to decode one JPEG for the same batch (`decode_alternatives`): torchvision's nvJPEG with one tensor
   instead of a list, libjpeg-turbo on the host plus the upload, PIL (the miner's host path) plus the upload.
@@ -100,7 +102,7 @@ def run_stages(args: argparse.Namespace) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(device) if cuda else "cpu", "decoder": note,
         "image_size": list(args.image_size), "reps": args.reps, "unit": "ms",
         "cuda_graphs": bool(cuda and expert.options.cuda_graphs),
-        "dtype": str(expert.dtype), "compiled_buckets": getattr(expert.logits_of, "compiled_buckets", None),
+        "dtype": str(expert.dtype), "compiled_buckets": getattr(expert.probabilities_of, "compiled_buckets", None),
     }
     report["predict_batch"] = summary(timed(whole, args.reps, args.warmup, lambda: None))
     if cuda and expert.options.compile_max_batch > 0:
@@ -130,9 +132,9 @@ def run_stages(args: argparse.Namespace) -> dict[str, Any]:
             batch = batch_tensor(pixels, expert.size_hw, expert.mean, expert.std, device, expert.dtype,
                                  expert.rescale, expert.channels_last, resize=expert.resize)
             mark()
-            logits = expert.logits_of(batch).float()
+            probabilities = expert.probabilities_of(batch)
             mark()
-            torch.softmax(logits, dim=-1)[:, expert.positive].sum(dim=-1).clamp(0.0, 1.0).cpu().tolist()
+            probabilities.cpu().tolist()
             mark()
         if i >= args.warmup:
             for name, began, ended in zip(STAGES, marks[:-1], marks[1:], strict=True):
@@ -141,7 +143,7 @@ def run_stages(args: argparse.Namespace) -> dict[str, Any]:
     report["stages_sum_p50"] = sum(report["stages"][name]["p50"] for name in STAGES)
 
     if cuda:
-        report["forward_device"] = summary(device_times(expert.logits_of, batch, args.reps))
+        report["forward_device"] = summary(device_times(expert.probabilities_of, batch, args.reps))
         report["decode_alternatives"] = _decode_alternatives(jpegs, device, args.reps, args.warmup, sync)
     return report
 

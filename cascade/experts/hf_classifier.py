@@ -58,6 +58,25 @@ def eager_logits(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tenso
     return logits
 
 
+def eager_probabilities(model: torch.nn.Module,
+                        positive: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """pixels -> P(roadwork) per image: the model and the answer's head as one function, so that a captured graph
+    replays the head too: run eagerly after the graph, it was half a dozen more kernel launches and a copy of its
+    index (a host list) to the device, which waits for the stream, at every call.
+    `positive`: the roadwork labels' indices on the model's device; None for a single-output (sigmoid) model."""
+    logits_of = eager_logits(model)
+
+    def probabilities(pixels: torch.Tensor) -> torch.Tensor:
+        logits = logits_of(pixels).float()
+        if positive is None:
+            probs = torch.sigmoid(logits[:, 0])
+        else:
+            probs = torch.softmax(logits, dim=-1).index_select(1, positive).sum(dim=-1)
+        return probs.clamp(0.0, 1.0)
+
+    return probabilities
+
+
 class ClassifierExpert(Expert):
     decodes_jpeg = True
 
@@ -83,16 +102,19 @@ class ClassifierExpert(Expert):
         self.positive = roadwork_indices(id2label, self.options.positive_labels, self.options.positive_indices)
         # A closure over the model, never a bound method of self: the expert must not refer to itself, or
         # once replaced it would wait for a cycle collection the engine's frozen heap never runs (hot reload).
-        self.logits_of: Callable[[torch.Tensor], torch.Tensor] | None = eager_logits(self.model)
+        single = self.num_labels == 1  # one output: read through a sigmoid
+        positive = None if single else torch.tensor(self.positive, dtype=torch.long, device=self.device)
+        self.probabilities_of: Callable[[torch.Tensor], torch.Tensor] | None = eager_probabilities(self.model, positive)
         if self.options.cuda_graphs and self.device.startswith("cuda"):
             from cascade.experts.cuda_graphs import try_graph
 
-            self.logits_of = try_graph(self.logits_of, (3, *self.size_hw), self.config.max_batch, self.device,
-                                       self.dtype, self.channels_last, self.options.compile_max_batch)
+            self.probabilities_of = try_graph(self.probabilities_of, (3, *self.size_hw), self.config.max_batch,
+                                              self.device, self.dtype, self.channels_last,
+                                              self.options.compile_max_batch)
 
     @torch.inference_mode()
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[float | DecodeError]:
-        if self.logits_of is None:  # closed: refuse before decoding anything
+        if self.probabilities_of is None:  # closed: refuse before decoding anything
             raise ExpertError(f"expert {self.name} is closed")
         batch = materialise(images, self.device, self.jpeg_decoder)
         if not batch.images:
@@ -101,12 +123,7 @@ class ClassifierExpert(Expert):
             batch.images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale,
             self.channels_last, resize=self.resize,
         )
-        logits = self.logits_of(pixels).float()
-        if logits.shape[-1] == 1:
-            probs = torch.sigmoid(logits[:, 0])
-        else:
-            probs = torch.softmax(logits, dim=-1)[:, self.positive].sum(dim=-1)
-        return batch.answers(probs.clamp(0.0, 1.0).cpu().tolist())
+        return batch.answers(self.probabilities_of(pixels).cpu().tolist())
 
     def input_side(self) -> int | None:
         return max(self.size_hw)
@@ -116,4 +133,4 @@ class ClassifierExpert(Expert):
 
     def close(self) -> None:
         self.model = None
-        self.logits_of = None  # captured CUDA graphs hold their own memory pool
+        self.probabilities_of = None  # captured CUDA graphs hold their own memory pool

@@ -17,6 +17,7 @@ train and serve see the same pixels; the expert's YAML `resize` wins over it, wi
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -90,6 +91,22 @@ def _check_pixels(image: Pixels) -> None:
         raise ValueError(f"expected HxWx3 uint8 images, got shape {image.shape} dtype {image.dtype}")
 
 
+@functools.lru_cache(maxsize=64)
+def normalising_constants(
+    mean: tuple[float, ...], std: tuple[float, ...], rescale: float, device: str, fill: tuple[float, ...] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mean, std and the letterbox fill as 1 x 3 x 1 x 1 float tensors in pixel units on `device`, made once.
+
+    Made at every batch, each was a copy from the host that waits for the device's stream (and a division): at batch
+    1 on a GPU the decode's work had to finish before the resize could even be queued. Never modified in place.
+    """
+    with torch.inference_mode(False):  # ordinary tensors: training code calls batch_tensor with autograd on
+        mean_t = torch.tensor(mean, device=device, dtype=torch.float32).view(1, 3, 1, 1) / rescale
+        std_t = torch.tensor(std, device=device, dtype=torch.float32).view(1, 3, 1, 1) / rescale
+        fill_t = mean_t if fill is None else torch.tensor(fill, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+    return mean_t, std_t, fill_t
+
+
 def batch_tensor(
     images: Sequence[Pixels],
     size_hw: tuple[int, int],
@@ -108,9 +125,8 @@ def batch_tensor(
     """
     for image in images:
         _check_pixels(image)
-    mean_t = torch.tensor(mean, device=device, dtype=torch.float32).view(1, 3, 1, 1) / rescale
-    std_t = torch.tensor(std, device=device, dtype=torch.float32).view(1, 3, 1, 1) / rescale
-    fill_t = mean_t if fill is None else torch.tensor(fill, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+    mean_t, std_t, fill_t = normalising_constants(tuple(mean), tuple(std), rescale, device,
+                                                  None if fill is None else tuple(fill))
     if device == "cpu":
         arrays = [image.permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else image for image in images]
         batch = torch.cat([resize_on_host(image, size_hw, resize, fill_t) for image in arrays], dim=0)

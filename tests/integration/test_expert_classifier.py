@@ -81,11 +81,59 @@ def test_probability_is_the_softmax_mass_of_the_roadwork_label(tiny_vit):
     assert [a + b for a, b in zip(roadwork, other, strict=True)] == pytest.approx([1.0, 1.0], abs=1e-5)
 
 
+def single_output_vit(folder):
+    """The tiny ViT with one output named Roadwork: read through a sigmoid."""
+    from transformers import ViTForImageClassification
+
+    model = ViTForImageClassification.from_pretrained(folder, num_labels=1, id2label={0: "Roadwork"},
+                                                      label2id={"Roadwork": 0}, ignore_mismatched_sizes=True)
+    out = folder.parent / "tiny-vit-one-output"
+    model.save_pretrained(out)
+    (out / "preprocessor_config.json").write_text((folder / "preprocessor_config.json").read_text())
+    return out
+
+
+def model_answers(expert, images, device="cpu"):
+    """P(roadwork) from the model itself (transformers' forward on the expert's own pixels), not the expert's head."""
+    from transformers import AutoModelForImageClassification
+
+    from cascade.experts.preprocess import batch_tensor
+
+    model = AutoModelForImageClassification.from_pretrained(expert.config.model).to(device).eval()
+    pixels = batch_tensor(images, expert.size_hw, expert.mean, expert.std, device, torch.float32)
+    with torch.no_grad():
+        logits = model(pixel_values=pixels).logits.float()
+    if logits.shape[-1] == 1:
+        return torch.sigmoid(logits[:, 0]).tolist()
+    return torch.softmax(logits, dim=-1)[:, 1].tolist()  # ROADWORK_LABELS: 1 is Roadwork
+
+
+@pytest.mark.parametrize("outputs", ["two labels", "one output"])
+def test_the_answer_is_the_models_own_probability_of_roadwork(tiny_vit, outputs):
+    model = tiny_vit if outputs == "two labels" else single_output_vit(tiny_vit)
+    expert = load(model)
+    images = mixed_images(5)
+    answers = expert.predict_batch(images)
+    assert answers == pytest.approx(model_answers(expert, images), abs=1e-5)
+    assert len(set(answers)) == 5  # distinct images, distinct answers: the head reads each row
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("outputs", ["two labels", "one output"])
+def test_the_graphed_head_answers_as_the_model_does(tiny_vit, outputs):
+    model = tiny_vit if outputs == "two labels" else single_output_vit(tiny_vit)
+    graphed = load(model, device="cuda:0", cuda_graphs=True)
+    assert type(graphed.probabilities_of).__name__ == "GraphedForward"
+    for n in (1, 3):
+        images = mixed_images(n)
+        assert graphed.predict_batch(images) == pytest.approx(model_answers(graphed, images, "cuda:0"), abs=2e-2)
+
+
 @pytest.mark.gpu
 def test_cuda_graphs_answer_as_the_eager_model_does(tiny_vit):
     graphed = load(tiny_vit, device="cuda:0", cuda_graphs=True)
     eager = load(tiny_vit, device="cuda:0", cuda_graphs=False)
-    assert type(graphed.logits_of).__name__ == "GraphedForward"
+    assert type(graphed.probabilities_of).__name__ == "GraphedForward"
     for n in (1, 3, 8, 11):  # 11 > max_batch: the eager fallback
         images = mixed_images(n)
         assert graphed.predict_batch(images) == pytest.approx(eager.predict_batch(images), abs=2e-2)
@@ -96,7 +144,7 @@ def test_cuda_graphs_answer_as_the_eager_model_does(tiny_vit):
 def test_compiled_buckets_answer_as_the_eager_model_does(tiny_vit):
     compiled = load(tiny_vit, device="cuda:0", cuda_graphs=True, compile_max_batch=2)
     eager = load(tiny_vit, device="cuda:0", cuda_graphs=False)
-    assert compiled.logits_of.compiled_buckets == [1, 2]  # the larger buckets are captured from the eager forward
+    assert compiled.probabilities_of.compiled_buckets == [1, 2]  # larger buckets are captured from the eager forward
     for n in (1, 2, 3, 8):
         images = mixed_images(n)
         assert compiled.predict_batch(images) == pytest.approx(eager.predict_batch(images), abs=2e-2)

@@ -17,6 +17,7 @@ from cascade.experts.preprocess import (
     RESIZE_MODES,
     ResizePlan,
     batch_tensor,
+    normalising_constants,
     plan_resize,
     recorded_resize,
     resize_on_device,
@@ -110,6 +111,20 @@ def test_the_letterbox_border_normalises_to_zero_by_default_and_to_the_fill_when
     black = batch_tensor(images, (16, 16), MEAN, STD, "cpu", torch.float32, resize="letterbox", fill=[0, 0, 0])
     expected = -torch.tensor(MEAN) / torch.tensor(STD)
     assert torch.allclose(black[0, :, 0, 0], expected, atol=1e-6)
+
+
+def test_the_normalising_constants_are_made_once_and_the_same_under_inference_mode_as_without() -> None:
+    normalising_constants.cache_clear()
+    with torch.inference_mode():  # a worker's first batch: the tensors it caches must serve training code too
+        out = batch_tensor([solid(8, 8)], (8, 8), MEAN, STD, "cpu", torch.float32)
+        first = normalising_constants(tuple(MEAN), tuple(STD), 1 / 255, "cpu", None)
+    again = normalising_constants(tuple(MEAN), tuple(STD), 1 / 255, "cpu", None)
+    assert all(a is b for a, b in zip(first, again, strict=True))  # no copy to the device per batch
+    assert not any(t.is_inference() for t in first)
+    expected = (torch.tensor(COLOUR) / 255.0 - torch.tensor(MEAN)) / torch.tensor(STD)
+    assert torch.allclose(out[0].permute(1, 2, 0), expected.expand(8, 8, 3), atol=1e-5)
+    other = normalising_constants(tuple(MEAN), tuple(STD), 1 / 255, "cpu", (0.0, 0.0, 0.0))
+    assert other[2] is not first[2] and torch.equal(other[2].flatten(), torch.zeros(3))
 
 
 def test_center_crop_keeps_only_the_middle() -> None:
