@@ -19,7 +19,8 @@ step() {  # name limit command...
   local name=$1 limit=$2; shift 2
   echo "== $(date +%T) $name"
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  echo "== $(date +%T) $name exit $?"
+  local rc=$?  # before any command substitution, which would reset $?
+  echo "== $(date +%T) $name exit $rc"
   tail -n 4 "$OUT/$name.log" | cut -c1-200
 }
 [ -d .bench/models/vit-b16 ] || step models 60 $PY -m sn72_lab.make_tiny_models --out .bench/models --device cuda:0 vit-b16
