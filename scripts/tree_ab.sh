@@ -6,7 +6,9 @@
 # 2. `sn72-bench stages` of each tree (the worker's call at batch 1, stage by stage), then ROUNDS times the engine at
 #    one client in a worker process, each tree in turn;
 # 3. `sn72-bench roundtrip` through four fronts beside the stock axon, each tree (two rounds each);
-# 4. STEPS_AFTER (optional): more `name|limit|command` steps of this tree, ';'-separated (the engine at 512 clients).
+# 4. LOAD_ROUNDS=N (default 0): N rounds of the engine at 512 clients in a worker process, each tree in turn
+#    (LOAD_REQUESTS a run, default 6000): the throughput A/B of a change to the worker or the engine;
+# 5. STEPS_AFTER (optional): more `name|limit|command` steps of this tree, ';'-separated.
 # Each step runs with PYTHONPATH=<its tree>:$SITE (SITE: the carried wheels' install folder, /tmp/site by default).
 # The cascade is config/cascade.bench-gpu.yaml of each tree (CASCADE=... picks another, e.g. the CPU one to try the
 # script on a laptop: CASCADE=config/cascade.bench-cpu.yaml DEVICE=cpu, which builds the tiny model it needs).
@@ -68,6 +70,13 @@ for tree in base new; do
     --requests 300 --rounds 2 --processes 4 --dispatch direct --stock --stock-hotkey-once \
     --json "$OUT/roundtrip-$tree.json"
 done
+for round in $(seq 1 "${LOAD_ROUNDS:-0}"); do  # the engine under load (512 clients), each tree in turn
+  for tree in base new; do
+    dir=$BASE; [ "$tree" = new ] && dir=$HERE
+    step "load-$tree-r$round" 90 "$dir" $B engine --cascade "$CASCADE" --worker-process --idle-dispatch \
+      --requests "${LOAD_REQUESTS:-6000}" --concurrency 512 --decode-workers 12 --json "$OUT/load-$tree-r$round.json"
+  done
+done
 IFS=';' read -r -a extra <<< "${STEPS_AFTER:-}"
 for spec in "${extra[@]}"; do
   [ -n "$spec" ] || continue
@@ -101,9 +110,15 @@ for tree in ("base", "new"):
                  if isinstance(fig, dict)}
         text = "; ".join(f"{side} " + ", ".join(f"{v:.2f}" for v in values) for side, values in sides.items())
         print(f"round trip {tree:4}: p50 by round, ms: {text}")
+for tree in ("base", "new"):
+    figures = [json.loads(p.read_text()) for p in sorted(out.glob(f"load-{tree}-r*.json"))]
+    if figures:
+        rps = ", ".join(f"{f['throughput_rps']:.1f}" for f in figures)
+        late = sum(f.get("late_answers", 0) for f in figures)
+        print(f"engine at 512 clients {tree:4}: {rps} req/s by round, late {late}")
 for path in sorted(out.glob("*.json")):
     d = json.loads(path.read_text())
-    if d.get("mode") == "engine" and not path.stem.startswith("c1-"):
+    if d.get("mode") == "engine" and not path.stem.startswith(("c1-", "load-")):
         print(f"{path.stem}: {d['throughput_rps']:.1f} req/s, p50 {d['latency_ms']['p50']:.1f} ms, "
               f"late {d.get('late_answers')}")
 EOF
