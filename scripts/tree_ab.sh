@@ -44,6 +44,7 @@ step() {  # name limit tree command...
   tail -n 3 "$OUT/$name.log" | cut -c1-200
 }
 B="$PY -m sn72_lab.bench"
+tree_dir() { if [ "$1" = new ]; then echo "$HERE"; else echo "$BASE"; fi; }
 if [ "$DEVICE" = cpu ]; then
   [ -d .bench/models/tiny-vit ] || step models 90 "$HERE" $PY -m sn72_lab.make_tiny_models --out .bench/models tiny-vit
 else
@@ -53,26 +54,26 @@ else
     tests/unit/test_preprocess.py
 fi
 for tree in base new; do
-  dir=$BASE; [ "$tree" = new ] && dir=$HERE
+  dir=$(tree_dir "$tree")
   step "stages-$tree" 120 "$dir" $B stages --cascade "$CASCADE" --device "$DEVICE" --reps 300 \
     --json "$OUT/stages-$tree.json"
 done
 for round in $(seq 1 "$ROUNDS"); do
   for tree in base new; do
-    dir=$BASE; [ "$tree" = new ] && dir=$HERE
+    dir=$(tree_dir "$tree")
     step "c1-$tree-r$round" 60 "$dir" $B engine --cascade "$CASCADE" --worker-process --idle-dispatch \
       --requests 300 --concurrency 1 --json "$OUT/c1-$tree-r$round.json"
   done
 done
 for tree in base new; do
-  dir=$BASE; [ "$tree" = new ] && dir=$HERE
+  dir=$(tree_dir "$tree")
   step "roundtrip-$tree" 150 "$dir" $B roundtrip --cascade "$CASCADE" --worker-process --idle-dispatch \
     --requests 300 --rounds 2 --processes 4 --dispatch direct --stock --stock-hotkey-once \
     --json "$OUT/roundtrip-$tree.json"
 done
 for round in $(seq 1 "${LOAD_ROUNDS:-0}"); do  # the engine under load (512 clients), each tree in turn
   for tree in base new; do
-    dir=$BASE; [ "$tree" = new ] && dir=$HERE
+    dir=$(tree_dir "$tree")
     step "load-$tree-r$round" 90 "$dir" $B engine --cascade "$CASCADE" --worker-process --idle-dispatch \
       --requests "${LOAD_REQUESTS:-6000}" --concurrency 512 --decode-workers 12 --json "$OUT/load-$tree-r$round.json"
   done
@@ -97,12 +98,14 @@ for tree in ("base", "new"):
         stages = ", ".join(f"{k} {v['p50']:.3f}" for k, v in d["stages"].items())
         device = f"; forward on the device {d['forward_device']['p50']:.3f}" if "forward_device" in d else ""
         print(f"stages {tree:4}: the worker's call {d['predict_batch']['p50']:.3f} ms ({stages}{device})")
-for tree in ("base", "new"):
-    figures = [json.loads(p.read_text()) for p in sorted(out.glob(f"c1-{tree}-r*.json"))]
-    if figures:
-        p50 = ", ".join(f"{f['latency_ms']['p50']:.3f}" for f in figures)
-        late = sum(f.get("late_answers", 0) for f in figures)
-        print(f"engine at one client {tree:4}: p50 {p50} ms by round, late {late}")
+def engine_rounds(prefix, label, figure):
+    """One line per tree: the engine runs named prefix-TREE-rN, round by round."""
+    for tree in ("base", "new"):
+        figures = [json.loads(p.read_text()) for p in sorted(out.glob(f"{prefix}-{tree}-r*.json"))]
+        if figures:
+            late = sum(f.get("late_answers", 0) for f in figures)
+            print(f"{label} {tree:4}: {', '.join(figure(f) for f in figures)} by round, late {late}")
+engine_rounds("c1", "engine at one client, p50 ms", lambda f: f"{f['latency_ms']['p50']:.3f}")
 for tree in ("base", "new"):
     d = load(f"roundtrip-{tree}")
     if d:
@@ -110,12 +113,7 @@ for tree in ("base", "new"):
                  if isinstance(fig, dict)}
         text = "; ".join(f"{side} " + ", ".join(f"{v:.2f}" for v in values) for side, values in sides.items())
         print(f"round trip {tree:4}: p50 by round, ms: {text}")
-for tree in ("base", "new"):
-    figures = [json.loads(p.read_text()) for p in sorted(out.glob(f"load-{tree}-r*.json"))]
-    if figures:
-        rps = ", ".join(f"{f['throughput_rps']:.1f}" for f in figures)
-        late = sum(f.get("late_answers", 0) for f in figures)
-        print(f"engine at 512 clients {tree:4}: {rps} req/s by round, late {late}")
+engine_rounds("load", "engine at 512 clients, req/s", lambda f: f"{f['throughput_rps']:.1f}")
 for path in sorted(out.glob("*.json")):
     d = json.loads(path.read_text())
     if d.get("mode") == "engine" and not path.stem.startswith(("c1-", "load-")):
