@@ -171,6 +171,10 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         # the requests do not reach it fast enough (the request path in this process is).
         busy = {dict(labels)["replica"]: round(seconds / elapsed, 3)
                 for labels, seconds in engine.stats.samples("worker_busy_seconds", "").items()}
+        # Of that, the share its expert waited for the device at each batch's end: near the busy share the GPU is
+        # the limit, well under it the worker's host work is (0 for experts that do not measure it).
+        waited = {dict(labels)["replica"]: round(seconds / elapsed, 3)
+                  for labels, seconds in engine.stats.samples("worker_device_wait_seconds", "").items()}
     finally:
         engine.close()
     latencies = [done_at[i] - arrival[i] for i in range(len(data))]
@@ -197,6 +201,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         # from the miner's side: a worker replica's batch includes its wait behind the batch running before it
         "mean_batch_ms": {k: round(1000 * v.total / v.n, 2) for k, v in engine.stats.batch_seconds.items() if v.n},
         "worker_busy_fraction": busy,
+        "worker_device_wait_fraction": waited,
         # the kernel's cap on a worker socket's buffer (cascade/experts/worker.py asks for 16 MB)
         "net_core_wmem_max": _read_int("/proc/sys/net/core/wmem_max") if args.worker_process else None,
         "cold_start_s": startup.total_s,
@@ -411,14 +416,16 @@ def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, seq
 def _engine_side(after: dict[str, float], before: dict[str, float], elapsed_s: float) -> dict[str, dict[str, float]]:
     """Per replica, over the timed requests: its batches, their mean size and time (from the miner's side: a batch's
     wait behind the one before it included, as `engine`'s `mean_batch_ms`), and how busy its worker process was
-    (`worker: process` only; the seconds it spent on answered batches over the run's wall time). With the engine's
-    own run in the same lease these say where the miner's rate through the axon is lost: a worker busy as in the
-    engine's run with smaller batches, or a worker left waiting (the requests reach it too slowly)."""
+    (`worker: process` only; the seconds it spent on answered batches over the run's wall time) and, of that, how
+    much its expert waited for the device. With the engine's own run in the same lease these say where the miner's
+    rate through the axon is lost: a worker busy as in the engine's run with smaller batches, or a worker left
+    waiting (the requests reach it too slowly); and whether a busy worker is held by its GPU or its own host work."""
     delta = bench_traffic.delta
     sizes = delta(after, before, "sn72_miner_batch_size_sum", "replica")
     batches = delta(after, before, "sn72_miner_batch_size_count", "replica")
     seconds = delta(after, before, "sn72_miner_batch_seconds_sum", "replica")
     busy = delta(after, before, "sn72_miner_worker_busy_seconds", "replica")
+    waited = delta(after, before, "sn72_miner_worker_device_wait_seconds", "replica")
     side: dict[str, dict[str, float]] = {}
     for replica, count in batches.items():
         if not count:
@@ -427,13 +434,15 @@ def _engine_side(after: dict[str, float], before: dict[str, float], elapsed_s: f
                          "mean_batch_ms": round(1000 * seconds.get(replica, 0.0) / count, 2)}
         if replica in busy and elapsed_s > 0:
             side[replica]["worker_busy_fraction"] = round(busy[replica] / elapsed_s, 3)
+            side[replica]["worker_device_wait_fraction"] = round(waited.get(replica, 0.0) / elapsed_s, 3)
     return side
 
 
 def _engine_side_text(side: dict[str, dict[str, float]]) -> str:
     """`_engine_side` in a progress line: each replica's mean batch and its worker's busy share."""
     return "".join(f"; {replica} batch {figures['mean_batch_size']:.1f}"
-                   + (f", busy {figures['worker_busy_fraction']:.2f}" if "worker_busy_fraction" in figures else "")
+                   + (f", busy {figures['worker_busy_fraction']:.2f} (device wait "
+                      f"{figures['worker_device_wait_fraction']:.2f})" if "worker_busy_fraction" in figures else "")
                    for replica, figures in side.items())
 
 

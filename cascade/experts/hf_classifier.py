@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from cascade.decode import DecodeError
-from cascade.experts.base import Expert, ExpertError, parameter_bytes, torch_dtype
+from cascade.experts.base import Expert, ExpertError, parameter_bytes, read_back, torch_dtype
 from cascade.experts.jpeg import materialise
 from cascade.experts.preprocess import batch_tensor, choose_resize, preprocessing, processor_geometry, recorded_resize
 
@@ -123,7 +123,7 @@ class ClassifierExpert(Expert):
             batch.images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale,
             self.channels_last, resize=self.resize,
         )
-        return batch.answers(self.probabilities_of(pixels).cpu().tolist())
+        return batch.answers(read_back(self, self.probabilities_of(pixels)))
 
     def input_side(self) -> int | None:
         return max(self.size_hw)

@@ -93,6 +93,7 @@ def _load(spec: dict[str, Any]) -> tuple[Expert, dict[str, Any]]:
 def _answer(expert: Expert, batch_id: int, items: list[Any], limits: DecodeConfig) -> tuple[Any, bool]:
     """The message for one batch, and whether this process must end after sending it (device lost)."""
     began = time.monotonic()
+    expert.device_wait_s = None  # set again by an expert that measures it (`read_back`)
     try:
         images = [unpack_item(item, limits) for item in items]
         values = check_probabilities(expert.name, expert.predict_batch(images), len(images))  # type: ignore[arg-type]
@@ -100,7 +101,8 @@ def _answer(expert: Expert, batch_id: int, items: list[Any], limits: DecodeConfi
         fatal = is_fatal_device_error(exc)
         kind = "fatal" if fatal else "oom" if is_out_of_memory(exc) else "error"
         return ("error", batch_id, kind, f"{type(exc).__name__}: {exc}"), fatal
-    return ("result", batch_id, [pack_answer(v) for v in values], time.monotonic() - began), False
+    return ("result", batch_id, [pack_answer(v) for v in values], time.monotonic() - began,
+            expert.device_wait_s), False
 
 
 def serve(fd: int) -> int:
