@@ -66,6 +66,9 @@ class EngineStats:
                                  "crashed, busy (no worker or memory before the deadline); restarted counts new "
                                  "worker processes", ["outcome"], registry=r)
         self._late = Counter(f"{PREFIX}_late_answers", "Engine answers handed back after their deadline", registry=r)
+        self._late_on_arrival = Counter(f"{PREFIX}_late_on_arrival", "Of the late answers, those to requests the engine "
+                                        "received already past their deadline (the time went before the engine: "
+                                        "a slow upload, the HTTP layer's queue, verification)", registry=r)
         self._rejected = Counter(f"{PREFIX}_admission_rejected", "Requests answered from the prior: not admitted",
                                  registry=r)
         self._cache_hits = Counter(f"{PREFIX}_cache_hits", "Answers from the result cache", registry=r)
@@ -116,7 +119,8 @@ class EngineStats:
             self._isolated.labels(outcome)
 
     # -- events (engine threads) -----------------------------------------------------------------
-    def answered(self, status: str, levels_run: int, latency_s: float, budget_s: float, late: bool) -> None:
+    def answered(self, status: str, levels_run: int, latency_s: float, budget_s: float, late: bool,
+                 late_on_arrival: bool = False) -> None:
         self._child(self._requests, status).inc()
         self._child(self._latency, status).observe(latency_s)
         if budget_s > 0:
@@ -124,6 +128,8 @@ class EngineStats:
         self._child(self._levels_run, str(levels_run)).inc()
         if late:
             self._late.inc()
+            if late_on_arrival:
+                self._late_on_arrival.inc()
 
     def level_known(self, level: int, skip_reasons: tuple[str, ...]) -> None:
         """Create a level's series at zero when the cascade is built."""
@@ -252,6 +258,10 @@ class EngineStats:
         return self.total("late_answers")
 
     @property
+    def late_on_arrival(self) -> int:
+        return self.total("late_on_arrival")
+
+    @property
     def decode_errors(self) -> int:
         return self.total("decode_errors")
 
@@ -310,6 +320,7 @@ class EngineStats:
             "decode_errors": self.decode_errors,
             "rejected_admission": self.rejected_admission,
             "late_answers": self.late_answers,
+            "late_on_arrival": self.late_on_arrival,
             "batch_size_histogram": histogram,
             "mean_batch_size": means,
             "expert_outcomes": {f"{e}:{o}": n for (e, o), n in sorted(self.by_label("expert_outcomes", "expert",
