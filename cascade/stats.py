@@ -66,9 +66,9 @@ class EngineStats:
                                  "crashed, busy (no worker or memory before the deadline); restarted counts new "
                                  "worker processes", ["outcome"], registry=r)
         self._late = Counter(f"{PREFIX}_late_answers", "Engine answers handed back after their deadline", registry=r)
-        self._late_on_arrival = Counter(f"{PREFIX}_late_on_arrival", "Of the late answers, those to requests the engine "
-                                        "received already past their deadline (the time went before the engine: "
-                                        "a slow upload, the HTTP layer's queue, verification)", registry=r)
+        self._late_on_arrival = Counter(f"{PREFIX}_late_on_arrival", "Of the late answers, those to requests the "
+                                        "engine received already past their deadline (the time went before the "
+                                        "engine: a slow upload, the HTTP layer's queue, verification)", registry=r)
         self._rejected = Counter(f"{PREFIX}_admission_rejected", "Requests answered from the prior: not admitted",
                                  registry=r)
         self._cache_hits = Counter(f"{PREFIX}_cache_hits", "Answers from the result cache", registry=r)
