@@ -12,6 +12,7 @@ engines built side by side in tests and benchmarks never collide.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from cascade.experts.base import WORKER_STAGES
 from cascade.request import Status
 
 PREFIX = "sn72_miner"
@@ -41,7 +43,11 @@ class WorkerCounters(Protocol):
 
     restarts: int
     busy_s: float
-    device_wait_s_total: float
+    stage_s: dict[str, float]
+
+
+def _stage_seconds(worker: WorkerCounters, stage: str) -> float:
+    return worker.stage_s.get(stage, 0.0)
 
 
 class EngineStats:
@@ -98,11 +104,11 @@ class EngineStats:
         self._worker_busy = Gauge(f"{PREFIX}_worker_busy_seconds", "Seconds a replica's worker process spent on "
                                   "the batches it answered (its rate: the share of time the worker is busy)",
                                   ["replica"], registry=r)
-        self._worker_device_wait = Gauge(f"{PREFIX}_worker_device_wait_seconds", "Of the worker's busy seconds, "
-                                         "those its expert spent waiting for the device to finish a batch's answers "
-                                         "(its rate near the busy rate: the GPU is the limit; well under it: the "
-                                         "worker's host work is; 0 for experts that do not measure it)",
-                                         ["replica"], registry=r)
+        self._worker_stage = Gauge(f"{PREFIX}_worker_stage_seconds", "The worker's busy seconds by stage: unpack, "
+                                   "decode, preprocess, forward (queued on a GPU), wait (for the GPU to finish the "
+                                   "answers); a long wait is a worker held by its GPU, long host stages one held by "
+                                   "its CPU (backends that do not time their stages count unpack only)",
+                                   ["replica", "stage"], registry=r)
         self._worker_replicas: set[str] = set()  # replicas whose worker series exist
         # NOTE: labelled children used per request are looked up once and kept (`_child`): `labels()` takes a lock
         # and builds a key on every call, which was half the cost of recording an answer.
@@ -193,7 +199,8 @@ class EngineStats:
         if worker is not None:  # a replica in a worker process
             self._worker_restarts.labels(replica).set_function(lambda: worker.restarts)
             self._worker_busy.labels(replica).set_function(lambda: worker.busy_s)
-            self._worker_device_wait.labels(replica).set_function(lambda: worker.device_wait_s_total)
+            for stage in WORKER_STAGES:
+                self._worker_stage.labels(replica, stage).set_function(functools.partial(_stage_seconds, worker, stage))
             self._worker_replicas.add(replica)
         else:  # the same name now in this process (a reload moved it): the old worker's series go
             self._unwatch_worker(replica)
@@ -213,7 +220,8 @@ class EngineStats:
             self._worker_replicas.discard(replica)
             self._worker_restarts.remove(replica)
             self._worker_busy.remove(replica)
-            self._worker_device_wait.remove(replica)
+            for stage in WORKER_STAGES:
+                self._worker_stage.remove(replica, stage)
 
     # -- reading back (tests, benchmarks, the summary line) ---------------------------------------
     def samples(self, metric: str, suffix: str = "_total") -> dict[tuple[tuple[str, str], ...], float]:

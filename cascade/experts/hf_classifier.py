@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from cascade.decode import DecodeError
-from cascade.experts.base import Expert, ExpertError, parameter_bytes, read_back, torch_dtype
+from cascade.experts.base import Expert, ExpertError, Stages, parameter_bytes, torch_dtype
 from cascade.experts.jpeg import materialise
 from cascade.experts.preprocess import batch_tensor, choose_resize, preprocessing, processor_geometry, recorded_resize
 
@@ -116,14 +116,22 @@ class ClassifierExpert(Expert):
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[float | DecodeError]:
         if self.probabilities_of is None:  # closed: refuse before decoding anything
             raise ExpertError(f"expert {self.name} is closed")
+        stages = Stages()
         batch = materialise(images, self.device, self.jpeg_decoder)
+        stages.lap("decode")
         if not batch.images:
             return batch.answers([])
         pixels = batch_tensor(
             batch.images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale,
             self.channels_last, resize=self.resize,
         )
-        return batch.answers(read_back(self, self.probabilities_of(pixels)))
+        stages.lap("preprocess")
+        probabilities = self.probabilities_of(pixels)
+        stages.lap("forward")
+        values = probabilities.cpu().tolist()  # waits for the device to finish the batch
+        stages.lap("wait")
+        self.stages = stages.seconds
+        return batch.answers(values)
 
     def input_side(self) -> int | None:
         return max(self.size_hw)

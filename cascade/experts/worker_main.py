@@ -93,16 +93,17 @@ def _load(spec: dict[str, Any]) -> tuple[Expert, dict[str, Any]]:
 def _answer(expert: Expert, batch_id: int, items: list[Any], limits: DecodeConfig) -> tuple[Any, bool]:
     """The message for one batch, and whether this process must end after sending it (device lost)."""
     began = time.monotonic()
-    expert.device_wait_s = None  # set again by an expert that measures it (`read_back`)
+    expert.stages = None  # set again by an expert that times its stages
     try:
         images = [unpack_item(item, limits) for item in items]
+        unpacked = time.monotonic()
         values = check_probabilities(expert.name, expert.predict_batch(images), len(images))  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001 - a failed batch is answered as failed; the miner decides what follows
         fatal = is_fatal_device_error(exc)
         kind = "fatal" if fatal else "oom" if is_out_of_memory(exc) else "error"
         return ("error", batch_id, kind, f"{type(exc).__name__}: {exc}"), fatal
-    return ("result", batch_id, [pack_answer(v) for v in values], time.monotonic() - began,
-            expert.device_wait_s), False
+    stages = {"unpack": unpacked - began, **(expert.stages or {})}
+    return ("result", batch_id, [pack_answer(v) for v in values], time.monotonic() - began, stages), False
 
 
 def serve(fd: int) -> int:
