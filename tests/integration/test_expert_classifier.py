@@ -121,14 +121,20 @@ def test_the_answer_is_the_models_own_probability_of_roadwork(tiny_vit, outputs)
 
 
 class SlowDeviceAnswers:
-    """A stand-in device's answers, still being computed: `.cpu()` returns them once it is done (30 ms from now)."""
+    """A stand-in device's answers, still being computed: read back (`.cpu()`, `.tolist()`), they come once it is
+    done (30 ms from now)."""
+
+    is_cuda = False
 
     def __init__(self, values: list[float]) -> None:
-        self.values, self.ready_at = torch.tensor(values), time.perf_counter() + 0.03
+        self.values, self.ready_at = values, time.perf_counter() + 0.03
 
-    def cpu(self) -> torch.Tensor:
+    def cpu(self) -> SlowDeviceAnswers:
         time.sleep(max(0.0, self.ready_at - time.perf_counter()))
-        return self.values
+        return self
+
+    def tolist(self) -> list[float]:
+        return self.cpu().values
 
 
 def test_the_wait_for_the_devices_answers_is_timed_as_its_own_stage(tiny_vit):
