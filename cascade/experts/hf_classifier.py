@@ -126,12 +126,7 @@ class ClassifierExpert(Expert):
             self.channels_last, resize=self.resize,
         )
         stages.lap("preprocess")
-        probabilities = self.probabilities_of(pixels)
-        stages.lap("forward")
-        values = probabilities.cpu().tolist()  # waits for the device to finish the batch
-        stages.lap("wait")
-        self.stages = stages.seconds
-        return batch.answers(values)
+        return batch.answers(self.read_answers(self.probabilities_of(pixels), stages))
 
     def input_side(self) -> int | None:
         return max(self.size_hw)
