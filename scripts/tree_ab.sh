@@ -12,7 +12,8 @@
 # Each step runs with PYTHONPATH=<its tree>:$SITE (SITE: the carried wheels' install folder, /tmp/site by default).
 # The cascade is config/cascade.bench-gpu.yaml of each tree (CASCADE=... picks another, e.g. the CPU one to try the
 # script on a laptop: CASCADE=config/cascade.bench-cpu.yaml DEVICE=cpu, which builds the tiny model it needs).
-# BUDGET_S=N skips what would start after N s. Exits 1, naming them, when any step failed.
+# BUDGET_S=N skips what would start after N s; SKIP="roundtrip stages" skips the steps whose names start so (a short
+# lease's call keeps the load A/B). Exits 1, naming them, when any step failed.
 set -u -o pipefail
 OUT=${1:?usage: tree_ab.sh OUT BASE [ROUNDS]}
 BASE=$(cd "${2:?usage: tree_ab.sh OUT BASE [ROUNDS]}" && pwd)
@@ -31,6 +32,10 @@ echo "== load average at the start: $(cut -d' ' -f1-3 /proc/loadavg) (figures fr
 [ -e "$BASE/.bench" ] || ln -s "$HERE/.bench" "$BASE/.bench"
 step() {  # name limit tree command...
   local name=$1 limit=$2 tree=$3; shift 3
+  local prefix
+  for prefix in ${SKIP:-}; do
+    if [[ $name == "$prefix"* ]]; then echo "== $name skipped: SKIP=$SKIP"; return; fi
+  done
   if [ -n "${BUDGET_S:-}" ]; then
     local left=$(( BUDGET_S - ($(date +%s) - start) ))
     if [ "$left" -lt 15 ]; then echo "== $name skipped: ${left}s left of BUDGET_S=$BUDGET_S"; return; fi
