@@ -5,8 +5,9 @@ sends the replica's spec, and waits for "ready". Here the replica is built throu
 in the miner, loaded, given nvJPEG where its device allows (this process drives one device, so every
 GPU gets a decoder of its own), warmed up, and then runs batches in the order they arrive.
 
-Two threads: the reader takes frames off the socket while the main thread runs the model, so the next
-batch is unpickled while the GPU works. The process ends when the socket does: the miner closed it,
+Three threads: the reader takes frames off the socket, the main thread starts each batch (its device work queued),
+and the answers thread waits for the started batches in order and sends their answers: the next batch is unpickled,
+decoded and queued while the GPU runs the one before. The process ends when the socket does: the miner closed it,
 or died (the kernel closes its end), so a worker never outlives its miner. A lost CUDA context ends
 this process after answering the batch with a "fatal" error: the miner starts a fresh one.
 """
@@ -25,6 +26,8 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
@@ -90,17 +93,61 @@ def _load(spec: dict[str, Any]) -> tuple[Expert, dict[str, Any]]:
     return expert, facts
 
 
-def _answer(expert: Expert, batch_id: int, items: list[Any], limits: DecodeConfig) -> tuple[Any, bool]:
-    """The message for one batch, and whether this process must end after sending it (device lost)."""
+@dataclass
+class Started:
+    """A batch whose device work is queued: `finish` waits for its answers; `failure` when starting it failed."""
+
+    batch_id: int
+    began: float
+    finish: Callable[[], Sequence[Any]] | None = None
+    failure: tuple[Any, bool] | None = None
+
+
+def _failed(batch_id: int, exc: Exception) -> tuple[Any, bool]:
+    """The message for a failed batch, and whether this process must end after sending it (device lost)."""
+    fatal = is_fatal_device_error(exc)
+    kind = "fatal" if fatal else "oom" if is_out_of_memory(exc) else "error"
+    return ("error", batch_id, kind, f"{type(exc).__name__}: {exc}"), fatal
+
+
+def _start(expert: Expert, batch_id: int, items: list[Any], limits: DecodeConfig) -> Started:
     began = time.monotonic()
     try:
         images = [unpack_item(item, limits) for item in items]
-        values = check_probabilities(expert.name, expert.predict_batch(images), len(images))  # type: ignore[arg-type]
+        finish = expert.start_batch(images)  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001 - a failed batch is answered as failed; the miner decides what follows
-        fatal = is_fatal_device_error(exc)
-        kind = "fatal" if fatal else "oom" if is_out_of_memory(exc) else "error"
-        return ("error", batch_id, kind, f"{type(exc).__name__}: {exc}"), fatal
-    return ("result", batch_id, [pack_answer(v) for v in values], time.monotonic() - began), False
+        return Started(batch_id, began, failure=_failed(batch_id, exc))
+    return Started(batch_id, began, lambda: check_probabilities(expert.name, finish(), len(images)))
+
+
+def _finish(started: Started, since: float = 0.0) -> tuple[Any, bool]:
+    """The message for a started batch once its answers are in (the seconds it had the device to itself: from its start
+    or the previous batch's answers, whichever came later), and whether this process must end after sending it."""
+    if started.failure is not None or started.finish is None:
+        return started.failure or _failed(started.batch_id, RuntimeError("a batch started without a way to finish"))
+    try:
+        values = started.finish()
+    except Exception as exc:  # noqa: BLE001 - as in _start
+        return _failed(started.batch_id, exc)
+    seconds = time.monotonic() - max(started.began, since)
+    return ("result", started.batch_id, [pack_answer(v) for v in values], seconds), False
+
+
+def _answer(expert: Expert, batch_id: int, items: list[Any], limits: DecodeConfig) -> tuple[Any, bool]:
+    """One batch started and finished: the message for it, and whether this process must end after sending it."""
+    return _finish(_start(expert, batch_id, items, limits))
+
+
+def _answer_in_order(sock: socket.socket, started: queue.Queue[Started]) -> None:
+    """Answers thread: waits for each started batch in turn and sends its answers (the only thread that sends)."""
+    since = 0.0
+    while True:
+        message, fatal = _finish(started.get(), since)
+        since = time.monotonic()
+        sock.sendall(frame(message))
+        if fatal:
+            logger.error("device lost ({}): ending this worker for a fresh one", message[3])
+            os._exit(EXIT_DEVICE_LOST)
 
 
 def serve(fd: int) -> int:
@@ -122,13 +169,14 @@ def serve(fd: int) -> int:
         return EXIT_LOAD_FAILED
     limits = DecodeConfig.model_validate(spec["decode"])
     sock.sendall(frame(("ready", facts)))
+    # The main thread starts each batch as it arrives (its decode, preprocessing and forward queued on the device);
+    # the answers thread waits for them in order. So the next batch's host work overlaps this one's device work
+    # instead of waiting for it (the miner keeps at most two batches at a worker: cascade/experts/worker.py).
+    started: queue.Queue[Started] = queue.Queue()
+    threading.Thread(target=_answer_in_order, args=(sock, started), name="worker-answers", daemon=True).start()
     while True:
         _, batch_id, items = inbox.get()
-        message, fatal = _answer(expert, batch_id, items, limits)
-        sock.sendall(frame(message))
-        if fatal:
-            logger.error("device lost ({}): ending this worker for a fresh one", message[3])
-            os._exit(EXIT_DEVICE_LOST)
+        started.put(_start(expert, batch_id, items, limits))
 
 
 def main() -> int:
