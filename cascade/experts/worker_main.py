@@ -6,8 +6,9 @@ in the miner, loaded, given nvJPEG where its device allows (this process drives 
 GPU gets a decoder of its own), warmed up, and then runs batches in the order they arrive.
 
 Three threads: the reader takes frames off the socket, the main thread starts each batch (its device work queued),
-and the answers thread waits for the started batches in order and sends their answers: the next batch is unpickled,
-decoded and queued while the GPU runs the one before. The process ends when the socket does: the miner closed it,
+and, when batches queue up, the answers thread waits for the started ones in order and sends their answers: the next
+batch is unpickled, decoded and queued while the GPU runs the one before. An idle worker's single batch is finished
+and answered by the main thread itself, as before. The process ends when the socket does: the miner closed it,
 or died (the kernel closes its end), so a worker never outlives its miner. A lost CUDA context ends
 this process after answering the batch with a "fatal" error: the miner starts a fresh one.
 """
@@ -138,13 +139,39 @@ def _answer(expert: Expert, batch_id: int, items: list[Any], limits: DecodeConfi
     return _finish(_start(expert, batch_id, items, limits))
 
 
-def _answer_in_order(sock: socket.socket, started: queue.Queue[Started]) -> None:
-    """Answers thread: waits for each started batch in turn and sends its answers (the only thread that sends)."""
-    since = 0.0
-    while True:
-        message, fatal = _finish(started.get(), since)
-        since = time.monotonic()
-        sock.sendall(frame(message))
+class Answers:
+    """Sends started batches' answers in the order they started. A batch with none before it still unanswered and none
+    waiting behind it is finished by the thread that started it (an idle worker's batch-1 answer crosses no thread);
+    any other is handed to the answers thread, which waits for it while the main thread starts the next batch."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.handed: queue.Queue[Started] = queue.Queue()
+        self.lock = threading.Lock()
+        self.outstanding = 0  # handed to the answers thread and not sent yet
+        self.since = 0.0  # when the last answers were sent
+        threading.Thread(target=self._answer_in_order, name="worker-answers", daemon=True).start()
+
+    def send(self, started: Started, more_waiting: bool) -> None:
+        with self.lock:
+            inline = self.outstanding == 0 and not more_waiting
+            if not inline:
+                self.outstanding += 1
+        if inline:  # the answers thread is idle: no send of its own can interleave with this one
+            self._send(started)
+        else:
+            self.handed.put(started)
+
+    def _answer_in_order(self) -> None:
+        while True:
+            self._send(self.handed.get())
+            with self.lock:
+                self.outstanding -= 1
+
+    def _send(self, started: Started) -> None:
+        message, fatal = _finish(started, self.since)
+        self.since = time.monotonic()
+        self.sock.sendall(frame(message))
         if fatal:
             logger.error("device lost ({}): ending this worker for a fresh one", message[3])
             os._exit(EXIT_DEVICE_LOST)
@@ -169,14 +196,15 @@ def serve(fd: int) -> int:
         return EXIT_LOAD_FAILED
     limits = DecodeConfig.model_validate(spec["decode"])
     sock.sendall(frame(("ready", facts)))
-    # The main thread starts each batch as it arrives (its decode, preprocessing and forward queued on the device);
-    # the answers thread waits for them in order. So the next batch's host work overlaps this one's device work
-    # instead of waiting for it (the miner keeps at most two batches at a worker: cascade/experts/worker.py).
-    started: queue.Queue[Started] = queue.Queue()
-    threading.Thread(target=_answer_in_order, args=(sock, started), name="worker-answers", daemon=True).start()
+    # The main thread starts each batch as it arrives (its decode, preprocessing and forward queued on the device).
+    # With another batch already waiting (or one before still running) the answers thread waits for it, so the next
+    # batch's host work overlaps this one's device work; the miner keeps at most two batches at a worker
+    # (cascade/experts/worker.py). An idle worker finishes its one batch itself.
+    answers = Answers(sock)
     while True:
         _, batch_id, items = inbox.get()
-        started.put(_start(expert, batch_id, items, limits))
+        started = _start(expert, batch_id, items, limits)
+        answers.send(started, more_waiting=not inbox.empty())
 
 
 def main() -> int:

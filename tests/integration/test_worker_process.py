@@ -94,6 +94,24 @@ def test_a_worker_starts_the_next_batch_while_the_device_still_runs_the_one_befo
     assert worker.batches == 2 and worker.busy_s < took_s + 0.5  # overlapping batches are not counted twice
 
 
+def test_an_idle_workers_single_batch_is_answered_by_the_thread_that_started_it(tiny_vit: Path) -> None:
+    # Batch 1 at an idle worker crosses no thread hand-off (its latency is what the batch-1 target counts).
+    from tests.factories.experts import thread_probe
+
+    worker = WorkerExpert(vit_config(tiny_vit, warmup_batches=0), "cpu", factory=thread_probe)
+    worker.load()
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+
+    async def one_at_a_time() -> list[list[float]]:
+        return [await worker.predict_async([image], time.monotonic() + 30) for _ in range(3)]
+
+    try:
+        answers = asyncio.run(one_at_a_time())
+    finally:
+        worker.close()
+    assert answers == [[1.0]] * 3
+
+
 def test_a_worker_that_cannot_load_says_why_in_the_miners_log_and_leaves_no_process(tmp_path: Path) -> None:
     from loguru import logger
 
