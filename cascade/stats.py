@@ -41,6 +41,7 @@ class WorkerCounters(Protocol):
 
     restarts: int
     busy_s: float
+    device_wait_s_total: float
 
 
 class EngineStats:
@@ -94,6 +95,11 @@ class EngineStats:
         self._worker_busy = Gauge(f"{PREFIX}_worker_busy_seconds", "Seconds a replica's worker process spent on "
                                   "the batches it answered (its rate: the share of time the worker is busy)",
                                   ["replica"], registry=r)
+        self._worker_device_wait = Gauge(f"{PREFIX}_worker_device_wait_seconds", "Of the worker's busy seconds, "
+                                         "those its expert spent waiting for the device to finish a batch's answers "
+                                         "(its rate near the busy rate: the GPU is the limit; well under it: the "
+                                         "worker's host work is; 0 for experts that do not measure it)",
+                                         ["replica"], registry=r)
         self._worker_replicas: set[str] = set()  # replicas whose worker series exist
         # NOTE: labelled children used per request are looked up once and kept (`_child`): `labels()` takes a lock
         # and builds a key on every call, which was half the cost of recording an answer.
@@ -181,6 +187,7 @@ class EngineStats:
         if worker is not None:  # a replica in a worker process
             self._worker_restarts.labels(replica).set_function(lambda: worker.restarts)
             self._worker_busy.labels(replica).set_function(lambda: worker.busy_s)
+            self._worker_device_wait.labels(replica).set_function(lambda: worker.device_wait_s_total)
             self._worker_replicas.add(replica)
         else:  # the same name now in this process (a reload moved it): the old worker's series go
             self._unwatch_worker(replica)
@@ -200,6 +207,7 @@ class EngineStats:
             self._worker_replicas.discard(replica)
             self._worker_restarts.remove(replica)
             self._worker_busy.remove(replica)
+            self._worker_device_wait.remove(replica)
 
     # -- reading back (tests, benchmarks, the summary line) ---------------------------------------
     def samples(self, metric: str, suffix: str = "_total") -> dict[tuple[tuple[str, str], ...], float]:

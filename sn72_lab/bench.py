@@ -171,6 +171,10 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         # the requests do not reach it fast enough (the request path in this process is).
         busy = {dict(labels)["replica"]: round(seconds / elapsed, 3)
                 for labels, seconds in engine.stats.samples("worker_busy_seconds", "").items()}
+        # Of that, the share its expert waited for the device at each batch's end: near the busy share the GPU is
+        # the limit, well under it the worker's host work is (0 for experts that do not measure it).
+        waited = {dict(labels)["replica"]: round(seconds / elapsed, 3)
+                  for labels, seconds in engine.stats.samples("worker_device_wait_seconds", "").items()}
     finally:
         engine.close()
     latencies = [done_at[i] - arrival[i] for i in range(len(data))]
@@ -197,6 +201,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         # from the miner's side: a worker replica's batch includes its wait behind the batch running before it
         "mean_batch_ms": {k: round(1000 * v.total / v.n, 2) for k, v in engine.stats.batch_seconds.items() if v.n},
         "worker_busy_fraction": busy,
+        "worker_device_wait_fraction": waited,
         # the kernel's cap on a worker socket's buffer (cascade/experts/worker.py asks for 16 MB)
         "net_core_wmem_max": _read_int("/proc/sys/net/core/wmem_max") if args.worker_process else None,
         "cold_start_s": startup.total_s,
@@ -263,14 +268,15 @@ async def _drive_axon(process: Any, wallets: Sequence[Any], data: list[str], con
 
 
 def _drive_from_processes(process: Any, wallet_path: Path, wallets: int, data: list[str], concurrency: int,
-                          timeout_s: float, sources: int, clients: int) -> Drive:
+                          timeout_s: float, sources: int, clients: int,
+                          on_start: typing.Callable[[], None] | None = None) -> Drive:
     """`_drive_axon` split over `clients` processes (one Python client tops out near the fronts' rate), started
     together after each has warmed up; their latencies and codes merged, the elapsed time from the first start to
-    the last end."""
+    the last end. `on_start` runs here as they start (after their warm-up requests)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(clients)
+    barrier = context.Barrier(clients + 1)  # this process passes it too, to know when the warm-ups are over
     results = context.Queue()
     workers = []
     for k in range(clients):
@@ -281,6 +287,9 @@ def _drive_from_processes(process: Any, wallet_path: Path, wallets: int, data: l
         worker = context.Process(target=_client_process, args=(job, barrier, results), daemon=True)
         worker.start()
         workers.append(worker)
+    barrier.wait(timeout=600)
+    if on_start is not None:
+        on_start()
     done = [results.get(timeout=600) for _ in workers]
     for worker in workers:
         worker.join(30)
@@ -328,6 +337,7 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
 
 def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, sequential: bool,
                  stock: bool) -> dict[str, Any]:
+    from sn72_lab.loadtest import scrape, settled
     from sn72_lab.offline import ensure_wallet, run_miner, write_offline_metagraph
     from sn72_lab.process_cpu import cpu_by_role, cpu_ms_per_request
 
@@ -354,21 +364,30 @@ def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, seq
     clients = 1 if sequential else max(1, getattr(args, "client_processes", 1))
     with server as process:
         sources = args.concurrency if args.sources is None else args.sources
+        metrics_before: dict[str, float] = {}
+
+        def read_metrics_before() -> None:  # the miner's counters as the timed requests start (none on the stock axon)
+            if not stock:
+                metrics_before.update(scrape(process.metrics_port))
+
         if clients > 1:
             cpu_before = cpu_by_role(process.process.pid)
             drive = _drive_from_processes(process, folder / "wallets", len(wallets), data, args.concurrency,
-                                          args.timeout_s, sources, clients)
+                                          args.timeout_s, sources, clients, read_metrics_before)
         else:
             # one warm-up round trip per wallet (dendrite sessions, first-request paths)
             asyncio.run(_drive_axon(process, wallets, data[: len(wallets)], len(wallets), args.timeout_s, False,
                                     sources))
             cpu_before = cpu_by_role(process.process.pid)
+            read_metrics_before()
             drive = asyncio.run(
                 _drive_axon(process, wallets, data, args.concurrency, args.timeout_s, sequential, sources))
         cpu_ms = cpu_ms_per_request(cpu_before, cpu_by_role(process.process.pid), len(data))
-        # The miner's own late counters (answers after the caller's deadline), as its metrics endpoint has them once
-        # every accepted request is over; the stock axon keeps none.
-        late = None if stock else _late_counts(process.metrics_port)
+        # The miner's own late counters (answers after the caller's deadline) and its engine's side of the run, as
+        # its metrics endpoint has them once every accepted request is over; the stock axon keeps neither.
+        metrics_after = None if stock else settled(process.metrics_port, timeout_s=15.0)
+    late = None if metrics_after is None else _late_counts(metrics_after)
+    engine_side = None if metrics_after is None else _engine_side(metrics_after, metrics_before, drive.elapsed)
     return {
         "mode": ("stock-axon" if stock else "axon") + ("-sequential" if sequential else ""),
         "header_cache": header_cache,
@@ -390,13 +409,44 @@ def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, seq
         # the window.
         "cpu_ms_per_request": cpu_ms,
         **({} if late is None else {"late": late}),
+        **({} if engine_side is None else {"engine_side": engine_side}),
     }
 
 
-def _late_counts(metrics_port: int) -> dict[str, float]:
-    from sn72_lab.loadtest import settled
+def _engine_side(after: dict[str, float], before: dict[str, float], elapsed_s: float) -> dict[str, dict[str, float]]:
+    """Per replica, over the timed requests: its batches, their mean size and time (from the miner's side: a batch's
+    wait behind the one before it included, as `engine`'s `mean_batch_ms`), and how busy its worker process was
+    (`worker: process` only; the seconds it spent on answered batches over the run's wall time) and, of that, how
+    much its expert waited for the device. With the engine's own run in the same lease these say where the miner's
+    rate through the axon is lost: a worker busy as in the engine's run with smaller batches, or a worker left
+    waiting (the requests reach it too slowly); and whether a busy worker is held by its GPU or its own host work."""
+    delta = bench_traffic.delta
+    sizes = delta(after, before, "sn72_miner_batch_size_sum", "replica")
+    batches = delta(after, before, "sn72_miner_batch_size_count", "replica")
+    seconds = delta(after, before, "sn72_miner_batch_seconds_sum", "replica")
+    busy = delta(after, before, "sn72_miner_worker_busy_seconds", "replica")
+    waited = delta(after, before, "sn72_miner_worker_device_wait_seconds", "replica")
+    side: dict[str, dict[str, float]] = {}
+    for replica, count in batches.items():
+        if not count:
+            continue
+        side[replica] = {"batches": count, "mean_batch_size": round(sizes[replica] / count, 2),
+                         "mean_batch_ms": round(1000 * seconds.get(replica, 0.0) / count, 2)}
+        if replica in busy and elapsed_s > 0:
+            side[replica]["worker_busy_fraction"] = round(busy[replica] / elapsed_s, 3)
+            side[replica]["worker_device_wait_fraction"] = round(waited.get(replica, 0.0) / elapsed_s, 3)
+    return side
 
-    samples = settled(metrics_port, timeout_s=15.0)
+
+def _engine_side_text(side: dict[str, dict[str, float]]) -> str:
+    """`_engine_side` in a progress line: each replica's mean batch and its worker's busy share."""
+    return "".join(f"; {replica} batch {figures['mean_batch_size']:.1f}"
+                   + (f", busy {figures['worker_busy_fraction']:.2f} (device wait "
+                      f"{figures['worker_device_wait_fraction']:.2f})" if "worker_busy_fraction" in figures else "")
+                   for replica, figures in side.items())
+
+
+def _late_counts(samples: dict[str, float]) -> dict[str, float]:
     key = "sn72_miner_axon_total{{outcome={}}}".format
     if key("late_answer") not in samples:  # exported from start-up: its absence means the name changed
         raise RuntimeError(f"the miner's metrics have no {key('late_answer')}")
@@ -424,7 +474,8 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
         # Progress on stderr, and the figures so far survive a run cut short by a time limit: the report of the
         # rounds done is written after each (a GPU lease's command limit once cut the third round and lost the JSON).
         done = ", ".join(f"{name} {runs[name][-1]['throughput_rps']:.0f} req/s "
-                         f"(steady {runs[name][-1]['steady_rps'] or float('nan'):.0f})" for name in names)
+                         f"(steady {runs[name][-1]['steady_rps'] or float('nan'):.0f}"
+                         f"{_engine_side_text(runs[name][-1].get('engine_side', {}))})" for name in names)
         print(f"round {round_number}/{args.rounds}: {done}", file=sys.stderr, flush=True)
         if getattr(args, "json", None) and round_number < args.rounds:
             args.json.write_text(json.dumps(_vs_stock_report(args, names, runs), indent=2))
@@ -467,6 +518,9 @@ def _vs_stock_report(args: argparse.Namespace, names: list[str],
         report[f"{name}_steady_rps_median"] = statistics.median(known) if known else None
     report["cpu_ms_per_request"] = {name: [r["cpu_ms_per_request"] for r in results] for name, results in runs.items()}
     report["late"] = {name: [r["late"] for r in results] for name, results in runs.items() if name != "stock"}
+    # The engine's side of each miner run (`_engine_side`): batches, their size and time, the worker's busy share
+    report["engine_side"] = {name: [r["engine_side"] for r in results] for name, results in runs.items()
+                             if name != "stock"}
     report["status_codes"] = {name: [r["status_codes"] for r in results] for name, results in runs.items()}
     return report
 

@@ -153,7 +153,7 @@ class MemorySampler:
         self._sample()
 
 
-def _delta(after: dict[str, float], before: dict[str, float], prefix: str, label: str) -> dict[str, float]:
+def delta(after: dict[str, float], before: dict[str, float], prefix: str, label: str) -> dict[str, float]:
     """Per label value, how much the counter `prefix{label=...}` grew over the run."""
     out = {}
     for key, value in after.items():
@@ -165,8 +165,8 @@ def _delta(after: dict[str, float], before: dict[str, float], prefix: str, label
 
 def _level_means_ms(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     """Mean time per request in each level, keyed by level number from 1 (the metric's label counts from 0)."""
-    sums = _delta(after, before, "sn72_miner_level_seconds_sum", "level")
-    counts = _delta(after, before, "sn72_miner_level_seconds_count", "level")
+    sums = delta(after, before, "sn72_miner_level_seconds_sum", "level")
+    counts = delta(after, before, "sn72_miner_level_seconds_count", "level")
     return {str(int(level) + 1): 1000.0 * sums[level] / counts[level] for level in sums if counts.get(level)}
 
 
@@ -183,8 +183,8 @@ def planned_gb(lines: Sequence[str]) -> dict[str, float]:
 
 
 def _batches(after: dict[str, float], before: dict[str, float]) -> dict[str, dict[str, float]]:
-    sums = _delta(after, before, "sn72_miner_batch_size_sum", "replica")
-    counts = _delta(after, before, "sn72_miner_batch_size_count", "replica")
+    sums = delta(after, before, "sn72_miner_batch_size_sum", "replica")
+    counts = delta(after, before, "sn72_miner_batch_size_count", "replica")
     return {replica: {"batches": counts[replica], "mean_size": sums[replica] / counts[replica]}
             for replica in sums if counts.get(replica)}
 
@@ -203,8 +203,8 @@ def measure(process: Any, wallets: Sequence[Any], payloads: Sequence[str], rate_
     client.miner = {key: after.get(f"sn72_miner_axon_total{{outcome={key}}}", 0.0)
                     - before.get(f"sn72_miner_axon_total{{outcome={key}}}", 0.0) for key in sorted(keys)}
     late_key = "sn72_miner_late_answers_total"
-    statuses = _delta(after, before, "sn72_miner_requests_total", "status")
-    levels = _delta(after, before, "sn72_miner_levels_run_total", "levels")
+    statuses = delta(after, before, "sn72_miner_requests_total", "status")
+    levels = delta(after, before, "sn72_miner_levels_run_total", "levels")
     answered = sum(statuses.values())
     last = str(max((int(k) for k in levels), default=0))
     return {

@@ -26,6 +26,16 @@ from cascade.decode import DecodeError, DeviceJpeg
 ImageInput = np.ndarray | DeviceJpeg  # what a batch may hold (a DeviceJpeg only for an expert that takes_jpeg())
 
 
+def read_back(expert: Expert, answers: Any) -> list[float]:
+    """A batch's answers (a 1-D tensor on the expert's device) as floats, the time spent waiting for the device to
+    finish them recorded as `expert.device_wait_s` (the device runs the batch's queued kernels meanwhile; on a CPU
+    the answers are already there)."""
+    began = time.perf_counter()
+    values: list[float] = answers.cpu().tolist()
+    expert.device_wait_s = time.perf_counter() - began
+    return values
+
+
 class ExpertError(RuntimeError):
     """An expert could not be loaded or could not answer a batch."""
 
@@ -50,6 +60,11 @@ class Expert(abc.ABC):
         self.options: Any = config.typed_options()
         # (encoded CPU uint8 tensors, device) -> 3xHxW uint8 tensors on it; set by cascade/experts/jpeg.py
         self.jpeg_decoder: Callable[[list[Any], str], list[Any]] | None = None
+        # Seconds the last `predict_batch` waited at its end for the device to finish its answers (`read_back`);
+        # None where the expert does not measure it. In a worker process, the rest of a batch's time is host work
+        # (and waits inside decoding): a worker busy with long waits is held by its GPU, one with short waits by
+        # its CPU (sn72_miner_worker_device_wait_seconds beside sn72_miner_worker_busy_seconds).
+        self.device_wait_s: float | None = None
 
     def takes_jpeg(self) -> bool:
         """Whether batches may hand this replica encoded JPEGs (`DeviceJpeg`) to decode on its device."""

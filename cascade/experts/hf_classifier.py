@@ -7,13 +7,14 @@ ViT-B/16 with labels None/Roadwork) loads here unchanged.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from cascade.decode import DecodeError
-from cascade.experts.base import Expert, ExpertError, parameter_bytes, torch_dtype
+from cascade.experts.base import Expert, ExpertError, parameter_bytes, read_back, torch_dtype
 from cascade.experts.jpeg import materialise
 from cascade.experts.preprocess import batch_tensor, choose_resize, preprocessing, processor_geometry, recorded_resize
 
@@ -113,7 +114,13 @@ class ClassifierExpert(Expert):
                                               self.options.compile_max_batch)
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[float | DecodeError]:
-        return self.start_batch(images)()
+        self.device_wait_s = None
+        finish = self.start_batch(images)
+        began = time.perf_counter()
+        answers = finish()
+        if self.device_wait_s is None:  # the device's answers were waited for in `finish` (CUDA), not at the start
+            self.device_wait_s = time.perf_counter() - began
+        return answers
 
     @torch.inference_mode()
     def start_batch(self, images: Sequence[np.ndarray]) -> Callable[[], list[float | DecodeError]]:
@@ -131,7 +138,7 @@ class ClassifierExpert(Expert):
         )
         probabilities = self.probabilities_of(pixels)
         if not probabilities.is_cuda:
-            values = probabilities.tolist()
+            values = read_back(self, probabilities)
             return lambda: batch.answers(values)
         # Queued now, right behind this batch's forward: a copy made when the answers are wanted would queue behind
         # whatever batch the worker started in between.

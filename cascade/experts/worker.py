@@ -74,6 +74,7 @@ class WorkerExpert(Expert):
         self._failures_in_a_row = 0
         self.restarts = 0
         self.busy_s = 0.0  # seconds the worker spent on answered batches: its rate is how busy the worker is
+        self.device_wait_s_total = 0.0  # of those, seconds its expert waited for the device at a batch's end
         self.batches = 0  # answered batches
 
     @property
@@ -205,6 +206,8 @@ class WorkerExpert(Expert):
             self._raise_failure(message[2], message[3])
         self._failures_in_a_row = 0  # a worker that answers is healthy again: the next restart comes quickly
         self.busy_s += message[3]
+        if message[4] is not None:  # an expert that measures its wait for the device (experts/base.py `read_back`)
+            self.device_wait_s_total += message[4]
         self.batches += 1
         answers: list[float | DecodeError] = [unpack_answer(v) for v in message[2]]
         return answers  # type: ignore[return-value]  # per-image DecodeError answers, as the Expert contract allows

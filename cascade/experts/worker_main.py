@@ -102,6 +102,7 @@ class Started:
     began: float
     finish: Callable[[], Sequence[Any]] | None = None
     failure: tuple[Any, bool] | None = None
+    waited_s: float | None = None  # the device wait its expert recorded while starting it (`read_back`)
 
 
 def _failed(batch_id: int, exc: Exception) -> tuple[Any, bool]:
@@ -113,12 +114,14 @@ def _failed(batch_id: int, exc: Exception) -> tuple[Any, bool]:
 
 def _start(expert: Expert, batch_id: int, items: list[Any], limits: DecodeConfig) -> Started:
     began = time.monotonic()
+    expert.device_wait_s = None  # set again by an expert that measures it (`read_back`)
     try:
         images = [unpack_item(item, limits) for item in items]
         finish = expert.start_batch(images)  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001 - a failed batch is answered as failed; the miner decides what follows
         return Started(batch_id, began, failure=_failed(batch_id, exc))
-    return Started(batch_id, began, lambda: check_probabilities(expert.name, finish(), len(images)))
+    return Started(batch_id, began, lambda: check_probabilities(expert.name, finish(), len(images)),
+                   waited_s=expert.device_wait_s)
 
 
 def _finish(started: Started, since: float = 0.0) -> tuple[Any, bool]:
@@ -126,12 +129,16 @@ def _finish(started: Started, since: float = 0.0) -> tuple[Any, bool]:
     or the previous batch's answers, whichever came later), and whether this process must end after sending it."""
     if started.failure is not None or started.finish is None:
         return started.failure or _failed(started.batch_id, RuntimeError("a batch started without a way to finish"))
+    waiting = time.monotonic()
     try:
         values = started.finish()
     except Exception as exc:  # noqa: BLE001 - as in _start
         return _failed(started.batch_id, exc)
-    seconds = time.monotonic() - max(started.began, since)
-    return ("result", started.batch_id, [pack_answer(v) for v in values], seconds), False
+    now = time.monotonic()
+    # the device wait: at the start (an expert that answers there, `read_back`) and here, for the started work
+    waited_s = (started.waited_s or 0.0) + (now - waiting)
+    return ("result", started.batch_id, [pack_answer(v) for v in values], now - max(started.began, since),
+            waited_s), False
 
 
 def _answer(expert: Expert, batch_id: int, items: list[Any], limits: DecodeConfig) -> tuple[Any, bool]:

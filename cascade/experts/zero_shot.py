@@ -29,7 +29,7 @@ from loguru import logger
 
 from cascade.config import ResizeMode
 from cascade.decode import DecodeError
-from cascade.experts.base import Expert, ExpertError, parameter_bytes, torch_dtype
+from cascade.experts.base import Expert, ExpertError, parameter_bytes, read_back, torch_dtype
 from cascade.experts.jpeg import materialise
 from cascade.experts.preprocess import (
     Pixels,
@@ -203,7 +203,7 @@ class ZeroShotExpert(Expert):
         logits = self.logit_scale * image_embeds @ self.text_embeds.t()
         if self.logit_bias is not None:
             logits = logits + self.logit_bias
-        return batch.answers(prompt_probabilities(logits, self.num_positive).cpu().tolist())
+        return batch.answers(read_back(self, prompt_probabilities(logits, self.num_positive)))
 
     def input_side(self) -> int | None:
         return None if self.naflex else max(self.size_hw)  # NaFlex keeps the native aspect and detail

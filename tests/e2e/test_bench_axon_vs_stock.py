@@ -125,6 +125,31 @@ def test_front_processes_are_compared_in_the_same_rounds_from_client_processes(t
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_each_miner_run_reports_its_engines_side_over_the_timed_requests(tmp_path, capfd):
+    """What limits the miner at 512 dendrites was not established in lease 6 (a worker at its limit, or one left
+    waiting): each miner run now reports, from its own metrics, its batches and its worker's busy share over the
+    timed requests only (the client processes' warm-up requests excluded), beside the engine's own run."""
+    cascade = bench_cascade(tmp_path)
+    out = tmp_path / "side.json"
+    requests, wallets, clients = 24, 2, 2
+    assert bench.main(["axon-vs-stock", "--cascade", str(cascade), "--worker-process",
+                       "--requests", str(requests), "--concurrency", "4", "--wallets", str(wallets), "--rounds", "1",
+                       "--stock-hotkey-once", "--processes", "2", "--client-processes", str(clients),
+                       "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["engine_side"]) == {"miner-p2"}, report["engine_side"]
+    (side,) = report["engine_side"]["miner-p2"]
+    (replica,) = side.values()
+    # every timed request went through one batch of the one level; the warm-ups (one per wallet per client
+    # process) came before the counters were read
+    assert replica["batches"] * replica["mean_batch_size"] == pytest.approx(requests, abs=0.1), side
+    assert 1 <= replica["mean_batch_size"] <= 4 and replica["mean_batch_ms"] > 0, side
+    assert 0 < replica["worker_busy_fraction"] < 1, side
+    # the tiny ViT runs on the CPU: its answers are there when asked for, nearly no wait for a device
+    assert 0 <= replica["worker_device_wait_fraction"] < replica["worker_busy_fraction"], side
+    assert f"batch {replica['mean_batch_size']:.1f}, busy" in capfd.readouterr().err
+
+
 def test_the_round_trip_times_the_stock_axon_beside_the_miner_each_round(tmp_path, monkeypatch):
     """`roundtrip --stock`: the stock axon's sequential round trip, the floor of bittensor's own path, in every round
     beside the miner's (without it, a batch-1 figure through the axon cannot say what the miner itself adds). Each

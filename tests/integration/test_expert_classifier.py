@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from cascade.config import ExpertConfig
-from cascade.experts.base import ExpertError
+from cascade.experts.base import ExpertError, read_back
 from cascade.experts.hf_classifier import roadwork_indices
 from cascade.experts.registry import build_expert
 from sn72_lab.tiny_models import build_tiny_vit
@@ -116,6 +118,38 @@ def test_the_answer_is_the_models_own_probability_of_roadwork(tiny_vit, outputs)
     answers = expert.predict_batch(images)
     assert answers == pytest.approx(model_answers(expert, images), abs=1e-5)
     assert len(set(answers)) == 5  # distinct images, distinct answers: the head reads each row
+
+
+class SlowDeviceAnswers:
+    """Answers still being computed: `.cpu()` returns them once the stand-in device is done (30 ms from now)."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values, self.ready_at = torch.tensor(values), time.perf_counter() + 0.03
+
+    def cpu(self) -> torch.Tensor:
+        time.sleep(max(0.0, self.ready_at - time.perf_counter()))
+        return self.values
+
+
+def test_reading_the_answers_back_records_the_wait_for_the_device(tiny_vit):
+    expert = load(tiny_vit)
+    assert read_back(expert, SlowDeviceAnswers([0.25, 0.5])) == [0.25, 0.5]
+    assert 0.025 <= expert.device_wait_s < 1.0
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda:0", marks=pytest.mark.gpu)])
+def test_each_batch_records_how_long_it_waited_for_the_device(tiny_vit, device):
+    """sn72_miner_worker_device_wait_seconds: the part of a worker's batch spent waiting for the device (the GPU
+    still running the batch's kernels when the host asks for the answers), set again at every batch."""
+    expert = load(tiny_vit, device=device, cuda_graphs=device != "cpu")
+    assert expert.device_wait_s is None  # nothing answered yet
+    for n in (1, 8):
+        began = time.perf_counter()
+        expert.predict_batch(mixed_images(n))
+        whole = time.perf_counter() - began
+        assert expert.device_wait_s is not None and expert.device_wait_s <= whole
+        if device != "cpu":  # the forward's kernels are still queued when the answers are asked for
+            assert expert.device_wait_s > 0
 
 
 @pytest.mark.gpu

@@ -335,6 +335,11 @@ def test_a_worker_builds_its_replica_with_the_engines_worker_factory_when_given_
         result = engine.submit(make_job(mark=1, budget_s=5.0)).result(10)
         assert result.probability == pytest.approx(0.9, abs=1e-6)  # the stand-in's answer, not the tiny ViT's
         assert worker.batches == 1 and worker.busy_s >= 0.006  # 5 ms a batch + 1 ms an image, off the CPU
+        # that time was the stand-in device's: the worker reports it as its wait for the device
+        # (sn72_miner_worker_device_wait_seconds), a part of its busy time
+        assert 0.006 <= worker.device_wait_s_total <= worker.busy_s
+        samples = engine.stats.samples("worker_device_wait_seconds", "")
+        assert list(samples.values()) == [worker.device_wait_s_total], samples
     finally:
         engine.close()
 
