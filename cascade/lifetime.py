@@ -59,6 +59,7 @@ class Progress:
     image: RequestImage | None = None  # once its payload checked out: its bytes and hash go to the observers
     image_size: tuple[int, int] | None = None  # reported only for a request that computed its own image
     refused: DecodeError | None = None  # an expert could not decode the image (device decoder and PIL)
+    started_s: float = field(default_factory=time.monotonic)  # when the engine took the request up
 
     def result(self, status: Status) -> Result:
         """The answers so far pooled as their level pools them, with `status`; the prior when none answered."""
@@ -273,8 +274,9 @@ class RequestPath:
     def finish(self, job: Job, result: Result, progress: Progress) -> Result:
         now_s = time.monotonic()
         budget_s = job.deadline_s - job.arrival_s if job.deadline_s else 0.0
-        self.stats.answered(result.status.value, result.levels_run, now_s - job.arrival_s, budget_s,
-                            late=bool(job.deadline_s) and now_s > job.deadline_s)
+        late = bool(job.deadline_s) and now_s > job.deadline_s
+        self.stats.answered(result.status.value, result.levels_run, now_s - job.arrival_s, budget_s, late,
+                            late_on_arrival=late and progress.started_s >= job.deadline_s)
         if result.status is Status.PRIOR:
             logger.debug("request {} answered from the prior (failures: {})", job.request_id,
                          ", ".join(result.failures) or "none")

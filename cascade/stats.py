@@ -12,6 +12,7 @@ engines built side by side in tests and benchmarks never collide.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from cascade.experts.base import WORKER_STAGES
 from cascade.request import Status
 
 PREFIX = "sn72_miner"
@@ -41,7 +43,11 @@ class WorkerCounters(Protocol):
 
     restarts: int
     busy_s: float
-    device_wait_s_total: float
+    stage_s: dict[str, float]
+
+
+def _stage_seconds(worker: WorkerCounters, stage: str) -> float:
+    return worker.stage_s.get(stage, 0.0)
 
 
 class EngineStats:
@@ -66,6 +72,9 @@ class EngineStats:
                                  "crashed, busy (no worker or memory before the deadline); restarted counts new "
                                  "worker processes", ["outcome"], registry=r)
         self._late = Counter(f"{PREFIX}_late_answers", "Engine answers handed back after their deadline", registry=r)
+        self._late_on_arrival = Counter(f"{PREFIX}_late_on_arrival", "Of the late answers, those to requests the "
+                                        "engine received already past their deadline (the time went before the "
+                                        "engine: a slow upload, the HTTP layer's queue, verification)", registry=r)
         self._rejected = Counter(f"{PREFIX}_admission_rejected", "Requests answered from the prior: not admitted",
                                  registry=r)
         self._cache_hits = Counter(f"{PREFIX}_cache_hits", "Answers from the result cache", registry=r)
@@ -95,11 +104,11 @@ class EngineStats:
         self._worker_busy = Gauge(f"{PREFIX}_worker_busy_seconds", "Seconds a replica's worker process spent on "
                                   "the batches it answered (its rate: the share of time the worker is busy)",
                                   ["replica"], registry=r)
-        self._worker_device_wait = Gauge(f"{PREFIX}_worker_device_wait_seconds", "Of the worker's busy seconds, "
-                                         "those its expert spent waiting for the device to finish a batch's answers "
-                                         "(its rate near the busy rate: the GPU is the limit; well under it: the "
-                                         "worker's host work is; 0 for experts that do not measure it)",
-                                         ["replica"], registry=r)
+        self._worker_stage = Gauge(f"{PREFIX}_worker_stage_seconds", "The worker's busy seconds by stage: unpack, "
+                                   "decode, preprocess, forward (queued on a GPU), wait (for the GPU to finish the "
+                                   "answers); a long wait is a worker held by its GPU, long host stages one held by "
+                                   "its CPU (backends that do not time their stages count unpack only)",
+                                   ["replica", "stage"], registry=r)
         self._worker_replicas: set[str] = set()  # replicas whose worker series exist
         # NOTE: labelled children used per request are looked up once and kept (`_child`): `labels()` takes a lock
         # and builds a key on every call, which was half the cost of recording an answer.
@@ -116,7 +125,8 @@ class EngineStats:
             self._isolated.labels(outcome)
 
     # -- events (engine threads) -----------------------------------------------------------------
-    def answered(self, status: str, levels_run: int, latency_s: float, budget_s: float, late: bool) -> None:
+    def answered(self, status: str, levels_run: int, latency_s: float, budget_s: float, late: bool,
+                 late_on_arrival: bool = False) -> None:
         self._child(self._requests, status).inc()
         self._child(self._latency, status).observe(latency_s)
         if budget_s > 0:
@@ -124,6 +134,8 @@ class EngineStats:
         self._child(self._levels_run, str(levels_run)).inc()
         if late:
             self._late.inc()
+            if late_on_arrival:
+                self._late_on_arrival.inc()
 
     def level_known(self, level: int, skip_reasons: tuple[str, ...]) -> None:
         """Create a level's series at zero when the cascade is built."""
@@ -187,7 +199,8 @@ class EngineStats:
         if worker is not None:  # a replica in a worker process
             self._worker_restarts.labels(replica).set_function(lambda: worker.restarts)
             self._worker_busy.labels(replica).set_function(lambda: worker.busy_s)
-            self._worker_device_wait.labels(replica).set_function(lambda: worker.device_wait_s_total)
+            for stage in WORKER_STAGES:
+                self._worker_stage.labels(replica, stage).set_function(functools.partial(_stage_seconds, worker, stage))
             self._worker_replicas.add(replica)
         else:  # the same name now in this process (a reload moved it): the old worker's series go
             self._unwatch_worker(replica)
@@ -207,7 +220,8 @@ class EngineStats:
             self._worker_replicas.discard(replica)
             self._worker_restarts.remove(replica)
             self._worker_busy.remove(replica)
-            self._worker_device_wait.remove(replica)
+            for stage in WORKER_STAGES:
+                self._worker_stage.remove(replica, stage)
 
     # -- reading back (tests, benchmarks, the summary line) ---------------------------------------
     def samples(self, metric: str, suffix: str = "_total") -> dict[tuple[tuple[str, str], ...], float]:
@@ -250,6 +264,10 @@ class EngineStats:
     @property
     def late_answers(self) -> int:
         return self.total("late_answers")
+
+    @property
+    def late_on_arrival(self) -> int:
+        return self.total("late_on_arrival")
 
     @property
     def decode_errors(self) -> int:
@@ -310,6 +328,7 @@ class EngineStats:
             "decode_errors": self.decode_errors,
             "rejected_admission": self.rejected_admission,
             "late_answers": self.late_answers,
+            "late_on_arrival": self.late_on_arrival,
             "batch_size_histogram": histogram,
             "mean_batch_size": means,
             "expert_outcomes": {f"{e}:{o}": n for (e, o), n in sorted(self.by_label("expert_outcomes", "expert",

@@ -113,7 +113,13 @@ for tree in ("base", "new"):
                  if isinstance(fig, dict)}
         text = "; ".join(f"{side} " + ", ".join(f"{v:.2f}" for v in values) for side, values in sides.items())
         print(f"round trip {tree:4}: p50 by round, ms: {text}")
-engine_rounds("load", "engine at 512 clients, req/s", lambda f: f"{f['throughput_rps']:.1f}")
+def worker_shares(f):
+    """The worker's busy share and, where the tree reports them, that share by stage (both over the run)."""
+    busy = ", ".join(f"{v:.3f}" for v in f.get("worker_busy_fraction", {}).values())
+    stages = "; ".join(" ".join(f"{k} {v:.3f}" for k, v in s.items())
+                       for s in f.get("worker_stage_fraction", {}).values())
+    return f" (busy {busy or '-'}: {stages or 'stages not reported'})"
+engine_rounds("load", "engine at 512 clients, req/s", lambda f: f"{f['throughput_rps']:.1f}{worker_shares(f)}")
 for path in sorted(out.glob("*.json")):
     d = json.loads(path.read_text())
     if d.get("mode") == "engine" and not path.stem.startswith(("c1-", "load-")):

@@ -171,10 +171,12 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         # the requests do not reach it fast enough (the request path in this process is).
         busy = {dict(labels)["replica"]: round(seconds / elapsed, 3)
                 for labels, seconds in engine.stats.samples("worker_busy_seconds", "").items()}
-        # Of that, the share its expert waited for the device at each batch's end: near the busy share the GPU is
-        # the limit, well under it the worker's host work is (0 for experts that do not measure it).
-        waited = {dict(labels)["replica"]: round(seconds / elapsed, 3)
-                  for labels, seconds in engine.stats.samples("worker_device_wait_seconds", "").items()}
+        # That share by stage (experts/base.py WORKER_STAGES): a long "wait" is a worker held by its GPU, long host
+        # stages one held by its own CPU work.
+        stages: dict[str, dict[str, float]] = {}
+        for labels, seconds in engine.stats.samples("worker_stage_seconds", "").items():
+            named = dict(labels)
+            stages.setdefault(named["replica"], {})[named["stage"]] = round(seconds / elapsed, 3)
     finally:
         engine.close()
     latencies = [done_at[i] - arrival[i] for i in range(len(data))]
@@ -201,7 +203,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         # from the miner's side: a worker replica's batch includes its wait behind the batch running before it
         "mean_batch_ms": {k: round(1000 * v.total / v.n, 2) for k, v in engine.stats.batch_seconds.items() if v.n},
         "worker_busy_fraction": busy,
-        "worker_device_wait_fraction": waited,
+        "worker_stage_fraction": stages,
         # the kernel's cap on a worker socket's buffer (cascade/experts/worker.py asks for 16 MB)
         "net_core_wmem_max": _read_int("/proc/sys/net/core/wmem_max") if args.worker_process else None,
         "cold_start_s": startup.total_s,
@@ -413,11 +415,11 @@ def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, seq
     }
 
 
-def _engine_side(after: dict[str, float], before: dict[str, float], elapsed_s: float) -> dict[str, dict[str, float]]:
+def _engine_side(after: dict[str, float], before: dict[str, float], elapsed_s: float) -> dict[str, dict[str, Any]]:
     """Per replica, over the timed requests: its batches, their mean size and time (from the miner's side: a batch's
     wait behind the one before it included, as `engine`'s `mean_batch_ms`), and how busy its worker process was
-    (`worker: process` only; the seconds it spent on answered batches over the run's wall time) and, of that, how
-    much its expert waited for the device. With the engine's own run in the same lease these say where the miner's
+    (`worker: process` only; the seconds it spent on answered batches over the run's wall time) and that share by
+    stage (experts/base.py WORKER_STAGES). With the engine's own run in the same lease these say where the miner's
     rate through the axon is lost: a worker busy as in the engine's run with smaller batches, or a worker left
     waiting (the requests reach it too slowly); and whether a busy worker is held by its GPU or its own host work."""
     delta = bench_traffic.delta
@@ -425,8 +427,12 @@ def _engine_side(after: dict[str, float], before: dict[str, float], elapsed_s: f
     batches = delta(after, before, "sn72_miner_batch_size_count", "replica")
     seconds = delta(after, before, "sn72_miner_batch_seconds_sum", "replica")
     busy = delta(after, before, "sn72_miner_worker_busy_seconds", "replica")
-    waited = delta(after, before, "sn72_miner_worker_device_wait_seconds", "replica")
-    side: dict[str, dict[str, float]] = {}
+    stages: dict[str, dict[str, float]] = {}
+    for key, value in after.items():
+        if key.startswith("sn72_miner_worker_stage_seconds{"):
+            named = dict(pair.split("=", 1) for pair in key[key.index("{") + 1:-1].split(","))
+            stages.setdefault(named["replica"], {})[named["stage"]] = value - before.get(key, 0.0)
+    side: dict[str, dict[str, Any]] = {}
     for replica, count in batches.items():
         if not count:
             continue
@@ -434,15 +440,17 @@ def _engine_side(after: dict[str, float], before: dict[str, float], elapsed_s: f
                          "mean_batch_ms": round(1000 * seconds.get(replica, 0.0) / count, 2)}
         if replica in busy and elapsed_s > 0:
             side[replica]["worker_busy_fraction"] = round(busy[replica] / elapsed_s, 3)
-            side[replica]["worker_device_wait_fraction"] = round(waited.get(replica, 0.0) / elapsed_s, 3)
+            side[replica]["worker_stage_fraction"] = {stage: round(seconds / elapsed_s, 3)
+                                                      for stage, seconds in stages.get(replica, {}).items()}
     return side
 
 
-def _engine_side_text(side: dict[str, dict[str, float]]) -> str:
+def _engine_side_text(side: dict[str, dict[str, Any]]) -> str:
     """`_engine_side` in a progress line: each replica's mean batch and its worker's busy share."""
     return "".join(f"; {replica} batch {figures['mean_batch_size']:.1f}"
-                   + (f", busy {figures['worker_busy_fraction']:.2f} (device wait "
-                      f"{figures['worker_device_wait_fraction']:.2f})" if "worker_busy_fraction" in figures else "")
+                   + (f", busy {figures['worker_busy_fraction']:.2f} (waiting for the device "
+                      f"{figures['worker_stage_fraction'].get('wait', 0.0):.2f})" if "worker_busy_fraction" in figures
+                      else "")
                    for replica, figures in side.items())
 
 

@@ -32,7 +32,7 @@ def null_factory(config: ExpertConfig, device: str, batch_ms: float = 0.0, image
             if batch_ms or image_ms:  # the stand-in device's work, waited for as an expert waits for its GPU
                 began = time.perf_counter()
                 time.sleep((batch_ms + image_ms * len(images)) / 1000.0)
-                self.device_wait_s = time.perf_counter() - began
+                self.stages = {"wait": time.perf_counter() - began}
             return [0.9] * len(images)
 
         def memory_bytes(self) -> int:

@@ -26,14 +26,24 @@ from cascade.decode import DecodeError, DeviceJpeg
 ImageInput = np.ndarray | DeviceJpeg  # what a batch may hold (a DeviceJpeg only for an expert that takes_jpeg())
 
 
-def read_back(expert: Expert, answers: Any) -> list[float]:
-    """A batch's answers (a 1-D tensor on the expert's device) as floats, the time spent waiting for the device to
-    finish them recorded as `expert.device_wait_s` (the device runs the batch's queued kernels meanwhile; on a CPU
-    the answers are already there)."""
-    began = time.perf_counter()
-    values: list[float] = answers.cpu().tolist()
-    expert.device_wait_s = time.perf_counter() - began
-    return values
+# The stages a worker's batch time is split into (sn72_miner_worker_stage_seconds): "unpack" (the worker reads the
+# batch's items), then as its expert times them (`Stages`): "decode" (JPEGs to pixels: nvJPEG or arrays as they
+# are), "preprocess" (resize and normalise queued), "forward" (the model queued, or run where it runs on the CPU),
+# "wait" (for the device to finish the batch's answers; near 0 on a CPU, where the answers are already there).
+WORKER_STAGES = ("unpack", "decode", "preprocess", "forward", "wait")
+
+
+class Stages:
+    """One batch's seconds by stage, wall clock: `lap(stage)` ends the stage that ran since the last lap."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
 
 
 class ExpertError(RuntimeError):
@@ -60,11 +70,10 @@ class Expert(abc.ABC):
         self.options: Any = config.typed_options()
         # (encoded CPU uint8 tensors, device) -> 3xHxW uint8 tensors on it; set by cascade/experts/jpeg.py
         self.jpeg_decoder: Callable[[list[Any], str], list[Any]] | None = None
-        # Seconds the last `predict_batch` waited at its end for the device to finish its answers (`read_back`);
-        # None where the expert does not measure it. In a worker process, the rest of a batch's time is host work
-        # (and waits inside decoding): a worker busy with long waits is held by its GPU, one with short waits by
-        # its CPU (sn72_miner_worker_device_wait_seconds beside sn72_miner_worker_busy_seconds).
-        self.device_wait_s: float | None = None
+        # The last `predict_batch`'s seconds by stage (`Stages`, WORKER_STAGES); None where the backend does not
+        # time its stages. In a worker process these say where a busy worker's time goes: a long "wait" is a worker
+        # held by its GPU, long host stages one held by its own CPU work (sn72_miner_worker_stage_seconds).
+        self.stages: dict[str, float] | None = None
 
     def takes_jpeg(self) -> bool:
         """Whether batches may hand this replica encoded JPEGs (`DeviceJpeg`) to decode on its device."""

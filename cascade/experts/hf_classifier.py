@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cascade.decode import DecodeError
-from cascade.experts.base import Expert, ExpertError, parameter_bytes, read_back, torch_dtype
+from cascade.experts.base import Expert, ExpertError, Stages, parameter_bytes, torch_dtype
 from cascade.experts.jpeg import materialise
 from cascade.experts.preprocess import batch_tensor, choose_resize, preprocessing, processor_geometry, recorded_resize
 
@@ -114,12 +114,12 @@ class ClassifierExpert(Expert):
                                               self.options.compile_max_batch)
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[float | DecodeError]:
-        self.device_wait_s = None
+        self.stages = None
         finish = self.start_batch(images)
         began = time.perf_counter()
         answers = finish()
-        if self.device_wait_s is None:  # the device's answers were waited for in `finish` (CUDA), not at the start
-            self.device_wait_s = time.perf_counter() - began
+        if self.stages is not None:  # the wait for the device's answers, in `finish` on a GPU
+            self.stages["wait"] = self.stages.get("wait", 0.0) + time.perf_counter() - began
         return answers
 
     @torch.inference_mode()
@@ -128,7 +128,9 @@ class ClassifierExpert(Expert):
         (into pinned memory, with an event), so that the returned function only waits for the device."""
         if self.probabilities_of is None:  # closed: refuse before decoding anything
             raise ExpertError(f"expert {self.name} is closed")
+        stages = Stages()
         batch = materialise(images, self.device, self.jpeg_decoder)
+        stages.lap("decode")
         if not batch.images:
             empty = batch.answers([])
             return lambda: empty
@@ -136,9 +138,13 @@ class ClassifierExpert(Expert):
             batch.images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale,
             self.channels_last, resize=self.resize,
         )
+        stages.lap("preprocess")
         probabilities = self.probabilities_of(pixels)
+        stages.lap("forward")
+        self.stages = stages.seconds  # "wait" is added by whoever waits for the answers (`finish`)
         if not probabilities.is_cuda:
-            values = read_back(self, probabilities)
+            values = probabilities.tolist()
+            stages.lap("wait")
             return lambda: batch.answers(values)
         # Queued now, right behind this batch's forward: a copy made when the answers are wanted would queue behind
         # whatever batch the worker started in between.

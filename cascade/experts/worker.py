@@ -34,7 +34,7 @@ from loguru import logger
 
 from cascade.config import DecodeConfig, ExpertConfig
 from cascade.decode import DecodeError
-from cascade.experts.base import Expert, ExpertError
+from cascade.experts.base import WORKER_STAGES, Expert, ExpertError
 from cascade.experts.worker_channel import Channel
 from cascade.experts.worker_wire import FrameReader, frame, pack_item, unpack_answer
 
@@ -74,7 +74,7 @@ class WorkerExpert(Expert):
         self._failures_in_a_row = 0
         self.restarts = 0
         self.busy_s = 0.0  # seconds the worker spent on answered batches: its rate is how busy the worker is
-        self.device_wait_s_total = 0.0  # of those, seconds its expert waited for the device at a batch's end
+        self.stage_s = dict.fromkeys(WORKER_STAGES, 0.0)  # those seconds by stage, where the worker timed them
         self.batches = 0  # answered batches
 
     @property
@@ -206,8 +206,9 @@ class WorkerExpert(Expert):
             self._raise_failure(message[2], message[3])
         self._failures_in_a_row = 0  # a worker that answers is healthy again: the next restart comes quickly
         self.busy_s += message[3]
-        if message[4] is not None:  # an expert that measures its wait for the device (experts/base.py `read_back`)
-            self.device_wait_s_total += message[4]
+        for stage, seconds in message[4].items():  # experts/base.py WORKER_STAGES
+            if stage in self.stage_s:
+                self.stage_s[stage] += seconds
         self.batches += 1
         answers: list[float | DecodeError] = [unpack_answer(v) for v in message[2]]
         return answers  # type: ignore[return-value]  # per-image DecodeError answers, as the Expert contract allows

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
@@ -102,7 +102,7 @@ class Started:
     began: float
     finish: Callable[[], Sequence[Any]] | None = None
     failure: tuple[Any, bool] | None = None
-    waited_s: float | None = None  # the device wait its expert recorded while starting it (`read_back`)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds by stage while starting it (WORKER_STAGES)
 
 
 def _failed(batch_id: int, exc: Exception) -> tuple[Any, bool]:
@@ -114,14 +114,15 @@ def _failed(batch_id: int, exc: Exception) -> tuple[Any, bool]:
 
 def _start(expert: Expert, batch_id: int, items: list[Any], limits: DecodeConfig) -> Started:
     began = time.monotonic()
-    expert.device_wait_s = None  # set again by an expert that measures it (`read_back`)
+    expert.stages = None  # set again by an expert that times its stages
     try:
         images = [unpack_item(item, limits) for item in items]
+        unpacked = time.monotonic()
         finish = expert.start_batch(images)  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001 - a failed batch is answered as failed; the miner decides what follows
         return Started(batch_id, began, failure=_failed(batch_id, exc))
     return Started(batch_id, began, lambda: check_probabilities(expert.name, finish(), len(images)),
-                   waited_s=expert.device_wait_s)
+                   stages={"unpack": unpacked - began, **(expert.stages or {})})
 
 
 def _finish(started: Started, since: float = 0.0) -> tuple[Any, bool]:
@@ -135,10 +136,10 @@ def _finish(started: Started, since: float = 0.0) -> tuple[Any, bool]:
     except Exception as exc:  # noqa: BLE001 - as in _start
         return _failed(started.batch_id, exc)
     now = time.monotonic()
-    # the device wait: at the start (an expert that answers there, `read_back`) and here, for the started work
-    waited_s = (started.waited_s or 0.0) + (now - waiting)
+    stages = dict(started.stages)
+    stages["wait"] = stages.get("wait", 0.0) + now - waiting  # the wait for the started work's answers
     return ("result", started.batch_id, [pack_answer(v) for v in values], now - max(started.began, since),
-            waited_s), False
+            stages), False
 
 
 def _answer(expert: Expert, batch_id: int, items: list[Any], limits: DecodeConfig) -> tuple[Any, bool]:

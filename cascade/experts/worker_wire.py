@@ -8,11 +8,10 @@ by the miner itself: nothing from the network is ever unpickled here (the miner 
 base64 and checks its header before any of it reaches a worker, and sends only bytes, sizes and arrays).
 
 Messages, miner -> worker: ("init", spec), ("batch", batch id, items).
-Worker -> miner: ("ready", facts), ("failed", reason), ("result", batch id, answers, seconds, device wait) where
-each answer is a float or ("decode_error", message), seconds is the batch's time in the worker (unpacking, decoding
-and the model) and device wait the part of it the expert spent waiting for the device to finish its answers (None
-where the expert does not measure it: experts/base.py `read_back`), and ("error", batch id, kind, message) for a
-failed batch.
+Worker -> miner: ("ready", facts), ("failed", reason), ("result", batch id, answers, seconds, stages) where each
+answer is a float or ("decode_error", message), seconds is the batch's time in the worker (unpacking, decoding and
+the model) and stages that time by stage (a dict, experts/base.py WORKER_STAGES: "unpack" always, the others where
+the expert times them), and ("error", batch id, kind, message) for a failed batch.
 """
 
 from __future__ import annotations

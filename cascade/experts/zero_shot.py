@@ -29,7 +29,7 @@ from loguru import logger
 
 from cascade.config import ResizeMode
 from cascade.decode import DecodeError
-from cascade.experts.base import Expert, ExpertError, parameter_bytes, read_back, torch_dtype
+from cascade.experts.base import Expert, ExpertError, Stages, parameter_bytes, torch_dtype
 from cascade.experts.jpeg import materialise
 from cascade.experts.preprocess import (
     Pixels,
@@ -185,7 +185,9 @@ class ZeroShotExpert(Expert):
 
     @torch.inference_mode()
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[float | DecodeError]:
+        stages = Stages()
         batch = materialise(images, self.device, self.jpeg_decoder)
+        stages.lap("decode")
         if not batch.images:
             return batch.answers([])
         if self.naflex:
@@ -198,12 +200,18 @@ class ZeroShotExpert(Expert):
             inputs = {"pixel_values": pixels}
             if self.interpolate:
                 inputs["interpolate_pos_encoding"] = True
+        stages.lap("preprocess")
         image_embeds = _embeddings(self.model.get_image_features(**inputs)).float()
         image_embeds = image_embeds / image_embeds.norm(p=2, dim=-1, keepdim=True)
         logits = self.logit_scale * image_embeds @ self.text_embeds.t()
         if self.logit_bias is not None:
             logits = logits + self.logit_bias
-        return batch.answers(read_back(self, prompt_probabilities(logits, self.num_positive)))
+        probabilities = prompt_probabilities(logits, self.num_positive)
+        stages.lap("forward")
+        values = probabilities.cpu().tolist()  # waits for the device to finish the batch
+        stages.lap("wait")
+        self.stages = stages.seconds
+        return batch.answers(values)
 
     def input_side(self) -> int | None:
         return None if self.naflex else max(self.size_hw)  # NaFlex keeps the native aspect and detail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import time
 
 import pytest
@@ -109,5 +110,24 @@ def test_a_flood_from_one_hotkey_does_not_push_another_past_its_deadline():
         for future in flood:
             assert future.result(60).status is Status.CONFIDENT
         assert engine.stats.late_answers == 0
+    finally:
+        engine.close()
+
+
+def test_a_request_that_reaches_the_engine_past_its_deadline_is_counted_apart_from_the_engines_own_lateness():
+    """SN72MinerLateAnswers added every engine late answer: one to a request whose time went before the engine (a
+    slow upload, the HTTP layer's queue) fired it though the engine could not have answered in time, and the answer
+    may still reach the caller in time (the engine's deadline keeps a margin). Those are counted apart
+    (`sn72_miner_late_on_arrival_total`), and the alert leaves them to the HTTP layer's own count."""
+    config = expert_config("a", max_batch=4)
+    engine = make_engine({"a": FakeExpert(config, "cpu", answer=lambda image: 0.9)}, cascade_config([[config]]))
+    try:
+        assert engine.submit(make_job(mark=1)).result(10).status is Status.CONFIDENT
+        sent = make_job(mark=2)
+        now = time.monotonic()
+        arrived_late = dataclasses.replace(sent, arrival_s=now - 2.0, deadline_s=now - 0.5)
+        assert engine.submit(arrived_late).result(10).status is not Status.CONFIDENT  # no time: the best known
+        assert engine.stats.late_answers == 1 and engine.stats.late_on_arrival == 1
+        assert engine.stats.snapshot()["late_on_arrival"] == 1
     finally:
         engine.close()

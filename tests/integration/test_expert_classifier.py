@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cascade.config import ExpertConfig
-from cascade.experts.base import ExpertError, read_back
+from cascade.experts.base import WORKER_STAGES, ExpertError
 from cascade.experts.hf_classifier import roadwork_indices
 from cascade.experts.registry import build_expert
 from sn72_lab.tiny_models import build_tiny_vit
@@ -121,35 +121,46 @@ def test_the_answer_is_the_models_own_probability_of_roadwork(tiny_vit, outputs)
 
 
 class SlowDeviceAnswers:
-    """Answers still being computed: `.cpu()` returns them once the stand-in device is done (30 ms from now)."""
+    """A stand-in device's answers, still being computed: read back (`.cpu()`, `.tolist()`), they come once it is
+    done (30 ms from now)."""
+
+    is_cuda = False
 
     def __init__(self, values: list[float]) -> None:
-        self.values, self.ready_at = torch.tensor(values), time.perf_counter() + 0.03
+        self.values, self.ready_at = values, time.perf_counter() + 0.03
 
-    def cpu(self) -> torch.Tensor:
+    def cpu(self) -> SlowDeviceAnswers:
         time.sleep(max(0.0, self.ready_at - time.perf_counter()))
-        return self.values
+        return self
+
+    def tolist(self) -> list[float]:
+        return self.cpu().values
 
 
-def test_reading_the_answers_back_records_the_wait_for_the_device(tiny_vit):
+def test_the_wait_for_the_devices_answers_is_timed_as_its_own_stage(tiny_vit):
+    """sn72_miner_worker_stage_seconds: a forward queued on a device returns at once and its answers are waited for
+    when read back; that wait is the "wait" stage, apart from the host's stages."""
     expert = load(tiny_vit)
-    assert read_back(expert, SlowDeviceAnswers([0.25, 0.5])) == [0.25, 0.5]
-    assert 0.025 <= expert.device_wait_s < 1.0
+    expert.probabilities_of = lambda pixels: SlowDeviceAnswers([0.25] * pixels.shape[0])
+    assert expert.predict_batch(mixed_images(2)) == [0.25, 0.25]
+    assert set(expert.stages) == set(WORKER_STAGES) - {"unpack"}  # the worker times "unpack" itself
+    assert 0.025 <= expert.stages["wait"] < 1.0 and expert.stages["forward"] < 0.025, expert.stages
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda:0", marks=pytest.mark.gpu)])
-def test_each_batch_records_how_long_it_waited_for_the_device(tiny_vit, device):
-    """sn72_miner_worker_device_wait_seconds: the part of a worker's batch spent waiting for the device (the GPU
-    still running the batch's kernels when the host asks for the answers), set again at every batch."""
+def test_each_batch_records_where_its_time_went(tiny_vit, device):
+    """Set again at every batch: decode, preprocess, forward, wait, together no more than the whole call; on a GPU the
+    forward's kernels are still queued when the answers are asked for (a wait)."""
     expert = load(tiny_vit, device=device, cuda_graphs=device != "cpu")
-    assert expert.device_wait_s is None  # nothing answered yet
+    assert expert.stages is None  # nothing answered yet
     for n in (1, 8):
         began = time.perf_counter()
         expert.predict_batch(mixed_images(n))
         whole = time.perf_counter() - began
-        assert expert.device_wait_s is not None and expert.device_wait_s <= whole
-        if device != "cpu":  # the forward's kernels are still queued when the answers are asked for
-            assert expert.device_wait_s > 0
+        assert set(expert.stages) == {"decode", "preprocess", "forward", "wait"}
+        assert sum(expert.stages.values()) <= whole and expert.stages["forward"] > 0, expert.stages
+        if device != "cpu":
+            assert expert.stages["wait"] > 0, expert.stages
 
 
 @pytest.mark.gpu

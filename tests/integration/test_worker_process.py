@@ -335,11 +335,14 @@ def test_a_worker_builds_its_replica_with_the_engines_worker_factory_when_given_
         result = engine.submit(make_job(mark=1, budget_s=5.0)).result(10)
         assert result.probability == pytest.approx(0.9, abs=1e-6)  # the stand-in's answer, not the tiny ViT's
         assert worker.batches == 1 and worker.busy_s >= 0.006  # 5 ms a batch + 1 ms an image, off the CPU
-        # that time was the stand-in device's: the worker reports it as its wait for the device
-        # (sn72_miner_worker_device_wait_seconds), a part of its busy time
-        assert 0.006 <= worker.device_wait_s_total <= worker.busy_s
-        samples = engine.stats.samples("worker_device_wait_seconds", "")
-        assert list(samples.values()) == [worker.device_wait_s_total], samples
+        # that time was the stand-in device's: the worker reports it as the batch's wait for the device, beside the
+        # time it took to unpack the batch, both parts of its busy time (sn72_miner_worker_stage_seconds)
+        stages = dict(worker.stage_s)
+        assert stages["wait"] >= 0.006 and stages["unpack"] > 0 and sum(stages.values()) <= worker.busy_s, stages
+        assert stages["decode"] == stages["preprocess"] == stages["forward"] == 0.0  # not timed by the stand-in
+        samples = {dict(labels)["stage"]: value
+                   for labels, value in engine.stats.samples("worker_stage_seconds", "").items()}
+        assert samples == stages
     finally:
         engine.close()
 
