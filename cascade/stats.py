@@ -46,6 +46,9 @@ class WorkerCounters(Protocol):
     stage_s: dict[str, float]
 
 
+LATE_CAUSES = ("engine", "arrived_late")  # sn72_miner_late_answers_total{cause}
+
+
 def _stage_seconds(worker: WorkerCounters, stage: str) -> float:
     return worker.stage_s.get(stage, 0.0)
 
@@ -71,10 +74,10 @@ class EngineStats:
                                  "outcome: decoded, refused (not an image), abandoned (killed at the deadline), "
                                  "crashed, busy (no worker or memory before the deadline); restarted counts new "
                                  "worker processes", ["outcome"], registry=r)
-        self._late = Counter(f"{PREFIX}_late_answers", "Engine answers handed back after their deadline", registry=r)
-        self._late_on_arrival = Counter(f"{PREFIX}_late_on_arrival", "Of the late answers, those to requests the "
-                                        "engine received already past their deadline (the time went before the "
-                                        "engine: a slow upload, the HTTP layer's queue, verification)", registry=r)
+        self._late = Counter(f"{PREFIX}_late_answers", "Engine answers handed back after their deadline, by cause: "
+                             "engine (the request reached the engine with time left), arrived_late (already past "
+                             "the engine's deadline when it got there: a caller's timeout under deadline.margin_s, "
+                             "a slow upload, the HTTP layer's queue)", ["cause"], registry=r)
         self._rejected = Counter(f"{PREFIX}_admission_rejected", "Requests answered from the prior: not admitted",
                                  registry=r)
         self._cache_hits = Counter(f"{PREFIX}_cache_hits", "Answers from the result cache", registry=r)
@@ -123,6 +126,8 @@ class EngineStats:
             self._decode_refused.labels(reason)
         for outcome in ("decoded", "refused", "abandoned", "crashed", "busy", "restarted"):
             self._isolated.labels(outcome)
+        for cause in LATE_CAUSES:
+            self._late.labels(cause)
 
     # -- events (engine threads) -----------------------------------------------------------------
     def answered(self, status: str, levels_run: int, latency_s: float, budget_s: float, late: bool,
@@ -133,9 +138,7 @@ class EngineStats:
             self._child(self._budget, status).observe(latency_s / budget_s)
         self._child(self._levels_run, str(levels_run)).inc()
         if late:
-            self._late.inc()
-            if late_on_arrival:
-                self._late_on_arrival.inc()
+            self._child(self._late, LATE_CAUSES[1] if late_on_arrival else LATE_CAUSES[0]).inc()
 
     def level_known(self, level: int, skip_reasons: tuple[str, ...]) -> None:
         """Create a level's series at zero when the cascade is built."""
@@ -267,7 +270,7 @@ class EngineStats:
 
     @property
     def late_on_arrival(self) -> int:
-        return self.total("late_on_arrival")
+        return int(self.by_label("late_answers", "cause")[LATE_CAUSES[1]])
 
     @property
     def decode_errors(self) -> int:

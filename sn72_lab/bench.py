@@ -448,10 +448,13 @@ def _engine_side(after: dict[str, float], before: dict[str, float], elapsed_s: f
 def _engine_side_text(side: dict[str, dict[str, Any]]) -> str:
     """`_engine_side` in a progress line: each replica's mean batch and its worker's busy share."""
     return "".join(f"; {replica} batch {figures['mean_batch_size']:.1f}"
-                   + (f", busy {figures['worker_busy_fraction']:.2f} (waiting for the device "
-                      f"{figures['worker_stage_fraction'].get('wait', 0.0):.2f})" if "worker_busy_fraction" in figures
-                      else "")
+                   + (f", busy {figures['worker_busy_fraction']:.2f} ({_stages_text(figures['worker_stage_fraction'])})"
+                      if "worker_busy_fraction" in figures else "")
                    for replica, figures in side.items())
+
+
+def _stages_text(stages: dict[str, float]) -> str:
+    return " ".join(f"{stage} {share:.2f}" for stage, share in stages.items())
 
 
 def _late_counts(samples: dict[str, float]) -> dict[str, float]:

@@ -192,7 +192,7 @@ def _batches(after: dict[str, float], before: dict[str, float]) -> dict[str, dic
 def measure(process: Any, wallets: Sequence[Any], payloads: Sequence[str], rate_rps: float,
             seed: int) -> dict[str, Any]:
     """One run: the client's view and the miner's counters over it."""
-    from sn72_lab.loadtest import miner_late, scrape, settled, summarise
+    from sn72_lab.loadtest import engine_late_answers, miner_late, scrape, settled, summarise
 
     before = scrape(process.metrics_port)
     with MemorySampler(process.metrics_port) as memory:
@@ -202,7 +202,6 @@ def measure(process: Any, wallets: Sequence[Any], payloads: Sequence[str], rate_
     keys = {k.split("outcome=")[1].rstrip("}") for k in after if k.startswith("sn72_miner_axon_total{")}
     client.miner = {key: after.get(f"sn72_miner_axon_total{{outcome={key}}}", 0.0)
                     - before.get(f"sn72_miner_axon_total{{outcome={key}}}", 0.0) for key in sorted(keys)}
-    late_key = "sn72_miner_late_answers_total"
     statuses = delta(after, before, "sn72_miner_requests_total", "status")
     levels = delta(after, before, "sn72_miner_levels_run_total", "levels")
     answered = sum(statuses.values())
@@ -215,7 +214,7 @@ def measure(process: Any, wallets: Sequence[Any], payloads: Sequence[str], rate_
         "valid_answers": client.valid,
         "late_answers": client.client_timeouts,  # what validators with a 9 s timeout would score as late
         "miner_late": miner_late(client),
-        "engine_late_answers": after.get(late_key, 0.0) - before.get(late_key, 0.0),
+        "engine_late_answers": engine_late_answers(after) - engine_late_answers(before),
         "other_failures": client.other_failures,
         "status_codes": client.status_codes,
         "answers_by_status": statuses,

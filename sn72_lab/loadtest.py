@@ -119,9 +119,14 @@ def burst(port: int, metrics_port: int, miner_hotkey: str, wallets: Sequence[Any
     report = summarise(outcomes, timeout_s, elapsed_s)
     keys = {k.split("outcome=")[1].rstrip("}") for k in after if k.startswith("sn72_miner_axon_total{")}
     report.miner = {key: outcome_count(after, key) - outcome_count(before, key) for key in sorted(keys)}
-    engine_late = "sn72_miner_late_answers_total"  # the engine's own count: answers after its deadline
-    report.miner["engine_late_answers"] = after.get(engine_late, 0.0) - before.get(engine_late, 0.0)
+    # the engine's own count: answers after its deadline, whatever the cause
+    report.miner["engine_late_answers"] = engine_late_answers(after) - engine_late_answers(before)
     return report
+
+
+def engine_late_answers(samples: dict[str, float]) -> float:
+    """sn72_miner_late_answers_total summed over its causes."""
+    return sum(value for key, value in samples.items() if key.startswith("sn72_miner_late_answers_total{"))
 
 
 def miner_late(report: BurstReport) -> int:

@@ -151,7 +151,8 @@ def test_each_miner_run_reports_its_engines_side_over_the_timed_requests(tmp_pat
     assert set(stages) == {"unpack", "decode", "preprocess", "forward", "wait"}, stages
     assert sum(stages.values()) <= replica["worker_busy_fraction"] + 0.002, side
     assert stages["forward"] > stages["wait"], stages
-    assert f"batch {replica['mean_batch_size']:.1f}, busy" in capfd.readouterr().err
+    progress = capfd.readouterr().err
+    assert f"batch {replica['mean_batch_size']:.1f}, busy {replica['worker_busy_fraction']:.2f} (unpack" in progress
 
 
 def test_the_round_trip_times_the_stock_axon_beside_the_miner_each_round(tmp_path, monkeypatch):

@@ -118,7 +118,7 @@ def test_a_request_that_reaches_the_engine_past_its_deadline_is_counted_apart_fr
     """SN72MinerLateAnswers added every engine late answer: one to a request whose time went before the engine (a
     slow upload, the HTTP layer's queue) fired it though the engine could not have answered in time, and the answer
     may still reach the caller in time (the engine's deadline keeps a margin). Those are counted apart
-    (`sn72_miner_late_on_arrival_total`), and the alert leaves them to the HTTP layer's own count."""
+    (`sn72_miner_late_answers_total{cause="arrived_late"}`), and the alert leaves them to the HTTP layer's own count."""
     config = expert_config("a", max_batch=4)
     engine = make_engine({"a": FakeExpert(config, "cpu", answer=lambda image: 0.9)}, cascade_config([[config]]))
     try:
@@ -129,5 +129,7 @@ def test_a_request_that_reaches_the_engine_past_its_deadline_is_counted_apart_fr
         assert engine.submit(arrived_late).result(10).status is not Status.CONFIDENT  # no time: the best known
         assert engine.stats.late_answers == 1 and engine.stats.late_on_arrival == 1
         assert engine.stats.snapshot()["late_on_arrival"] == 1
+        causes = {dict(labels)["cause"]: value for labels, value in engine.stats.samples("late_answers").items()}
+        assert causes == {"engine": 0.0, "arrived_late": 1.0}  # both series exist from the start, for the alert
     finally:
         engine.close()

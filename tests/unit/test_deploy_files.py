@@ -86,6 +86,19 @@ def test_promtool_checks_the_config_in_both_layouts(tmp_path):
         assert f"{len(alert_names())} rules found" in done.stdout
 
 
+@pytest.mark.skipif(promtool() is None, reason="promtool is not installed (Debian package `prometheus`, or PROMTOOL=)")
+def test_the_late_answer_alert_fires_for_the_engines_lateness_and_the_callers_only():
+    """deploy/prometheus/alerts_test.yml: answers to requests that reached the engine already late do not fire it
+    (they fired it as the engine's total less a second counter: increase() extrapolates two series differently), an
+    answer the engine made late does, and so does one the HTTP layer saw reach its caller late."""
+    tool = promtool()
+    assert tool is not None
+    done = subprocess.run([tool, "test", "rules", "alerts_test.yml"], cwd=PROMETHEUS, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+
+
 def test_every_miner_exit_code_is_in_the_help_the_operations_table_pm2_and_the_readme():
     help_text = subprocess.run([sys.executable, "-m", "neurons.miner", "--help"], cwd=ROOT, capture_output=True,
                                text=True, timeout=60).stdout
