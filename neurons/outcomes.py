@@ -33,7 +33,7 @@ class AxonOutcomes:
         self.registry = registry or CollectorRegistry()
         self._counter = Counter("sn72_miner_axon", "Axon-side outcomes: refusals by reason, answers, closed "
                                 "connections, late answers", ["outcome"], registry=self.registry)
-        for outcome in ("late_answer", "late_other", "refused_unverified", "refused_rate_limit"):
+        for outcome in ("late_answer", "late_other", "late_skipped", "refused_unverified", "refused_rate_limit"):
             self._counter.labels(outcome)  # the series alerts read exist from the start, at zero
         self._lock = threading.Lock()
         self._totals: dict[str, int] = {}

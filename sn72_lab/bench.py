@@ -459,10 +459,11 @@ def _stages_text(stages: dict[str, float]) -> str:
 
 def _late_counts(samples: dict[str, float]) -> dict[str, float]:
     key = "sn72_miner_axon_total{{outcome={}}}".format
-    if key("late_answer") not in samples:  # exported from start-up: its absence means the name changed
-        raise RuntimeError(f"the miner's metrics have no {key('late_answer')}")
-    # late_skipped appears once it is first counted
-    return {outcome: samples.get(key(outcome), 0.0) for outcome in ("late_answer", "late_other", "late_skipped")}
+    outcomes = ("late_answer", "late_other", "late_skipped")
+    missing = [key(outcome) for outcome in outcomes if key(outcome) not in samples]
+    if missing:  # exported from start-up: an absence means a name changed
+        raise RuntimeError(f"the miner's metrics have no {', '.join(missing)}")
+    return {outcome: samples[key(outcome)] for outcome in outcomes}
 
 
 def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
