@@ -38,6 +38,7 @@ from typing import Any
 
 from cascade.config import EngineConfig, ExpertConfig, SchedulerConfig, load_cascade
 from cascade.event_loop import EventLoopKind, new_event_loop
+from cascade.experts.base import WORKER_STAGES
 from sn72_lab import bench_levels, bench_models, bench_report, bench_stages, bench_traffic
 from sn72_lab.bench_stand_in import null_factory
 from sn72_tools.client import encode_jpeg, percentiles, synthetic_image
@@ -428,10 +429,9 @@ def _engine_side(after: dict[str, float], before: dict[str, float], elapsed_s: f
     seconds = delta(after, before, "sn72_miner_batch_seconds_sum", "replica")
     busy = delta(after, before, "sn72_miner_worker_busy_seconds", "replica")
     stages: dict[str, dict[str, float]] = {}
-    for key, value in after.items():
-        if key.startswith("sn72_miner_worker_stage_seconds{"):
-            named = dict(pair.split("=", 1) for pair in key[key.index("{") + 1:-1].split(","))
-            stages.setdefault(named["replica"], {})[named["stage"]] = value - before.get(key, 0.0)
+    grown = delta(after, before, "sn72_miner_worker_stage_seconds", "replica", "stage")
+    for replica, stage in sorted(grown, key=lambda pair: (pair[0], WORKER_STAGES.index(pair[1]))):  # the worker's order
+        stages.setdefault(replica, {})[stage] = grown[replica, stage]
     side: dict[str, dict[str, Any]] = {}
     for replica, count in batches.items():
         if not count:

@@ -153,13 +153,18 @@ class MemorySampler:
         self._sample()
 
 
-def delta(after: dict[str, float], before: dict[str, float], prefix: str, label: str) -> dict[str, float]:
-    """Per label value, how much the counter `prefix{label=...}` grew over the run."""
-    out = {}
+def delta(after: dict[str, float], before: dict[str, float], prefix: str, *labels: str) -> dict[Any, float]:
+    """How much the series `prefix{...}` grew over the run, per value of `labels` (a tuple of values for several),
+    summed over any other labels. Keys are scrape keys, `name{label=value,...}` (loadtest.scrape)."""
+    out: dict[Any, float] = {}
     for key, value in after.items():
-        if key.startswith(prefix + "{") and f"{label}=" in key:
-            name = key.split(f"{label}=", 1)[1].split(",", 1)[0].rstrip("}")
-            out[name] = value - before.get(key, 0.0)
+        if not key.startswith(prefix + "{"):
+            continue
+        named = dict(pair.split("=", 1) for pair in key[len(prefix) + 1 : -1].split(","))
+        if all(label in named for label in labels):
+            values = tuple(named[label] for label in labels)
+            name = values[0] if len(values) == 1 else values
+            out[name] = out.get(name, 0.0) + value - before.get(key, 0.0)
     return dict(sorted(out.items()))
 
 

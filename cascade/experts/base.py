@@ -75,6 +75,15 @@ class Expert(abc.ABC):
         # held by its GPU, long host stages one held by its own CPU work (sn72_miner_worker_stage_seconds).
         self.stages: dict[str, float] | None = None
 
+    def read_answers(self, probabilities: Any, stages: Stages) -> list[float]:
+        """A batch's answers (a 1-D tensor, queued on the device) as floats: the forward's stage ends here, the wait
+        for the device to finish them is the "wait" stage, and the batch's stages are kept as `self.stages`."""
+        stages.lap("forward")
+        values: list[float] = probabilities.cpu().tolist()
+        stages.lap("wait")
+        self.stages = stages.seconds
+        return values
+
     def takes_jpeg(self) -> bool:
         """Whether batches may hand this replica encoded JPEGs (`DeviceJpeg`) to decode on its device."""
         return self.jpeg_decoder is not None

@@ -206,12 +206,7 @@ class ZeroShotExpert(Expert):
         logits = self.logit_scale * image_embeds @ self.text_embeds.t()
         if self.logit_bias is not None:
             logits = logits + self.logit_bias
-        probabilities = prompt_probabilities(logits, self.num_positive)
-        stages.lap("forward")
-        values = probabilities.cpu().tolist()  # waits for the device to finish the batch
-        stages.lap("wait")
-        self.stages = stages.seconds
-        return batch.answers(values)
+        return batch.answers(self.read_answers(prompt_probabilities(logits, self.num_positive), stages))
 
     def input_side(self) -> int | None:
         return None if self.naflex else max(self.size_hw)  # NaFlex keeps the native aspect and detail
