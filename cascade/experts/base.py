@@ -100,6 +100,13 @@ class Expert(abc.ABC):
         answers only where `takes_jpeg()` (see the module docstring)."""
         raise NotImplementedError(f"{type(self).__name__} has no synchronous predict")
 
+    def start_batch(self, images: Sequence[np.ndarray]) -> Callable[[], Sequence[float | DecodeError]]:
+        """Begin a batch; the returned function waits for it and gives `predict_batch`'s answers. A backend whose
+        device work runs asynchronously overrides this to return once that work is queued, so a worker process can
+        prepare the next batch while the device runs this one; by default the batch is answered here, at once."""
+        answers = self.predict_batch(images)
+        return lambda: answers
+
     async def predict_async(self, images: Sequence[np.ndarray], deadline_s: float) -> list[float]:
         """One P(roadwork) per image (async backends); work still running at `deadline_s` is aborted."""
         raise NotImplementedError(f"{type(self).__name__} has no asynchronous predict")

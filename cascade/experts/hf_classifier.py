@@ -7,6 +7,7 @@ ViT-B/16 with labels None/Roadwork) loads here unchanged.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -112,21 +113,50 @@ class ClassifierExpert(Expert):
                                               self.device, self.dtype, self.channels_last,
                                               self.options.compile_max_batch)
 
-    @torch.inference_mode()
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[float | DecodeError]:
+        self.stages = None
+        finish = self.start_batch(images)
+        began = time.perf_counter()
+        answers = finish()
+        if self.stages is not None:  # the wait for the device's answers, in `finish` on a GPU
+            self.stages["wait"] = self.stages.get("wait", 0.0) + time.perf_counter() - began
+        return answers
+
+    @torch.inference_mode()
+    def start_batch(self, images: Sequence[np.ndarray]) -> Callable[[], list[float | DecodeError]]:
+        """Decode, preprocess and forward queued on the device; the answers' copy to the host queued behind them
+        (into pinned memory, with an event), so that the returned function only waits for the device."""
         if self.probabilities_of is None:  # closed: refuse before decoding anything
             raise ExpertError(f"expert {self.name} is closed")
         stages = Stages()
         batch = materialise(images, self.device, self.jpeg_decoder)
         stages.lap("decode")
         if not batch.images:
-            return batch.answers([])
+            empty = batch.answers([])
+            return lambda: empty
         pixels = batch_tensor(
             batch.images, self.size_hw, self.mean, self.std, self.device, self.dtype, self.rescale,
             self.channels_last, resize=self.resize,
         )
         stages.lap("preprocess")
-        return batch.answers(self.read_answers(self.probabilities_of(pixels), stages))
+        probabilities = self.probabilities_of(pixels)
+        if not probabilities.is_cuda:  # answered already: read back here
+            values = self.read_answers(probabilities, stages)
+            return lambda: batch.answers(values)
+        stages.lap("forward")
+        self.stages = stages.seconds  # "wait" is added by whoever waits for the answers (`finish`)
+        # Queued now, right behind this batch's forward: a copy made when the answers are wanted would queue behind
+        # whatever batch the worker started in between.
+        host = torch.empty(probabilities.shape, dtype=probabilities.dtype, pin_memory=True)
+        host.copy_(probabilities, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record(torch.cuda.current_stream(probabilities.device))
+
+        def answers() -> list[float | DecodeError]:
+            copied.synchronize()
+            return batch.answers(host.tolist())
+
+        return answers
 
     def input_side(self) -> int | None:
         return max(self.size_hw)

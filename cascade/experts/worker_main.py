@@ -5,8 +5,10 @@ sends the replica's spec, and waits for "ready". Here the replica is built throu
 in the miner, loaded, given nvJPEG where its device allows (this process drives one device, so every
 GPU gets a decoder of its own), warmed up, and then runs batches in the order they arrive.
 
-Two threads: the reader takes frames off the socket while the main thread runs the model, so the next
-batch is unpickled while the GPU works. The process ends when the socket does: the miner closed it,
+Three threads: the reader takes frames off the socket, the main thread starts each batch (its device work queued),
+and, when batches queue up, the answers thread waits for the started ones in order and sends their answers: the next
+batch is unpickled, decoded and queued while the GPU runs the one before. An idle worker's single batch is finished
+and answered by the main thread itself, as before. The process ends when the socket does: the miner closed it,
 or died (the kernel closes its end), so a worker never outlives its miner. A lost CUDA context ends
 this process after answering the batch with a "fatal" error: the miner starts a fresh one.
 """
@@ -25,6 +27,8 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
@@ -90,20 +94,95 @@ def _load(spec: dict[str, Any]) -> tuple[Expert, dict[str, Any]]:
     return expert, facts
 
 
-def _answer(expert: Expert, batch_id: int, items: list[Any], limits: DecodeConfig) -> tuple[Any, bool]:
-    """The message for one batch, and whether this process must end after sending it (device lost)."""
+@dataclass
+class Started:
+    """A batch whose device work is queued: `finish` waits for its answers; `failure` when starting it failed."""
+
+    batch_id: int
+    began: float
+    finish: Callable[[], Sequence[Any]] | None = None
+    failure: tuple[Any, bool] | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # seconds by stage while starting it (WORKER_STAGES)
+
+
+def _failed(batch_id: int, exc: Exception) -> tuple[Any, bool]:
+    """The message for a failed batch, and whether this process must end after sending it (device lost)."""
+    fatal = is_fatal_device_error(exc)
+    kind = "fatal" if fatal else "oom" if is_out_of_memory(exc) else "error"
+    return ("error", batch_id, kind, f"{type(exc).__name__}: {exc}"), fatal
+
+
+def _start(expert: Expert, batch_id: int, items: list[Any], limits: DecodeConfig) -> Started:
     began = time.monotonic()
     expert.stages = None  # set again by an expert that times its stages
     try:
         images = [unpack_item(item, limits) for item in items]
         unpacked = time.monotonic()
-        values = check_probabilities(expert.name, expert.predict_batch(images), len(images))  # type: ignore[arg-type]
+        finish = expert.start_batch(images)  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001 - a failed batch is answered as failed; the miner decides what follows
-        fatal = is_fatal_device_error(exc)
-        kind = "fatal" if fatal else "oom" if is_out_of_memory(exc) else "error"
-        return ("error", batch_id, kind, f"{type(exc).__name__}: {exc}"), fatal
-    stages = {"unpack": unpacked - began, **(expert.stages or {})}
-    return ("result", batch_id, [pack_answer(v) for v in values], time.monotonic() - began, stages), False
+        return Started(batch_id, began, failure=_failed(batch_id, exc))
+    return Started(batch_id, began, lambda: check_probabilities(expert.name, finish(), len(images)),
+                   stages={"unpack": unpacked - began, **(expert.stages or {})})
+
+
+def _finish(started: Started, since: float = 0.0) -> tuple[Any, bool]:
+    """The message for a started batch once its answers are in (the seconds it had the device to itself: from its start
+    or the previous batch's answers, whichever came later), and whether this process must end after sending it."""
+    if started.failure is not None or started.finish is None:
+        return started.failure or _failed(started.batch_id, RuntimeError("a batch started without a way to finish"))
+    waiting = time.monotonic()
+    try:
+        values = started.finish()
+    except Exception as exc:  # noqa: BLE001 - as in _start
+        return _failed(started.batch_id, exc)
+    now = time.monotonic()
+    stages = dict(started.stages)
+    stages["wait"] = stages.get("wait", 0.0) + now - waiting  # the wait for the started work's answers
+    return ("result", started.batch_id, [pack_answer(v) for v in values], now - max(started.began, since),
+            stages), False
+
+
+def _answer(expert: Expert, batch_id: int, items: list[Any], limits: DecodeConfig) -> tuple[Any, bool]:
+    """One batch started and finished: the message for it, and whether this process must end after sending it."""
+    return _finish(_start(expert, batch_id, items, limits))
+
+
+class Answers:
+    """Sends started batches' answers in the order they started. A batch with none before it still unanswered and none
+    waiting behind it is finished by the thread that started it (an idle worker's batch-1 answer crosses no thread);
+    any other is handed to the answers thread, which waits for it while the main thread starts the next batch."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.handed: queue.Queue[Started] = queue.Queue()
+        self.lock = threading.Lock()
+        self.outstanding = 0  # handed to the answers thread and not sent yet
+        self.since = 0.0  # when the last answers were sent
+        threading.Thread(target=self._answer_in_order, name="worker-answers", daemon=True).start()
+
+    def send(self, started: Started, more_waiting: bool) -> None:
+        with self.lock:
+            inline = self.outstanding == 0 and not more_waiting
+            if not inline:
+                self.outstanding += 1
+        if inline:  # the answers thread is idle: no send of its own can interleave with this one
+            self._send(started)
+        else:
+            self.handed.put(started)
+
+    def _answer_in_order(self) -> None:
+        while True:
+            self._send(self.handed.get())
+            with self.lock:
+                self.outstanding -= 1
+
+    def _send(self, started: Started) -> None:
+        message, fatal = _finish(started, self.since)
+        self.since = time.monotonic()
+        self.sock.sendall(frame(message))
+        if fatal:
+            logger.error("device lost ({}): ending this worker for a fresh one", message[3])
+            os._exit(EXIT_DEVICE_LOST)
 
 
 def serve(fd: int) -> int:
@@ -125,13 +204,15 @@ def serve(fd: int) -> int:
         return EXIT_LOAD_FAILED
     limits = DecodeConfig.model_validate(spec["decode"])
     sock.sendall(frame(("ready", facts)))
+    # The main thread starts each batch as it arrives (its decode, preprocessing and forward queued on the device).
+    # With another batch already waiting (or one before still running) the answers thread waits for it, so the next
+    # batch's host work overlaps this one's device work; the miner keeps at most two batches at a worker
+    # (cascade/experts/worker.py). An idle worker finishes its one batch itself.
+    answers = Answers(sock)
     while True:
         _, batch_id, items = inbox.get()
-        message, fatal = _answer(expert, batch_id, items, limits)
-        sock.sendall(frame(message))
-        if fatal:
-            logger.error("device lost ({}): ending this worker for a fresh one", message[3])
-            os._exit(EXIT_DEVICE_LOST)
+        started = _start(expert, batch_id, items, limits)
+        answers.send(started, more_waiting=not inbox.empty())
 
 
 def main() -> int:

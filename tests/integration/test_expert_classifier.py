@@ -175,6 +175,20 @@ def test_the_graphed_head_answers_as_the_model_does(tiny_vit, outputs):
 
 
 @pytest.mark.gpu
+def test_batches_started_one_after_another_answer_each_its_own_images(tiny_vit):
+    # A worker starts the next batch before the last one's answers are read: both replay the same bucket's graph,
+    # whose static output the second replay overwrites; the first batch's answers must already be its own.
+    graphed = load(tiny_vit, device="cuda:0", cuda_graphs=True)
+    first, second = mixed_images(3), mixed_images(4)[1:]  # three images each: the same bucket (4)
+    expected_first, expected_second = graphed.predict_batch(first), graphed.predict_batch(second)
+    assert expected_first != pytest.approx(expected_second, abs=1e-4)
+    finish_first = graphed.start_batch(first)
+    finish_second = graphed.start_batch(second)
+    assert finish_second() == pytest.approx(expected_second, abs=1e-6)
+    assert finish_first() == pytest.approx(expected_first, abs=1e-6)
+
+
+@pytest.mark.gpu
 def test_cuda_graphs_answer_as_the_eager_model_does(tiny_vit):
     graphed = load(tiny_vit, device="cuda:0", cuda_graphs=True)
     eager = load(tiny_vit, device="cuda:0", cuda_graphs=False)

@@ -68,6 +68,50 @@ def test_a_worker_replica_answers_as_the_replica_in_process_does_and_ends_with_c
     assert gone(pid)
 
 
+def test_a_worker_starts_the_next_batch_while_the_device_still_runs_the_one_before(tiny_vit: Path) -> None:
+    # The worker's main thread queues each batch's device work as it arrives; its answers thread waits for them in
+    # order. Run one batch at a time, the probe's first batch would wait 5 s for a second that never started.
+    from tests.factories.experts import overlap_probe
+
+    worker = WorkerExpert(vit_config(tiny_vit, warmup_batches=0), "cpu", factory=overlap_probe)
+    worker.load()
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+
+    async def two_batches() -> tuple[list[float], list[float]]:
+        deadline_s = time.monotonic() + 30
+        first = asyncio.ensure_future(worker.predict_async([image], deadline_s))
+        second = asyncio.ensure_future(worker.predict_async([image, image], deadline_s))
+        return await first, await second
+
+    try:
+        began = time.monotonic()
+        first, second = asyncio.run(two_batches())
+        took_s = time.monotonic() - began
+    finally:
+        worker.close()
+    assert first == [0.75] and second == [0.5, 0.5]
+    assert took_s < 4.0  # not the probe's 5-s wait
+    assert worker.batches == 2 and worker.busy_s < took_s + 0.5  # overlapping batches are not counted twice
+
+
+def test_an_idle_workers_single_batch_is_answered_by_the_thread_that_started_it(tiny_vit: Path) -> None:
+    # Batch 1 at an idle worker crosses no thread hand-off (its latency is what the batch-1 target counts).
+    from tests.factories.experts import thread_probe
+
+    worker = WorkerExpert(vit_config(tiny_vit, warmup_batches=0), "cpu", factory=thread_probe)
+    worker.load()
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+
+    async def one_at_a_time() -> list[list[float]]:
+        return [await worker.predict_async([image], time.monotonic() + 30) for _ in range(3)]
+
+    try:
+        answers = asyncio.run(one_at_a_time())
+    finally:
+        worker.close()
+    assert answers == [[1.0]] * 3
+
+
 def test_a_worker_that_cannot_load_says_why_in_the_miners_log_and_leaves_no_process(tmp_path: Path) -> None:
     from loguru import logger
 
