@@ -178,6 +178,9 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         for labels, seconds in engine.stats.samples("worker_stage_seconds", "").items():
             named = dict(labels)
             stages.setdefault(named["replica"], {})[named["stage"]] = round(seconds / elapsed, 3)
+        held = requests_held(sum(engine.stats.samples("request_latency_seconds", "_sum").values()),
+                             {dict(labels)["level"]: seconds
+                              for labels, seconds in engine.stats.samples("level_seconds", "_sum").items()}, elapsed)
     finally:
         engine.close()
     latencies = [done_at[i] - arrival[i] for i in range(len(data))]
@@ -205,6 +208,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         "mean_batch_ms": {k: round(1000 * v.total / v.n, 2) for k, v in engine.stats.batch_seconds.items() if v.n},
         "worker_busy_fraction": busy,
         "worker_stage_fraction": stages,
+        "requests_held": held,
         # the kernel's cap on a worker socket's buffer (cascade/experts/worker.py asks for 16 MB)
         "net_core_wmem_max": _read_int("/proc/sys/net/core/wmem_max") if args.worker_process else None,
         "cold_start_s": startup.total_s,
@@ -391,6 +395,10 @@ def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, seq
         metrics_after = None if stock else settled(process.metrics_port, timeout_s=15.0)
     late = None if metrics_after is None else _late_counts(metrics_after)
     engine_side = None if metrics_after is None else _engine_side(metrics_after, metrics_before, drive.elapsed)
+    held = None if metrics_after is None else requests_held(
+        sum(bench_traffic.delta(metrics_after, metrics_before, "sn72_miner_request_latency_seconds_sum",
+                                "status").values()),
+        bench_traffic.delta(metrics_after, metrics_before, "sn72_miner_level_seconds_sum", "level"), drive.elapsed)
     return {
         "mode": ("stock-axon" if stock else "axon") + ("-sequential" if sequential else ""),
         "header_cache": header_cache,
@@ -413,7 +421,19 @@ def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, seq
         "cpu_ms_per_request": cpu_ms,
         **({} if late is None else {"late": late}),
         **({} if engine_side is None else {"engine_side": engine_side}),
+        **({} if held is None else {"requests_held": held}),
     }
+
+
+def requests_held(answered_s: float, level_s: dict[str, float], elapsed_s: float) -> dict[str, Any]:
+    """How many requests the miner held on average over a run (Little's law: the seconds its answers took, summed,
+    over the run's wall time), and how many of those were in each level (queued for a batch or in one; levels keyed
+    from 1). Beside the callers' concurrency this says where a closed loop's requests were: a miner holding fewer than
+    the callers keep in flight leaves the rest with them or on the wire, and a level holding few makes small batches."""
+    if elapsed_s <= 0:
+        return {}
+    in_level = {str(int(level) + 1): round(seconds / elapsed_s, 1) for level, seconds in sorted(level_s.items())}
+    return {"in_miner": round(answered_s / elapsed_s, 1), "in_level": in_level}
 
 
 def _engine_side(after: dict[str, float], before: dict[str, float], elapsed_s: float) -> dict[str, dict[str, Any]]:
@@ -453,6 +473,14 @@ def _engine_side_text(side: dict[str, dict[str, Any]]) -> str:
                    for replica, figures in side.items())
 
 
+def _held_text(held: dict[str, Any] | None) -> str:
+    """`requests_held` in a progress line."""
+    if not held:
+        return ""
+    levels = " ".join(f"L{level} {count:.0f}" for level, count in held["in_level"].items())
+    return f"; held {held['in_miner']:.0f} ({levels})"
+
+
 def _stages_text(stages: dict[str, float]) -> str:
     return " ".join(f"{stage} {share:.2f}" for stage, share in stages.items())
 
@@ -487,7 +515,8 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
         # rounds done is written after each (a GPU lease's command limit once cut the third round and lost the JSON).
         done = ", ".join(f"{name} {runs[name][-1]['throughput_rps']:.0f} req/s "
                          f"(steady {runs[name][-1]['steady_rps'] or float('nan'):.0f}"
-                         f"{_engine_side_text(runs[name][-1].get('engine_side', {}))})" for name in names)
+                         f"{_engine_side_text(runs[name][-1].get('engine_side', {}))}"
+                         f"{_held_text(runs[name][-1].get('requests_held'))})" for name in names)
         print(f"round {round_number}/{args.rounds}: {done}", file=sys.stderr, flush=True)
         if getattr(args, "json", None) and round_number < args.rounds:
             args.json.write_text(json.dumps(_vs_stock_report(args, names, runs), indent=2))
@@ -533,6 +562,9 @@ def _vs_stock_report(args: argparse.Namespace, names: list[str],
     # The engine's side of each miner run (`_engine_side`): batches, their size and time, the worker's busy share
     report["engine_side"] = {name: [r["engine_side"] for r in results] for name, results in runs.items()
                              if name != "stock"}
+    # How many requests each miner run held on average, in all and in each level (`requests_held`)
+    report["requests_held"] = {name: [r["requests_held"] for r in results] for name, results in runs.items()
+                               if name != "stock"}
     report["status_codes"] = {name: [r["status_codes"] for r in results] for name, results in runs.items()}
     return report
 

@@ -142,6 +142,11 @@ def test_front_processes_are_compared_in_the_same_rounds_from_client_processes(t
         assert sum(stages.values()) <= replica["worker_busy_fraction"] + 0.002, side
         assert stages["forward"] > stages["wait"], stages
         assert f"batch {replica['mean_batch_size']:.1f}, busy {replica['worker_busy_fraction']:.2f} (unpack" in progress
+        # Where the callers' requests were (Little's law over the timed run): inside the miner at most the four the
+        # callers keep in flight, some of them in its one level; the rest with the callers or on the wire.
+        (held,) = report["requests_held"][name]
+        assert 0 < held["in_level"]["1"] <= held["in_miner"] <= 4.2, held
+        assert f"held {held['in_miner']:.0f} (L1 {held['in_level']['1']:.0f})" in progress
 
 
 def test_the_round_trip_times_the_stock_axon_beside_the_miner_each_round(tmp_path, monkeypatch):
@@ -185,3 +190,20 @@ def test_the_two_dispatches_are_compared_in_the_same_rounds(tmp_path):
                        "--dispatch", "fastapi", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["dispatch"] == "fastapi" and report["status_codes"] == {"200": 4}
+
+
+def test_the_engine_bench_says_where_its_requests_were_and_what_its_worker_did(tmp_path):
+    """`sn72-bench engine --worker-process`: the figures set beside an axon run's `engine_side` and `requests_held`
+    (the engine at 512 clients is the reference the through-the-axon target is counted against)."""
+    cascade = bench_cascade(tmp_path)
+    out = tmp_path / "engine.json"
+    assert bench.main(["engine", "--cascade", str(cascade), "--worker-process", "--requests", "120",
+                       "--concurrency", "4", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert sum(report["statuses"].values()) == 120 and report["late_answers"] == 0, report["statuses"]
+    # A closed loop of four clients keeps at most four requests in the engine, and every one passes the one level.
+    held = report["requests_held"]
+    assert 0 < held["in_level"]["1"] <= held["in_miner"] <= 4.2, held
+    (busy,) = report["worker_busy_fraction"].values()
+    (stages,) = report["worker_stage_fraction"].values()
+    assert 0 < busy < 1 and set(stages) == {"unpack", "decode", "preprocess", "forward", "wait"}, report
