@@ -180,6 +180,7 @@ class MicroBatcher:
 
     # -- batch side -----------------------------------------------------------------------------
     async def _loop(self) -> None:
+        await self.expert.on_loop()  # must not raise: a replica's hook that failed would leave its queue unserved
         while not self._closed:
             if not self._heap:
                 self._wakeup.clear()

@@ -91,6 +91,11 @@ class Expert(abc.ABC):
     def start(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Begin loading without waiting for it (a worker process starts on its own); `load` finishes it."""
 
+    async def on_loop(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Called once on the engine's loop when this replica's batcher starts, before any batch (a worker process's
+        socket is watched from then on, so a worker that dies while the miner is idle is replaced at once). Must not
+        raise: the batcher awaits it before serving its queue."""
+
     @abc.abstractmethod
     def load(self) -> None:
         """Load weights and processors onto `self.device`."""

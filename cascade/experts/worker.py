@@ -234,13 +234,21 @@ class WorkerExpert(Expert):
                      self._process.pid)
         self._process.kill()  # not waited for here (the loop must not block): the restart reaps it
 
+    async def on_loop(self) -> None:
+        """Watch the worker's socket from the start: its end (the worker died while no batch was running) restarts it
+        at once, instead of failing the first batch that comes along."""
+        self._watch()
+
+    def _watch(self) -> None:
+        """On the loop: attach a new worker's socket (its end then restarts it), unless attached or attaching."""
+        if not self._closed and self._channel is None and self._attaching is None and self._socket is not None:
+            sock, self._socket = self._socket, None
+            self._attaching = asyncio.get_running_loop().create_task(self._attach(sock))
+
     async def _channel_now(self) -> Channel:
         if self._closed:
             raise ExpertError(f"{self.replica} is shut down")
-        if self._channel is None and self._attaching is None and self._socket is not None:
-            # The first batch on a new worker attaches its socket to the loop; batches meanwhile wait for that.
-            sock, self._socket = self._socket, None
-            self._attaching = asyncio.get_running_loop().create_task(self._attach(sock))
+        self._watch()  # attached when its batcher started or its restart ended; else by this first batch
         if self._channel is None and self._attaching is not None:
             await asyncio.shield(self._attaching)
         if self._channel is None:
@@ -298,6 +306,7 @@ class WorkerExpert(Expert):
             self._down_reason = ""
             self.restarts += 1
             logger.info("{}: worker process restarted (pid {})", self.replica, self.pid)
+            self._watch()  # at once, as at start-up: a death before the next batch restarts it too
             return
 
 

@@ -213,6 +213,28 @@ def test_a_hung_or_killed_worker_is_answered_around_in_time_and_replaced(tiny_vi
     assert restarted is not None and gone(restarted)
 
 
+def test_a_worker_that_dies_while_the_miner_is_idle_is_replaced_before_the_next_request(tiny_vit: Path) -> None:
+    # The outside review of 6 December: killed before any batch reached it (and again after its restart), a worker
+    # lay defunct until traffic came, and the first requests then failed on it and were answered from the prior
+    # while the replica cooled down. Its socket is now watched from the batcher's start and after each restart.
+    engine = Engine(EngineConfig(cascade=cascade_config([[vit_config(tiny_vit)]])))
+    engine.start()
+    worker = engine.replicas.experts[0]
+    assert isinstance(worker, WorkerExpert)
+    try:
+        for restarts in (1, 2):  # at start-up with no batch ever sent, then right after a restart
+            pid = worker.pid
+            assert pid is not None
+            wait_for(lambda: on_loop(engine, lambda: worker._channel is not None), timeout_s=10)
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda n=restarts: worker.restarts == n, timeout_s=60)  # no request needed to notice
+            assert gone(pid) and worker.pid != pid
+        result = engine.submit(make_job(mark=1, budget_s=5.0)).result(10)
+        assert result.status is not Status.PRIOR and not result.failures, result  # the model answered
+    finally:
+        engine.close()
+
+
 def test_reloads_keep_a_worker_for_a_calibration_change_and_end_it_when_its_replica_goes(tiny_vit: Path) -> None:
     from cascade.config import Calibration
     from cascade.serving import ReloadKind
