@@ -95,6 +95,14 @@ class Health:
         self.trips += 1
         logger.warning("expert {} marked unhealthy for {:.0f}s: {}", self.name, self.cooldown_s, why)
 
+    def retry_now(self, now_s: float | None = None) -> None:
+        """End a cool-down early (the replica was replaced by a fresh one): the next batch tries it, and one more
+        failure marks it unhealthy again; a success closes the breaker."""
+        now_s = time.monotonic() if now_s is None else now_s
+        if self.unhealthy_until_s > now_s:
+            self.unhealthy_until_s = now_s
+            logger.info("expert {}: replaced, retried before its cool-down ends", self.name)
+
     def available(self, now_s: float | None = None) -> bool:
         """False during the cool-down; after it, requests may try again (a success closes the breaker)."""
         now_s = time.monotonic() if now_s is None else now_s

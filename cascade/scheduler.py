@@ -80,6 +80,7 @@ class MicroBatcher:
         initial = (expert.config.expected_latency_ms or 50.0) / 1000.0
         self.compute = LatencyTracker(sched.latency_window, sched.latency_quantile, initial, sched.latency_horizon_s)
         self.health = Health(self.replica, sched.unhealthy_after_failures, sched.unhealthy_cooldown_s)
+        self._restarts_seen = expert.restarts
         self._hang_factor = sched.hang_factor
         self._hang_min_s = sched.hang_min_ms / 1000.0
         self._listener = listener
@@ -150,6 +151,9 @@ class MicroBatcher:
     def available(self, now_s: float | None = None) -> bool:
         """Healthy (or due a retry) and not stuck in a batch far longer than batches take."""
         now_s = time.monotonic() if now_s is None else now_s
+        if self.expert.restarts != self._restarts_seen:  # a fresh worker process: worth a try before the cool-down ends
+            self._restarts_seen = self.expert.restarts
+            self.health.retry_now(now_s)
         if self._running_since:
             hang_s = max(self._hang_min_s, self._hang_factor * self.compute.estimate_s(now_s))
             running_s = now_s - min(self._running_since)

@@ -91,6 +91,8 @@ class Expert(abc.ABC):
     def start(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Begin loading without waiting for it (a worker process starts on its own); `load` finishes it."""
 
+    restarts = 0  # times this replica's process was replaced by a fresh one (worker processes count theirs)
+
     async def on_loop(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Called once on the engine's loop when this replica's batcher starts, before any batch (a worker process's
         socket is watched from then on, so a worker that dies while the miner is idle is replaced at once). Must not

@@ -279,7 +279,7 @@ class WorkerExpert(Expert):
         self._failures_in_a_row += 1
         process = self._process
         code = process.poll() if process is not None else None
-        self._down_reason = f"the last one ended with code {code}" if code is not None else why
+        self._down_reason = f"exit code {code}" if code is not None else why
         logger.error("{}: worker process {} ended ({}); restarting it", self.replica, self.pid, self._down_reason)
         if self._restarting is None or self._restarting.done():
             self._restarting = asyncio.get_running_loop().create_task(self._restart(), name=f"restart-{self.replica}")

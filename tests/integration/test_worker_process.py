@@ -235,6 +235,32 @@ def test_a_worker_that_dies_while_the_miner_is_idle_is_replaced_before_the_next_
         engine.close()
 
 
+def test_a_replaced_worker_is_tried_again_without_waiting_out_the_cool_down(tiny_vit: Path) -> None:
+    # The outside review of 6 December: the new worker was ready in 6 s but its replica stayed out for the whole
+    # cool-down (30 s), every request answered from the prior meanwhile. A fresh worker now gets the next batch.
+    engine = Engine(EngineConfig(cascade=cascade_config([[vit_config(tiny_vit)]]),
+                                 scheduler=SchedulerConfig(unhealthy_after_failures=1, unhealthy_cooldown_s=300)))
+    engine.start()
+    worker = engine.replicas.experts[0]
+    assert isinstance(worker, WorkerExpert)
+    vit = engine.path.serving.levels[0].batchers["vit"][0]
+    try:
+        killed_pid = worker.pid
+        assert killed_pid is not None
+        os.kill(killed_pid, signal.SIGSTOP)  # its batch surely in flight when it dies
+        job = engine.submit(make_job(mark=1, budget_s=6.0))
+        wait_for(lambda: on_loop(engine, lambda: len(vit._running_since) >= 1), timeout_s=3)
+        os.kill(killed_pid, signal.SIGKILL)
+        failed = job.result(10)
+        assert failed.failures and vit.health.state() == "unhealthy"  # one failed batch trips it (threshold 1)
+        wait_for(lambda: worker.restarts == 1, timeout_s=60)
+        again = engine.submit(make_job(mark=2, budget_s=5.0)).result(10)
+        assert again.status is not Status.PRIOR and not again.failures, again  # the fresh worker answered
+        assert vit.health.state() == "healthy"
+    finally:
+        engine.close()
+
+
 def test_reloads_keep_a_worker_for_a_calibration_change_and_end_it_when_its_replica_goes(tiny_vit: Path) -> None:
     from cascade.config import Calibration
     from cascade.serving import ReloadKind
