@@ -42,6 +42,7 @@ class WorkerCounters(Protocol):
     """What a replica in a worker process counts (cascade/experts/worker.py), read at scrape time."""
 
     restarts: int
+    exits: int
     busy_s: float
     stage_s: dict[str, float]
 
@@ -104,6 +105,9 @@ class EngineStats:
         self._worker_restarts = Gauge(f"{PREFIX}_worker_restarts", "Times a replica's worker process (worker: "
                                       "process) was restarted after it died or lost its device", ["replica"],
                                       registry=r)
+        self._worker_exits = Gauge(f"{PREFIX}_worker_exits", "Times a replica's worker process ended (died, was "
+                                   "killed as hung, lost its device) or failed to start again: its rate without "
+                                   "restarts is a worker that cannot come back", ["replica"], registry=r)
         self._worker_busy = Gauge(f"{PREFIX}_worker_busy_seconds", "Seconds a replica's worker process spent on "
                                   "the batches it answered (its rate: the share of time the worker is busy)",
                                   ["replica"], registry=r)
@@ -201,6 +205,7 @@ class EngineStats:
         self._healthy.labels(replica).set_function(healthy)
         if worker is not None:  # a replica in a worker process
             self._worker_restarts.labels(replica).set_function(lambda: worker.restarts)
+            self._worker_exits.labels(replica).set_function(lambda: worker.exits)
             self._worker_busy.labels(replica).set_function(lambda: worker.busy_s)
             for stage in WORKER_STAGES:
                 self._worker_stage.labels(replica, stage).set_function(functools.partial(_stage_seconds, worker, stage))
@@ -222,6 +227,7 @@ class EngineStats:
         if replica in self._worker_replicas:
             self._worker_replicas.discard(replica)
             self._worker_restarts.remove(replica)
+            self._worker_exits.remove(replica)
             self._worker_busy.remove(replica)
             for stage in WORKER_STAGES:
                 self._worker_stage.remove(replica, stage)

@@ -273,6 +273,7 @@ def final_counts(metrics_port: int) -> dict[str, float]:
         "reloads_ok": sum(counter(samples, "sn72_miner_reloads_total", outcome=kind) for kind in RELOADED),
         "reloads": counter(samples, "sn72_miner_reloads_total"),
         "worker_restarts": counter(samples, "sn72_miner_worker_restarts"),
+        "worker_exits": counter(samples, "sn72_miner_worker_exits"),
         "al_written": counter(samples, "sn72_miner_active_learning_total", kind="written"),
         "al_write_errors": counter(samples, "sn72_miner_active_learning_total", kind="dropped_write_error"),
         "al_skipped_no_image": counter(samples, "sn72_miner_active_learning_total", kind="skipped_no_image"),

@@ -43,7 +43,8 @@ class Sample:
         return (f"{self.t_s:7.0f}s rss {self.rss_mb:7.1f} MB fds {self.fds:4d} | {self.sent:3d} sent: "
                 f"{self.model} model, {self.prior} prior, {self.failed} failed, p50 {self.p50_ms} ms p99 "
                 f"{self.p99_ms} ms | reloads ok {m.get('reloads_ok', 0):.0f}/{m.get('reloads', 0):.0f}, worker "
-                f"restarts {m.get('worker_restarts', 0):.0f}, store written {m.get('al_written', 0):.0f}, "
+                f"restarts {m.get('worker_restarts', 0):.0f} (exits {m.get('worker_exits', 0):.0f}), "
+                f"store written {m.get('al_written', 0):.0f}, "
                 f"write errors {m.get('al_write_errors', 0):.0f}")
 
 

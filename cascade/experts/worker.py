@@ -72,7 +72,8 @@ class WorkerExpert(Expert):
         self._down_reason = ""  # why the replica is not serving now ("" while it is)
         self._restarting: asyncio.Task[None] | None = None
         self._failures_in_a_row = 0
-        self.restarts = 0
+        self.restarts = 0  # fresh workers that came up after one ended
+        self.exits = 0  # workers that ended (died, killed as hung, lost their device) or failed to start again
         self.busy_s = 0.0  # seconds the worker spent on answered batches: its rate is how busy the worker is
         self.stage_s = dict.fromkeys(WORKER_STAGES, 0.0)  # those seconds by stage, where the worker timed them
         self.batches = 0  # answered batches
@@ -277,6 +278,7 @@ class WorkerExpert(Expert):
 
     def _begin_restart(self, why: str) -> None:
         self._failures_in_a_row += 1
+        self.exits += 1
         process = self._process
         code = process.poll() if process is not None else None
         self._down_reason = f"exit code {code}" if code is not None else why
@@ -297,6 +299,7 @@ class WorkerExpert(Expert):
                 await asyncio.to_thread(self._spawn)
             except Exception as exc:  # noqa: BLE001 - keep trying, slower; the replica stays out of service
                 self._failures_in_a_row += 1
+                self.exits += 1  # a crash loop shows here while `restarts` stands still
                 self._down_reason = f"restart failed: {exc}"
                 logger.error("{}: {}", self.replica, self._down_reason)
                 continue

@@ -202,7 +202,8 @@ def test_a_scrape_has_every_series_the_dashboard_and_alerts_query(assets):
     # `up` is Prometheus's own series; GPU memory exists only where the cascade runs on a GPU, the worker series only
     # where a replica runs in a worker process (tests/integration/test_worker_process.py reads restarts and stages,
     # tests/e2e/test_bench_axon_vs_stock.py busy and stages from a miner's /metrics).
-    workers = {"sn72_miner_worker_restarts", "sn72_miner_worker_busy_seconds", "sn72_miner_worker_stage_seconds"}
+    workers = {"sn72_miner_worker_restarts", "sn72_miner_worker_exits", "sn72_miner_worker_busy_seconds",
+               "sn72_miner_worker_stage_seconds"}
     missing = queried - samples - {"up", "sn72_miner_gpu_memory_bytes"} - workers
     assert not missing, f"queried but not exported: {sorted(missing)}"
     assert len(queried) >= 25

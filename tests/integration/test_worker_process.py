@@ -261,6 +261,34 @@ def test_a_replaced_worker_is_tried_again_without_waiting_out_the_cool_down(tiny
         engine.close()
 
 
+def test_a_worker_that_cannot_come_back_shows_as_exits_while_its_restarts_stand_still(tiny_vit: Path,
+                                                                                     tmp_path: Path) -> None:
+    # The outside review of 6 December: `sn72_miner_worker_restarts` counts fresh workers that came up, so a worker
+    # failing at every start left it (and the alert on it) where it was. Exits count each end and each failed start.
+    import shutil
+
+    model = tmp_path / "vit"
+    shutil.copytree(tiny_vit, model)
+    engine = Engine(EngineConfig(cascade=cascade_config([[vit_config(model)]])))
+    engine.start()
+    worker = engine.replicas.experts[0]
+    assert isinstance(worker, WorkerExpert)
+    try:
+        assert engine.stats.samples("worker_exits", "") == {(("replica", "vit@cpu"),): 0.0}  # from the start
+        pid = worker.pid
+        assert pid is not None
+        shutil.rmtree(model)  # every later start fails to load it
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: worker.exits >= 2, timeout_s=60)  # the death, then a failed start
+        assert worker.restarts == 0 and gone(pid)
+        exits = engine.stats.samples("worker_exits", "")[(("replica", "vit@cpu"),)]
+        assert exits >= 2 and engine.stats.samples("worker_restarts", "") == {(("replica", "vit@cpu"),): 0.0}
+        result = engine.submit(make_job(mark=1, budget_s=2.0)).result(10)
+        assert result.status is Status.PRIOR  # nothing to answer with but the prior, in time
+    finally:
+        engine.close()
+
+
 def test_reloads_keep_a_worker_for_a_calibration_change_and_end_it_when_its_replica_goes(tiny_vit: Path) -> None:
     from cascade.config import Calibration
     from cascade.serving import ReloadKind
