@@ -114,6 +114,9 @@ def bench_cascade(args: argparse.Namespace) -> Any:
             expert.device = args.device
         if getattr(args, "idle_dispatch", False):
             expert.wait_when_idle = False
+        max_wait_ms = getattr(args, "max_wait_ms", None)
+        if isinstance(max_wait_ms, (int, float)):  # axon-vs-stock's list is split into single values per run
+            expert.max_wait_ms = float(max_wait_ms)
         if getattr(args, "worker_process", False):
             expert.worker = "process"
     return cascade
@@ -405,7 +408,9 @@ def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, seq
         "worker": "process" if getattr(args, "worker_process", False) else "thread",
         "event_loop": "asyncio" if stock else args.event_loop,
         **({} if stock else {"processes": "default" if processes is None else processes,
-                             "dispatch": "default" if dispatch is None else dispatch}),
+                             "dispatch": "default" if dispatch is None else dispatch,
+                             "max_wait_ms": sorted({expert["max_wait_ms"] for level in cascade["levels"]
+                                                    for expert in level["experts"]})}),
         **({"stock_hotkey": "once" if args.stock_hotkey_once else "per access"} if stock else {}),
         "requests": len(data),
         "wallets": len(wallets),
@@ -502,15 +507,18 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
     on the same host as the servers, and each run is seconds long).
     """
     dispatches = [None] if not args.dispatch else list(args.dispatch)
-    settings = [(p, d) for p in ([None] if not args.processes else list(args.processes)) for d in dispatches]
+    waits = [None] if not args.max_wait_ms else list(args.max_wait_ms)
+    settings = [(p, d, w) for p in ([None] if not args.processes else list(args.processes)) for d in dispatches
+                for w in waits]
     names = ["stock", *(("miner" if p is None else f"miner-p{p}") + ("" if len(dispatches) == 1 else f"-{d}")
-                        for p, d in settings)]
+                        + ("" if len(waits) == 1 else f"-w{w:g}") for p, d, w in settings)]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for round_number in range(1, args.rounds + 1):
         runs["stock"].append(run_axon(argparse.Namespace(**{**vars(args), "dispatch": None}), stock=True))
-        for name, (processes, dispatch) in zip(names[1:], settings, strict=True):
+        for name, (processes, dispatch, wait_ms) in zip(names[1:], settings, strict=True):
             runs[name].append(run_axon(argparse.Namespace(**{**vars(args), "processes": processes,
-                                                             "dispatch": dispatch}), stock=False))
+                                                             "dispatch": dispatch, "max_wait_ms": wait_ms}),
+                                       stock=False))
         # Progress on stderr, and the figures so far survive a run cut short by a time limit: the report of the
         # rounds done is written after each (a GPU lease's command limit once cut the third round and lost the JSON).
         done = ", ".join(f"{name} {runs[name][-1]['throughput_rps']:.0f} req/s "
@@ -557,6 +565,7 @@ def _vs_stock_report(args: argparse.Namespace, names: list[str],
         report[f"{name}_steady_rps"] = steady[name]
         known = [value for value in steady[name] if value is not None]
         report[f"{name}_steady_rps_median"] = statistics.median(known) if known else None
+    report["max_wait_ms"] = {name: results[0]["max_wait_ms"] for name, results in runs.items() if name != "stock"}
     report["cpu_ms_per_request"] = {name: [r["cpu_ms_per_request"] for r in results] for name, results in runs.items()}
     report["late"] = {name: [r["late"] for r in results] for name, results in runs.items() if name != "stock"}
     # The engine's side of each miner run (`_engine_side`): batches, their size and time, the worker's busy share
@@ -668,6 +677,9 @@ def main(argv: list[str] | None = None) -> int:
                        "replica starts at once")
         p.add_argument("--worker-process", action="store_true",
                        help="every expert in a worker process of its own (worker: process)")
+        p.add_argument("--max-wait-ms", type=float, nargs="+" if name == "axon-vs-stock" else None, default=None,
+                       help="every expert's max_wait_ms (how long a batch waits to fill while one runs; default: the "
+                       "cascade file's); axon-vs-stock: several values, each run every round")
         if name == "engine":
             p.add_argument("--burst", action="store_true", help="submit everything at once")
             p.add_argument("--budget-s", type=float, default=8.4, help="deadline per request (9 s - margin)")

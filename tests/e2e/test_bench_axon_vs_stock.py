@@ -175,9 +175,10 @@ def test_the_two_dispatches_are_compared_in_the_same_rounds(tmp_path):
     out = tmp_path / "dispatch.json"
     assert bench.main(["axon-vs-stock", "--cascade", str(cascade), "--requests", "6", "--concurrency", "3",
                        "--wallets", "2", "--rounds", "1", "--stock-hotkey-once", "--processes", "0",
-                       "--dispatch", "direct", "fastapi", "--json", str(out)]) == 0
+                       "--dispatch", "direct", "fastapi", "--max-wait-ms", "2", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert set(report["status_codes"]) == {"stock", "miner-p0-direct", "miner-p0-fastapi"}
+    assert report["max_wait_ms"] == {"miner-p0-direct": [2.0], "miner-p0-fastapi": [2.0]}  # the file says 1
     assert all(runs == [{"200": 6}] for runs in report["status_codes"].values()), report["status_codes"]
     out = tmp_path / "roundtrip.json"
     assert bench.main(["roundtrip", "--cascade", str(cascade), "--requests", "3", "--rounds", "1",
@@ -187,8 +188,9 @@ def test_the_two_dispatches_are_compared_in_the_same_rounds(tmp_path):
     assert all(report[side]["p50_ms_median"] > 0 for side in ("dispatch_direct", "dispatch_fastapi"))
     out = tmp_path / "axon.json"
     assert bench.main(["axon", "--cascade", str(cascade), "--requests", "4", "--concurrency", "2", "--wallets", "1",
-                       "--dispatch", "fastapi", "--json", str(out)]) == 0
+                       "--dispatch", "fastapi", "--max-wait-ms", "7", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
+    assert report["max_wait_ms"] == [7.0]
     assert report["dispatch"] == "fastapi" and report["status_codes"] == {"200": 4}
 
 
