@@ -286,7 +286,10 @@ def _drive_from_processes(process: Any, wallet_path: Path, wallets: int, data: l
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(clients + 1)  # this process passes it too, to know when the warm-ups are over
+    # Two barriers, this process at both: the warm-ups are over (all wait at `warm`), then `on_start` has run (all
+    # wait at `go`). With one, the clients' first timed requests raced `on_start`'s read of the miner's counters, and
+    # a few of them were counted as before the run (the suite once saw 22 of 24 requests in the run's batches).
+    barriers = (context.Barrier(clients + 1), context.Barrier(clients + 1))
     results = context.Queue()
     workers = []
     for k in range(clients):
@@ -294,12 +297,14 @@ def _drive_from_processes(process: Any, wallet_path: Path, wallets: int, data: l
         names = [f"validator{i}" for i in range(wallets)]
         job = (process.port, process.hotkey, str(wallet_path), names, share, max(1, concurrency // clients), timeout_s,
                max(1, sources // clients) if sources else 0, k * max(1, sources // clients) if sources else 0)
-        worker = context.Process(target=_client_process, args=(job, barrier, results), daemon=True)
+        worker = context.Process(target=_client_process, args=(job, barriers, results), daemon=True)
         worker.start()
         workers.append(worker)
-    barrier.wait(timeout=600)
+    warm, go = barriers
+    warm.wait(timeout=600)
     if on_start is not None:
         on_start()
+    go.wait(timeout=600)
     done = [results.get(timeout=600) for _ in workers]
     for worker in workers:
         worker.join(30)
@@ -312,7 +317,7 @@ def _drive_from_processes(process: Any, wallet_path: Path, wallets: int, data: l
                  [end for _, _, part in done for end in part.ends])
 
 
-def _client_process(job: tuple[Any, ...], barrier: Any, results: Any) -> None:
+def _client_process(job: tuple[Any, ...], barriers: Any, results: Any) -> None:
     """One client process of `_drive_from_processes`."""
     from types import SimpleNamespace
 
@@ -323,7 +328,9 @@ def _client_process(job: tuple[Any, ...], barrier: Any, results: Any) -> None:
     target = SimpleNamespace(port=port, hotkey=hotkey)
     asyncio.run(_drive_axon(target, wallets, data[: len(wallets)], len(wallets), timeout_s, False, sources,
                             first_source))
-    barrier.wait()
+    warm, go = barriers
+    warm.wait()
+    go.wait()  # once the parent has read the miner's counters as they stand before the timed requests
     began = time.monotonic()
     drive = asyncio.run(_drive_axon(target, wallets, data, concurrency, timeout_s, False, sources, first_source))
     results.put((began, began + drive.elapsed, drive))
