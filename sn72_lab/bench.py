@@ -74,6 +74,9 @@ class Drive(typing.NamedTuple):
     codes: dict[str, int]
     elapsed: float
     ends: list[float]
+    # (CPU seconds, wall seconds) of each calling process over its timed requests: a caller near one core a second
+    # is the harness's own limit, not the server's
+    callers_cpu: list[tuple[float, float]]
 
 
 def slowed_factory(delay_s: float, level_experts: set[str]) -> Any:
@@ -269,12 +272,12 @@ async def _drive_axon(process: Any, wallets: Sequence[Any], data: list[str], con
         latencies.append(outcome.latency_s)
         codes[str(outcome.status_code)] = codes.get(str(outcome.status_code), 0) + 1
 
-    began = time.monotonic()
+    began, cpu_began = time.monotonic(), time.process_time()
     await asyncio.gather(*(one(i) for i in range(len(data))))
-    elapsed = time.monotonic() - began
+    elapsed, cpu_s = time.monotonic() - began, time.process_time() - cpu_began
     for dendrite in dendrites:
         await dendrite.aclose_session()
-    return Drive(latencies, codes, elapsed, ends)
+    return Drive(latencies, codes, elapsed, ends, [(cpu_s, elapsed)])
 
 
 def _drive_from_processes(process: Any, wallet_path: Path, wallets: int, data: list[str], concurrency: int,
@@ -314,7 +317,8 @@ def _drive_from_processes(process: Any, wallet_path: Path, wallets: int, data: l
             codes[code] = codes.get(code, 0) + count
     return Drive([latency for _, _, part in done for latency in part.latencies], codes,
                  max(end for _, end, _ in done) - min(began for began, _, _ in done),
-                 [end for _, _, part in done for end in part.ends])
+                 [end for _, _, part in done for end in part.ends],
+                 [pair for _, _, part in done for pair in part.callers_cpu])
 
 
 def _client_process(job: tuple[Any, ...], barriers: Any, results: Any) -> None:
@@ -431,6 +435,10 @@ def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, seq
         # "worker" its expert workers, "decode" its isolated decoders; with client processes their start-up is inside
         # the window.
         "cpu_ms_per_request": cpu_ms,
+        # The calling side (the dendrites' processes): CPU a request, and each process's CPU over its wall time
+        "callers": {"cpu_ms_per_request": round(1000 * sum(cpu for cpu, _ in drive.callers_cpu) / max(1, len(data)),
+                                                3),
+                    "busy_fraction": [round(cpu / wall, 3) if wall > 0 else None for cpu, wall in drive.callers_cpu]},
         **({} if late is None else {"late": late}),
         **({} if engine_side is None else {"engine_side": engine_side}),
         **({} if held is None else {"requests_held": held}),
@@ -493,6 +501,12 @@ def _held_text(held: dict[str, Any] | None) -> str:
     return f"; held {held['in_miner']:.0f} ({levels})"
 
 
+def _callers_text(callers: dict[str, Any]) -> str:
+    """The calling processes' busiest share of a core in a progress line (near 1: the harness is the limit)."""
+    known = [share for share in callers["busy_fraction"] if share is not None]
+    return f"; callers busy {max(known):.2f}" if known else ""
+
+
 def _stages_text(stages: dict[str, float]) -> str:
     return " ".join(f"{stage} {share:.2f}" for stage, share in stages.items())
 
@@ -531,7 +545,8 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
         done = ", ".join(f"{name} {runs[name][-1]['throughput_rps']:.0f} req/s "
                          f"(steady {runs[name][-1]['steady_rps'] or float('nan'):.0f}"
                          f"{_engine_side_text(runs[name][-1].get('engine_side', {}))}"
-                         f"{_held_text(runs[name][-1].get('requests_held'))})" for name in names)
+                         f"{_held_text(runs[name][-1].get('requests_held'))}"
+                         f"{_callers_text(runs[name][-1]['callers'])})" for name in names)
         print(f"round {round_number}/{args.rounds}: {done}", file=sys.stderr, flush=True)
         if getattr(args, "json", None) and round_number < args.rounds:
             args.json.write_text(json.dumps(_vs_stock_report(args, names, runs), indent=2))
@@ -572,6 +587,7 @@ def _vs_stock_report(args: argparse.Namespace, names: list[str],
         report[f"{name}_steady_rps"] = steady[name]
         known = [value for value in steady[name] if value is not None]
         report[f"{name}_steady_rps_median"] = statistics.median(known) if known else None
+    report["callers"] = {name: [r["callers"] for r in results] for name, results in runs.items()}
     report["max_wait_ms"] = {name: results[0]["max_wait_ms"] for name, results in runs.items() if name != "stock"}
     report["cpu_ms_per_request"] = {name: [r["cpu_ms_per_request"] for r in results] for name, results in runs.items()}
     report["late"] = {name: [r["late"] for r in results] for name, results in runs.items() if name != "stock"}

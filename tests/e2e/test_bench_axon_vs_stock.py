@@ -117,6 +117,11 @@ def test_front_processes_are_compared_in_the_same_rounds_from_client_processes(t
     assert cpu["miner-p2"][0].get("fronts", 0) > 0, cpu
     assert "fronts" not in cpu["miner-p0"][0] and "fronts" not in cpu["stock"][0], cpu
     assert all(run["server"] > 0 for runs in cpu.values() for run in runs), cpu
+    # and on the calling side: each of the two client processes' CPU over its own wall time, and CPU a request
+    for name in ("stock", "miner-p0", "miner-p2"):
+        (callers,) = report["callers"][name]
+        assert len(callers["busy_fraction"]) == 2 and all(0 < share < 2 for share in callers["busy_fraction"]), callers
+        assert callers["cpu_ms_per_request"] > 0, callers
     # The miner's own late counters, read from its metrics (24 requests, each answered in milliseconds).
     assert set(report["late"]) == {"miner-p0", "miner-p2"}, report["late"]
     assert report["late"]["miner-p2"] == [{"late_answer": 0.0, "late_other": 0.0, "late_skipped": 0.0}], report["late"]
@@ -146,7 +151,7 @@ def test_front_processes_are_compared_in_the_same_rounds_from_client_processes(t
         # callers keep in flight, some of them in its one level; the rest with the callers or on the wire.
         (held,) = report["requests_held"][name]
         assert 0 < held["in_level"]["1"] <= held["in_miner"] <= 4.2, held
-        assert f"held {held['in_miner']:.0f} (L1 {held['in_level']['1']:.0f})" in progress
+        assert f"held {held['in_miner']:.0f} (L1 {held['in_level']['1']:.0f}); callers busy " in progress
 
 
 def test_the_round_trip_times_the_stock_axon_beside_the_miner_each_round(tmp_path, monkeypatch):
