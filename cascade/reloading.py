@@ -189,5 +189,6 @@ class HotSwap:
 
 
 def _takes_requests(batcher: MicroBatcher) -> float:
-    """1.0 while the replica takes requests (healthy or due its retry), for the health gauge."""
-    return 0.0 if batcher.health.state(time.monotonic()) == "unhealthy" else 1.0
+    """1.0 while the replica takes requests (healthy or due its retry, its worker not being replaced), for the
+    health gauge."""
+    return 0.0 if batcher.expert.down() or batcher.health.state(time.monotonic()) == "unhealthy" else 1.0

@@ -154,6 +154,8 @@ class MicroBatcher:
         if self.expert.restarts != self._restarts_seen:  # a fresh worker process: worth a try before the cool-down ends
             self._restarts_seen = self.expert.restarts
             self.health.retry_now(now_s)
+        if self.expert.down():  # its worker is being replaced: nothing to send until the fresh one is ready
+            return False
         if self._running_since:
             hang_s = max(self._hang_min_s, self._hang_factor * self.compute.estimate_s(now_s))
             running_s = now_s - min(self._running_since)

@@ -93,6 +93,11 @@ class Expert(abc.ABC):
 
     restarts = 0  # times this replica's process was replaced by a fresh one (worker processes count theirs)
 
+    def down(self) -> str:
+        """Why this replica cannot take a batch now, "" while it can (a worker process being replaced says so: its
+        replica is out of service until the fresh one is ready, whether or not a request has asked)."""
+        return ""
+
     async def on_loop(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Called once on the engine's loop when this replica's batcher starts, before any batch (a worker process's
         socket is watched from then on, so a worker that dies while the miner is idle is replaced at once). Must not

@@ -82,6 +82,9 @@ class WorkerExpert(Expert):
     def replica(self) -> str:
         return self.label
 
+    def down(self) -> str:
+        return self._down_reason
+
     # -- facts the worker reported at load ------------------------------------------------------
     @property
     def pid(self) -> int | None:
@@ -301,7 +304,8 @@ class WorkerExpert(Expert):
                 self._failures_in_a_row += 1
                 self.exits += 1  # a crash loop shows here while `restarts` stands still
                 self._down_reason = f"restart failed: {exc}"
-                logger.error("{}: {}", self.replica, self._down_reason)
+                next_s = RESTART_PAUSES_S[min(self._failures_in_a_row, len(RESTART_PAUSES_S)) - 1]
+                logger.error("{}: {}; next try in {:g}s", self.replica, self._down_reason, next_s)
                 continue
             if self._closed:  # closed while it started: end the new one too
                 self.close()

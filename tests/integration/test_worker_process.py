@@ -283,6 +283,11 @@ def test_a_worker_that_cannot_come_back_shows_as_exits_while_its_restarts_stand_
         assert worker.restarts == 0 and gone(pid)
         exits = engine.stats.samples("worker_exits", "")[(("replica", "vit@cpu"),)]
         assert exits >= 2 and engine.stats.samples("worker_restarts", "") == {(("replica", "vit@cpu"),): 0.0}
+        # Out of service from its death on, with no request needed to find out (the outside review of 6 December saw
+        # the health gauge at 1 for minutes on a quiet miner whose worker could not start).
+        vit = engine.path.serving.levels[0].batchers["vit"][0]
+        assert not on_loop(engine, vit.available) and "restart failed" in worker.down()
+        assert engine.stats.samples("replica_healthy", "") == {(("replica", "vit@cpu"),): 0.0}
         result = engine.submit(make_job(mark=1, budget_s=2.0)).result(10)
         assert result.status is Status.PRIOR  # nothing to answer with but the prior, in time
     finally:
