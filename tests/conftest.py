@@ -34,13 +34,6 @@ def _no_log_sink_outlives_its_test():
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # The longest tests first (stable: the rest keep their order): collected late, the one-minute soak ran alone at
-    # the end while the other pytest worker idled, a minute of the suite's wall time on 2 cores.
-    def seconds(item: pytest.Item) -> float:
-        marker = item.get_closest_marker("long")
-        return float(marker.args[0]) if marker is not None and marker.args else 0.0
-
-    items.sort(key=seconds, reverse=True)
     try:
         import torch
 

@@ -28,7 +28,6 @@ def bench_cascade(folder: Path) -> Path:
     return folder / "config" / "cascade.bench-cpu.yaml"
 
 
-@pytest.mark.long(24)  # seconds on 2 cores (--durations, 6 December)
 def test_the_stock_axon_and_the_miner_are_alternated_and_compared(tmp_path):
     cascade = bench_cascade(tmp_path)
     out = tmp_path / "ab.json"
@@ -95,7 +94,6 @@ def test_the_stock_axon_says_ready_only_once_it_accepts_connections(tmp_path):
         socket.create_connection(("127.0.0.1", process.port), timeout=5).close()
 
 
-@pytest.mark.long(34)  # seconds on 2 cores (--durations, 6 December)
 def test_front_processes_are_compared_in_the_same_rounds_from_client_processes(tmp_path, capfd):
     """`--processes 0 2 --client-processes 2 --worker-process`: the H200 step `axon-fronts` in small (its first run
     must not be on the device)."""
@@ -156,7 +154,6 @@ def test_front_processes_are_compared_in_the_same_rounds_from_client_processes(t
         assert f"held {held['in_miner']:.0f} (L1 {held['in_level']['1']:.0f}); callers busy " in progress
 
 
-@pytest.mark.long(33)  # seconds on 2 cores (--durations, 6 December)
 def test_the_round_trip_times_the_stock_axon_beside_the_miner_each_round(tmp_path, monkeypatch):
     """`roundtrip --stock`: the stock axon's sequential round trip, the floor of bittensor's own path, in every round
     beside the miner's (without it, a batch-1 figure through the axon cannot say what the miner itself adds). Each
@@ -176,7 +173,6 @@ def test_the_round_trip_times_the_stock_axon_beside_the_miner_each_round(tmp_pat
     assert not list(temporary.glob("sn72-bench-*")), list(temporary.iterdir())
 
 
-@pytest.mark.long(43)  # seconds on 2 cores (--durations, 6 December)
 def test_the_two_dispatches_are_compared_in_the_same_rounds(tmp_path):
     """`--dispatch direct fastapi`: the H200 steps `axon-dispatch` and `roundtrip-dispatch` in small; each miner run
     records the dispatch it was started with."""

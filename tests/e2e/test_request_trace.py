@@ -17,7 +17,6 @@ SCRIPT = ROOT / "scripts" / "request_trace" / "trace_one_request.py"
 pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 
-@pytest.mark.long(25)  # seconds on 2 cores (--durations, 6 December)
 def test_one_request_enters_the_runtime_files_and_changes_threads_as_the_table_says(tmp_path):
     env = {**os.environ, "SN72_TRACE_ROOT": str(ROOT), "SN72_TRACE_OUT": str(tmp_path / "ev"),
            "PYTHONPATH": os.pathsep.join([str(SCRIPT.parent), str(ROOT)])}

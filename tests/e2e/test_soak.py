@@ -14,7 +14,6 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 
-@pytest.mark.long(77)  # seconds on 2 cores (--durations, 6 December)
 def test_a_minute_of_traffic_survives_reloads_a_worker_kill_and_a_full_disk(tmp_path: Path):
     out = tmp_path / "soak"
     done = subprocess.run([sys.executable, "-m", "sn72_lab.soak", "--out", str(out), "--minutes", "1",

@@ -93,7 +93,6 @@ def judged_accuracy(model: Path, folder: Path) -> tuple[float, list[float]]:
     return right / len(files), answers
 
 
-@pytest.mark.long(22)  # seconds on 2 cores (--durations, 6 December)
 @pytest.mark.slow
 def test_the_small_cnn_learns_the_street_task(small_cnn, tmp_path):
     make_street_folder(tmp_path / "train", TRAIN_IMAGES, seed=0, sizes=SMALL)
