@@ -179,7 +179,9 @@ def test_a_hung_or_killed_worker_is_answered_around_in_time_and_replaced(tiny_vi
         os.kill(hung_pid, signal.SIGSTOP)  # hung: its batch never comes back
         began = time.monotonic()
         hung = engine.submit(make_job(mark=2, budget_s=1.5)).result(10)
-        assert time.monotonic() - began < 1.5
+        # At its deadline, not after the hung batch: the engine answers when the job's 1.5 s are up, and a loaded
+        # 2-core box woke its loop 0.6 ms late once (a fresh-clone CI run of 6 December), hence the slack.
+        assert time.monotonic() - began < 1.5 + 0.2
         assert hung.status is Status.DEADLINE and hung.probability == pytest.approx(0.7, abs=1e-6)
         # A grace second after that batch's deadline the hung worker is killed and a new one started.
         wait_for(lambda: worker.restarts == 1, timeout_s=60)
