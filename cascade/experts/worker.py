@@ -289,13 +289,16 @@ class WorkerExpert(Expert):
         if self._restarting is None or self._restarting.done():
             self._restarting = asyncio.get_running_loop().create_task(self._restart(), name=f"restart-{self.replica}")
 
+    def _pause_s(self) -> float:
+        """The wait before the next start: longer after each failure in a row, then once a minute."""
+        return RESTART_PAUSES_S[min(self._failures_in_a_row, len(RESTART_PAUSES_S)) - 1]
+
     async def _restart(self) -> None:
         old = self._process
         if old is not None:
             await asyncio.to_thread(_end, old)
         while not self._closed:
-            pause_s = RESTART_PAUSES_S[min(self._failures_in_a_row, len(RESTART_PAUSES_S)) - 1]
-            await asyncio.sleep(pause_s)
+            await asyncio.sleep(self._pause_s())
             if self._closed:
                 return
             try:
@@ -304,8 +307,7 @@ class WorkerExpert(Expert):
                 self._failures_in_a_row += 1
                 self.exits += 1  # a crash loop shows here while `restarts` stands still
                 self._down_reason = f"restart failed: {exc}"
-                next_s = RESTART_PAUSES_S[min(self._failures_in_a_row, len(RESTART_PAUSES_S)) - 1]
-                logger.error("{}: {}; next try in {:g}s", self.replica, self._down_reason, next_s)
+                logger.error("{}: {}; next try in {:g}s", self.replica, self._down_reason, self._pause_s())
                 continue
             if self._closed:  # closed while it started: end the new one too
                 self.close()
