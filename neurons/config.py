@@ -79,8 +79,12 @@ class AxonConfig(Strict):
     max_connections_per_ip: int = Field(
         256, ge=1, le=1_000_000, description="Open connections from one address (above any caller's concurrency)."
     )
-    max_concurrent_requests: int = Field(
-        128, ge=1, le=100_000, description="Requests processed at once; the rest wait their turn in arrival order."
+    max_concurrent_requests: int | None = Field(
+        None, ge=1, le=100_000,
+        description="Requests processed at once, every HTTP event loop together (the miner process's, or each front "
+        "process's); the rest wait their turn in arrival order. Default: 128 per event loop, so front processes "
+        "add room as they add loops (fixed at 128 in all, eight fronts held 16 each: the GPU's batches starved, "
+        "docs/performance.md).",
     )
     max_concurrent_requests_per_ip: int | None = Field(
         None, ge=1, le=100_000,
@@ -125,6 +129,16 @@ def front_processes(axon: AxonConfig, cpus: int | None = None) -> int:
         return axon.processes
     cpus = cpus or os.cpu_count() or 1
     return 0 if cpus < 8 else min(4, cpus // 4)
+
+
+REQUEST_SLOTS_PER_LOOP = 128  # one event loop shared among a thousand requests finishes all of them late
+
+
+def request_slots(axon: AxonConfig, fronts: int) -> int:
+    """`axon.max_concurrent_requests`, or its default for `fronts` front processes (0: the miner process's loop)."""
+    if axon.max_concurrent_requests is not None:
+        return axon.max_concurrent_requests
+    return REQUEST_SLOTS_PER_LOOP * max(1, fronts)
 
 
 class DeadlineConfig(Strict):

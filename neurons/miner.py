@@ -33,7 +33,7 @@ from loguru import logger
 from cascade.config import EngineConfig
 from neurons.axon_hardening import header_safe
 from neurons.chain import MetagraphSource, publish_axon
-from neurons.config import ConfigError, MinerConfig, front_processes, load_config
+from neurons.config import ConfigError, MinerConfig, front_processes, load_config, request_slots
 from neurons.deadlines import client_deadline, sane_timeout, sent_before_arrival_s
 from neurons.guards import GuardPolicy, blacklist, priority
 from neurons.http_guard import CLIENT_GONE, CURRENT, HttpLimits, RequestState, raise_fd_limit
@@ -215,7 +215,8 @@ def build_observers(engine_config: EngineConfig) -> list[Any]:
 def http_limits(config: MinerConfig) -> HttpLimits:
     axon = config.axon
     return HttpLimits(axon.max_request_bytes, axon.header_timeout_s, axon.body_timeout_s, axon.max_connections,
-                      axon.max_connections_per_ip, axon.max_concurrent_requests, config.deadline.timeout_cap_s,
+                      axon.max_connections_per_ip, request_slots(axon, front_processes(axon)),
+                      config.deadline.timeout_cap_s,
                       config.deadline.nonce_trust_s, axon.max_concurrent_requests_per_ip,
                       max_header_bytes=axon.max_header_bytes)
 

@@ -371,8 +371,12 @@ def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, seq
     # (neurons/request_slots.py), as validators' distinct addresses would have.
     processes = getattr(args, "processes", None)
     dispatch = getattr(args, "dispatch", None)
+    http_slots = getattr(args, "max_concurrent_requests", None)
+    if isinstance(http_slots, list):  # axon-vs-stock's list is split into single values per run
+        http_slots = None
     extra = {"axon": {"cache_header_schema": header_cache, "event_loop": args.event_loop,
                       "max_concurrent_requests_per_ip": 100_000,
+                      **({"max_concurrent_requests": http_slots} if http_slots is not None else {}),
                       **({"processes": processes} if processes is not None else {}),
                       **({"dispatch": dispatch} if dispatch is not None else {})},
              "guards": {"rate_per_s": 0.0},
@@ -423,6 +427,7 @@ def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, seq
         "event_loop": "asyncio" if stock else args.event_loop,
         **({} if stock else {"processes": "default" if processes is None else processes,
                              "dispatch": "default" if dispatch is None else dispatch,
+                             "max_concurrent_requests": "default" if http_slots is None else http_slots,
                              "max_wait_ms": sorted({expert["max_wait_ms"] for level in cascade["levels"]
                                                     for expert in level["experts"]})}),
         **({"stock_hotkey": "once" if args.stock_hotkey_once else "per access"} if stock else {}),
@@ -531,16 +536,19 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
     """
     dispatches = [None] if not args.dispatch else list(args.dispatch)
     waits = [None] if not args.max_wait_ms else list(args.max_wait_ms)
-    settings = [(p, d, w) for p in ([None] if not args.processes else list(args.processes)) for d in dispatches
-                for w in waits]
+    slots = [None] if not args.max_concurrent_requests else list(args.max_concurrent_requests)
+    settings = [(p, d, w, c) for p in ([None] if not args.processes else list(args.processes)) for d in dispatches
+                for w in waits for c in slots]
     names = ["stock", *(("miner" if p is None else f"miner-p{p}") + ("" if len(dispatches) == 1 else f"-{d}")
-                        + ("" if len(waits) == 1 else f"-w{w:g}") for p, d, w in settings)]
+                        + ("" if len(waits) == 1 else f"-w{w:g}") + ("" if len(slots) == 1 else f"-c{c}")
+                        for p, d, w, c in settings)]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for round_number in range(1, args.rounds + 1):
         runs["stock"].append(run_axon(argparse.Namespace(**{**vars(args), "dispatch": None}), stock=True))
-        for name, (processes, dispatch, wait_ms) in zip(names[1:], settings, strict=True):
+        for name, (processes, dispatch, wait_ms, http_slots) in zip(names[1:], settings, strict=True):
             runs[name].append(run_axon(argparse.Namespace(**{**vars(args), "processes": processes,
-                                                             "dispatch": dispatch, "max_wait_ms": wait_ms}),
+                                                             "dispatch": dispatch, "max_wait_ms": wait_ms,
+                                                             "max_concurrent_requests": http_slots}),
                                        stock=False))
         # Progress on stderr, and the figures so far survive a run cut short by a time limit: the report of the
         # rounds done is written after each (a GPU lease's command limit once cut the third round and lost the JSON).
@@ -591,6 +599,8 @@ def _vs_stock_report(args: argparse.Namespace, names: list[str],
         report[f"{name}_steady_rps_median"] = statistics.median(known) if known else None
     report["callers"] = {name: [r["callers"] for r in results] for name, results in runs.items()}
     report["max_wait_ms"] = {name: results[0]["max_wait_ms"] for name, results in runs.items() if name != "stock"}
+    report["max_concurrent_requests"] = {name: results[0]["max_concurrent_requests"] for name, results in runs.items()
+                                         if name != "stock"}
     report["cpu_ms_per_request"] = {name: [r["cpu_ms_per_request"] for r in results] for name, results in runs.items()}
     report["late"] = {name: [r["late"] for r in results] for name, results in runs.items() if name != "stock"}
     # The engine's side of each miner run (`_engine_side`): batches, their size and time, the worker's busy share
@@ -734,6 +744,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--dispatch", choices=("direct", "fastapi"), nargs="+" if several else None, default=None,
                            help="the miner's axon.dispatch (default: the miner's own); axon-vs-stock, "
                            "roundtrip: several values, each run every round (for each --processes value)")
+            p.add_argument("--max-concurrent-requests", type=int, nargs="+" if name == "axon-vs-stock" else None,
+                           default=None,
+                           help="the miner's axon.max_concurrent_requests (its HTTP request slots, all fronts "
+                           "together; default: the miner's own); axon-vs-stock: several values, each run every round")
             p.add_argument("--client-processes", type=int, default=1,
                            help="axon, axon-vs-stock: the dendrites split over this many client processes (one "
                            "Python client process tops out near a thousand or two requests a second)")

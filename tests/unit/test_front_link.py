@@ -12,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neurons import front_link as link
+from neurons.config import MinerConfig
 from neurons.fronts import front_limits, lowered_per_address_slots
 from neurons.http_limits import HttpLimits
+from neurons.miner import http_limits
 
 
 def test_front_shares_split_the_totals_and_keep_per_address_caps():
@@ -27,6 +29,22 @@ def test_front_shares_split_the_totals_and_keep_per_address_caps():
     assert share.bodies_in_flight_bytes == (64 << 20) // 4
     # never below two bodies of the largest size, so the largest body always fits a caller's share
     assert front_limits(HttpLimits(1 << 20, 10.0, 15.0, 4096, 256), 8).bodies_in_flight_bytes == 2 << 20
+
+
+def test_each_http_event_loop_gets_128_request_slots_unless_the_operator_sets_the_total():
+    """Fixed at 128 in all, eight fronts held 16 requests each and the GPU's batches starved at 512 dendrites (an H100
+    lease of 6 December: 448 requests in the miner, 77 of them in its level): the default grows with the loops."""
+    def share(axon: dict, fronts: int) -> HttpLimits:
+        config = MinerConfig.model_validate({"cascade_file": "x.yaml", "axon": {"processes": fronts, **axon}})
+        return front_limits(http_limits(config), max(1, fronts))
+
+    assert (share({}, 0).max_concurrent_requests, share({}, 0).requests_per_ip) == (128, 64)
+    for fronts in (2, 8):
+        assert http_limits(MinerConfig.model_validate({"cascade_file": "x.yaml", "axon": {"processes": fronts}})
+                           ).max_concurrent_requests == 128 * fronts
+        assert (share({}, fronts).max_concurrent_requests, share({}, fronts).requests_per_ip) == (128, 64)
+    # an explicit total is the total, split among the fronts as before
+    assert share({"max_concurrent_requests": 128}, 8).max_concurrent_requests == 16
 
 
 def test_an_explicit_per_address_cap_lowered_for_the_fronts_is_said_and_one_that_fits_is_not():
