@@ -180,10 +180,12 @@ def test_the_two_dispatches_are_compared_in_the_same_rounds(tmp_path):
     out = tmp_path / "dispatch.json"
     assert bench.main(["axon-vs-stock", "--cascade", str(cascade), "--requests", "6", "--concurrency", "3",
                        "--wallets", "2", "--rounds", "1", "--stock-hotkey-once", "--processes", "0",
-                       "--dispatch", "direct", "fastapi", "--max-wait-ms", "2", "--json", str(out)]) == 0
+                       "--dispatch", "direct", "fastapi", "--max-wait-ms", "2", "--max-concurrent-requests", "12",
+                       "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert set(report["status_codes"]) == {"stock", "miner-p0-direct", "miner-p0-fastapi"}
     assert report["max_wait_ms"] == {"miner-p0-direct": [2.0], "miner-p0-fastapi": [2.0]}  # the file says 1
+    assert report["max_concurrent_requests"] == {"miner-p0-direct": 12, "miner-p0-fastapi": 12}
     assert all(runs == [{"200": 6}] for runs in report["status_codes"].values()), report["status_codes"]
     out = tmp_path / "roundtrip.json"
     assert bench.main(["roundtrip", "--cascade", str(cascade), "--requests", "3", "--rounds", "1",
@@ -195,7 +197,7 @@ def test_the_two_dispatches_are_compared_in_the_same_rounds(tmp_path):
     assert bench.main(["axon", "--cascade", str(cascade), "--requests", "4", "--concurrency", "2", "--wallets", "1",
                        "--dispatch", "fastapi", "--max-wait-ms", "7", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["max_wait_ms"] == [7.0]
+    assert report["max_wait_ms"] == [7.0] and report["max_concurrent_requests"] == "default"
     assert report["dispatch"] == "fastapi" and report["status_codes"] == {"200": 4}
 
 
