@@ -51,12 +51,14 @@ _STABLE_S = 10.0
 _RESTART_MAX_S = 30.0
 
 
-def front_limits(limits: HttpLimits, fronts: int) -> HttpLimits:
-    """Each front's share: the totals divided; the per-address caps as configured (a caller's address is one
-    front's), except that one address never holds more than half of its front's request slots: the share it was
+def front_limits(limits: HttpLimits, fronts: int, index: int = 0) -> HttpLimits:
+    """Front `index`'s share: the totals divided (request slots that do not divide evenly go one each to the first
+    fronts, so the fronts' slots add up to the total set); the per-address caps as configured (a caller's address is
+    one front's), except that one address never holds more than half of its front's request slots: the share it was
     given of the whole (half of it by default) would otherwise be all of one front's, and every other caller of
     that front would wait behind it (the outside test of 5 December)."""
-    slots = max(1, limits.max_concurrent_requests // fronts)
+    whole, left = divmod(limits.max_concurrent_requests, fronts)
+    slots = max(1, whole + (1 if index < left else 0))
     per_ip_slots = limits.max_concurrent_requests_per_ip or max(1, limits.max_concurrent_requests // 2)
     return dataclasses.replace(
         limits,
@@ -65,6 +67,28 @@ def front_limits(limits: HttpLimits, fronts: int) -> HttpLimits:
         max_concurrent_requests_per_ip=min(per_ip_slots, max(1, slots // 2)),
         body_budget_bytes=limits.bodies_in_flight_bytes // fronts,  # never below two bodies of the largest size
     )
+
+
+def too_few_request_slots(limits: HttpLimits, fronts: int) -> str | None:
+    """The start-up error when an explicit `axon.max_concurrent_requests` leaves a front fewer than two slots: one
+    address could then hold all of its front's (half of one slot is none), and a total below the fronts' count
+    would be raised to one a front, more than was set (the outside test of 6 December)."""
+    if fronts < 1 or limits.max_concurrent_requests >= 2 * fronts:
+        return None
+    return (f"axon.max_concurrent_requests {limits.max_concurrent_requests} leaves fewer than 2 request slots to "
+            f"each of {fronts} front processes: set it to at least {2 * fronts}, or fewer axon.processes")
+
+
+def describe_request_slots(limits: HttpLimits, fronts: int) -> str:
+    """The start-up line (and `--check`'s) that says how many requests the HTTP layer lets in at once."""
+    if fronts < 1:
+        return (f"{limits.max_concurrent_requests} in all, one address at most {limits.requests_per_ip} "
+                "(the rest wait their turn)")
+    shares = [front_limits(limits, fronts, index) for index in range(fronts)]
+    counts = sorted({share.max_concurrent_requests for share in shares}, reverse=True)
+    per_front = f"{counts[0]} a front" if len(counts) == 1 else f"{' or '.join(map(str, counts))} a front"
+    return (f"{sum(share.max_concurrent_requests for share in shares)} in all, {per_front} x {fronts}, one address "
+            f"at most {max(share.requests_per_ip for share in shares)} (the rest wait their turn)")
 
 
 def lowered_per_address_slots(limits: HttpLimits, fronts: int) -> str | None:
@@ -108,7 +132,8 @@ class Fronts:
     def __init__(self, config: MinerConfig, limits: HttpLimits, listeners: list[socket.socket], outcomes: Any,
                  started_ns: int, registry: CollectorRegistry | None = None) -> None:
         self.config = config
-        self.limits = front_limits(limits, len(listeners))
+        self.limits = front_limits(limits, len(listeners))  # the first front's; `_spawn` sends each its own
+        self._whole = limits
         if (lowered := lowered_per_address_slots(limits, len(listeners))) is not None:
             logger.warning(lowered)
         self.outcomes = outcomes
@@ -244,7 +269,8 @@ class Fronts:
         front.serving.clear()
         front.opened.clear()
         front.stats, front.started_s = (0, 0, 0), time.monotonic()
-        self._send(front, (link.HELLO, self.config.model_dump(mode="json"), front.index, self.limits,
+        self._send(front, (link.HELLO, self.config.model_dump(mode="json"), front.index,
+                           front_limits(self._whole, len(self._fronts), front.index),
                            self.limits.bodies_in_flight_bytes, self.started_ns, self.snapshot))
         threading.Thread(target=self._follow, args=(front, ours), name=f"front-{front.index}", daemon=True).start()
 

@@ -235,7 +235,7 @@ def listen(config: MinerConfig, outcomes: AxonOutcomes, sock: Any = None) -> Any
     server = AxonServer(http_limits(config), config.axon.keep_alive_s, config.axon.max_header_bytes,
                         config.drain_timeout_s, lambda reason: outcomes.add(f"closed_{reason}"), count,
                         config.axon.host, config.axon.port, uvicorn_loop(config.axon.event_loop), sock).start()
-    outcomes.track_http(server.guard)
+    outcomes.track_http(server.guard, http_limits(config).max_concurrent_requests)
     return server
 
 
@@ -309,6 +309,11 @@ def _run(argv: list[str] | None) -> int:
     health = Health(registry)
     outcomes = AxonOutcomes(registry, config.summary_interval_s)
     front_count = front_processes(config.axon)
+    from neurons.fronts import describe_request_slots, too_few_request_slots
+
+    if (problem := too_few_request_slots(http_limits(config), front_count)) is not None:
+        raise startup.StartupError(f"axon: {problem}")
+    logger.info("HTTP request slots: {}", describe_request_slots(http_limits(config), front_count))
     if front_count:  # the HTTP work in front processes (neurons/fronts.py), 503 "not ready" until `open`
         from neurons.fronts import Fronts
 
@@ -334,7 +339,7 @@ def _run(argv: list[str] | None) -> int:
             server.start()
         except RuntimeError as exc:
             raise startup.StartupError(f"axon.processes: {exc}", startup.EXIT_CRASH) from exc
-        outcomes.track_http(server)
+        outcomes.track_http(server, http_limits(config).max_concurrent_requests)
         logger.info("{} front processes serve the axon: {}", front_count, server.describe())
     timeline.mark("wallet")
     subtensor, metagraph = startup.open_metagraph(config)

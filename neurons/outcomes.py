@@ -45,11 +45,14 @@ class AxonOutcomes:
         self._interval_s = summary_interval_s
         self._last_summary_s = time.monotonic()
 
-    def track_http(self, guard: Any) -> None:
-        """Requests being processed and waiting their turn at the HTTP layer, read at scrape time."""
+    def track_http(self, guard: Any, slots: int) -> None:
+        """Requests being processed and waiting their turn at the HTTP layer, read at scrape time, and how many it
+        lets in at once (`slots`: all front processes together), so `active` can be read against it."""
         gauge = Gauge("sn72_miner_http_requests", "Requests at the HTTP layer", ["state"], registry=self.registry)
         gauge.labels("active").set_function(lambda: guard.active)
         gauge.labels("waiting").set_function(lambda: guard.waiting)
+        Gauge("sn72_miner_http_request_slots", "Requests the HTTP layer lets in at once (axon.max_concurrent_requests "
+              "as served, every front process together)", registry=self.registry).set(slots)
 
     def add(self, outcome: str, count: int = 1) -> None:
         self._counter.labels(outcome).inc(count)

@@ -204,6 +204,19 @@ def check(config: MinerConfig, engine_config: EngineConfig, say: Callable[[str],
         return ", ".join(f"{s}" for s in _addresses(config)) + " free"
 
     step("listeners", listeners)
+
+    def request_slots() -> str:
+        from neurons.config import front_processes
+        from neurons.fronts import describe_request_slots, lowered_per_address_slots, too_few_request_slots
+        from neurons.miner import http_limits
+
+        limits, fronts = http_limits(config), front_processes(config.axon)
+        if (problem := too_few_request_slots(limits, fronts)) is not None:
+            raise StartupError(problem)
+        lowered = lowered_per_address_slots(limits, fronts) if fronts else None
+        return describe_request_slots(limits, fronts) + (f"; note: {lowered}" if lowered else "")
+
+    step("request slots", request_slots)
     step("wallet", lambda: f"hotkey {open_wallet(config)[1]}")
 
     def metagraph() -> str:

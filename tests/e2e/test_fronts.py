@@ -94,6 +94,9 @@ def test_two_fronts_serve_and_report_on_one_metrics_endpoint(served):
     assert refused(after) == 4, after
     latency = families(process.metrics_port)["sn72_miner_http_requests"]
     assert {s.labels["state"] for s in latency.samples} == {"active", "waiting"}
+    # and how many it lets in at once, read against `active`: the default, 128 for each of the two fronts
+    (slots,) = families(process.metrics_port)["sn72_miner_http_request_slots"].samples
+    assert slots.value == 256
     # the fronts' own process figures beside the miner process's `process_*` (reported every second)
     wait_for(lambda: all(s.value > 20e6 for s in families(process.metrics_port)[
         "sn72_miner_front_resident_memory_bytes"].samples), 5.0)

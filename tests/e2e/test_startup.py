@@ -154,11 +154,21 @@ def test_check_runs_every_step_short_of_loading(setup):
     done = start(good, "--check")
     assert done.returncode == 0, done.stdout + done.stderr
     steps = [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith(("ok", "FAIL"))]
-    assert steps == ["ok   config", "ok   listeners", "ok   wallet", "ok   metagraph", "ok   models", "ok   devices",
-                     "ok   placement"]
+    assert steps == ["ok   config", "ok   listeners", "ok   request slots", "ok   wallet", "ok   metagraph",
+                     "ok   models", "ok   devices", "ok   placement"]
+    # how many requests the HTTP layer lets in at once is said, not left to be found by filling it (the outside test
+    # of 6 December), with an explicit per-address cap lowered for the fronts named as the real start names it
+    assert "ok   request slots: 128 in all, one address at most 64 (the rest wait their turn)" in done.stdout
+    fronts = start(good, "--check", "--set", "axon.processes=2", "--set", "axon.max_concurrent_requests=41",
+                   "--set", "axon.max_concurrent_requests_per_ip=30")
+    assert fronts.returncode == 0, fronts.stdout + fronts.stderr
+    assert ("ok   request slots: 41 in all, 21 or 20 a front x 2, one address at most 10 (the rest wait their turn); "
+            "note: axon.max_concurrent_requests_per_ip 30 is lowered to 10") in fronts.stdout, fronts.stdout
     bad = write_config(folder, setup[1], [vit_expert(folder / "gone")], wallet={"name": "nobody"})
-    done = start(bad, "--check")
+    done = start(bad, "--check", "--set", "axon.processes=2", "--set", "axon.max_concurrent_requests=3")
     assert done.returncode == 2
     failed = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
-    assert [line.split(":")[0] for line in failed] == ["FAIL wallet", "FAIL models"], done.stdout
-    assert "2 problem(s): the miner would not start" in done.stdout
+    assert [line.split(":")[0] for line in failed] == ["FAIL request slots", "FAIL wallet", "FAIL models"], done.stdout
+    assert ("FAIL request slots: axon.max_concurrent_requests 3 leaves fewer than 2 request slots to each of 2 front "
+            "processes: set it to at least 4, or fewer axon.processes") in done.stdout
+    assert "3 problem(s): the miner would not start" in done.stdout

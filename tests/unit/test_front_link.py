@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from neurons import front_link as link
 from neurons.config import MinerConfig
-from neurons.fronts import front_limits, lowered_per_address_slots
+from neurons.fronts import describe_request_slots, front_limits, lowered_per_address_slots, too_few_request_slots
 from neurons.http_limits import HttpLimits
 from neurons.miner import http_limits
 
@@ -45,6 +45,27 @@ def test_each_http_event_loop_gets_128_request_slots_unless_the_operator_sets_th
         assert (share({}, fronts).max_concurrent_requests, share({}, fronts).requests_per_ip) == (128, 64)
     # an explicit total is the total, split among the fronts as before
     assert share({"max_concurrent_requests": 128}, 8).max_concurrent_requests == 16
+
+
+def test_an_explicit_total_is_kept_exactly_and_one_leaving_a_front_under_two_slots_is_refused():
+    """41 over two fronts was 20 + 20 and 1 over two was 1 + 1, neither said (the outside test of 6 December): the
+    slots left over go one each to the first fronts; below two a front, the miner does not start."""
+    limits = HttpLimits(1 << 20, 10.0, 15.0, 4096, 256, max_concurrent_requests=41)
+    shares = [front_limits(limits, 2, index) for index in (0, 1)]
+    assert [share.max_concurrent_requests for share in shares] == [21, 20]
+    assert [share.requests_per_ip for share in shares] == [10, 10]
+    assert describe_request_slots(limits, 2) == "41 in all, 21 or 20 a front x 2, one address at most 10 (the rest " \
+                                                "wait their turn)"
+    assert too_few_request_slots(limits, 2) is None and too_few_request_slots(limits, 20) is None
+    message = too_few_request_slots(limits, 21)
+    assert message is not None and "at least 42" in message
+    assert too_few_request_slots(dataclasses.replace(limits, max_concurrent_requests=1), 0) is None  # one loop
+    for fronts in (1, 3, 8):
+        total = 2 * fronts + 5
+        shares = [front_limits(dataclasses.replace(limits, max_concurrent_requests=total), fronts, index)
+                  for index in range(fronts)]
+        assert sum(share.max_concurrent_requests for share in shares) == total
+        assert all(share.requests_per_ip < share.max_concurrent_requests for share in shares)
 
 
 def test_an_explicit_per_address_cap_lowered_for_the_fronts_is_said_and_one_that_fits_is_not():
