@@ -312,7 +312,7 @@ def _run(argv: list[str] | None) -> int:
     from neurons.fronts import describe_request_slots, too_few_request_slots
 
     if (problem := too_few_request_slots(http_limits(config), front_count)) is not None:
-        raise startup.StartupError(f"axon: {problem}")
+        raise startup.StartupError(problem)
     logger.info("HTTP request slots: {}", describe_request_slots(http_limits(config), front_count))
     if front_count:  # the HTTP work in front processes (neurons/fronts.py), 503 "not ready" until `open`
         from neurons.fronts import Fronts

@@ -61,6 +61,16 @@ def case(setup, name: str) -> Path:
     return folder
 
 
+def test_request_slots_too_few_for_the_fronts_are_a_one_line_error_at_a_real_start(setup):
+    _, wallets, model = setup
+    config = write_config(case(setup, "slots"), wallets, [vit_expert(model)],
+                          axon={"processes": 2, "max_concurrent_requests": 3})
+    done = start(config)
+    assert done.returncode == 2
+    assert errors_of(done) == ["error: axon.max_concurrent_requests 3 leaves fewer than 2 request slots to each of 2 "
+                               "front processes: set it to at least 4, or fewer axon.processes"]
+
+
 def test_an_axon_port_held_by_another_process_is_a_one_line_error(setup):
     _, wallets, model = setup
     with socket.create_server(("127.0.0.1", 0)) as holder:
