@@ -76,7 +76,8 @@ def too_few_request_slots(limits: HttpLimits, fronts: int) -> str | None:
     if fronts < 1 or limits.max_concurrent_requests >= 2 * fronts:
         return None
     return (f"axon.max_concurrent_requests {limits.max_concurrent_requests} leaves fewer than 2 request slots to "
-            f"each of {fronts} front processes: set it to at least {2 * fronts}, or fewer axon.processes")
+            f"each of {fronts} front process{'es' if fronts != 1 else ''}: set it to at least {2 * fronts}, or fewer "
+            "axon.processes")
 
 
 def describe_request_slots(limits: HttpLimits, fronts: int) -> str:
@@ -87,20 +88,22 @@ def describe_request_slots(limits: HttpLimits, fronts: int) -> str:
     shares = [front_limits(limits, fronts, index) for index in range(fronts)]
     counts = sorted({share.max_concurrent_requests for share in shares}, reverse=True)
     per_front = f"{counts[0]} a front" if len(counts) == 1 else f"{' or '.join(map(str, counts))} a front"
+    per_address = sorted({share.requests_per_ip for share in shares}, reverse=True)  # a front's own half
     return (f"{sum(share.max_concurrent_requests for share in shares)} in all, {per_front} x {fronts}, one address "
-            f"at most {max(share.requests_per_ip for share in shares)} (the rest wait their turn)")
+            f"at most {' or '.join(map(str, per_address))} (the rest wait their turn)")
 
 
 def lowered_per_address_slots(limits: HttpLimits, fronts: int) -> str | None:
     """The start-up line when an explicit `axon.max_concurrent_requests_per_ip` is more than a front may give one
     address (half of its slots) and is lowered: an operator who set it must not find it silently changed."""
     configured = limits.max_concurrent_requests_per_ip
-    share = front_limits(limits, fronts)
+    share = front_limits(limits, fronts, fronts - 1)  # the smallest (uneven totals give the first fronts one more)
     if not configured or share.requests_per_ip >= configured:
         return None
+    uneven = " (or one more)" if limits.max_concurrent_requests % fronts else ""
     return (f"axon.max_concurrent_requests_per_ip {configured} is lowered to {share.requests_per_ip} with {fronts} "
-            f"front processes: a caller's address reaches one front, which has {share.max_concurrent_requests} of "
-            f"the {limits.max_concurrent_requests} request slots, and one address may hold at most half of them")
+            f"front processes: a caller's address reaches one front, which has {share.max_concurrent_requests}{uneven} "
+            f"of the {limits.max_concurrent_requests} request slots, and one address may hold at most half of them")
 
 
 @dataclass(eq=False)

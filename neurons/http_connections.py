@@ -123,9 +123,17 @@ def guarded_protocol(limits: HttpLimits, on_close: ConnectionEvent) -> type[H11P
                     self.transport.abort()
                 return
             if self._request_started_s is None and self._between_requests():
-                self._request_started_s = time.monotonic()
-                if self._header_timer is None:  # a kept-alive connection's next request: its deadline starts now
-                    self._header_timer = self.loop.call_later(limits.header_timeout_s, self._header_timeout)
+                if self.conn.their_state is h11.SEND_BODY:
+                    # The rest of a small body answered before it was read (drained, the connection kept): not a
+                    # next request's first bytes. It has LINGER_S to end, as a large one has (taken for a request,
+                    # a trickle held the connection to the header deadline and was counted a second time).
+                    if self._linger_timer is None:
+                        self._linger_timer = self.loop.call_later(min(LINGER_S, limits.body_timeout_s),
+                                                                  self._end_unread_body)
+                else:
+                    self._request_started_s = time.monotonic()
+                    if self._header_timer is None:  # a kept-alive connection's next request: its deadline starts
+                        self._header_timer = self.loop.call_later(limits.header_timeout_s, self._header_timeout)
             super().data_received(data)
             scope = self.scope
             if scope is not None and scope is not self._stamped:  # a request's headers are complete
@@ -219,6 +227,14 @@ def guarded_protocol(limits: HttpLimits, on_close: ConnectionEvent) -> type[H11P
             if self.transport.can_write_eof():
                 self.transport.write_eof()
             self._linger_timer = self.loop.call_later(min(LINGER_S, limits.body_timeout_s), self.transport.close)
+
+        def _end_unread_body(self) -> None:
+            """A refused request's small body still arriving LINGER_S after its answer: read no more of it (its
+            request was counted when it was answered)."""
+            self._linger_timer = None
+            if self.conn.their_state is h11.SEND_BODY and self._between_requests() and not self.transport.is_closing():
+                self._unset_keepalive_if_required()
+                self.transport.close()
 
         def _evict_idle(self) -> bool:
             """Close the connection that has waited longest without sending a request."""

@@ -162,6 +162,20 @@ def test_a_refused_request_is_read_no_further(bodies):
     assert closed_after_s <= 2.0, f"the refused request's body was still read {closed_after_s:.1f} s later"
 
 
+def test_a_small_body_trickled_after_its_refusal_ends_the_connection_soon_and_counts_once(bodies):
+    """The outside test of 6 December: a stranger's 403 came at once, but the rest of its small body (under the size
+    a refused request's body is drained at) trickling in was taken for the next request's first bytes: the
+    connection was held to the header deadline (10 s here) and the one request counted twice (`refused_unregistered`
+    and `closed_header_timeout`)."""
+    request = HostileRequest(signer=keypair("bodies-trickler"), image="A" * 1000)
+    head, body = build(request, bodies.target)
+    before = bodies.count("closed_header_timeout")
+    status, closed_after_s = asyncio.run(_answer_then_eof(bodies, head + body[:100], b"A", for_s=4.0))
+    assert status == 403, status
+    assert closed_after_s <= 2.0, f"the refused request's body was still taken {closed_after_s:.1f} s later"
+    assert bodies.count("closed_header_timeout") == before
+
+
 @pytest.mark.parametrize("shape", ["keys", "list", "nesting", "escapes"])
 def test_a_body_of_abnormal_json_structure_is_refused_before_it_is_parsed(bodies, shape):
     """Defect C: a signed body of 50,000 keys, a 100,000-element list, 10,000 nested lists or 100,000 escapes:

@@ -56,6 +56,14 @@ def test_an_explicit_total_is_kept_exactly_and_one_leaving_a_front_under_two_slo
     assert [share.requests_per_ip for share in shares] == [10, 10]
     assert describe_request_slots(limits, 2) == "41 in all, 21 or 20 a front x 2, one address at most 10 (the rest " \
                                                 "wait their turn)"
+    # where the fronts' shares differ, so may an address's cap: both are said, and an explicit cap lowered on the
+    # smaller front only is said too (the second outside test of 6 December: 7 over 2 said "at most 2", and a cap of 2
+    # was lowered to 1 on the front with 3 slots without a word)
+    seven = dataclasses.replace(limits, max_concurrent_requests=7)
+    assert describe_request_slots(seven, 2) == "7 in all, 4 or 3 a front x 2, one address at most 2 or 1 (the rest " \
+                                               "wait their turn)"
+    lowered = lowered_per_address_slots(dataclasses.replace(seven, max_concurrent_requests_per_ip=2), 2)
+    assert lowered is not None and "2 is lowered to 1 with 2 front processes" in lowered
     assert too_few_request_slots(limits, 2) is None and too_few_request_slots(limits, 20) is None
     message = too_few_request_slots(limits, 21)
     assert message is not None and "at least 42" in message
