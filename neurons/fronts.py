@@ -86,11 +86,10 @@ def describe_request_slots(limits: HttpLimits, fronts: int) -> str:
         return (f"{limits.max_concurrent_requests} in all, one address at most {limits.requests_per_ip} "
                 "(the rest wait their turn)")
     shares = [front_limits(limits, fronts, index) for index in range(fronts)]
-    counts = sorted({share.max_concurrent_requests for share in shares}, reverse=True)
-    per_front = f"{counts[0]} a front" if len(counts) == 1 else f"{' or '.join(map(str, counts))} a front"
+    per_front = sorted({share.max_concurrent_requests for share in shares}, reverse=True)
     per_address = sorted({share.requests_per_ip for share in shares}, reverse=True)  # a front's own half
-    return (f"{sum(share.max_concurrent_requests for share in shares)} in all, {per_front} x {fronts}, one address "
-            f"at most {' or '.join(map(str, per_address))} (the rest wait their turn)")
+    return (f"{sum(share.max_concurrent_requests for share in shares)} in all, {' or '.join(map(str, per_front))} a "
+            f"front x {fronts}, one address at most {' or '.join(map(str, per_address))} (the rest wait their turn)")
 
 
 def lowered_per_address_slots(limits: HttpLimits, fronts: int) -> str | None:
@@ -135,8 +134,7 @@ class Fronts:
     def __init__(self, config: MinerConfig, limits: HttpLimits, listeners: list[socket.socket], outcomes: Any,
                  started_ns: int, registry: CollectorRegistry | None = None) -> None:
         self.config = config
-        self.limits = front_limits(limits, len(listeners))  # the first front's; `_spawn` sends each its own
-        self._whole = limits
+        self._limits = limits  # the whole; `_spawn` gives each front its share
         if (lowered := lowered_per_address_slots(limits, len(listeners))) is not None:
             logger.warning(lowered)
         self.outcomes = outcomes
@@ -253,8 +251,9 @@ class Fronts:
     def _spawn(self, front: _Front) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(_SEND_TIMEOUT_S), 0))
-        arena_fd = link.new_arena(self.limits.bodies_in_flight_bytes)
-        arena = link.map_arena(arena_fd, self.limits.bodies_in_flight_bytes)
+        share = front_limits(self._limits, len(self._fronts), front.index)
+        arena_fd = link.new_arena(share.bodies_in_flight_bytes)
+        arena = link.map_arena(arena_fd, share.bodies_in_flight_bytes)
         fds = (theirs.fileno(), front.listener.fileno(), arena_fd)
         try:
             process = subprocess.Popen(
@@ -272,9 +271,8 @@ class Fronts:
         front.serving.clear()
         front.opened.clear()
         front.stats, front.started_s = (0, 0, 0), time.monotonic()
-        self._send(front, (link.HELLO, self.config.model_dump(mode="json"), front.index,
-                           front_limits(self._whole, len(self._fronts), front.index),
-                           self.limits.bodies_in_flight_bytes, self.started_ns, self.snapshot))
+        self._send(front, (link.HELLO, self.config.model_dump(mode="json"), front.index, share,
+                           share.bodies_in_flight_bytes, self.started_ns, self.snapshot))
         threading.Thread(target=self._follow, args=(front, ours), name=f"front-{front.index}", daemon=True).start()
 
     def _wait(self, event: Any, timeout_s: float, what: str) -> None:

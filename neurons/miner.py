@@ -232,10 +232,11 @@ def listen(config: MinerConfig, outcomes: AxonOutcomes, sock: Any = None) -> Any
             else f"error_{state.status}"
         outcomes.add(outcome)
 
-    server = AxonServer(http_limits(config), config.axon.keep_alive_s, config.axon.max_header_bytes,
+    limits = http_limits(config)
+    server = AxonServer(limits, config.axon.keep_alive_s, config.axon.max_header_bytes,
                         config.drain_timeout_s, lambda reason: outcomes.add(f"closed_{reason}"), count,
                         config.axon.host, config.axon.port, uvicorn_loop(config.axon.event_loop), sock).start()
-    outcomes.track_http(server.guard, http_limits(config).max_concurrent_requests)
+    outcomes.track_http(server.guard, limits.max_concurrent_requests)
     return server
 
 
@@ -311,15 +312,16 @@ def _run(argv: list[str] | None) -> int:
     front_count = front_processes(config.axon)
     from neurons.fronts import describe_request_slots, too_few_request_slots
 
-    if (problem := too_few_request_slots(http_limits(config), front_count)) is not None:
+    limits = http_limits(config)
+    if (problem := too_few_request_slots(limits, front_count)) is not None:
         raise startup.StartupError(problem)
-    logger.info("HTTP request slots: {}", describe_request_slots(http_limits(config), front_count))
+    logger.info("HTTP request slots: {}", describe_request_slots(limits, front_count))
     if front_count:  # the HTTP work in front processes (neurons/fronts.py), 503 "not ready" until `open`
         from neurons.fronts import Fronts
 
         listeners = startup.bind_listeners(config.axon.host, config.axon.port, "axon", "axon.port",
                                            max(64, config.axon.max_connections // front_count), front_count)
-        server: Any = Fronts(config, http_limits(config), listeners, outcomes, _STARTED_NS, registry)
+        server: Any = Fronts(config, limits, listeners, outcomes, _STARTED_NS, registry)
     else:
         axon_sock = startup.bind_listener(config.axon.host, config.axon.port, "axon", "axon.port",
                                           backlog=config.axon.max_connections)
@@ -339,7 +341,7 @@ def _run(argv: list[str] | None) -> int:
             server.start()
         except RuntimeError as exc:
             raise startup.StartupError(f"axon.processes: {exc}", startup.EXIT_CRASH) from exc
-        outcomes.track_http(server, http_limits(config).max_concurrent_requests)
+        outcomes.track_http(server, limits.max_concurrent_requests)
         logger.info("{} front processes serve the axon: {}", front_count, server.describe())
     timeline.mark("wallet")
     subtensor, metagraph = startup.open_metagraph(config)

@@ -24,6 +24,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import itertools
 import json
 import os
 import statistics
@@ -527,6 +528,23 @@ def _late_counts(samples: dict[str, float]) -> dict[str, float]:
     return {outcome: samples[key(outcome)] for outcome in outcomes}
 
 
+# The miner's settings axon-vs-stock sweeps, with the suffix each gives a run's name: every combination of their
+# values runs each round; a run is named by its front processes and by each option given several values.
+_SWEPT = (("processes", "-p{}"), ("dispatch", "-{}"), ("max_wait_ms", "-w{:g}"), ("max_concurrent_requests", "-c{}"))
+
+
+def _miner_runs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Each miner run's name and the settings it overrides (None: the miner's own)."""
+    values = [[None] if not getattr(args, key) else list(getattr(args, key)) for key, _ in _SWEPT]
+    runs: dict[str, dict[str, Any]] = {}
+    for combination in itertools.product(*values):
+        name = "miner" + "".join(suffix.format(value) for (key, suffix), value, given
+                                 in zip(_SWEPT, combination, values, strict=True)
+                                 if value is not None and (key == "processes" or len(given) > 1))
+        runs[name] = {key: value for (key, _), value in zip(_SWEPT, combination, strict=True)}
+    return runs
+
+
 def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
     """The stock axon and the miner alternated `--rounds` times on the same traffic; the ratio of their medians.
     With several `--processes` values, each round runs the miner once per value (front processes, neurons/fronts.py).
@@ -534,22 +552,13 @@ def run_axon_vs_stock(args: argparse.Namespace) -> dict[str, Any]:
     One pair of runs is not enough: on one H200 host two pairs a minute apart gave 112% and 73% (the dendrites run
     on the same host as the servers, and each run is seconds long).
     """
-    dispatches = [None] if not args.dispatch else list(args.dispatch)
-    waits = [None] if not args.max_wait_ms else list(args.max_wait_ms)
-    slots = [None] if not args.max_concurrent_requests else list(args.max_concurrent_requests)
-    settings = [(p, d, w, c) for p in ([None] if not args.processes else list(args.processes)) for d in dispatches
-                for w in waits for c in slots]
-    names = ["stock", *(("miner" if p is None else f"miner-p{p}") + ("" if len(dispatches) == 1 else f"-{d}")
-                        + ("" if len(waits) == 1 else f"-w{w:g}") + ("" if len(slots) == 1 else f"-c{c}")
-                        for p, d, w, c in settings)]
+    miners = _miner_runs(args)
+    names = ["stock", *miners]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for round_number in range(1, args.rounds + 1):
         runs["stock"].append(run_axon(argparse.Namespace(**{**vars(args), "dispatch": None}), stock=True))
-        for name, (processes, dispatch, wait_ms, http_slots) in zip(names[1:], settings, strict=True):
-            runs[name].append(run_axon(argparse.Namespace(**{**vars(args), "processes": processes,
-                                                             "dispatch": dispatch, "max_wait_ms": wait_ms,
-                                                             "max_concurrent_requests": http_slots}),
-                                       stock=False))
+        for name, settings in miners.items():
+            runs[name].append(run_axon(argparse.Namespace(**{**vars(args), **settings}), stock=False))
         # Progress on stderr, and the figures so far survive a run cut short by a time limit: the report of the
         # rounds done is written after each (a GPU lease's command limit once cut the third round and lost the JSON).
         done = ", ".join(f"{name} {runs[name][-1]['throughput_rps']:.0f} req/s "
