@@ -30,7 +30,11 @@ def ensure_wallet(path: Path, name: str, hotkey: str = "default") -> Any:
     import bittensor as bt
 
     wallet = bt.Wallet(name=name, hotkey=hotkey, path=str(path))
-    wallet.create_if_non_existent(coldkey_use_password=False, hotkey_use_password=False, suppress=True)
+    # Asked of a wallet that exists, bittensor-wallet prints "ColdKey ... already exists" and "HotKey ..." whatever
+    # `suppress` says: sn72-bench's client processes open every wallet again, 16 such lines a round with 8 of them.
+    made = wallet.coldkeypub_file.exists_on_device() and wallet.hotkey_file.exists_on_device()
+    if not made:
+        wallet.create_if_non_existent(coldkey_use_password=False, hotkey_use_password=False, suppress=True)
     return wallet
 
 

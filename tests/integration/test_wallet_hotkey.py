@@ -26,3 +26,13 @@ def test_the_hotkey_is_read_once_and_served_from_memory(tmp_path):
         assert wallet.hotkey.ss58_address == address
     message = b"nonce.validator.miner.uuid.hash"
     assert wallet.hotkey.verify(message, wallet.hotkey.sign(message))
+
+
+def test_opening_a_test_wallet_again_prints_nothing_and_gives_the_same_keys(tmp_path, capfd):
+    made = ensure_wallet(tmp_path / "wallets", "validator0")
+    capfd.readouterr()
+    again = ensure_wallet(tmp_path / "wallets", "validator0")
+    printed = capfd.readouterr()
+    assert "already exists" not in printed.out + printed.err
+    assert again.hotkey.ss58_address == made.hotkey.ss58_address
+    assert again.coldkeypub.ss58_address == made.coldkeypub.ss58_address
