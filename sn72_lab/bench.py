@@ -357,6 +357,19 @@ def run_axon(args: argparse.Namespace, header_cache: bool = True, sequential: bo
         return _run_axon_in(Path(folder), args, header_cache, sequential, stock)
 
 
+def _effective_axon_settings(axon: dict[str, Any]) -> dict[str, Any]:
+    """The miner's front processes, dispatch and HTTP request slots as the run had them, defaults resolved the way
+    the miner resolves them on this machine (its CPU count), and which of them were left to their defaults: a run
+    recorded as "default" could not say what it ran with once the defaults moved (the request slots did)."""
+    from neurons.config import AxonConfig, front_processes, request_slots
+
+    config = AxonConfig.model_validate(axon)
+    fronts = front_processes(config)
+    return {"processes": fronts, "dispatch": config.dispatch,
+            "max_concurrent_requests": request_slots(config, fronts),
+            "defaulted": [name for name in ("processes", "dispatch", "max_concurrent_requests") if name not in axon]}
+
+
 def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, sequential: bool,
                  stock: bool) -> dict[str, Any]:
     from sn72_lab.loadtest import scrape, settled
@@ -375,11 +388,12 @@ def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, seq
     http_slots = getattr(args, "max_concurrent_requests", None)
     if isinstance(http_slots, list):  # axon-vs-stock's list is split into single values per run
         http_slots = None
-    extra = {"axon": {"cache_header_schema": header_cache, "event_loop": args.event_loop,
-                      "max_concurrent_requests_per_ip": 100_000,
-                      **({"max_concurrent_requests": http_slots} if http_slots is not None else {}),
-                      **({"processes": processes} if processes is not None else {}),
-                      **({"dispatch": dispatch} if dispatch is not None else {})},
+    axon: dict[str, Any] = {"cache_header_schema": header_cache, "event_loop": args.event_loop,
+                            "max_concurrent_requests_per_ip": 100_000,
+                            **({"max_concurrent_requests": http_slots} if http_slots is not None else {}),
+                            **({"processes": processes} if processes is not None else {}),
+                            **({"dispatch": dispatch} if dispatch is not None else {})}
+    extra = {"axon": axon,
              "guards": {"rate_per_s": 0.0},
              "scheduler": {"cache_size": 0, "decode_workers": args.decode_workers, "event_loop": args.event_loop,
                            **({"gil_switch_interval_ms": args.gil_switch_ms} if args.gil_switch_ms else {})},
@@ -426,11 +440,12 @@ def _run_axon_in(folder: Path, args: argparse.Namespace, header_cache: bool, seq
         "header_cache": header_cache,
         "worker": "process" if getattr(args, "worker_process", False) else "thread",
         "event_loop": "asyncio" if stock else args.event_loop,
-        **({} if stock else {"processes": "default" if processes is None else processes,
-                             "dispatch": "default" if dispatch is None else dispatch,
-                             "max_concurrent_requests": "default" if http_slots is None else http_slots,
+        **({} if stock else {**_effective_axon_settings(axon),
                              "max_wait_ms": sorted({expert["max_wait_ms"] for level in cascade["levels"]
                                                     for expert in level["experts"]})}),
+        "cascade": str(args.cascade),
+        "decode_workers": args.decode_workers,
+        "idle_dispatch": bool(getattr(args, "idle_dispatch", False)),
         **({"stock_hotkey": "once" if args.stock_hotkey_once else "per access"} if stock else {}),
         "requests": len(data),
         "wallets": len(wallets),
@@ -610,6 +625,10 @@ def _vs_stock_report(args: argparse.Namespace, names: list[str],
     report["max_wait_ms"] = {name: results[0]["max_wait_ms"] for name, results in runs.items() if name != "stock"}
     report["max_concurrent_requests"] = {name: results[0]["max_concurrent_requests"] for name, results in runs.items()
                                          if name != "stock"}
+    report["settings"] = {name: {key: results[0][key] for key in ("processes", "dispatch", "defaulted")}
+                          for name, results in runs.items() if name != "stock"}
+    report["cascade"], report["decode_workers"] = str(args.cascade), args.decode_workers
+    report["idle_dispatch"] = bool(getattr(args, "idle_dispatch", False))
     report["cpu_ms_per_request"] = {name: [r["cpu_ms_per_request"] for r in results] for name, results in runs.items()}
     report["late"] = {name: [r["late"] for r in results] for name, results in runs.items() if name != "stock"}
     # The engine's side of each miner run (`_engine_side`): batches, their size and time, the worker's busy share
@@ -670,7 +689,11 @@ def run_roundtrip(args: argparse.Namespace) -> dict[str, Any]:
         for name, (header_cache, stock, dispatch) in sides.items():
             runs[name].append(run_axon(argparse.Namespace(**{**vars(args), "dispatch": dispatch}),
                                        header_cache=header_cache, sequential=True, stock=stock))
-    report: dict[str, Any] = {"mode": "roundtrip", "requests_per_run": args.requests, "rounds": args.rounds}
+    report: dict[str, Any] = {"mode": "roundtrip", "requests_per_run": args.requests, "rounds": args.rounds,
+                              "cascade": str(args.cascade)}
+    report["settings"] = {name: {key: results[0][key] for key in ("processes", "dispatch", "max_concurrent_requests",
+                                                                  "defaulted")}
+                          for name, results in runs.items() if name != "stock_axon"}
     if args.stock:
         report["stock_hotkey"] = runs["stock_axon"][0]["stock_hotkey"]
     for name, results in runs.items():

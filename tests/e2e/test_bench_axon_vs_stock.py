@@ -176,18 +176,25 @@ def test_the_two_dispatches_are_compared_in_the_same_rounds(tmp_path):
     assert set(report["status_codes"]) == {"stock", "miner-p0-direct", "miner-p0-fastapi"}
     assert report["max_wait_ms"] == {"miner-p0-direct": [2.0], "miner-p0-fastapi": [2.0]}  # the file says 1
     assert report["max_concurrent_requests"] == {"miner-p0-direct": 12, "miner-p0-fastapi": 12}
+    assert report["settings"]["miner-p0-fastapi"] == {"processes": 0, "dispatch": "fastapi", "defaulted": []}
     assert all(runs == [{"200": 6}] for runs in report["status_codes"].values()), report["status_codes"]
     out = tmp_path / "roundtrip.json"
     assert bench.main(["roundtrip", "--cascade", str(cascade), "--requests", "3", "--rounds", "1",
-                       "--dispatch", "direct", "fastapi", "--json", str(out)]) == 0
+                       "--dispatch", "direct", "fastapi", "--processes", "1", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
+    # what each side ran with, defaults resolved (one front: 128 request slots) and named
+    assert report["settings"]["dispatch_fastapi"] == {"processes": 1, "dispatch": "fastapi",
+                                                      "max_concurrent_requests": 128,
+                                                      "defaulted": ["max_concurrent_requests"]}
     assert {"dispatch_direct", "dispatch_fastapi"} <= set(report) and "without_header_cache" not in report
     assert all(report[side]["p50_ms_median"] > 0 for side in ("dispatch_direct", "dispatch_fastapi"))
     out = tmp_path / "axon.json"
     assert bench.main(["axon", "--cascade", str(cascade), "--requests", "4", "--concurrency", "2", "--wallets", "1",
                        "--dispatch", "fastapi", "--max-wait-ms", "7", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["max_wait_ms"] == [7.0] and report["max_concurrent_requests"] == "default"
+    # left to their defaults, the slots and fronts are recorded as the miner resolved them on this machine
+    assert report["max_wait_ms"] == [7.0] and report["defaulted"] == ["processes", "max_concurrent_requests"]
+    assert report["max_concurrent_requests"] == 128 * max(1, report["processes"])
     assert report["dispatch"] == "fastapi" and report["status_codes"] == {"200": 4}
 
 
