@@ -22,6 +22,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from sn72_lab.hostile.wire import HostileRequest, Target, build
 from sn72_lab.offline import ROOT, free_port, make_wallets
 from sn72_lab.tiny_models import build_tiny_vit
 from sn72_tools.client import encode_jpeg, synthetic_image
@@ -130,16 +131,20 @@ def test_health_probes_before_during_and_after_start_up_and_while_draining(asset
         early.close()
         miner.wait_ready()
         assert miner.get("/readyz") == (200, "ready\n")
-        # A request whose body is still arriving holds the drain open: the probe must say so meanwhile.
+        # A validator's request whose body is still arriving holds the drain open: the probe must say so meanwhile.
+        # Signed, so it is let in to read its body (an unsigned head is refused at once, and since 6 December its
+        # connection closes a second later: with a fixed pause, a slow box sent SIGTERM after that second).
+        head, body = build(HostileRequest(signer=assets[1].validator.hotkey, image=encode_jpeg(synthetic_image(3))),
+                           Target("127.0.0.1", miner.port, miner.hotkey))
         slow = socket.create_connection(("127.0.0.1", miner.port))
-        slow.sendall(b"POST /ImageSynapse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n{\"image\":")
-        # NOTE: the one pause in these tests: the server has no signal for "headers of a request read". The
-        # drain line below proves the request was in (1 connection open), so a lost race fails loudly.
-        time.sleep(0.3)
+        slow.sendall(head + body[:10])
+        wait_until(lambda: http_requests(miner, "active") == 1)  # verified and reading its body
         miner.process.send_signal(signal.SIGTERM)
         wait_until(lambda: miner.get("/readyz") == (503, "draining\n"))
-        assert any("draining: listener closed, 1 connections open" in line for line in miner.lines), miner.lines
+        # the probe flips before the drain's log line is written and read back: wait for the line, not assume it
+        wait_until(lambda: any("draining: listener closed" in line for line in miner.lines))
+        assert any("draining: listener closed, 1 connections open" in line for line in miner.lines), [
+            line for line in miner.lines if "draining" in line]
         assert miner.get("/healthz") == (200, "ok\n")
         slow.close()
         assert miner.process.wait(60) == 0
@@ -147,6 +152,13 @@ def test_health_probes_before_during_and_after_start_up_and_while_draining(asset
         miner.stop()
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         miner.get("/healthz")
+
+
+def http_requests(miner: Miner, state: str) -> float:
+    """`sn72_miner_http_requests{state=...}` as the miner's metrics endpoint says now."""
+    text = miner.get("/metrics")[1]
+    return next(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                if sample.name == "sn72_miner_http_requests" and sample.labels.get("state") == state)
 
 
 def wait_until(condition: Any, timeout_s: float = 30.0) -> None:
