@@ -180,10 +180,10 @@ def test_the_two_dispatches_are_compared_in_the_same_rounds(tmp_path):
     assert all(runs == [{"200": 6}] for runs in report["status_codes"].values()), report["status_codes"]
     out = tmp_path / "roundtrip.json"
     assert bench.main(["roundtrip", "--cascade", str(cascade), "--requests", "3", "--rounds", "1",
-                       "--dispatch", "direct", "fastapi", "--processes", "1", "--json", str(out)]) == 0
+                       "--dispatch", "direct", "fastapi", "--processes", "0", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    # what each side ran with, defaults resolved (one front: 128 request slots) and named
-    assert report["settings"]["dispatch_fastapi"] == {"processes": 1, "dispatch": "fastapi",
+    # what each side ran with, defaults resolved (no fronts: the miner process's 128 request slots) and named
+    assert report["settings"]["dispatch_fastapi"] == {"processes": 0, "dispatch": "fastapi",
                                                       "max_concurrent_requests": 128,
                                                       "defaulted": ["max_concurrent_requests"]}
     assert {"dispatch_direct", "dispatch_fastapi"} <= set(report) and "without_header_cache" not in report
