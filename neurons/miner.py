@@ -310,12 +310,8 @@ def _run(argv: list[str] | None) -> int:
     health = Health(registry)
     outcomes = AxonOutcomes(registry, config.summary_interval_s)
     front_count = front_processes(config.axon)
-    from neurons.fronts import describe_request_slots, too_few_request_slots
-
     limits = http_limits(config)
-    if (problem := too_few_request_slots(limits, front_count)) is not None:
-        raise startup.StartupError(problem)
-    logger.info("HTTP request slots: {}", describe_request_slots(limits, front_count))
+    logger.info("HTTP request slots: {}", startup.request_slots_line(limits, front_count))
     if front_count:  # the HTTP work in front processes (neurons/fronts.py), 503 "not ready" until `open`
         from neurons.fronts import Fronts
 

@@ -19,13 +19,16 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from cascade.config import EngineConfig
 from neurons.chain import ChainError, MetagraphSource, connect_chain, offline_source
 from neurons.config import MinerConfig
+
+if TYPE_CHECKING:
+    from neurons.http_guard import HttpLimits
 
 EXIT_CRASH = 1
 EXIT_CONFIG = 2
@@ -112,6 +115,16 @@ def _holder(port: int) -> str:
 
 
 # -- wallet and metagraph -------------------------------------------------------------------------
+
+def request_slots_line(limits: HttpLimits, fronts: int) -> str:
+    """How many requests the HTTP layer lets in at once, as the start-up log and `--check` say it; a total that leaves
+    a front fewer than two slots stops the start (neurons/fronts.py)."""
+    from neurons.fronts import describe_request_slots, too_few_request_slots
+
+    if (problem := too_few_request_slots(limits, fronts)) is not None:
+        raise StartupError(problem)
+    return describe_request_slots(limits, fronts)
+
 
 def open_wallet(config: MinerConfig) -> tuple[Any, str]:
     """(wallet, hotkey ss58); StartupError (exit 2) for a missing or password-protected hotkey."""
@@ -207,14 +220,13 @@ def check(config: MinerConfig, engine_config: EngineConfig, say: Callable[[str],
 
     def request_slots() -> str:
         from neurons.config import front_processes
-        from neurons.fronts import describe_request_slots, lowered_per_address_slots, too_few_request_slots
+        from neurons.fronts import lowered_per_address_slots
         from neurons.miner import http_limits
 
         limits, fronts = http_limits(config), front_processes(config.axon)
-        if (problem := too_few_request_slots(limits, fronts)) is not None:
-            raise StartupError(problem)
+        line = request_slots_line(limits, fronts)
         lowered = lowered_per_address_slots(limits, fronts) if fronts else None
-        return describe_request_slots(limits, fronts) + (f"; note: {lowered}" if lowered else "")
+        return line + (f"; note: {lowered}" if lowered else "")
 
     step("request slots", request_slots)
     step("wallet", lambda: f"hotkey {open_wallet(config)[1]}")
